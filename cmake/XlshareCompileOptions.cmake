@@ -1,0 +1,26 @@
+# Compile options shared by every xlshare target: warnings, sanitizers, CPU tuning.
+add_library(xlshare_options INTERFACE)
+add_library(xlshare::options ALIAS xlshare_options)
+target_compile_options(xlshare_options INTERFACE
+  $<$<CXX_COMPILER_ID:GNU,Clang>:-Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor
+     -Wold-style-cast -Wcast-align -Woverloaded-virtual>
+  $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict>)  # GCC 12 false positives inside libstdc++ std::string
+if(XLSHARE_WARNINGS_AS_ERRORS)
+  target_compile_options(xlshare_options INTERFACE -Werror)
+endif()
+if(XLSHARE_NATIVE)
+  target_compile_options(xlshare_options INTERFACE -march=native)
+endif()
+if(XLSHARE_SANITIZE_ADDRESS AND XLSHARE_SANITIZE_THREAD)
+  message(FATAL_ERROR "XLSHARE_SANITIZE_ADDRESS and XLSHARE_SANITIZE_THREAD cannot be combined")
+endif()
+if(XLSHARE_SANITIZE_ADDRESS)
+  target_compile_options(xlshare_options INTERFACE -fsanitize=address,undefined -fno-omit-frame-pointer
+                                                   -fno-sanitize-recover=undefined)
+  target_link_options(xlshare_options INTERFACE -fsanitize=address,undefined)
+endif()
+if(XLSHARE_SANITIZE_THREAD)
+  target_compile_options(xlshare_options INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
+  target_link_options(xlshare_options INTERFACE -fsanitize=thread)
+endif()
+install(TARGETS xlshare_options EXPORT xlshare-targets)

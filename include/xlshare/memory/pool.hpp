@@ -1,0 +1,245 @@
+// Pool: one copy of one or more models' weights in a MemoryBackend, shared by every worker
+// process that attaches to it.
+//
+// Layout (every offset a multiple of the backend's alignment; nothing inside is a pointer):
+//
+//   [header]   magic "XLSPOOL", format version, sizes and offsets of every region below,
+//              creator uid, header checksum (XXH3 over the immutable part); then the pool
+//              state (creating / ready) and the catalog generation, both atomics.
+//   [control]  the link/attach area: a process-shared robust mutex guarding the catalog and
+//              allocator, the LinkState of the emulated link, and one AttachSlot per
+//              attached process. The only region attachers map writable.
+//   [catalog]  ModelRecords (name, state loading / sealed / removing, loader pid, metadata
+//              extent, record checksum), TensorRecords (model, name, dtype, shape, offset,
+//              bytes, XXH3 of the contents, record checksum) and the extent allocator's
+//              free list.
+//   [data]     tensor bytes and model metadata, in extents.
+//
+// A loader (Pool::create, or Pool::attach with PoolRole::kWriter) maps the whole pool
+// read-write, writes a model's tensors through a ModelWriter and seals the model: it
+// computes the checksums and publishes the record with release ordering. Readers (workers)
+// map header, catalog and data read-only and the control region read-write, so they can
+// share link accounting and announce themselves, but cannot write a weight. A reader
+// verifies magic, version, header checksum, pool size, every sealed model's records and
+// every tensor's extent before it trusts an offset; a model that is not sealed (still
+// loading, or its loader died) is refused by name. `reclaim_abandoned()` frees what dead
+// loaders left behind.
+//
+// Threading: a Pool is safe to use from many threads. read() and view() are the hot path
+// and never throw. Changing the catalog takes the pool's robust mutex.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "xlshare/dtype.hpp"
+#include "xlshare/memory/extent_allocator.hpp"
+#include "xlshare/memory/link_state.hpp"
+#include "xlshare/memory/memory_backend.hpp"
+
+namespace xlshare {
+
+/// Layout limits chosen when a pool is created.
+struct PoolOptions {
+  /// Models the catalog can hold (at most 64). Default 16.
+  std::uint32_t max_models = 16;
+  /// Tensors the catalog can hold, over all models. Default 4096.
+  std::uint32_t max_tensors = 4096;
+  /// Alignment of every extent in the data area; raised to the backend's alignment.
+  /// Default 4096.
+  std::uint64_t data_alignment = 4096;
+};
+
+/// What an attacher may do.
+enum class PoolRole : std::uint8_t {
+  kReader,  ///< a worker: data read-only, control region writable
+  kWriter,  ///< a loader: may add and remove models
+};
+
+/// Maximum tensor rank.
+inline constexpr std::size_t kMaxTensorDims = 4;
+
+/// One tensor of a sealed model, copied out of the catalog and validated.
+struct TensorInfo {
+  std::uint32_t id = 0;  ///< catalog slot: unique in the pool, stable while the model lives
+  std::string name;      ///< tensor name within its model ("blk.0.attn_q.weight")
+  DType dtype = DType::kF32;
+  std::uint32_t n_dims = 0;
+  std::array<std::uint64_t, kMaxTensorDims> shape{};  ///< shape[0] is the fastest-varying
+  std::uint64_t offset_bytes = 0;  ///< absolute offset of the bytes in the backend
+  std::uint64_t size_bytes = 0;
+  std::uint64_t checksum = 0;  ///< XXH3-64 of the bytes
+  std::uint64_t n_elements() const noexcept;
+};
+
+/// One sealed model: its tensors (in load order) and its metadata blob.
+class ModelView {
+ public:
+  const std::string& name() const noexcept { return name_; }
+  std::uint32_t slot() const noexcept { return slot_; }
+  std::span<const TensorInfo> tensors() const noexcept { return tensors_; }
+  /// The tensor called `name`, or nullptr.
+  const TensorInfo* find(std::string_view name) const noexcept;
+  /// The tensor called `name`. @throws PoolError naming the model and the tensor.
+  const TensorInfo& at(std::string_view name) const;
+  /// The metadata the loader stored (JSON by convention: config and schedule).
+  const std::string& metadata() const noexcept { return metadata_; }
+  std::uint64_t total_bytes() const noexcept { return total_bytes_; }
+
+ private:
+  friend class Pool;
+  std::string name_;
+  std::uint32_t slot_ = 0;
+  std::vector<TensorInfo> tensors_;
+  std::string metadata_;
+  std::uint64_t total_bytes_ = 0;
+};
+
+/// A model's state in the catalog, as listed by Pool::list_models().
+struct ModelEntry {
+  std::string name;
+  std::string state;  ///< "loading", "sealed", "removing"
+  std::int32_t owner_pid = 0;
+  bool owner_alive = false;
+  std::uint32_t tensor_count = 0;
+  std::uint64_t bytes = 0;
+};
+
+/// A snapshot of a pool.
+struct PoolStats {
+  std::string uri;
+  std::uint64_t pool_bytes = 0;
+  std::uint64_t data_bytes = 0;
+  std::uint64_t generation = 0;
+  std::uint32_t models_sealed = 0;
+  std::uint32_t models_loading = 0;
+  std::uint32_t tensors = 0;
+  std::uint32_t attached_processes = 0;
+  ExtentStats extents;
+  std::uint64_t link_bytes = 0;
+  std::uint64_t link_transfers = 0;
+  std::uint64_t link_busy_ns = 0;
+  std::uint64_t link_faults = 0;
+  std::string to_json() const;
+};
+
+class Pool;
+
+/// Writes one model into a pool, then seals it. Destroying an unsealed writer abandons
+/// the model and frees its extents. Not thread-safe; one writer per model.
+class ModelWriter {
+ public:
+  ModelWriter(ModelWriter&& other) noexcept;
+  ModelWriter& operator=(ModelWriter&&) = delete;
+  ~ModelWriter();
+
+  /// Allocates a tensor and returns its bytes for the caller to fill.
+  /// @throws ConfigError for a bad name, dtype or shape; OutOfMemory when the pool or its
+  /// catalog is full.
+  std::span<std::byte> add_tensor(std::string_view name, DType dtype,
+                                  std::span<const std::uint64_t> shape);
+  /// Stores the model's metadata (replacing earlier metadata). @throws OutOfMemory.
+  void set_metadata(std::string_view metadata);
+  /// Computes every tensor's checksum and publishes the model. After this the writer is
+  /// empty. @throws PoolError if the model is no longer the writer's.
+  void seal();
+  /// Frees everything written so far; the model disappears.
+  void abandon() noexcept;
+
+  const std::string& model_name() const noexcept { return name_; }
+  std::uint32_t tensor_count() const noexcept { return static_cast<std::uint32_t>(tensor_slots_.size()); }
+
+ private:
+  friend class Pool;
+  ModelWriter(Pool& pool, std::uint32_t slot, std::string name);
+  Pool* pool_;
+  std::uint32_t slot_;
+  std::string name_;
+  std::vector<std::uint32_t> tensor_slots_;
+  std::vector<std::string> tensor_names_;
+};
+
+class Pool {
+ public:
+  /// Lays out a new pool in `backend` (writable, freshly created, all zero).
+  /// @throws ConfigError for bad options, PoolError when the backend is too small.
+  static std::unique_ptr<Pool> create(std::unique_ptr<MemoryBackend> backend,
+                                      const PoolOptions& options = {});
+  /// Attaches to an existing pool, validating it first.
+  /// @throws PoolError naming the pool and the problem.
+  static std::unique_ptr<Pool> attach(std::unique_ptr<MemoryBackend> backend,
+                                      PoolRole role = PoolRole::kReader);
+
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  const std::string& uri() const noexcept;
+  PoolRole role() const noexcept;
+  MemoryBackend& backend() noexcept;
+
+  /// Starts writing a model called `name` ([A-Za-z0-9._-], 1..63 bytes).
+  /// @throws PoolError if this pool was attached as a reader or the name is taken,
+  /// OutOfMemory when the catalog is full.
+  ModelWriter begin_model(std::string_view name);
+  /// Removes a sealed (or abandoned) model and frees its extents. Refused while a live
+  /// process has it in use, unless `force`. @throws PoolError.
+  void remove_model(std::string_view name, bool force = false);
+  /// Frees models whose loader died before sealing them; returns how many.
+  std::uint32_t reclaim_abandoned();
+
+  /// Every model in the catalog, in any state.
+  std::vector<ModelEntry> list_models() const;
+  /// Names of the sealed models.
+  std::vector<std::string> model_names() const;
+  /// A sealed model, validated, and recorded as in use by this process (so that
+  /// remove_model refuses while it lives). @throws PoolError naming the pool, the model and
+  /// the problem (absent, still loading, loader died, corrupted record).
+  std::shared_ptr<const ModelView> model(std::string_view name);
+  /// A tensor by "model/tensor". @throws PoolError.
+  TensorInfo find_tensor(std::string_view qualified_name);
+
+  /// Copies [offset, offset + dst.size()) of `tensor` over the backend's read path (the
+  /// emulated link when the backend is a CxlEmulator). Never throws.
+  ReadStatus read(const TensorInfo& tensor, std::uint64_t offset_bytes,
+                  std::span<std::byte> dst) noexcept;
+  /// The tensor's bytes in this process's read-only mapping (no link emulation).
+  std::span<const std::byte> view(const TensorInfo& tensor) const noexcept;
+  /// Whether the tensor's bytes in the pool still match its catalog checksum.
+  bool verify(const TensorInfo& tensor) const noexcept;
+
+  PoolStats stats() const;
+  /// The shared link of this pool.
+  LinkState& link_state() noexcept;
+
+  /// Where the regions lie, for tools and tests.
+  struct Layout {
+    std::uint64_t pool_bytes, alignment_bytes, control_offset, control_bytes, catalog_offset,
+        catalog_bytes, models_offset, tensors_offset, extents_offset, data_offset, data_bytes;
+    std::uint32_t max_models, max_tensors, model_record_bytes, tensor_record_bytes;
+  };
+  Layout layout() const noexcept;
+
+  /// The current on-pool format version.
+  static constexpr std::uint32_t kFormatVersion = 1;
+
+  class Impl;
+
+ private:
+  friend class ModelWriter;
+  explicit Pool(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Whether process `pid`, started at `start_ticks` (0: any), is alive.
+bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept;
+/// /proc/PID/stat's start time of `pid` (clock ticks since boot), or 0.
+std::uint64_t process_start_ticks(std::int32_t pid) noexcept;
+
+}  // namespace xlshare

@@ -1,0 +1,70 @@
+#include "xlshare/memory/memory_backend.hpp"
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "xlshare/error.hpp"
+
+namespace xlshare {
+
+const char* to_string(ReadStatus s) noexcept {
+  switch (s) {
+    case ReadStatus::kOk: return "ok";
+    case ReadStatus::kTransientError: return "transient error";
+    case ReadStatus::kPoisoned: return "poisoned";
+    case ReadStatus::kOffline: return "offline";
+    case ReadStatus::kOutOfRange: return "out of range";
+  }
+  return "unknown";
+}
+
+Mapping::~Mapping() { reset(); }
+
+Mapping::Mapping(Mapping&& other) noexcept
+    : address_(std::exchange(other.address_, nullptr)),
+      length_bytes_(std::exchange(other.length_bytes_, 0)) {}
+
+Mapping& Mapping::operator=(Mapping&& other) noexcept {
+  if (this != &other) {
+    reset();
+    address_ = std::exchange(other.address_, nullptr);
+    length_bytes_ = std::exchange(other.length_bytes_, 0);
+  }
+  return *this;
+}
+
+void Mapping::reset() noexcept {
+  if (address_ != nullptr) ::munmap(address_, length_bytes_);
+  address_ = nullptr;
+  length_bytes_ = 0;
+}
+
+ReadStatus MemoryBackend::do_read(std::uint64_t offset_bytes, std::span<std::byte> dst) noexcept {
+  if (read_view_.data() == nullptr) return ReadStatus::kOffline;
+  std::memcpy(dst.data(), read_view_.data() + offset_bytes, dst.size());
+  return ReadStatus::kOk;
+}
+
+void check_map_request(const MemoryBackend& backend, std::uint64_t offset_bytes,
+                       std::uint64_t length_bytes) {
+  const std::uint64_t align = backend.alignment_bytes();
+  if (length_bytes == 0) {
+    throw BackendError(fmt::format("{}: cannot map zero bytes", backend.uri()));
+  }
+  if (offset_bytes % align != 0 || length_bytes % align != 0) {
+    throw BackendError(fmt::format(
+        "{}: map of {} bytes at offset {} is not a multiple of the backend alignment {}",
+        backend.uri(), length_bytes, offset_bytes, align));
+  }
+  if (offset_bytes > backend.size_bytes() || length_bytes > backend.size_bytes() - offset_bytes) {
+    throw BackendError(fmt::format("{}: map of {} bytes at offset {} exceeds its size {}",
+                                   backend.uri(), length_bytes, offset_bytes,
+                                   backend.size_bytes()));
+  }
+}
+
+}  // namespace xlshare

@@ -1,0 +1,1058 @@
+#include "xlshare/memory/pool.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <unordered_set>
+
+#include "memory/pool_layout.hpp"
+#include "xlshare/error.hpp"
+#include "xlshare/memory/checksum.hpp"
+
+namespace xlshare {
+
+namespace pf = pool_format;
+
+namespace {
+
+static_assert(sizeof(pf::Header) % 8 == 0);
+static_assert(sizeof(pf::ModelRecord) % 8 == 0);
+static_assert(sizeof(pf::TensorRecord) % 8 == 0);
+
+template <typename T>
+std::atomic_ref<T> aref(T& v) noexcept {
+  return std::atomic_ref<T>(v);
+}
+template <typename T>
+T aload(const T& v, std::memory_order order = std::memory_order_acquire) noexcept {
+  return std::atomic_ref<T>(const_cast<T&>(v)).load(order);
+}
+
+bool is_pow2(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+std::uint64_t unix_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
+
+std::uint64_t header_checksum(const pf::Header& h) {
+  return checksum64(&h, offsetof(pf::Header, header_checksum));
+}
+std::uint64_t model_record_checksum(const pf::ModelRecord& r) {
+  constexpr std::size_t begin = offsetof(pf::ModelRecord, name);
+  constexpr std::size_t end = offsetof(pf::ModelRecord, record_checksum);
+  return checksum64(reinterpret_cast<const std::byte*>(&r) + begin, end - begin);
+}
+std::uint64_t tensor_record_checksum(const pf::TensorRecord& r) {
+  constexpr std::size_t begin = offsetof(pf::TensorRecord, name);
+  constexpr std::size_t end = offsetof(pf::TensorRecord, record_checksum);
+  return checksum64(reinterpret_cast<const std::byte*>(&r) + begin, end - begin);
+}
+
+// A fixed-size name field holds a NUL-terminated string.
+template <std::size_t N>
+std::optional<std::string> read_name(const char (&field)[N]) {
+  const void* nul = std::memchr(field, '\0', N);
+  if (nul == nullptr) return std::nullopt;
+  return std::string(field, static_cast<const char*>(nul));
+}
+
+void validate_model_name(std::string_view name) {
+  if (name.empty() || name.size() >= pf::kModelNameBytes) {
+    throw ConfigError(fmt::format("model name '{}' must be 1..{} bytes", name,
+                                  pf::kModelNameBytes - 1));
+  }
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) {
+      throw ConfigError(fmt::format(
+          "model name '{}' has a character outside [A-Za-z0-9._-]", name));
+    }
+  }
+  if (name == "." || name == "..") throw ConfigError(fmt::format("model name '{}' is reserved", name));
+}
+
+void validate_tensor_name(std::string_view name) {
+  if (name.empty() || name.size() >= pf::kTensorNameBytes) {
+    throw ConfigError(fmt::format("tensor name '{}' must be 1..{} bytes", name,
+                                  pf::kTensorNameBytes - 1));
+  }
+  for (char c : name) {
+    if (static_cast<unsigned char>(c) < 0x21 || static_cast<unsigned char>(c) > 0x7e) {
+      throw ConfigError(fmt::format("tensor name '{}' has a space or non-printable byte", name));
+    }
+  }
+}
+
+}  // namespace
+
+std::uint64_t process_start_ticks(std::int32_t pid) noexcept {
+  try {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    if (!in) return 0;
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) return 0;
+    std::istringstream fields(text.substr(close + 2));
+    std::string field;
+    // Field 3 (state) is the first after ')'; starttime is field 22.
+    for (int i = 3; i <= 22; ++i) {
+      if (!(fields >> field)) return 0;
+    }
+    return std::stoull(field);
+  } catch (...) {
+    return 0;
+  }
+}
+
+bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept {
+  if (pid <= 0) return false;
+  if (::kill(pid, 0) != 0 && errno != EPERM) return false;
+  if (start_ticks == 0) return true;
+  const std::uint64_t now = process_start_ticks(pid);
+  return now == 0 || now == start_ticks;  // 0: cannot tell (no /proc): assume alive
+}
+
+std::uint64_t TensorInfo::n_elements() const noexcept {
+  std::uint64_t n = 1;
+  for (std::uint32_t i = 0; i < n_dims; ++i) n *= shape[i];
+  return n;
+}
+
+const TensorInfo* ModelView::find(std::string_view name) const noexcept {
+  for (const auto& t : tensors_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+const TensorInfo& ModelView::at(std::string_view name) const {
+  if (const TensorInfo* t = find(name)) return *t;
+  throw PoolError(fmt::format("model '{}' has no tensor '{}'", name_, name));
+}
+
+std::string PoolStats::to_json() const {
+  nlohmann::json j;
+  j["uri"] = uri;
+  j["pool_bytes"] = pool_bytes;
+  j["data_bytes"] = data_bytes;
+  j["generation"] = generation;
+  j["models_sealed"] = models_sealed;
+  j["models_loading"] = models_loading;
+  j["tensors"] = tensors;
+  j["attached_processes"] = attached_processes;
+  j["extents"] = {{"bytes_total", extents.bytes_total},
+                  {"bytes_used", extents.bytes_used},
+                  {"bytes_free", extents.bytes_free},
+                  {"largest_free_extent", extents.largest_free_extent},
+                  {"free_extents", extents.free_extents},
+                  {"fragmentation", extents.fragmentation}};
+  j["link"] = {{"bytes", link_bytes},
+               {"transfers", link_transfers},
+               {"busy_ns", link_busy_ns},
+               {"faults", link_faults}};
+  return j.dump(2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Pool::Impl
+
+class Pool::Impl {
+ public:
+  std::unique_ptr<MemoryBackend> backend;
+  PoolRole role = PoolRole::kReader;
+  std::string uri;
+  Mapping whole;    // the whole pool: RW for writers, RO for readers
+  Mapping control_map;  // readers: the control region, RW
+  std::unique_ptr<pf::Control> private_control;  // readers of a read-only backend
+  const pf::Header* header = nullptr;
+  pf::Header* header_rw = nullptr;  // writers only
+  pf::Control* control = nullptr;
+  pf::ModelRecord* models = nullptr;
+  pf::TensorRecord* tensors = nullptr;
+  ExtentTable* extents = nullptr;
+  std::byte* base = nullptr;
+  Layout lay{};
+  int my_slot = -1;
+  std::int32_t my_pid = 0;
+  std::uint64_t my_start_ticks = 0;
+  std::uint32_t tensor_hint = 0;
+
+  ~Impl() { release_slot(); }
+
+  std::string where() const { return fmt::format("pool {}", uri); }
+
+  // -- attach slots -------------------------------------------------------------------
+  void claim_slot() {
+    my_pid = static_cast<std::int32_t>(::getpid());
+    my_start_ticks = process_start_ticks(my_pid);
+    for (int pass = 0; pass < 2 && my_slot < 0; ++pass) {
+      for (std::uint32_t i = 0; i < pf::kAttachSlots; ++i) {
+        pf::AttachSlot& s = control->slots[i];
+        std::int32_t pid = aload(s.pid);
+        if (pid > 0 && pass == 1 && !process_alive(pid, aload(s.start_ticks))) {
+          // Free a dead process's slot: lock it with -1, clear, release.
+          if (aref(s.pid).compare_exchange_strong(pid, -1)) {
+            aref(s.start_ticks).store(0);
+            aref(s.models_in_use).store(0);
+            aref(s.pid).store(0, std::memory_order_release);
+          }
+          pid = aload(s.pid);
+        }
+        if (pid != 0) continue;
+        std::int32_t expected = 0;
+        if (aref(s.pid).compare_exchange_strong(expected, my_pid)) {
+          aref(s.models_in_use).store(0);
+          aref(s.attached_unix_ns).store(unix_ns());
+          aref(s.start_ticks).store(my_start_ticks, std::memory_order_release);
+          my_slot = static_cast<int>(i);
+          break;
+        }
+      }
+    }
+    if (my_slot < 0) {
+      throw PoolError(fmt::format("{}: all {} attach slots are held by live processes", where(),
+                                  pf::kAttachSlots));
+    }
+  }
+
+  void release_slot() noexcept {
+    if (my_slot < 0 || control == nullptr) return;
+    pf::AttachSlot& s = control->slots[my_slot];
+    aref(s.models_in_use).store(0);
+    aref(s.start_ticks).store(0);
+    aref(s.pid).store(0, std::memory_order_release);
+    my_slot = -1;
+  }
+
+  // Live processes other than this one with model `slot` in use.
+  std::vector<std::int32_t> users_of(std::uint32_t slot) const {
+    std::vector<std::int32_t> pids;
+    for (std::uint32_t i = 0; i < pf::kAttachSlots; ++i) {
+      if (static_cast<int>(i) == my_slot) continue;
+      const pf::AttachSlot& s = control->slots[i];
+      const std::int32_t pid = aload(s.pid);
+      if (pid <= 0) continue;
+      if ((aload(s.models_in_use, std::memory_order_seq_cst) >> slot & 1u) == 0) continue;
+      if (process_alive(pid, aload(s.start_ticks))) pids.push_back(pid);
+    }
+    return pids;
+  }
+
+  // -- the robust mutex -----------------------------------------------------------------
+  class Lock {
+   public:
+    explicit Lock(Impl& impl) : impl_(impl) {
+      const int rc = pthread_mutex_lock(&impl_.control->mutex);
+      if (rc == EOWNERDEAD) {
+        spdlog::warn("{}: a process died holding the catalog lock; rebuilding the allocator",
+                     impl_.where());
+        try {
+          impl_.recover_locked();
+        } catch (...) {
+          pthread_mutex_consistent(&impl_.control->mutex);
+          pthread_mutex_unlock(&impl_.control->mutex);
+          throw;
+        }
+        pthread_mutex_consistent(&impl_.control->mutex);
+      } else if (rc != 0) {
+        throw PoolError(errno_message(fmt::format("{}: cannot take the catalog lock", impl_.where()), rc));
+      }
+    }
+    ~Lock() { pthread_mutex_unlock(&impl_.control->mutex); }
+    Lock(const Lock&) = delete;
+    Lock& operator=(const Lock&) = delete;
+
+   private:
+    Impl& impl_;
+  };
+
+  void require_writer(std::string_view what) const {
+    if (role != PoolRole::kWriter) {
+      throw PoolError(fmt::format("{}: cannot {}: attached as a reader", where(), what));
+    }
+  }
+
+  void bump_generation() noexcept {
+    aref(header_rw->generation).fetch_add(1, std::memory_order_acq_rel);
+  }
+
+  // -- extents ------------------------------------------------------------------------
+  void free_extent(std::uint64_t offset, std::uint64_t bytes) {
+    if (bytes == 0) return;
+    ExtentAllocator(*extents).free(offset, bytes);
+  }
+
+  // Frees everything model `slot` holds and empties its record. Caller holds the lock.
+  void free_model_locked(std::uint32_t slot) {
+    pf::ModelRecord& m = models[slot];
+    for (std::uint32_t i = 0; i < lay.max_tensors; ++i) {
+      pf::TensorRecord& t = tensors[i];
+      if (aload(t.in_use) == 0 || t.model_slot != slot) continue;
+      free_extent(t.offset_bytes, t.size_bytes);
+      aref(t.in_use).store(0, std::memory_order_release);
+      std::memset(reinterpret_cast<std::byte*>(&t) + sizeof(std::uint32_t), 0,
+                  sizeof(pf::TensorRecord) - sizeof(std::uint32_t));
+    }
+    if (m.metadata_bytes > 0) free_extent(m.metadata_offset, m.metadata_bytes);
+    aref(m.state).store(pf::kModelRemoving, std::memory_order_seq_cst);
+    std::memset(reinterpret_cast<std::byte*>(&m) + sizeof(std::uint64_t), 0,
+                sizeof(pf::ModelRecord) - sizeof(std::uint64_t));
+    aref(m.state).store(pf::kModelEmpty, std::memory_order_release);
+    bump_generation();
+  }
+
+  // After a process died holding the lock: drop orphaned records and rebuild the free
+  // list from what the records say is allocated.
+  void recover_locked() {
+    if (role != PoolRole::kWriter) return;  // readers never touch the allocator
+    std::vector<FreeExtent> used;
+    for (std::uint32_t i = 0; i < lay.max_tensors; ++i) {
+      pf::TensorRecord& t = tensors[i];
+      if (aload(t.in_use) == 0) continue;
+      if (t.model_slot >= lay.max_models || aload(models[t.model_slot].state) == pf::kModelEmpty) {
+        aref(t.in_use).store(0);
+        continue;
+      }
+      used.push_back({t.offset_bytes, t.size_bytes});
+    }
+    for (std::uint32_t m = 0; m < lay.max_models; ++m) {
+      if (aload(models[m].state) != pf::kModelEmpty && models[m].metadata_bytes > 0) {
+        used.push_back({models[m].metadata_offset, models[m].metadata_bytes});
+      }
+    }
+    ExtentAllocator(*extents).rebuild(used);
+    bump_generation();
+  }
+
+  // -- reading the catalog -------------------------------------------------------------
+  [[noreturn]] void corrupt(std::string_view what) const {
+    throw PoolError(fmt::format("{}: corrupted catalog: {}", where(), what));
+  }
+
+  bool in_data(std::uint64_t offset, std::uint64_t bytes) const {
+    return offset >= lay.data_offset && offset <= lay.data_offset + lay.data_bytes &&
+           bytes <= lay.data_offset + lay.data_bytes - offset;
+  }
+
+  // Validates sealed model `slot` and returns it. Throws PoolError when the record or any
+  // of its tensors is inconsistent. `expected_name` only shapes the messages.
+  std::shared_ptr<ModelView> load_model(std::uint32_t slot) const {
+    const pf::ModelRecord& live = models[slot];
+    if (aload(live.state) != pf::kModelSealed) return nullptr;
+    pf::ModelRecord m;
+    std::memcpy(&m, &live, sizeof m);
+    auto name = read_name(m.name);
+    if (m.record_checksum != model_record_checksum(m)) {
+      corrupt(fmt::format("model record {} ('{}') fails its checksum", slot,
+                          name ? *name : std::string("?")));
+    }
+    if (!name) corrupt(fmt::format("model record {} has an unterminated name", slot));
+    auto view = std::make_shared<ModelView>();
+    view->name_ = *name;
+    view->slot_ = slot;
+    if (m.tensor_count > lay.max_tensors) {
+      corrupt(fmt::format("model '{}' claims {} tensors; the catalog holds at most {}", *name,
+                          m.tensor_count, lay.max_tensors));
+    }
+    if (m.metadata_bytes > 0) {
+      if (!in_data(m.metadata_offset, m.metadata_bytes) || m.metadata_bytes > (1u << 30)) {
+        corrupt(fmt::format("model '{}' has metadata outside the data area", *name));
+      }
+      const auto* p = reinterpret_cast<const char*>(base + m.metadata_offset);
+      if (checksum64(p, m.metadata_bytes) != m.metadata_checksum) {
+        corrupt(fmt::format("model '{}' metadata fails its checksum", *name));
+      }
+      view->metadata_.assign(p, m.metadata_bytes);
+    }
+    std::vector<TensorInfo> found(m.tensor_count);
+    std::vector<bool> seen(m.tensor_count, false);
+    std::uint32_t count = 0;
+    for (std::uint32_t i = 0; i < lay.max_tensors; ++i) {
+      if (aload(tensors[i].in_use) == 0 || tensors[i].model_slot != slot) continue;
+      pf::TensorRecord t;
+      std::memcpy(&t, &tensors[i], sizeof t);
+      auto tname = read_name(t.name);
+      const std::string label = fmt::format("model '{}' tensor record {} ('{}')", *name, i,
+                                            tname ? *tname : std::string("?"));
+      if (t.record_checksum != tensor_record_checksum(t)) corrupt(label + " fails its checksum");
+      if (!tname || tname->empty()) corrupt(label + " has a bad name");
+      if (t.model_slot_copy != slot) corrupt(label + " belongs to another model");
+      if (!dtype_is_valid(t.dtype)) corrupt(fmt::format("{} has unknown dtype {}", label, t.dtype));
+      if (t.n_dims < 1 || t.n_dims > kMaxTensorDims) {
+        corrupt(fmt::format("{} has {} dimensions", label, t.n_dims));
+      }
+      std::uint64_t n = 1;
+      for (std::uint32_t d = 0; d < t.n_dims; ++d) {
+        if (t.shape[d] == 0 || n > UINT64_MAX / t.shape[d]) corrupt(label + " has a bad shape");
+        n *= t.shape[d];
+      }
+      const auto bytes = dtype_bytes(static_cast<DType>(t.dtype), n);
+      if (!bytes || *bytes != t.size_bytes) {
+        corrupt(fmt::format("{}: {} bytes recorded, its shape and dtype need {}", label,
+                            t.size_bytes, bytes ? *bytes : 0));
+      }
+      if (!in_data(t.offset_bytes, t.size_bytes) || t.offset_bytes % lay.alignment_bytes != 0) {
+        corrupt(fmt::format("{} lies outside the data area (offset {}, {} bytes)", label,
+                            t.offset_bytes, t.size_bytes));
+      }
+      if (t.ordinal >= m.tensor_count || seen[t.ordinal]) {
+        corrupt(fmt::format("{} has ordinal {} of {}", label, t.ordinal, m.tensor_count));
+      }
+      seen[t.ordinal] = true;
+      TensorInfo& info = found[t.ordinal];
+      info.id = i;
+      info.name = *tname;
+      info.dtype = static_cast<DType>(t.dtype);
+      info.n_dims = t.n_dims;
+      for (std::uint32_t d = 0; d < kMaxTensorDims; ++d) info.shape[d] = d < t.n_dims ? t.shape[d] : 1;
+      info.offset_bytes = t.offset_bytes;
+      info.size_bytes = t.size_bytes;
+      info.checksum = t.checksum;
+      ++count;
+    }
+    if (count != m.tensor_count) {
+      corrupt(fmt::format("model '{}' has {} tensor records, its record says {}", *name, count,
+                          m.tensor_count));
+    }
+    // Extents must not overlap, within the model (other models were checked on their own;
+    // the allocator's check covers the rest).
+    std::vector<const TensorInfo*> by_offset;
+    by_offset.reserve(found.size());
+    std::unordered_set<std::string_view> names;
+    std::uint64_t total = 0;
+    for (const auto& t : found) {
+      by_offset.push_back(&t);
+      if (!names.insert(t.name).second) corrupt(fmt::format("model '{}' has two tensors named '{}'", *name, t.name));
+      total += t.size_bytes;
+    }
+    std::sort(by_offset.begin(), by_offset.end(),
+              [](const TensorInfo* a, const TensorInfo* b) { return a->offset_bytes < b->offset_bytes; });
+    for (std::size_t i = 1; i < by_offset.size(); ++i) {
+      if (by_offset[i - 1]->offset_bytes + by_offset[i - 1]->size_bytes > by_offset[i]->offset_bytes) {
+        corrupt(fmt::format("model '{}': tensors '{}' and '{}' overlap", *name,
+                            by_offset[i - 1]->name, by_offset[i]->name));
+      }
+    }
+    view->tensors_ = std::move(found);
+    view->total_bytes_ = total;
+    // A remover may have started meanwhile: only a still-sealed record counts.
+    if (aload(live.state, std::memory_order_seq_cst) != pf::kModelSealed) return nullptr;
+    return view;
+  }
+
+  std::optional<std::uint32_t> slot_of(std::string_view name) const {
+    for (std::uint32_t i = 0; i < lay.max_models; ++i) {
+      if (aload(models[i].state) == pf::kModelEmpty) continue;
+      auto n = read_name(models[i].name);
+      if (n && *n == name) return i;
+    }
+    return std::nullopt;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Creating and attaching
+
+namespace {
+
+struct Geometry {
+  std::uint64_t alignment, control_offset, control_bytes, catalog_offset, catalog_bytes,
+      models_offset, tensors_offset, extents_offset, extent_capacity, data_offset;
+};
+
+Geometry plan_geometry(std::uint64_t alignment, std::uint32_t max_models, std::uint32_t max_tensors) {
+  Geometry g{};
+  g.alignment = alignment;
+  g.control_offset = round_up(sizeof(pf::Header), alignment);
+  g.control_bytes = round_up(sizeof(pf::Control), alignment);
+  g.catalog_offset = g.control_offset + g.control_bytes;
+  g.models_offset = g.catalog_offset;
+  g.tensors_offset = g.models_offset + std::uint64_t{max_models} * sizeof(pf::ModelRecord);
+  g.extents_offset = g.tensors_offset + std::uint64_t{max_tensors} * sizeof(pf::TensorRecord);
+  g.extent_capacity = std::uint64_t{max_tensors} + max_models + 2;
+  const std::uint64_t catalog_end = g.extents_offset + ExtentTable::bytes_for(g.extent_capacity);
+  g.catalog_bytes = round_up(catalog_end - g.catalog_offset, alignment);
+  g.data_offset = g.catalog_offset + g.catalog_bytes;
+  return g;
+}
+
+}  // namespace
+
+Pool::Pool(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Pool::~Pool() = default;
+
+std::unique_ptr<Pool> Pool::create(std::unique_ptr<MemoryBackend> backend, const PoolOptions& options) {
+  if (!backend) throw ConfigError("Pool::create: no backend");
+  const std::string uri = backend->uri();
+  if (!backend->is_writable()) {
+    throw PoolError(fmt::format("pool {}: cannot create: the backend is read-only", uri));
+  }
+  if (options.max_models == 0 || options.max_models > pf::kMaxModels) {
+    throw ConfigError(fmt::format("pool {}: max_models must be 1..{}", uri, pf::kMaxModels));
+  }
+  if (options.max_tensors == 0 || options.max_tensors > (1u << 24)) {
+    throw ConfigError(fmt::format("pool {}: max_tensors must be 1..{}", uri, 1u << 24));
+  }
+  if (!is_pow2(options.data_alignment)) {
+    throw ConfigError(fmt::format("pool {}: data_alignment {} is not a power of two", uri,
+                                  options.data_alignment));
+  }
+  const std::uint64_t alignment = std::max(options.data_alignment, backend->alignment_bytes());
+  const Geometry g = plan_geometry(alignment, options.max_models, options.max_tensors);
+  const std::uint64_t pool_bytes = backend->size_bytes();
+  const std::uint64_t usable = pool_bytes / alignment * alignment;
+  if (usable < g.data_offset + alignment) {
+    throw PoolError(fmt::format(
+        "pool {}: the backend's {} bytes are too small for a pool of {} models and {} tensors "
+        "(header, control and catalog need {} bytes before any data)",
+        uri, pool_bytes, options.max_models, options.max_tensors, g.data_offset));
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->uri = uri;
+  impl->role = PoolRole::kWriter;
+  impl->whole = backend->map(0, usable, Access::kReadWrite);
+  std::byte* base = impl->whole.data();
+  auto* h = reinterpret_cast<pf::Header*>(base);
+  std::memset(h, 0, sizeof *h);
+  std::memcpy(h->magic, pf::kMagic, sizeof h->magic);
+  h->version = kFormatVersion;
+  h->header_struct_bytes = sizeof(pf::Header);
+  h->pool_bytes = pool_bytes;
+  h->alignment_bytes = alignment;
+  h->control_offset = g.control_offset;
+  h->control_bytes = g.control_bytes;
+  h->catalog_offset = g.catalog_offset;
+  h->catalog_bytes = g.catalog_bytes;
+  h->models_offset = g.models_offset;
+  h->tensors_offset = g.tensors_offset;
+  h->extents_offset = g.extents_offset;
+  h->max_models = options.max_models;
+  h->max_tensors = options.max_tensors;
+  h->model_record_bytes = sizeof(pf::ModelRecord);
+  h->tensor_record_bytes = sizeof(pf::TensorRecord);
+  h->extent_capacity = g.extent_capacity;
+  h->data_offset = g.data_offset;
+  h->data_bytes = usable - g.data_offset;
+  h->creator_uid = static_cast<std::uint32_t>(::getuid());
+  h->created_unix_ns = unix_ns();
+  h->header_checksum = header_checksum(*h);
+  aref(h->state).store(pf::kPoolCreating, std::memory_order_release);
+
+  auto* control = reinterpret_cast<pf::Control*>(base + g.control_offset);
+  std::memset(static_cast<void*>(control), 0, sizeof *control);
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  const int rc = pthread_mutex_init(&control->mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (rc != 0) throw PoolError(errno_message(fmt::format("pool {}: pthread_mutex_init", uri), rc));
+
+  std::memset(base + g.catalog_offset, 0, g.catalog_bytes);
+  auto* extents = reinterpret_cast<ExtentTable*>(base + g.extents_offset);
+  ExtentAllocator::init(*extents, g.extent_capacity, g.data_offset, usable, alignment);
+
+  impl->header = h;
+  impl->header_rw = h;
+  impl->control = control;
+  impl->models = reinterpret_cast<pf::ModelRecord*>(base + g.models_offset);
+  impl->tensors = reinterpret_cast<pf::TensorRecord*>(base + g.tensors_offset);
+  impl->extents = extents;
+  impl->base = base;
+  impl->lay = Layout{pool_bytes, alignment, g.control_offset, g.control_bytes, g.catalog_offset,
+                     g.catalog_bytes, g.models_offset, g.tensors_offset, g.extents_offset,
+                     g.data_offset, usable - g.data_offset, options.max_models,
+                     options.max_tensors, sizeof(pf::ModelRecord), sizeof(pf::TensorRecord)};
+  aref(h->state).store(pf::kPoolReady, std::memory_order_release);
+  impl->backend = std::move(backend);
+  impl->backend->bind_link_state(&control->link);
+  impl->claim_slot();
+  return std::unique_ptr<Pool>(new Pool(std::move(impl)));
+}
+
+std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolRole role) {
+  if (!backend) throw ConfigError("Pool::attach: no backend");
+  const std::string uri = backend->uri();
+  auto fail = [&](std::string_view problem) -> PoolError {
+    return PoolError(fmt::format("pool {}: cannot attach: {}", uri, problem));
+  };
+  const std::uint64_t backend_bytes = backend->size_bytes();
+  const std::uint64_t backend_align = backend->alignment_bytes();
+  if (backend_bytes < sizeof(pf::Header) || backend_bytes < backend_align) {
+    throw fail(fmt::format("the backing object is {} bytes, too small to hold a pool header",
+                           backend_bytes));
+  }
+  if (role == PoolRole::kWriter && !backend->is_writable()) {
+    throw fail("a writer needs a writable backend");
+  }
+  pf::Header h;
+  {
+    Mapping first = backend->map(0, backend_align, Access::kReadOnly);
+    std::memcpy(&h, first.data(), sizeof h);
+  }
+  if (std::memcmp(h.magic, pf::kMagic, sizeof h.magic) != 0) {
+    bool zero = true;
+    for (char c : h.magic) zero = zero && c == 0;
+    throw fail(zero ? "bad magic: the header is blank (never initialised, or erased)"
+                    : "bad magic: this is not an xlshare pool");
+  }
+  if (h.version != kFormatVersion) {
+    throw fail(fmt::format("format version {}; this build reads version {}", h.version,
+                           kFormatVersion));
+  }
+  if (h.header_struct_bytes != sizeof(pf::Header) || h.header_checksum != header_checksum(h)) {
+    throw fail("the header fails its checksum: the header is corrupted");
+  }
+  if (backend_bytes < h.pool_bytes) {
+    throw fail(fmt::format("the backing object is {} bytes but the pool was created with {}: "
+                           "truncated",
+                           backend_bytes, h.pool_bytes));
+  }
+  if (h.pool_bytes != backend_bytes) {
+    throw fail(fmt::format("the backing object is {} bytes but the pool was created with {}",
+                           backend_bytes, h.pool_bytes));
+  }
+  // The layout must be the one create() would have made, and fit.
+  const bool geometry_ok = [&] {
+    if (!is_pow2(h.alignment_bytes) || h.alignment_bytes % backend_align != 0) return false;
+    if (h.max_models == 0 || h.max_models > pf::kMaxModels || h.max_tensors == 0 ||
+        h.max_tensors > (1u << 24)) return false;
+    if (h.model_record_bytes != sizeof(pf::ModelRecord) ||
+        h.tensor_record_bytes != sizeof(pf::TensorRecord)) return false;
+    const Geometry g = plan_geometry(h.alignment_bytes, h.max_models, h.max_tensors);
+    return g.control_offset == h.control_offset && g.control_bytes == h.control_bytes &&
+           g.catalog_offset == h.catalog_offset && g.catalog_bytes == h.catalog_bytes &&
+           g.models_offset == h.models_offset && g.tensors_offset == h.tensors_offset &&
+           g.extents_offset == h.extents_offset && g.extent_capacity == h.extent_capacity &&
+           g.data_offset == h.data_offset && h.data_offset <= h.pool_bytes &&
+           h.data_bytes <= h.pool_bytes - h.data_offset && h.data_bytes % h.alignment_bytes == 0;
+  }();
+  if (!geometry_ok) throw fail("the header describes an impossible layout: the header is corrupted");
+  const std::uint64_t state = h.state;
+  if (state == pf::kPoolCreating) {
+    throw fail("the pool is unsealed (state 'creating'): its creator has not finished, or died");
+  }
+  if (state != pf::kPoolReady) throw fail(fmt::format("unknown pool state {}", state));
+
+  auto impl = std::make_unique<Impl>();
+  impl->uri = uri;
+  impl->role = role;
+  const std::uint64_t mapped = h.data_offset + h.data_bytes;
+  impl->whole = backend->map(0, mapped, role == PoolRole::kWriter ? Access::kReadWrite : Access::kReadOnly);
+  std::byte* base = impl->whole.data();
+  impl->base = base;
+  impl->header = reinterpret_cast<const pf::Header*>(base);
+  if (role == PoolRole::kWriter) {
+    impl->header_rw = reinterpret_cast<pf::Header*>(base);
+    impl->control = reinterpret_cast<pf::Control*>(base + h.control_offset);
+  } else if (backend->is_writable()) {
+    impl->control_map = backend->map(h.control_offset, h.control_bytes, Access::kReadWrite);
+    impl->control = reinterpret_cast<pf::Control*>(impl->control_map.data());
+  } else {
+    spdlog::warn("pool {}: opened read-only; this process's link traffic is not shared with "
+                 "other attachers",
+                 uri);
+    impl->private_control = std::make_unique<pf::Control>();
+    impl->control = impl->private_control.get();
+  }
+  impl->models = const_cast<pf::ModelRecord*>(reinterpret_cast<const pf::ModelRecord*>(base + h.models_offset));
+  impl->tensors = const_cast<pf::TensorRecord*>(reinterpret_cast<const pf::TensorRecord*>(base + h.tensors_offset));
+  impl->extents = const_cast<ExtentTable*>(reinterpret_cast<const ExtentTable*>(base + h.extents_offset));
+  impl->lay = Layout{h.pool_bytes, h.alignment_bytes, h.control_offset, h.control_bytes,
+                     h.catalog_offset, h.catalog_bytes, h.models_offset, h.tensors_offset,
+                     h.extents_offset, h.data_offset, h.data_bytes, h.max_models,
+                     h.max_tensors, h.model_record_bytes, h.tensor_record_bytes};
+  // Every sealed model must validate before anything is trusted.
+  for (std::uint32_t i = 0; i < h.max_models; ++i) {
+    const std::uint64_t s = aload(impl->models[i].state);
+    if (s > pf::kModelRemoving) {
+      throw fail(fmt::format("corrupted catalog: model record {} has unknown state {}", i, s));
+    }
+    (void)impl->load_model(i);
+  }
+  if (role == PoolRole::kWriter) {
+    typename Impl::Lock lock(*impl);
+    const auto& t = *impl->extents;
+    if (t.capacity != h.extent_capacity || t.begin_bytes != h.data_offset ||
+        t.end_bytes != h.data_offset + h.data_bytes || t.alignment_bytes != h.alignment_bytes) {
+      throw fail("corrupted catalog: the extent table does not match the header");
+    }
+    if (auto problem = ExtentAllocator(*impl->extents).check(); !problem.empty()) {
+      spdlog::warn("pool {}: extent table inconsistent ({}); rebuilding it from the catalog",
+                   uri, problem);
+      impl->recover_locked();
+    }
+  }
+  impl->backend = std::move(backend);
+  impl->backend->bind_link_state(&impl->control->link);
+  impl->claim_slot();
+  return std::unique_ptr<Pool>(new Pool(std::move(impl)));
+}
+
+const std::string& Pool::uri() const noexcept { return impl_->uri; }
+PoolRole Pool::role() const noexcept { return impl_->role; }
+MemoryBackend& Pool::backend() noexcept { return *impl_->backend; }
+LinkState& Pool::link_state() noexcept { return impl_->control->link; }
+Pool::Layout Pool::layout() const noexcept { return impl_->lay; }
+
+// ---------------------------------------------------------------------------------------
+// Catalog changes
+
+ModelWriter Pool::begin_model(std::string_view name) {
+  Impl& im = *impl_;
+  im.require_writer("add a model");
+  validate_model_name(name);
+  Impl::Lock lock(im);
+  if (auto existing = im.slot_of(name)) {
+    const pf::ModelRecord& m = im.models[*existing];
+    const std::uint64_t s = aload(m.state);
+    if (s == pf::kModelLoading && !process_alive(m.owner_pid, m.owner_start_ticks)) {
+      im.free_model_locked(*existing);  // its loader died: take the name back
+    } else {
+      throw PoolError(fmt::format("{}: a model named '{}' already exists ({})", im.where(), name,
+                                  s == pf::kModelSealed ? "sealed" : "being loaded or removed"));
+    }
+  }
+  for (std::uint32_t i = 0; i < im.lay.max_models; ++i) {
+    pf::ModelRecord& m = im.models[i];
+    if (aload(m.state) != pf::kModelEmpty) continue;
+    std::memset(reinterpret_cast<std::byte*>(&m) + sizeof(std::uint64_t), 0,
+                sizeof(pf::ModelRecord) - sizeof(std::uint64_t));
+    m.owner_pid = im.my_pid;
+    m.owner_start_ticks = im.my_start_ticks;
+    std::memcpy(m.name, name.data(), name.size());
+    aref(m.state).store(pf::kModelLoading, std::memory_order_release);
+    im.bump_generation();
+    return ModelWriter(*this, i, std::string(name));
+  }
+  throw OutOfMemory(fmt::format("{}: the catalog holds {} models and is full", im.where(),
+                                im.lay.max_models));
+}
+
+void Pool::remove_model(std::string_view name, bool force) {
+  Impl& im = *impl_;
+  im.require_writer("remove a model");
+  Impl::Lock lock(im);
+  auto slot = im.slot_of(name);
+  if (!slot) throw PoolError(fmt::format("{}: no model named '{}'", im.where(), name));
+  pf::ModelRecord& m = im.models[*slot];
+  const std::uint64_t state = aload(m.state);
+  if (state == pf::kModelLoading && process_alive(m.owner_pid, m.owner_start_ticks) && !force) {
+    throw PoolError(fmt::format("{}: model '{}' is being loaded by live process {}", im.where(),
+                                name, m.owner_pid));
+  }
+  aref(m.state).store(pf::kModelRemoving, std::memory_order_seq_cst);
+  const auto users = im.users_of(*slot);
+  if (!users.empty() && !force) {
+    aref(m.state).store(state, std::memory_order_seq_cst);
+    throw PoolError(fmt::format("{}: model '{}' is in use by {} live process(es), e.g. pid {}",
+                                im.where(), name, users.size(), users.front()));
+  }
+  im.free_model_locked(*slot);
+}
+
+std::uint32_t Pool::reclaim_abandoned() {
+  Impl& im = *impl_;
+  im.require_writer("reclaim abandoned models");
+  Impl::Lock lock(im);
+  std::uint32_t n = 0;
+  for (std::uint32_t i = 0; i < im.lay.max_models; ++i) {
+    pf::ModelRecord& m = im.models[i];
+    const std::uint64_t s = aload(m.state);
+    // A remove runs under the lock, so a record left 'removing' was abandoned mid-way.
+    const bool dead_loader = s == pf::kModelLoading && !process_alive(m.owner_pid, m.owner_start_ticks);
+    if (dead_loader || s == pf::kModelRemoving) {
+      spdlog::info("{}: reclaiming model '{}' abandoned by pid {}", im.where(),
+                   read_name(m.name).value_or("?"), m.owner_pid);
+      im.free_model_locked(i);
+      ++n;
+    }
+  }
+  return n;
+}
+
+std::vector<ModelEntry> Pool::list_models() const {
+  const Impl& im = *impl_;
+  std::vector<ModelEntry> out;
+  for (std::uint32_t i = 0; i < im.lay.max_models; ++i) {
+    const pf::ModelRecord& m = im.models[i];
+    const std::uint64_t s = aload(m.state);
+    if (s == pf::kModelEmpty) continue;
+    ModelEntry e;
+    e.name = read_name(m.name).value_or("?");
+    e.state = s == pf::kModelLoading ? "loading" : s == pf::kModelSealed ? "sealed" : "removing";
+    e.owner_pid = m.owner_pid;
+    e.owner_alive = process_alive(m.owner_pid, m.owner_start_ticks);
+    e.tensor_count = m.tensor_count;
+    e.bytes = m.tensor_bytes;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::vector<std::string> Pool::model_names() const {
+  std::vector<std::string> names;
+  for (const auto& e : list_models()) {
+    if (e.state == "sealed") names.push_back(e.name);
+  }
+  return names;
+}
+
+std::shared_ptr<const ModelView> Pool::model(std::string_view name) {
+  Impl& im = *impl_;
+  auto slot = im.slot_of(name);
+  if (!slot) {
+    std::string known;
+    for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
+    throw PoolError(fmt::format("{}: no model named '{}' (sealed models: {})", im.where(), name,
+                                known.empty() ? "none" : known));
+  }
+  const pf::ModelRecord& m = im.models[*slot];
+  const std::uint64_t s = aload(m.state);
+  if (s == pf::kModelLoading) {
+    const bool alive = process_alive(m.owner_pid, m.owner_start_ticks);
+    throw PoolError(fmt::format(
+        "{}: model '{}' is unsealed: {}", im.where(), name,
+        alive ? fmt::format("process {} is still loading it", m.owner_pid)
+              : fmt::format("its loader (pid {}) died before sealing it; `xlshare pool reclaim` "
+                            "frees it",
+                            m.owner_pid)));
+  }
+  if (s != pf::kModelSealed) {
+    throw PoolError(fmt::format("{}: model '{}' is being removed", im.where(), name));
+  }
+  // Announce the use before the final check, so a concurrent remove sees one or the other.
+  if (im.my_slot >= 0) {
+    aref(im.control->slots[im.my_slot].models_in_use)
+        .fetch_or(std::uint64_t{1} << *slot, std::memory_order_seq_cst);
+  }
+  auto view = im.load_model(*slot);
+  if (!view) {
+    throw PoolError(fmt::format("{}: model '{}' was removed while attaching", im.where(), name));
+  }
+  return view;
+}
+
+TensorInfo Pool::find_tensor(std::string_view qualified_name) {
+  const auto slash = qualified_name.find('/');
+  if (slash == std::string_view::npos) {
+    throw PoolError(fmt::format("{}: tensor name '{}' is not of the form model/tensor",
+                                impl_->where(), qualified_name));
+  }
+  auto m = model(qualified_name.substr(0, slash));
+  return m->at(qualified_name.substr(slash + 1));
+}
+
+ReadStatus Pool::read(const TensorInfo& tensor, std::uint64_t offset_bytes,
+                      std::span<std::byte> dst) noexcept {
+  if (offset_bytes > tensor.size_bytes || dst.size() > tensor.size_bytes - offset_bytes) {
+    return ReadStatus::kOutOfRange;
+  }
+  return impl_->backend->read(tensor.offset_bytes + offset_bytes, dst);
+}
+
+std::span<const std::byte> Pool::view(const TensorInfo& tensor) const noexcept {
+  const auto& lay = impl_->lay;
+  if (!impl_->in_data(tensor.offset_bytes, tensor.size_bytes)) return {};
+  (void)lay;
+  return {impl_->base + tensor.offset_bytes, tensor.size_bytes};
+}
+
+bool Pool::verify(const TensorInfo& tensor) const noexcept {
+  const auto bytes = view(tensor);
+  return bytes.size() == tensor.size_bytes && checksum64(bytes) == tensor.checksum;
+}
+
+PoolStats Pool::stats() const {
+  const Impl& im = *impl_;
+  PoolStats s;
+  s.uri = im.uri;
+  s.pool_bytes = im.lay.pool_bytes;
+  s.data_bytes = im.lay.data_bytes;
+  s.generation = aload(im.header->generation);
+  for (std::uint32_t i = 0; i < im.lay.max_models; ++i) {
+    const std::uint64_t st = aload(im.models[i].state);
+    if (st == pf::kModelSealed) {
+      ++s.models_sealed;
+      s.tensors += im.models[i].tensor_count;
+    } else if (st == pf::kModelLoading) {
+      ++s.models_loading;
+    }
+  }
+  for (std::uint32_t i = 0; i < pf::kAttachSlots; ++i) {
+    const auto& slot = im.control->slots[i];
+    const std::int32_t pid = aload(slot.pid);
+    if (pid > 0 && process_alive(pid, aload(slot.start_ticks))) ++s.attached_processes;
+  }
+  s.extents = ExtentAllocator(*im.extents).stats();
+  LinkState& link = im.control->link;
+  s.link_bytes = link_field(link.bytes_total).load();
+  s.link_transfers = link_field(link.transfers_total).load();
+  s.link_busy_ns = link_field(link.busy_ns_total).load();
+  s.link_faults = link_field(link.faults_total).load();
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// ModelWriter
+
+ModelWriter::ModelWriter(Pool& pool, std::uint32_t slot, std::string name)
+    : pool_(&pool), slot_(slot), name_(std::move(name)) {}
+
+ModelWriter::ModelWriter(ModelWriter&& other) noexcept
+    : pool_(std::exchange(other.pool_, nullptr)),
+      slot_(other.slot_),
+      name_(std::move(other.name_)),
+      tensor_slots_(std::move(other.tensor_slots_)),
+      tensor_names_(std::move(other.tensor_names_)) {}
+
+ModelWriter::~ModelWriter() { abandon(); }
+
+std::span<std::byte> ModelWriter::add_tensor(std::string_view name, DType dtype,
+                                             std::span<const std::uint64_t> shape) {
+  if (pool_ == nullptr) throw PoolError(fmt::format("model '{}': writer already sealed", name_));
+  Pool::Impl& im = *pool_->impl_;
+  validate_tensor_name(name);
+  if (!dtype_is_valid(static_cast<std::uint32_t>(dtype))) {
+    throw ConfigError(fmt::format("tensor '{}': unknown dtype", name));
+  }
+  if (shape.empty() || shape.size() > kMaxTensorDims) {
+    throw ConfigError(fmt::format("tensor '{}': {} dimensions; 1..{} are supported", name,
+                                  shape.size(), kMaxTensorDims));
+  }
+  std::uint64_t n = 1;
+  for (auto d : shape) {
+    if (d == 0 || n > UINT64_MAX / d) throw ConfigError(fmt::format("tensor '{}': bad shape", name));
+    n *= d;
+  }
+  const auto bytes = dtype_bytes(dtype, n);
+  if (!bytes) {
+    throw ConfigError(fmt::format("tensor '{}': {} elements are not whole {} blocks", name, n,
+                                  to_string(dtype)));
+  }
+  for (const auto& existing : tensor_names_) {
+    if (existing == name) {
+      throw ConfigError(fmt::format("model '{}': tensor '{}' added twice", name_, name));
+    }
+  }
+  Pool::Impl::Lock lock(im);
+  // A free catalog slot.
+  std::optional<std::uint32_t> record;
+  for (std::uint32_t k = 0; k < im.lay.max_tensors; ++k) {
+    const std::uint32_t i = (im.tensor_hint + k) % im.lay.max_tensors;
+    if (aload(im.tensors[i].in_use) == 0) {
+      record = i;
+      break;
+    }
+  }
+  if (!record) {
+    throw OutOfMemory(fmt::format("{}: the catalog holds {} tensors and is full (tensor '{}/{}')",
+                                  im.where(), im.lay.max_tensors, name_, name));
+  }
+  ExtentAllocator alloc(*im.extents);
+  auto offset = alloc.allocate(*bytes);
+  if (!offset) {
+    const auto st = alloc.stats();
+    throw OutOfMemory(fmt::format(
+        "{}: no room for tensor '{}/{}' of {} bytes ({} bytes free, largest free extent {})",
+        im.where(), name_, name, *bytes, st.bytes_free, st.largest_free_extent));
+  }
+  pf::TensorRecord& t = im.tensors[*record];
+  std::memset(reinterpret_cast<std::byte*>(&t) + sizeof(std::uint32_t), 0,
+              sizeof(pf::TensorRecord) - sizeof(std::uint32_t));
+  t.model_slot = slot_;
+  std::memcpy(t.name, name.data(), name.size());
+  t.dtype = static_cast<std::uint32_t>(dtype);
+  t.n_dims = static_cast<std::uint32_t>(shape.size());
+  for (std::size_t d = 0; d < shape.size(); ++d) t.shape[d] = shape[d];
+  t.offset_bytes = *offset;
+  t.size_bytes = *bytes;
+  t.model_slot_copy = slot_;
+  t.ordinal = static_cast<std::uint32_t>(tensor_slots_.size());
+  aref(t.in_use).store(1, std::memory_order_release);
+  im.tensor_hint = *record + 1;
+  tensor_slots_.push_back(*record);
+  tensor_names_.emplace_back(name);
+  pf::ModelRecord& m = im.models[slot_];
+  m.tensor_count = static_cast<std::uint32_t>(tensor_slots_.size());
+  m.tensor_bytes += *bytes;
+  return {im.base + *offset, *bytes};
+}
+
+void ModelWriter::set_metadata(std::string_view metadata) {
+  if (pool_ == nullptr) throw PoolError(fmt::format("model '{}': writer already sealed", name_));
+  Pool::Impl& im = *pool_->impl_;
+  Pool::Impl::Lock lock(im);
+  pf::ModelRecord& m = im.models[slot_];
+  if (m.metadata_bytes > 0) {
+    im.free_extent(m.metadata_offset, m.metadata_bytes);
+    m.metadata_offset = m.metadata_bytes = 0;
+  }
+  if (metadata.empty()) return;
+  auto offset = ExtentAllocator(*im.extents).allocate(metadata.size());
+  if (!offset) {
+    throw OutOfMemory(fmt::format("{}: no room for {} bytes of metadata of model '{}'",
+                                  im.where(), metadata.size(), name_));
+  }
+  std::memcpy(im.base + *offset, metadata.data(), metadata.size());
+  m.metadata_offset = *offset;
+  m.metadata_bytes = metadata.size();
+}
+
+void ModelWriter::seal() {
+  if (pool_ == nullptr) throw PoolError(fmt::format("model '{}': writer already sealed", name_));
+  Pool::Impl& im = *pool_->impl_;
+  pf::ModelRecord& m = im.models[slot_];
+  if (aload(m.state) != pf::kModelLoading || m.owner_pid != im.my_pid) {
+    throw PoolError(fmt::format("{}: model '{}' is no longer being loaded by this process",
+                                im.where(), name_));
+  }
+  // Checksums are computed without the lock: only this writer touches these records.
+  for (std::uint32_t slot : tensor_slots_) {
+    pf::TensorRecord& t = im.tensors[slot];
+    t.checksum = checksum64(im.base + t.offset_bytes, t.size_bytes);
+    t.record_checksum = tensor_record_checksum(t);
+  }
+  Pool::Impl::Lock lock(im);
+  if (m.metadata_bytes > 0) {
+    m.metadata_checksum = checksum64(im.base + m.metadata_offset, m.metadata_bytes);
+  }
+  m.record_checksum = model_record_checksum(m);
+  aref(m.state).store(pf::kModelSealed, std::memory_order_release);
+  im.bump_generation();
+  pool_ = nullptr;
+  tensor_slots_.clear();
+  tensor_names_.clear();
+}
+
+void ModelWriter::abandon() noexcept {
+  if (pool_ == nullptr) return;
+  Pool::Impl& im = *pool_->impl_;
+  try {
+    Pool::Impl::Lock lock(im);
+    pf::ModelRecord& m = im.models[slot_];
+    if (aload(m.state) == pf::kModelLoading && m.owner_pid == im.my_pid) im.free_model_locked(slot_);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: could not abandon model '{}': {}", im.where(), name_, e.what());
+  }
+  pool_ = nullptr;
+}
+
+}  // namespace xlshare

@@ -1,0 +1,92 @@
+// The on-pool structures of format version 1. Private to src/ (and to tests that corrupt
+// pools on purpose). Everything is plain data at fixed offsets; fields written after
+// creation by more than one process are accessed through std::atomic_ref.
+#pragma once
+
+#include <pthread.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "xlshare/memory/link_state.hpp"
+
+namespace xlshare::pool_format {
+
+inline constexpr char kMagic[8] = {'X', 'L', 'S', 'P', 'O', 'O', 'L', '\0'};
+inline constexpr std::uint32_t kMaxModels = 64;  // one bit each in AttachSlot::models_in_use
+inline constexpr std::uint32_t kAttachSlots = 128;
+inline constexpr std::size_t kModelNameBytes = 64;    // including the terminating NUL
+inline constexpr std::size_t kTensorNameBytes = 112;  // including the terminating NUL
+
+enum PoolState : std::uint64_t { kPoolCreating = 0, kPoolReady = 1 };
+enum ModelState : std::uint64_t {
+  kModelEmpty = 0,
+  kModelLoading = 1,
+  kModelSealed = 2,
+  kModelRemoving = 3,
+};
+
+struct Header {
+  char magic[8];
+  std::uint32_t version;
+  std::uint32_t header_struct_bytes;
+  std::uint64_t pool_bytes;
+  std::uint64_t alignment_bytes;
+  std::uint64_t control_offset, control_bytes;
+  std::uint64_t catalog_offset, catalog_bytes;
+  std::uint64_t models_offset, tensors_offset, extents_offset;
+  std::uint32_t max_models, max_tensors;
+  std::uint32_t model_record_bytes, tensor_record_bytes;
+  std::uint64_t extent_capacity;
+  std::uint64_t data_offset, data_bytes;
+  std::uint32_t creator_uid, reserved0;
+  std::uint64_t created_unix_ns;
+  std::uint64_t header_checksum;  // XXH3 of every byte above this field
+  // Mutable, outside the checksum:
+  std::uint64_t state;       // PoolState
+  std::uint64_t generation;  // bumped on every catalog change
+};
+
+struct AttachSlot {
+  std::int32_t pid;  // 0: free
+  std::uint32_t reserved0;
+  std::uint64_t start_ticks;
+  std::uint64_t models_in_use;  // bit i: model slot i
+  std::uint64_t attached_unix_ns;
+};
+
+struct Control {
+  pthread_mutex_t mutex;  // process-shared, robust
+  alignas(64) LinkState link;
+  alignas(64) AttachSlot slots[kAttachSlots];
+};
+
+struct ModelRecord {
+  std::uint64_t state;  // ModelState
+  std::int32_t owner_pid;
+  std::uint32_t reserved0;
+  std::uint64_t owner_start_ticks;
+  // Covered by record_checksum once sealed:
+  char name[kModelNameBytes];
+  std::uint32_t tensor_count;
+  std::uint32_t reserved1;
+  std::uint64_t tensor_bytes;
+  std::uint64_t metadata_offset, metadata_bytes, metadata_checksum;
+  std::uint64_t record_checksum;
+};
+
+struct TensorRecord {
+  std::uint32_t in_use;      // 0 free, 1 used
+  std::uint32_t model_slot;  // which ModelRecord
+  // Covered by record_checksum once the model is sealed:
+  char name[kTensorNameBytes];
+  std::uint32_t dtype;
+  std::uint32_t n_dims;
+  std::uint64_t shape[4];
+  std::uint64_t offset_bytes, size_bytes, checksum;
+  std::uint32_t model_slot_copy;
+  std::uint32_t ordinal;  // position within the model
+  std::uint64_t record_checksum;
+};
+
+}  // namespace xlshare::pool_format
