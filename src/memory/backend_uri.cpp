@@ -21,7 +21,21 @@ void check_path(std::string_view uri, std::string_view path) {
   if (path.find('\0') != std::string_view::npos) {
     throw ConfigError(fmt::format("'{}': the path holds a NUL byte", uri));
   }
+  for (std::size_t pos = 0; pos != std::string_view::npos;) {
+    const auto next = path.find('/', pos + 1);
+    const auto part = path.substr(pos + 1, next == std::string_view::npos ? next : next - pos - 1);
+    if (part == "..") throw ConfigError(fmt::format("'{}': the path may not contain '..'", uri));
+    pos = next;
+  }
   if (path.size() > 4096) throw ConfigError(fmt::format("'{}...': the path is too long", uri.substr(0, 40)));
+}
+
+void check_name(std::string_view uri, std::string_view name) {
+  try {
+    SharedMemoryBackend::validate_name(name);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("'{}': {}", uri, e.what()));
+  }
 }
 
 }  // namespace
@@ -39,7 +53,7 @@ BackendUri parse_backend_uri(std::string_view uri) {
   const std::string_view rest = uri.substr(sep + 3);
   if (scheme == "shm") {
     out.scheme = BackendUri::Scheme::kShm;
-    SharedMemoryBackend::validate_name(rest);
+    check_name(uri, rest);
     out.target = std::string(rest);
   } else if (scheme == "dax") {
     out.scheme = BackendUri::Scheme::kDax;
@@ -62,7 +76,7 @@ BackendUri parse_backend_uri(std::string_view uri) {
       throw ConfigError(fmt::format("'{}': NUMA node '{}' is not a number in 0..4095", uri, node));
     }
     out.numa_node = value;
-    SharedMemoryBackend::validate_name(rest.substr(slash + 1));
+    check_name(uri, rest.substr(slash + 1));
     out.target = std::string(rest.substr(slash + 1));
   } else {
     throw ConfigError(fmt::format("'{}': unknown scheme '{}'; use shm, dax, file or numa", uri, scheme));

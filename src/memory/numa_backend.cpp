@@ -126,6 +126,9 @@ std::unique_ptr<NumaBackend> NumaBackend::open(int node, std::string_view name,
 int NumaBackend::node_of_page(std::uint64_t offset_bytes) const noexcept {
   if (offset_bytes >= size_bytes()) return -1;
   void* page = const_cast<std::byte*>(read_view()) + offset_bytes / page_size_bytes() * page_size_bytes();
+  // Fault the page into this process's view first: move_pages reports -ENOENT for a page
+  // that is resident in the object but not yet mapped here.
+  (void)*static_cast<volatile const std::byte*>(page);
   int status = -1;
   if (::move_pages(0, 1, &page, nullptr, &status, 0) != 0) return -1;
   return status;

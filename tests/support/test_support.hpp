@@ -1,0 +1,108 @@
+// Helpers shared by the tests: unique names, temporary directories, child processes.
+#pragma once
+
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "xlshare/memory/backend_uri.hpp"
+
+namespace xlshare::test {
+
+/// A name no other test (or test process) uses: "xlshare-test-PID-N-tag".
+inline std::string unique_name(const std::string& tag) {
+  static std::atomic<int> counter{0};
+  return fmt::format("xlshare-test-{}-{}-{}", ::getpid(), counter++, tag);
+}
+
+/// Removes a backend object (shm, file) when the test ends, whatever happened.
+class BackendGuard {
+ public:
+  explicit BackendGuard(std::string uri) : uri_(std::move(uri)) {}
+  ~BackendGuard() {
+    try {
+      if (backend_exists(uri_)) remove_backend(uri_);
+    } catch (...) {
+    }
+  }
+  const std::string& uri() const noexcept { return uri_; }
+
+ private:
+  std::string uri_;
+};
+
+/// A fresh directory under /tmp, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    path_ = std::filesystem::temp_directory_path() / unique_name("dir");
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// Runs `body` in a forked child; the child's exit status is body's return value (or 99 if
+/// it threw). Returns the child's pid.
+inline pid_t spawn(const std::function<int()>& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int rc = 99;
+    try {
+      rc = body();
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "child {}: {}\n", ::getpid(), e.what());
+    }
+    ::_exit(rc);
+  }
+  return pid;
+}
+
+/// Waits for `pid`; returns its exit status, or 128 + signal.
+inline int wait_exit(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+/// A one-shot pipe for "I am ready" / "go on" between parent and child.
+class Signal {
+ public:
+  Signal() {
+    if (::pipe(fds_) != 0) throw std::runtime_error("pipe failed");
+  }
+  ~Signal() {
+    ::close(fds_[0]);
+    ::close(fds_[1]);
+  }
+  void notify() {
+    const char c = 1;
+    (void)!::write(fds_[1], &c, 1);
+  }
+  bool wait() {
+    char c = 0;
+    return ::read(fds_[0], &c, 1) == 1;
+  }
+
+ private:
+  int fds_[2];
+};
+
+}  // namespace xlshare::test
