@@ -1,0 +1,173 @@
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "xlshare/error.hpp"
+#include "xlshare/memory/backend_uri.hpp"
+#include "xlshare/memory/pool.hpp"
+
+namespace xlshare::cli {
+namespace {
+
+// "1G", "512M", "64K", "4096" -> bytes.
+std::uint64_t parse_size(const std::string& text) {
+  if (text.empty()) throw ConfigError("empty size");
+  std::size_t used = 0;
+  unsigned long long value = 0;
+  try {
+    value = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    throw ConfigError(fmt::format("size '{}' is not a number (examples: 4096, 64M, 2G)", text));
+  }
+  const std::string unit = text.substr(used);
+  std::uint64_t mult = 1;
+  if (unit == "" || unit == "B") mult = 1;
+  else if (unit == "K" || unit == "KiB") mult = 1ull << 10;
+  else if (unit == "M" || unit == "MiB") mult = 1ull << 20;
+  else if (unit == "G" || unit == "GiB") mult = 1ull << 30;
+  else if (unit == "T" || unit == "TiB") mult = 1ull << 40;
+  else throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G, T)", text, unit));
+  if (value > UINT64_MAX / mult) throw ConfigError(fmt::format("size '{}' is too large", text));
+  return value * mult;
+}
+
+std::string human(std::uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, units[u]);
+}
+
+struct PoolArgs {
+  std::string uri;
+  std::string size = "1G";
+  std::uint32_t max_models = 16;
+  std::uint32_t max_tensors = 4096;
+  bool json = false;
+  bool force = false;
+  std::string model;
+};
+
+void pool_create(const PoolArgs& a) {
+  PoolOptions o;
+  o.max_models = a.max_models;
+  o.max_tensors = a.max_tensors;
+  const std::uint64_t bytes = parse_size(a.size);
+  auto backend = create_backend(a.uri, bytes);
+  std::unique_ptr<Pool> pool;
+  try {
+    pool = Pool::create(std::move(backend), o);
+  } catch (...) {
+    remove_backend(a.uri);  // leave nothing half-made behind
+    throw;
+  }
+  const auto s = pool->stats();
+  if (a.json) {
+    fmt::print("{}\n", s.to_json());
+  } else {
+    fmt::print("created pool {}: {} total, {} for data\n", a.uri, human(s.pool_bytes),
+               human(s.data_bytes));
+  }
+}
+
+void pool_info(const PoolArgs& a) {
+  auto pool = Pool::attach(open_backend(a.uri));
+  const auto s = pool->stats();
+  const auto models = pool->list_models();
+  if (a.json) {
+    auto j = nlohmann::json::parse(s.to_json());
+    j["models"] = nlohmann::json::array();
+    for (const auto& m : models) {
+      j["models"].push_back({{"name", m.name}, {"state", m.state}, {"tensors", m.tensor_count},
+                             {"bytes", m.bytes}, {"owner_pid", m.owner_pid},
+                             {"owner_alive", m.owner_alive}});
+    }
+    fmt::print("{}\n", j.dump(2));
+    return;
+  }
+  fmt::print("pool {}\n", s.uri);
+  fmt::print("  size        {} ({} for data)\n", human(s.pool_bytes), human(s.data_bytes));
+  fmt::print("  used        {}  free {}  largest free extent {}  fragmentation {:.3f}\n",
+             human(s.extents.bytes_used), human(s.extents.bytes_free),
+             human(s.extents.largest_free_extent), s.extents.fragmentation);
+  fmt::print("  attached    {} process(es) (this one included)\n", s.attached_processes);
+  fmt::print("  link        {} moved in {} transfers, {} faults\n", human(s.link_bytes),
+             s.link_transfers, s.link_faults);
+  fmt::print("  models      {} sealed, {} loading\n", s.models_sealed, s.models_loading);
+  for (const auto& m : models) {
+    fmt::print("    {:<24} {:<8} {:>6} tensors {:>12}{}\n", m.name, m.state, m.tensor_count,
+               human(m.bytes),
+               m.state == "loading" ? fmt::format("  (loader pid {} {})", m.owner_pid,
+                                                  m.owner_alive ? "alive" : "dead")
+                                    : "");
+  }
+}
+
+void pool_rm(const PoolArgs& a) {
+  if (!a.model.empty()) {
+    auto pool = Pool::attach(open_backend(a.uri), PoolRole::kWriter);
+    pool->remove_model(a.model, a.force);
+    fmt::print("removed model {} from {}\n", a.model, a.uri);
+    return;
+  }
+  if (!a.force) {
+    // Refuse to pull the pool from under live workers unless told to.
+    std::uint32_t attached = 0;
+    try {
+      attached = Pool::attach(open_backend(a.uri))->stats().attached_processes;
+    } catch (const PoolError&) {
+      attached = 1;  // unreadable pool: nobody can be using it through xlshare
+    }
+    if (attached > 1) {
+      throw PoolError(fmt::format("pool {} has {} other attached process(es); use --force",
+                                  a.uri, attached - 1));
+    }
+  }
+  remove_backend(a.uri);
+  fmt::print("removed pool {}\n", a.uri);
+}
+
+void pool_reclaim(const PoolArgs& a) {
+  auto pool = Pool::attach(open_backend(a.uri), PoolRole::kWriter);
+  const auto n = pool->reclaim_abandoned();
+  fmt::print("reclaimed {} abandoned model(s) in {}\n", n, a.uri);
+}
+
+}  // namespace
+
+void add_pool_commands(CLI::App& app) {
+  auto args = std::make_shared<PoolArgs>();
+  CLI::App* pool = app.add_subcommand("pool", "create, inspect and remove pools");
+  pool->require_subcommand(1);
+
+  CLI::App* create = pool->add_subcommand("create", "create an empty pool");
+  create->add_option("uri", args->uri, "shm://NAME, file:///PATH, dax:///dev/daxX.Y or numa://NODE/NAME")->required();
+  create->add_option("--size", args->size, "pool size, e.g. 512M, 4G")->capture_default_str();
+  create->add_option("--max-models", args->max_models, "models the catalog can hold (1..64)")->capture_default_str();
+  create->add_option("--max-tensors", args->max_tensors, "tensors the catalog can hold")->capture_default_str();
+  create->add_flag("--json", args->json, "print the pool's stats as JSON");
+  create->callback([args] { pool_create(*args); });
+
+  CLI::App* info = pool->add_subcommand("info", "show a pool's layout, models and link counters");
+  info->add_option("uri", args->uri, "the pool's URI")->required();
+  info->add_flag("--json", args->json, "print JSON");
+  info->callback([args] { pool_info(*args); });
+
+  CLI::App* rm = pool->add_subcommand("rm", "remove a pool, or one model from it");
+  rm->add_option("uri", args->uri, "the pool's URI")->required();
+  rm->add_option("--model", args->model, "remove only this model");
+  rm->add_flag("--force", args->force, "remove even while other processes are attached");
+  rm->callback([args] { pool_rm(*args); });
+
+  CLI::App* reclaim = pool->add_subcommand("reclaim", "free models whose loader died before sealing");
+  reclaim->add_option("uri", args->uri, "the pool's URI")->required();
+  reclaim->callback([args] { pool_reclaim(*args); });
+}
+
+}  // namespace xlshare::cli
