@@ -16,6 +16,7 @@
 #include <mutex>
 #include <sstream>
 #include <unordered_set>
+#include <utility>
 
 #include "memory/pool_layout.hpp"
 #include "xlshare/error.hpp"

@@ -337,7 +337,8 @@ TEST_F(PoolTest, ALoaderKilledHoldingTheLockIsRecovered) {
   write_model(*pool, "next", 1);  // takes the lock: EOWNERDEAD, recovers, goes on
   EXPECT_EQ(pool->model_names(), (std::vector<std::string>{"kept", "next"}));
   EXPECT_GT(pool->stats().extents.bytes_used, used);
-  for (const auto& t : pool->model("kept")->tensors()) EXPECT_TRUE(pool->verify(t));
+  const auto kept = pool->model("kept");
+  for (const auto& t : kept->tensors()) EXPECT_TRUE(pool->verify(t));
 }
 
 TEST(PoolCreate, RefusesABackendTooSmallForItsCatalog) {

@@ -1,0 +1,143 @@
+// DeviceCache: one worker's near memory (its "HBM") — a byte budget of tensors.
+//
+// Entries are tensors by TensorKey, each absent, in flight (a transfer is filling its
+// buffer) or resident. In-flight and resident bytes together never exceed the budget.
+// Compute takes an RAII Lease with acquire(): the entry is pinned while the lease lives
+// and is never evicted while pinned. Transfers use begin_fetch() / complete_fetch(): a
+// prefetch never waits for room (it fails instead, or the EvictionPolicy refuses it); a
+// demand fetch waits until pins are released or in-flight transfers land and become
+// evictable. A step whose tensors together exceed the budget can never run, which
+// check_fits() reports at set-up.
+//
+// Threading: every method may be called from any thread; one mutex guards the entries and
+// the policy; waits use a condition variable.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "xlshare/cache/eviction_policy.hpp"
+#include "xlshare/cache/local_memory.hpp"
+
+namespace xlshare {
+
+enum class EntryState : std::uint8_t { kAbsent, kInFlight, kResident };
+
+/// Why a fetch is made: compute is waiting for it, or the prefetcher expects it to be.
+enum class FetchKind : std::uint8_t { kDemand, kPrefetch };
+
+/// Counters of one cache.
+struct CacheStats {
+  std::uint64_t budget_bytes = 0;
+  std::uint64_t bytes_resident = 0;
+  std::uint64_t bytes_in_flight = 0;
+  std::uint64_t peak_bytes = 0;          ///< highest resident + in flight seen
+  std::uint64_t acquires = 0;            ///< acquire() calls that returned a lease
+  std::uint64_t acquires_ready = 0;      ///< ... that found the entry resident (no wait)
+  std::uint64_t acquires_reused = 0;     ///< ... whose bytes were there from an earlier use
+  std::uint64_t acquires_waited = 0;     ///< ... that waited for an in-flight transfer
+  std::uint64_t acquires_missed = 0;     ///< acquire() on an absent entry (no lease)
+  std::uint64_t fetches_demand = 0;
+  std::uint64_t fetches_prefetch = 0;
+  std::uint64_t prefetches_refused = 0;  ///< no room (or the policy refused)
+  std::uint64_t fetches_failed = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t bytes_prefetched = 0;
+  std::uint64_t bytes_prefetched_used = 0;  ///< prefetched bytes acquired before eviction
+  std::uint64_t wait_ns = 0;                ///< time acquire() and demand fetches waited
+};
+
+class DeviceCache {
+ public:
+  /// `key_bytes[k]` is the size of tensor k. @throws ConfigError for a zero budget.
+  DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> key_bytes,
+              std::unique_ptr<EvictionPolicy> policy,
+              LocalMemory& memory = HostMemory::instance());
+  ~DeviceCache();
+  DeviceCache(const DeviceCache&) = delete;
+  DeviceCache& operator=(const DeviceCache&) = delete;
+
+  /// A pinned, resident entry. Move-only; unpins when destroyed.
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(Lease&& other) noexcept { *this = std::move(other); }
+    Lease& operator=(Lease&& other) noexcept;
+    ~Lease() { release(); }
+    explicit operator bool() const noexcept { return cache_ != nullptr; }
+    std::span<const std::byte> bytes() const noexcept { return bytes_; }
+    TensorKey key() const noexcept { return key_; }
+    void release() noexcept;
+
+   private:
+    friend class DeviceCache;
+    DeviceCache* cache_ = nullptr;
+    TensorKey key_ = 0;
+    std::span<const std::byte> bytes_;
+  };
+
+  /// Pins `key` for compute. Waits while it is in flight. Returns an empty lease when the
+  /// entry is absent (nobody fetched it) or its transfer failed. `ready`, when given, is
+  /// set to whether the entry was resident on arrival.
+  Lease acquire(TensorKey key, bool* ready = nullptr) noexcept;
+
+  /// Makes `key` in flight and returns its buffer for a transfer to fill. Prefetch: never
+  /// waits; returns nothing when the entry is already present or in flight, or there is no
+  /// room the policy agrees to make. Demand: waits for room; returns nothing only when the
+  /// entry is already present or in flight. @throws OutOfMemory when `key` alone exceeds
+  /// the budget or local memory is exhausted.
+  std::optional<std::span<std::byte>> begin_fetch(TensorKey key, FetchKind kind);
+  /// The transfer for `key` is done: resident if `ok`, else absent again (waiters see an
+  /// empty lease).
+  void complete_fetch(TensorKey key, bool ok) noexcept;
+
+  /// Drops every unpinned resident entry.
+  void clear() noexcept;
+
+  /// @throws ConfigError when these keys together exceed the budget (such a step could
+  /// never run).
+  void check_fits(std::span<const TensorKey> keys, std::string_view what) const;
+
+  EntryState state(TensorKey key) const noexcept;
+  std::uint64_t budget_bytes() const noexcept { return budget_bytes_; }
+  std::uint64_t key_bytes(TensorKey key) const noexcept { return key_bytes_[key]; }
+  std::size_t key_count() const noexcept { return key_bytes_.size(); }
+  /// Bytes a prefetch could take right now without evicting anything.
+  std::uint64_t bytes_free() const noexcept;
+  CacheStats stats() const noexcept;
+  EvictionPolicy& policy() noexcept { return *policy_; }
+  /// Checks the invariants (budget held, byte counts match states). Empty when sound.
+  std::string check() const;
+
+ private:
+  struct Entry {
+    EntryState state = EntryState::kAbsent;
+    std::uint32_t pins = 0;
+    std::byte* buffer = nullptr;
+    bool prefetched_unused = false;  // fetched by a prefetch, not yet acquired
+    bool fresh = false;              // arrived by a transfer since its last acquire
+    bool failed = false;             // its last transfer failed
+  };
+  bool make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse);
+  void evict_locked(TensorKey key) noexcept;
+  void unpin(TensorKey key) noexcept;
+
+  const std::uint64_t budget_bytes_;
+  const std::vector<std::uint64_t> key_bytes_;
+  std::unique_ptr<EvictionPolicy> policy_;
+  LocalMemory& memory_;
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  std::vector<Entry> entries_;
+  std::vector<TensorKey> candidates_;  // scratch for eviction, reused
+  std::uint64_t bytes_resident_ = 0, bytes_in_flight_ = 0;
+  CacheStats stats_;
+};
+
+}  // namespace xlshare

@@ -1,0 +1,125 @@
+// EvictionPolicy: which resident tensor a DeviceCache gives up when it needs room.
+//
+// Contract for implementers (NVI, as in STYLE.md): the public calls are non-virtual and
+// keep the counters; a policy supplies
+//   * `do_choose_victim(candidates, incoming, may_refuse)` (required): the index in
+//     `candidates` of the entry to evict. `candidates` are the resident, unpinned entries,
+//     never empty. `incoming` is the key the room is for. When `may_refuse` is true (a
+//     prefetch asks, not compute) the policy may return nullopt to say "keeping every
+//     candidate is better than admitting `incoming`"; when false it must pick one.
+//   * `do_on_insert(key)`, `do_on_access(key)`, `do_on_remove(key)` (optional, default
+//     no-op): a fetch began for `key`; compute acquired `key`; `key` left the cache.
+// The cache calls every method under its own lock, from any of its threads, so a policy
+// needs no locking of its own. Calls must be cheap: they run on every tensor access.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace xlshare {
+
+/// A worker-local, dense tensor index (0 .. n-1): the key of every near-tier structure.
+using TensorKey = std::uint32_t;
+
+/// Counters every policy keeps (through the base class).
+struct EvictionStats {
+  std::uint64_t victims_chosen = 0;
+  std::uint64_t refusals = 0;  ///< prefetches the policy refused to make room for
+};
+
+class EvictionPolicy {
+ public:
+  virtual ~EvictionPolicy() = default;
+
+  /// The entry to evict (an index into `candidates`), or nullopt when the policy refuses
+  /// (only allowed when `may_refuse`; otherwise the base falls back to candidates[0]).
+  std::optional<std::size_t> choose_victim(std::span<const TensorKey> candidates,
+                                           TensorKey incoming, bool may_refuse);
+  void on_insert(TensorKey key) { do_on_insert(key); }
+  void on_access(TensorKey key) { do_on_access(key); }
+  void on_remove(TensorKey key) { do_on_remove(key); }
+
+  /// "lru", "fifo", "schedule", or a user policy's name.
+  virtual std::string_view name() const noexcept = 0;
+  EvictionStats stats() const noexcept { return stats_; }
+
+ protected:
+  virtual std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates,
+                                                      TensorKey incoming, bool may_refuse) = 0;
+  virtual void do_on_insert(TensorKey) {}
+  virtual void do_on_access(TensorKey) {}
+  virtual void do_on_remove(TensorKey) {}
+
+ private:
+  EvictionStats stats_;
+};
+
+/// Least recently used (by acquire; a fetch counts as a use). The default.
+class LruPolicy final : public EvictionPolicy {
+ public:
+  std::string_view name() const noexcept override { return "lru"; }
+
+ protected:
+  std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates,
+                                              TensorKey incoming, bool may_refuse) override;
+  void do_on_insert(TensorKey key) override { touch(key); }
+  void do_on_access(TensorKey key) override { touch(key); }
+
+ private:
+  void touch(TensorKey key);
+  std::vector<std::uint64_t> last_use_;
+  std::uint64_t clock_ = 0;
+};
+
+/// First in, first out (by the time the fetch began).
+class FifoPolicy final : public EvictionPolicy {
+ public:
+  std::string_view name() const noexcept override { return "fifo"; }
+
+ protected:
+  std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates,
+                                              TensorKey incoming, bool may_refuse) override;
+  void do_on_insert(TensorKey key) override;
+
+ private:
+  std::vector<std::uint64_t> inserted_;
+  std::uint64_t clock_ = 0;
+};
+
+/// Belady's optimum for a known access order: evicts the entry whose next use is farthest.
+/// It is told the access trace (the model's schedule flattened to tensor keys) and whether
+/// it repeats (a decode loop does). It follows compute's position through on_access. For a
+/// prefetch it refuses to evict anything used before `incoming` is.
+class ScheduleAwarePolicy final : public EvictionPolicy {
+ public:
+  ScheduleAwarePolicy(std::vector<TensorKey> trace, bool cyclic);
+  std::string_view name() const noexcept override { return "schedule"; }
+  /// Distance in accesses from the current position to the next use of `key`
+  /// (UINT64_MAX: never again).
+  std::uint64_t next_use_distance(TensorKey key) const noexcept;
+
+ protected:
+  std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates,
+                                              TensorKey incoming, bool may_refuse) override;
+  void do_on_access(TensorKey key) override;
+
+ private:
+  std::vector<TensorKey> trace_;
+  bool cyclic_;
+  std::vector<std::vector<std::uint64_t>> occurrences_;  // by key: positions in trace_
+  std::uint64_t position_ = 0;  // index (within one cycle) of the next expected access
+  std::uint64_t cycle_ = 0;     // completed cycles
+};
+
+/// "lru" (default), "fifo", or "schedule" (which needs `trace`).
+/// @throws ConfigError for an unknown name.
+std::unique_ptr<EvictionPolicy> make_eviction_policy(std::string_view name,
+                                                     std::vector<TensorKey> trace = {},
+                                                     bool cyclic = true);
+
+}  // namespace xlshare

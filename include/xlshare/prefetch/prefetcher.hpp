@@ -1,0 +1,47 @@
+// Prefetcher: drives a PrefetchPolicy against the TransferEngine and the DeviceCache for
+// one worker, and is where compute takes its tensors.
+//
+// Per step: begin_step(s) tells the policy, asks it for a plan and starts those
+// prefetches; compute calls acquire(key) for each tensor (a demand fetch when the tensor
+// is absent; a wait when it is in flight), and end_step(s) when done. The time compute
+// spends inside acquire() waiting is the stall.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include "xlshare/cache/device_cache.hpp"
+#include "xlshare/cache/transfer_engine.hpp"
+#include "xlshare/figures.hpp"
+#include "xlshare/prefetch/prefetch_policy.hpp"
+#include "xlshare/prefetch/schedule.hpp"
+
+namespace xlshare {
+
+class Prefetcher {
+ public:
+  /// Checks that every step fits in the cache. @throws ConfigError when one cannot.
+  Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy> policy,
+             TransferEngine& engine, DeviceCache& cache);
+
+  void begin_step(std::size_t step);
+  /// The tensor `key`, resident and pinned while the lease lives.
+  /// @throws InjectedFault naming the tensor when its transfer failed for good.
+  DeviceCache::Lease acquire(TensorKey key);
+  void end_step(std::size_t step);
+
+  /// The figures of DESIGN.md for everything this worker did so far.
+  Figures figures() const;
+  PrefetchPolicy& policy() noexcept { return *policy_; }
+  const Schedule& schedule() const noexcept { return schedule_; }
+  std::uint64_t stall_ns() const noexcept { return stall_ns_; }
+
+ private:
+  const Schedule& schedule_;
+  std::unique_ptr<PrefetchPolicy> policy_;
+  TransferEngine& engine_;
+  DeviceCache& cache_;
+  std::uint64_t stall_ns_ = 0;
+};
+
+}  // namespace xlshare

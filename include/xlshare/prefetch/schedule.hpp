@@ -1,0 +1,46 @@
+// Schedule: a model's execution order — an ordered list of steps (embedding, block 0 ...
+// block L-1, head), each naming the tensors it needs. A decode loop repeats it.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "xlshare/cache/eviction_policy.hpp"
+
+namespace xlshare {
+
+struct ScheduleStep {
+  std::string name;             ///< "embedding", "block.3", "head"
+  std::vector<TensorKey> keys;  ///< in the order compute acquires them
+};
+
+class Schedule {
+ public:
+  Schedule() = default;
+  /// @throws ConfigError for an empty schedule or a step without tensors.
+  explicit Schedule(std::vector<ScheduleStep> steps, bool repeats = true);
+
+  std::span<const ScheduleStep> steps() const noexcept { return steps_; }
+  std::size_t size() const noexcept { return steps_.size(); }
+  const ScheduleStep& step(std::size_t i) const noexcept { return steps_[i]; }
+  /// Whether the schedule runs again after its last step (decode does).
+  bool repeats() const noexcept { return repeats_; }
+  /// The step after `i` (wrapping when the schedule repeats; size() past the end).
+  std::size_t next(std::size_t i) const noexcept;
+  /// Every key of one pass, in order: the access trace of one pass.
+  std::vector<TensorKey> trace() const;
+
+  /// Groups tensor names into the usual transformer schedule: names containing "blk.N."
+  /// or "layers.N." form step "block.N" (in N order), names before the first block
+  /// (embeddings) form "embedding", and the rest form "head". `names[k]` is key k.
+  static Schedule for_transformer(std::span<const std::string> names, bool repeats = true);
+
+ private:
+  std::vector<ScheduleStep> steps_;
+  bool repeats_ = true;
+};
+
+}  // namespace xlshare

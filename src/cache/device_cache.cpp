@@ -1,0 +1,253 @@
+#include "xlshare/cache/device_cache.hpp"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <utility>
+
+#include "xlshare/error.hpp"
+
+namespace xlshare {
+namespace {
+std::uint64_t now_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
+}
+}  // namespace
+
+DeviceCache::DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> key_bytes,
+                         std::unique_ptr<EvictionPolicy> policy, LocalMemory& memory)
+    : budget_bytes_(budget_bytes),
+      key_bytes_(std::move(key_bytes)),
+      policy_(std::move(policy)),
+      memory_(memory),
+      entries_(key_bytes_.size()) {
+  if (budget_bytes_ == 0) throw ConfigError("device cache: the budget must be > 0 bytes");
+  if (!policy_) throw ConfigError("device cache: no eviction policy");
+  candidates_.reserve(key_bytes_.size());
+  stats_.budget_bytes = budget_bytes_;
+}
+
+DeviceCache::~DeviceCache() {
+  for (std::size_t k = 0; k < entries_.size(); ++k) {
+    if (entries_[k].buffer != nullptr) memory_.deallocate(entries_[k].buffer, key_bytes_[k]);
+  }
+}
+
+DeviceCache::Lease& DeviceCache::Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    release();
+    cache_ = std::exchange(other.cache_, nullptr);
+    key_ = other.key_;
+    bytes_ = other.bytes_;
+  }
+  return *this;
+}
+
+void DeviceCache::Lease::release() noexcept {
+  if (cache_ != nullptr) std::exchange(cache_, nullptr)->unpin(key_);
+}
+
+DeviceCache::Lease DeviceCache::acquire(TensorKey key, bool* ready) noexcept {
+  Lease lease;
+  if (key >= entries_.size()) return lease;
+  std::unique_lock lock(mu_);
+  Entry& e = entries_[key];
+  const bool was_resident = e.state == EntryState::kResident;
+  if (ready != nullptr) *ready = was_resident;
+  if (e.state == EntryState::kInFlight) {
+    const std::uint64_t t0 = now_ns();
+    ++stats_.acquires_waited;
+    changed_.wait(lock, [&] { return e.state != EntryState::kInFlight; });
+    stats_.wait_ns += now_ns() - t0;
+  }
+  if (e.state != EntryState::kResident) {
+    ++stats_.acquires_missed;
+    return lease;
+  }
+  ++e.pins;
+  ++stats_.acquires;
+  if (was_resident) ++stats_.acquires_ready;
+  if (!e.fresh) ++stats_.acquires_reused;
+  e.fresh = false;
+  if (e.prefetched_unused) {
+    e.prefetched_unused = false;
+    stats_.bytes_prefetched_used += key_bytes_[key];
+  }
+  policy_->on_access(key);
+  lease.cache_ = this;
+  lease.key_ = key;
+  lease.bytes_ = {e.buffer, key_bytes_[key]};
+  return lease;
+}
+
+void DeviceCache::unpin(TensorKey key) noexcept {
+  {
+    std::lock_guard lock(mu_);
+    --entries_[key].pins;
+  }
+  changed_.notify_all();
+}
+
+void DeviceCache::evict_locked(TensorKey key) noexcept {
+  Entry& e = entries_[key];
+  memory_.deallocate(e.buffer, key_bytes_[key]);
+  e.buffer = nullptr;
+  e.state = EntryState::kAbsent;
+  e.prefetched_unused = false;
+  e.fresh = false;
+  bytes_resident_ -= key_bytes_[key];
+  ++stats_.evictions;
+  policy_->on_remove(key);
+}
+
+bool DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse) {
+  while (bytes_resident_ + bytes_in_flight_ + bytes > budget_bytes_) {
+    candidates_.clear();
+    for (TensorKey k = 0; k < entries_.size(); ++k) {
+      if (entries_[k].state == EntryState::kResident && entries_[k].pins == 0) candidates_.push_back(k);
+    }
+    if (candidates_.empty()) return false;
+    const auto victim = policy_->choose_victim(candidates_, key, may_refuse);
+    if (!victim) return false;
+    evict_locked(candidates_[*victim]);
+  }
+  return true;
+}
+
+std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, FetchKind kind) {
+  if (key >= entries_.size()) {
+    throw ConfigError(fmt::format("device cache: tensor key {} out of range ({} keys)", key, entries_.size()));
+  }
+  const std::uint64_t bytes = key_bytes_[key];
+  if (bytes > budget_bytes_) {
+    throw OutOfMemory(fmt::format("device cache: tensor {} needs {} bytes; the whole cache has {}",
+                                  key, bytes, budget_bytes_));
+  }
+  std::unique_lock lock(mu_);
+  Entry& e = entries_[key];
+  if (e.state != EntryState::kAbsent) return std::nullopt;
+  if (kind == FetchKind::kPrefetch) {
+    if (!make_room_locked(key, bytes, /*may_refuse=*/true)) {
+      ++stats_.prefetches_refused;
+      return std::nullopt;
+    }
+  } else {
+    const std::uint64_t t0 = now_ns();
+    bool waited = false;
+    while (!make_room_locked(key, bytes, /*may_refuse=*/false)) {
+      waited = true;
+      changed_.wait(lock);
+      if (e.state != EntryState::kAbsent) {  // another thread fetched it meanwhile
+        stats_.wait_ns += now_ns() - t0;
+        return std::nullopt;
+      }
+    }
+    if (waited) stats_.wait_ns += now_ns() - t0;
+  }
+  std::byte* buffer = memory_.allocate(bytes);
+  if (buffer == nullptr) {
+    throw OutOfMemory(fmt::format("device cache: {} memory could not provide {} bytes", memory_.name(), bytes));
+  }
+  e.buffer = buffer;
+  e.state = EntryState::kInFlight;
+  e.failed = false;
+  e.prefetched_unused = kind == FetchKind::kPrefetch;
+  bytes_in_flight_ += bytes;
+  stats_.peak_bytes = std::max(stats_.peak_bytes, bytes_resident_ + bytes_in_flight_);
+  if (kind == FetchKind::kPrefetch) {
+    ++stats_.fetches_prefetch;
+    stats_.bytes_prefetched += bytes;
+  } else {
+    ++stats_.fetches_demand;
+  }
+  policy_->on_insert(key);
+  return std::span<std::byte>(buffer, bytes);
+}
+
+void DeviceCache::complete_fetch(TensorKey key, bool ok) noexcept {
+  {
+    std::lock_guard lock(mu_);
+    Entry& e = entries_[key];
+    if (e.state != EntryState::kInFlight) return;
+    bytes_in_flight_ -= key_bytes_[key];
+    if (ok) {
+      e.state = EntryState::kResident;
+      e.fresh = true;
+      bytes_resident_ += key_bytes_[key];
+    } else {
+      memory_.deallocate(e.buffer, key_bytes_[key]);
+      e.buffer = nullptr;
+      e.state = EntryState::kAbsent;
+      e.failed = true;
+      e.prefetched_unused = false;
+      ++stats_.fetches_failed;
+      policy_->on_remove(key);
+    }
+  }
+  changed_.notify_all();
+}
+
+void DeviceCache::clear() noexcept {
+  {
+    std::lock_guard lock(mu_);
+    for (TensorKey k = 0; k < entries_.size(); ++k) {
+      if (entries_[k].state == EntryState::kResident && entries_[k].pins == 0) evict_locked(k);
+    }
+  }
+  changed_.notify_all();
+}
+
+void DeviceCache::check_fits(std::span<const TensorKey> keys, std::string_view what) const {
+  std::uint64_t total = 0;
+  std::vector<bool> seen(key_bytes_.size(), false);
+  for (TensorKey k : keys) {
+    if (k >= key_bytes_.size()) throw ConfigError(fmt::format("{}: tensor key {} out of range", what, k));
+    if (!seen[k]) total += key_bytes_[k];
+    seen[k] = true;
+  }
+  if (total > budget_bytes_) {
+    throw ConfigError(fmt::format(
+        "{} needs {} bytes of tensors at once but the device cache holds only {} bytes; "
+        "raise the cache size",
+        what, total, budget_bytes_));
+  }
+}
+
+EntryState DeviceCache::state(TensorKey key) const noexcept {
+  std::lock_guard lock(mu_);
+  return key < entries_.size() ? entries_[key].state : EntryState::kAbsent;
+}
+
+std::uint64_t DeviceCache::bytes_free() const noexcept {
+  std::lock_guard lock(mu_);
+  return budget_bytes_ - bytes_resident_ - bytes_in_flight_;
+}
+
+CacheStats DeviceCache::stats() const noexcept {
+  std::lock_guard lock(mu_);
+  CacheStats s = stats_;
+  s.bytes_resident = bytes_resident_;
+  s.bytes_in_flight = bytes_in_flight_;
+  return s;
+}
+
+std::string DeviceCache::check() const {
+  std::lock_guard lock(mu_);
+  std::uint64_t resident = 0, in_flight = 0;
+  for (TensorKey k = 0; k < entries_.size(); ++k) {
+    const Entry& e = entries_[k];
+    if (e.state == EntryState::kResident) resident += key_bytes_[k];
+    if (e.state == EntryState::kInFlight) in_flight += key_bytes_[k];
+    if ((e.state == EntryState::kAbsent) != (e.buffer == nullptr)) return fmt::format("entry {} buffer/state mismatch", k);
+    if (e.state != EntryState::kResident && e.pins != 0) return fmt::format("entry {} pinned but not resident", k);
+  }
+  if (resident != bytes_resident_ || in_flight != bytes_in_flight_) return "byte counts do not match entries";
+  if (resident + in_flight > budget_bytes_) {
+    return fmt::format("budget exceeded: {} + {} > {}", resident, in_flight, budget_bytes_);
+  }
+  return {};
+}
+
+}  // namespace xlshare

@@ -1,0 +1,140 @@
+#include "xlshare/cache/eviction_policy.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "xlshare/error.hpp"
+
+namespace xlshare {
+
+std::optional<std::size_t> EvictionPolicy::choose_victim(std::span<const TensorKey> candidates,
+                                                         TensorKey incoming, bool may_refuse) {
+  if (candidates.empty()) return std::nullopt;
+  auto choice = do_choose_victim(candidates, incoming, may_refuse);
+  if (!choice || *choice >= candidates.size()) {
+    if (may_refuse) {
+      ++stats_.refusals;
+      return std::nullopt;
+    }
+    choice = 0;  // a policy may not refuse compute
+  }
+  ++stats_.victims_chosen;
+  return choice;
+}
+
+// --- LRU -------------------------------------------------------------------------------
+
+void LruPolicy::touch(TensorKey key) {
+  if (key >= last_use_.size()) last_use_.resize(std::size_t{key} + 1, 0);
+  last_use_[key] = ++clock_;
+}
+
+std::optional<std::size_t> LruPolicy::do_choose_victim(std::span<const TensorKey> candidates,
+                                                       TensorKey, bool) {
+  std::size_t best = 0;
+  std::uint64_t oldest = UINT64_MAX;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const TensorKey k = candidates[i];
+    const std::uint64_t t = k < last_use_.size() ? last_use_[k] : 0;
+    if (t < oldest) {
+      oldest = t;
+      best = i;
+    }
+  }
+  return best;
+}
+
+// --- FIFO ------------------------------------------------------------------------------
+
+void FifoPolicy::do_on_insert(TensorKey key) {
+  if (key >= inserted_.size()) inserted_.resize(std::size_t{key} + 1, 0);
+  inserted_[key] = ++clock_;
+}
+
+std::optional<std::size_t> FifoPolicy::do_choose_victim(std::span<const TensorKey> candidates,
+                                                        TensorKey, bool) {
+  std::size_t best = 0;
+  std::uint64_t oldest = UINT64_MAX;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const TensorKey k = candidates[i];
+    const std::uint64_t t = k < inserted_.size() ? inserted_[k] : 0;
+    if (t < oldest) {
+      oldest = t;
+      best = i;
+    }
+  }
+  return best;
+}
+
+// --- schedule-aware (Belady) -----------------------------------------------------------
+
+ScheduleAwarePolicy::ScheduleAwarePolicy(std::vector<TensorKey> trace, bool cyclic)
+    : trace_(std::move(trace)), cyclic_(cyclic) {
+  if (trace_.empty()) throw ConfigError("the schedule-aware eviction policy needs the schedule");
+  for (std::uint64_t i = 0; i < trace_.size(); ++i) {
+    const TensorKey k = trace_[i];
+    if (k >= occurrences_.size()) occurrences_.resize(std::size_t{k} + 1);
+    occurrences_[k].push_back(i);
+  }
+}
+
+std::uint64_t ScheduleAwarePolicy::next_use_distance(TensorKey key) const noexcept {
+  if (key >= occurrences_.size() || occurrences_[key].empty()) return UINT64_MAX;
+  const auto& occ = occurrences_[key];
+  const std::uint64_t n = trace_.size();
+  if (!cyclic_ && cycle_ > 0) return UINT64_MAX;  // the one pass is over
+  auto it = std::lower_bound(occ.begin(), occ.end(), position_);
+  if (it != occ.end()) return *it - position_;
+  if (!cyclic_) return UINT64_MAX;
+  return n - position_ + occ.front();
+}
+
+void ScheduleAwarePolicy::do_on_access(TensorKey key) {
+  // Move to just after this access: the next occurrence of `key` at or after the current
+  // position (wrapping for a cyclic schedule). An access the schedule does not know
+  // leaves the position alone.
+  if (key >= occurrences_.size() || occurrences_[key].empty()) return;
+  const auto& occ = occurrences_[key];
+  auto it = std::lower_bound(occ.begin(), occ.end(), position_);
+  std::uint64_t at;
+  if (it != occ.end()) {
+    at = *it;
+  } else if (cyclic_) {
+    at = occ.front();
+    ++cycle_;
+  } else {
+    return;
+  }
+  position_ = at + 1;
+  if (position_ == trace_.size()) {
+    position_ = 0;
+    ++cycle_;
+  }
+}
+
+std::optional<std::size_t> ScheduleAwarePolicy::do_choose_victim(
+    std::span<const TensorKey> candidates, TensorKey incoming, bool may_refuse) {
+  std::size_t best = 0;
+  std::uint64_t farthest = 0;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const std::uint64_t d = next_use_distance(candidates[i]);
+    if (i == 0 || d > farthest) {
+      farthest = d;
+      best = i;
+    }
+  }
+  // A prefetch must not push out something needed sooner than what it brings in.
+  if (may_refuse && farthest <= next_use_distance(incoming)) return std::nullopt;
+  return best;
+}
+
+std::unique_ptr<EvictionPolicy> make_eviction_policy(std::string_view name,
+                                                     std::vector<TensorKey> trace, bool cyclic) {
+  if (name == "lru") return std::make_unique<LruPolicy>();
+  if (name == "fifo") return std::make_unique<FifoPolicy>();
+  if (name == "schedule") return std::make_unique<ScheduleAwarePolicy>(std::move(trace), cyclic);
+  throw ConfigError(fmt::format("unknown eviction policy '{}'; known: lru, fifo, schedule", name));
+}
+
+}  // namespace xlshare

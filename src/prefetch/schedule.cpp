@@ -1,0 +1,67 @@
+#include "xlshare/prefetch/schedule.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <map>
+
+#include "xlshare/error.hpp"
+
+namespace xlshare {
+
+Schedule::Schedule(std::vector<ScheduleStep> steps, bool repeats)
+    : steps_(std::move(steps)), repeats_(repeats) {
+  if (steps_.empty()) throw ConfigError("a schedule needs at least one step");
+  for (const auto& s : steps_) {
+    if (s.keys.empty()) throw ConfigError(fmt::format("schedule step '{}' has no tensors", s.name));
+  }
+}
+
+std::size_t Schedule::next(std::size_t i) const noexcept {
+  if (i + 1 < steps_.size()) return i + 1;
+  return repeats_ ? 0 : steps_.size();
+}
+
+std::vector<TensorKey> Schedule::trace() const {
+  std::vector<TensorKey> t;
+  for (const auto& s : steps_) t.insert(t.end(), s.keys.begin(), s.keys.end());
+  return t;
+}
+
+namespace {
+// The N of "blk.N." or "layers.N.", or -1.
+long block_index(std::string_view name) {
+  for (std::string_view marker : {"blk.", "layers."}) {
+    const auto at = name.find(marker);
+    if (at == std::string_view::npos) continue;
+    const char* begin = name.data() + at + marker.size();
+    const char* end = name.data() + name.size();
+    long n = -1;
+    auto [p, ec] = std::from_chars(begin, end, n);
+    if (ec == std::errc() && p < end && *p == '.') return n;
+  }
+  return -1;
+}
+}  // namespace
+
+Schedule Schedule::for_transformer(std::span<const std::string> names, bool repeats) {
+  std::vector<TensorKey> embedding, head;
+  std::map<long, std::vector<TensorKey>> blocks;
+  for (TensorKey k = 0; k < names.size(); ++k) {
+    const long b = block_index(names[k]);
+    if (b >= 0) {
+      blocks[b].push_back(k);
+    } else if (names[k].find("emb") != std::string::npos) {
+      embedding.push_back(k);
+    } else {
+      head.push_back(k);
+    }
+  }
+  std::vector<ScheduleStep> steps;
+  if (!embedding.empty()) steps.push_back({"embedding", embedding});
+  for (auto& [n, keys] : blocks) steps.push_back({fmt::format("block.{}", n), std::move(keys)});
+  if (!head.empty()) steps.push_back({"head", head});
+  return Schedule(std::move(steps), repeats);
+}
+
+}  // namespace xlshare
