@@ -106,7 +106,12 @@ bool DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool may_
   while (bytes_resident_ + bytes_in_flight_ + bytes > budget_bytes_) {
     candidates_.clear();
     for (TensorKey k = 0; k < entries_.size(); ++k) {
-      if (entries_[k].state == EntryState::kResident && entries_[k].pins == 0) candidates_.push_back(k);
+      const Entry& e = entries_[k];
+      // A prefetch never pushes out another prefetch that compute has not used yet: that
+      // would throw away link time already spent on something that is about to be needed.
+      if (e.state == EntryState::kResident && e.pins == 0 && !(may_refuse && e.prefetched_unused)) {
+        candidates_.push_back(k);
+      }
     }
     if (candidates_.empty()) return false;
     const auto victim = policy_->choose_victim(candidates_, key, may_refuse);

@@ -5,6 +5,7 @@
 // Compute takes an RAII Lease with acquire(): the entry is pinned while the lease lives
 // and is never evicted while pinned. Transfers use begin_fetch() / complete_fetch(): a
 // prefetch never waits for room (it fails instead, or the EvictionPolicy refuses it); a
+// prefetch also never evicts another prefetched entry that compute has not used yet; a
 // demand fetch waits until pins are released or in-flight transfers land and become
 // evictable. A step whose tensors together exceed the budget can never run, which
 // check_fits() reports at set-up.

@@ -1,0 +1,185 @@
+// The Prefetcher with built-in and user policies over a real pool and emulated link.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "support/pool_fixture.hpp"
+#include "xlshare/error.hpp"
+#include "xlshare/memory/checksum.hpp"
+#include "xlshare/prefetch/prefetcher.hpp"
+
+namespace xlshare {
+namespace {
+
+// Records every call the Prefetcher makes, and plans the step after next only.
+class RecordingPolicy final : public PrefetchPolicy {
+ public:
+  std::vector<std::string> calls;
+  std::vector<std::size_t> steps_planned;
+  std::string_view name() const noexcept override { return "recording"; }
+
+ protected:
+  void do_on_model_loaded(const Schedule& s) override { calls.push_back(fmt::format("loaded:{}", s.size())); }
+  void do_on_step_begin(std::size_t step) override { calls.push_back(fmt::format("begin:{}", step)); }
+  void do_on_step_end(std::size_t step) override { calls.push_back(fmt::format("end:{}", step)); }
+  void do_plan(const PrefetchContext& ctx, std::vector<TensorKey>& out) override {
+    calls.push_back(fmt::format("plan:{}", ctx.step));
+    steps_planned.push_back(ctx.step);
+    EXPECT_EQ(ctx.budget_bytes, ctx.cache.budget_bytes());
+    const std::size_t target = ctx.schedule.next(ctx.schedule.next(ctx.step));
+    if (target < ctx.schedule.size()) {
+      for (TensorKey k : ctx.schedule.step(target).keys) out.push_back(k);
+    }
+  }
+};
+
+Schedule one_tensor_per_step(std::size_t n) {
+  std::vector<ScheduleStep> steps;
+  for (std::size_t i = 0; i < n; ++i) steps.push_back({fmt::format("block.{}", i), {static_cast<TensorKey>(i)}});
+  return Schedule(std::move(steps), /*repeats=*/true);
+}
+
+TEST(Prefetcher, AUserPolicyIsCalledInOrderAndItsPlanIsHonoured) {
+  constexpr std::size_t kSteps = 6;
+  test::ModelPool model(kSteps, 16 * 1024);
+  auto pool = model.attach();
+  auto sources = test::ModelPool::sources(*pool);
+  DeviceCache cache(4 * 64 * 1024, test::ModelPool::sizes(sources), std::make_unique<LruPolicy>());
+  TransferEngine engine(*pool, nullptr, sources, cache);
+  const Schedule schedule = one_tensor_per_step(kSteps);
+  auto policy = std::make_unique<RecordingPolicy>();
+  auto* rec = policy.get();
+  Prefetcher prefetcher(schedule, std::move(policy), engine, cache);
+  for (std::size_t s = 0; s < kSteps; ++s) {
+    if (s >= 2) {
+      // Step s was planned two steps ago: it is in the cache or on its way, not absent.
+      EXPECT_NE(cache.state(static_cast<TensorKey>(s)), EntryState::kAbsent) << s;
+    }
+    prefetcher.begin_step(s);
+    auto lease = prefetcher.acquire(static_cast<TensorKey>(s));
+    EXPECT_EQ(checksum64(lease.bytes()), sources[s].primary.checksum);
+    lease.release();
+    prefetcher.end_step(s);
+  }
+  ASSERT_EQ(rec->calls.size(), 1 + 3 * kSteps);
+  EXPECT_EQ(rec->calls[0], "loaded:6");
+  for (std::size_t s = 0; s < kSteps; ++s) {
+    EXPECT_EQ(rec->calls[1 + 3 * s], fmt::format("begin:{}", s));
+    EXPECT_EQ(rec->calls[2 + 3 * s], fmt::format("plan:{}", s));
+    EXPECT_EQ(rec->calls[3 + 3 * s], fmt::format("end:{}", s));
+  }
+  const auto f = prefetcher.figures();
+  EXPECT_EQ(f.acquires, kSteps);
+  EXPECT_GT(rec->stats().keys_planned, 0u);
+  EXPECT_GT(f.prefetch_accuracy, 0.5);
+}
+
+TEST(Prefetcher, PlanKeepsWithinBudgetAndDropsPresentKeys) {
+  test::ModelPool model(4, 1024);
+  auto pool = model.attach();
+  auto sources = test::ModelPool::sources(*pool);
+  DeviceCache cache(2 * 4096, test::ModelPool::sizes(sources), std::make_unique<LruPolicy>());
+  const Schedule schedule = one_tensor_per_step(4);
+  LookaheadPolicy policy(3);
+  ASSERT_TRUE(cache.begin_fetch(0, FetchKind::kDemand));
+  cache.complete_fetch(0, true);
+  const auto plan = policy.plan(PrefetchContext{schedule, 0, cache, cache.budget_bytes()});
+  // Step 0 is resident (dropped); steps 1..3 ask for 3 tensors but 2 fit.
+  EXPECT_EQ(std::vector<TensorKey>(plan.begin(), plan.end()), (std::vector<TensorKey>{1, 2}));
+  EXPECT_EQ(policy.stats().keys_dropped_present, 1u);
+  EXPECT_EQ(policy.stats().keys_dropped_budget, 1u);
+}
+
+TEST(Prefetcher, AStepLargerThanTheCacheIsRefusedAtSetUp) {
+  test::ModelPool model(3, 1024);
+  auto pool = model.attach();
+  auto sources = test::ModelPool::sources(*pool);
+  DeviceCache cache(4096 + 100, test::ModelPool::sizes(sources), std::make_unique<LruPolicy>());
+  TransferEngine engine(*pool, nullptr, sources, cache);
+  const Schedule schedule({{"embedding", {0}}, {"block.0", {1, 2}}});
+  EXPECT_THROW(Prefetcher(schedule, std::make_unique<LookaheadPolicy>(1), engine, cache), ConfigError);
+}
+
+// Real arithmetic over a tensor's floats: the synthetic compute step.
+double compute(std::span<const std::byte> bytes, int rounds) {
+  const auto* f = reinterpret_cast<const float*>(bytes.data());
+  const std::size_t n = bytes.size() / 4;
+  double acc = 0;
+  for (int r = 0; r < rounds; ++r) {
+    for (std::size_t i = 0; i < n; ++i) acc += std::sqrt(static_cast<double>(f[i]) + r);
+  }
+  return acc;
+}
+
+struct PassResult {
+  double stall_ms;
+  double checksum;
+};
+
+PassResult run_passes(const test::ModelPool& model, std::size_t lookahead, std::size_t steps, int rounds) {
+  EmulatorOptions o;
+  // 1 GB/s: a 512 KiB tensor takes ~0.5 ms on the link.
+  o.link = {.bandwidth_gbps = 1.0, .latency_ns = 1000, .overhead_ns = 0, .chunk_bytes = 256 * 1024};
+  auto pool = model.attach(o);
+  auto sources = test::ModelPool::sources(*pool);
+  DeviceCache cache(4 * 512 * 1024, test::ModelPool::sizes(sources), std::make_unique<LruPolicy>());
+  TransferEngine engine(*pool, nullptr, sources, cache);
+  const Schedule schedule = one_tensor_per_step(steps);
+  Prefetcher prefetcher(schedule, std::make_unique<LookaheadPolicy>(lookahead), engine, cache);
+  double sum = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (std::size_t s = 0; s < steps; ++s) {
+      prefetcher.begin_step(s);
+      auto lease = prefetcher.acquire(static_cast<TensorKey>(s));
+      sum += compute(lease.bytes(), rounds);
+      lease.release();
+      prefetcher.end_step(s);
+    }
+  }
+  engine.wait_idle();
+  return {prefetcher.figures().stall_ms, sum};
+}
+
+TEST(Prefetcher, LookaheadHidesTransfersBehindCompute) {
+  constexpr std::size_t kSteps = 12;
+  test::ModelPool model(kSteps, 128 * 1024);  // 512 KiB per step
+  // Calibrate compute to about the link time of one tensor (0.5 ms).
+  int rounds = 1;
+  {
+    std::vector<std::byte> probe(512 * 1024, std::byte{1});
+    const auto t0 = std::chrono::steady_clock::now();
+    volatile double v = compute(probe, 4);
+    (void)v;
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 4;
+    rounds = std::max(1, static_cast<int>(0.8 / std::max(ms, 1e-3)));
+  }
+  const auto none = run_passes(model, 0, kSteps, rounds);
+  const auto one = run_passes(model, 1, kSteps, rounds);
+  const auto two = run_passes(model, 2, kSteps, rounds);
+  // Same numbers whatever the prefetching: it only changes when bytes arrive.
+  EXPECT_EQ(none.checksum, one.checksum);
+  EXPECT_EQ(none.checksum, two.checksum);
+  // Wide margins: a behavioural check, not a timing target.
+  EXPECT_LT(one.stall_ms, 0.6 * none.stall_ms) << "stall none " << none.stall_ms << " one " << one.stall_ms;
+  EXPECT_LT(two.stall_ms, 0.6 * none.stall_ms) << "stall none " << none.stall_ms << " two " << two.stall_ms;
+}
+
+TEST(Schedule, GroupsTransformerTensorsIntoSteps) {
+  const std::vector<std::string> names = {"token_embd.weight", "blk.0.attn_q.weight", "blk.1.attn_q.weight",
+                                          "blk.0.ffn_up.weight", "output_norm.weight", "output.weight",
+                                          "blk.10.attn_q.weight", "blk.2.attn_q.weight"};
+  const Schedule s = Schedule::for_transformer(names);
+  ASSERT_EQ(s.size(), 6u);
+  EXPECT_EQ(s.step(0).name, "embedding");
+  EXPECT_EQ(s.step(1).name, "block.0");
+  EXPECT_EQ(s.step(1).keys, (std::vector<TensorKey>{1, 3}));
+  EXPECT_EQ(s.step(3).name, "block.2");
+  EXPECT_EQ(s.step(4).name, "block.10");
+  EXPECT_EQ(s.step(5).name, "head");
+  EXPECT_EQ(s.step(5).keys, (std::vector<TensorKey>{4, 5}));
+  EXPECT_EQ(s.next(5), 0u);
+  EXPECT_EQ(s.trace().size(), names.size());
+}
+
+}  // namespace
+}  // namespace xlshare
