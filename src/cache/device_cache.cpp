@@ -49,12 +49,12 @@ void DeviceCache::Lease::release() noexcept {
   if (cache_ != nullptr) std::exchange(cache_, nullptr)->unpin(key_);
 }
 
-DeviceCache::Lease DeviceCache::acquire(TensorKey key, bool* ready) noexcept {
+DeviceCache::Lease DeviceCache::acquire(TensorKey key, bool* ready, bool after_demand) noexcept {
   Lease lease;
   if (key >= entries_.size()) return lease;
   std::unique_lock lock(mu_);
   Entry& e = entries_[key];
-  const bool was_resident = e.state == EntryState::kResident;
+  const bool was_resident = e.state == EntryState::kResident && !after_demand;
   if (ready != nullptr) *ready = was_resident;
   if (e.state == EntryState::kInFlight) {
     const std::uint64_t t0 = now_ns();
@@ -63,7 +63,7 @@ DeviceCache::Lease DeviceCache::acquire(TensorKey key, bool* ready) noexcept {
     stats_.wait_ns += now_ns() - t0;
   }
   if (e.state != EntryState::kResident) {
-    ++stats_.acquires_missed;
+    if (!after_demand) ++stats_.acquires_missed;
     return lease;
   }
   ++e.pins;

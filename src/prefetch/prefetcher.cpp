@@ -31,7 +31,7 @@ DeviceCache::Lease Prefetcher::acquire(TensorKey key) {
   const auto t0 = std::chrono::steady_clock::now();
   for (int attempt = 0; !lease && attempt < 2; ++attempt) {
     engine_.demand(key);
-    lease = cache_.acquire(key);
+    lease = cache_.acquire(key, nullptr, /*after_demand=*/true);
   }
   stall_ns_ += static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());

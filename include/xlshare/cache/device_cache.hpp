@@ -85,8 +85,9 @@ class DeviceCache {
 
   /// Pins `key` for compute. Waits while it is in flight. Returns an empty lease when the
   /// entry is absent (nobody fetched it) or its transfer failed. `ready`, when given, is
-  /// set to whether the entry was resident on arrival.
-  Lease acquire(TensorKey key, bool* ready = nullptr) noexcept;
+  /// set to whether the entry was resident on arrival. `after_demand` marks the second try
+  /// after the caller issued a demand fetch: such an acquisition is never counted ready.
+  Lease acquire(TensorKey key, bool* ready = nullptr, bool after_demand = false) noexcept;
 
   /// Makes `key` in flight and returns its buffer for a transfer to fill. Prefetch: never
   /// waits; returns nothing when the entry is already present or in flight, or there is no
