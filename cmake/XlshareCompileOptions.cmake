@@ -4,7 +4,9 @@ add_library(xlshare::options ALIAS xlshare_options)
 target_compile_options(xlshare_options INTERFACE
   $<$<CXX_COMPILER_ID:GNU,Clang>:-Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor
      -Wold-style-cast -Wcast-align -Woverloaded-virtual>
-  $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict>)  # GCC 12 false positives inside libstdc++ std::string
+  # GCC 12 false positives inside its own headers: -Wrestrict in std::string (GCC bug
+  # 105329) and -Wmaybe-uninitialized in the AVX-512 intrinsics Eigen uses (GCC bug 105593).
+  $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict -Wno-maybe-uninitialized>)
 if(XLSHARE_WARNINGS_AS_ERRORS)
   target_compile_options(xlshare_options INTERFACE -Werror)
 endif()

@@ -1,0 +1,158 @@
+// The forward pass of a Llama-family transformer on Eigen: token embedding, RMSNorm, RoPE,
+// grouped-query attention with a KV cache, SwiGLU MLP, final norm and output head.
+//
+// The Executor takes each weight from a WeightProvider as it reaches it, step by step
+// (embedding, block 0 .. block L-1, head — the model's Schedule), and tells the provider
+// where it is (begin_step / end_step), so a provider backed by a DeviceCache and a
+// Prefetcher can fetch ahead. F16, BF16 and Q8_0 weights are converted to F32 in tiles as
+// they are used; activations and accumulation are F32. Prefill runs a whole prompt as
+// matrix-matrix products; decode runs one token.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "xlshare/cache/device_cache.hpp"
+#include "xlshare/dtype.hpp"
+#include "xlshare/model/llama_config.hpp"
+#include "xlshare/prefetch/schedule.hpp"
+
+namespace xlshare {
+
+struct ModelFile;
+class ModelView;
+
+/// One tensor of a model as the executor sees it.
+struct TensorDesc {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<std::uint64_t> shape;  ///< fastest-varying first
+  std::uint64_t size_bytes = 0;
+};
+
+/// A model's shape and its tensor table (index -> tensor), with the per-layer indices.
+class LlamaModel {
+ public:
+  struct Layer {
+    std::size_t attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+  };
+  /// @throws FormatError when a tensor is missing or has the wrong shape or dtype.
+  LlamaModel(LlamaConfig config, std::vector<TensorDesc> tensors, std::string where = "model");
+  static LlamaModel from_file(const ModelFile& file);
+  /// From a model loaded into a pool (its metadata holds the config).
+  static LlamaModel from_pool(const ModelView& view);
+
+  const LlamaConfig& config() const noexcept { return config_; }
+  std::span<const TensorDesc> tensors() const noexcept { return tensors_; }
+  const Layer& layer(std::size_t l) const noexcept { return layers_[l]; }
+  std::size_t token_embd() const noexcept { return token_embd_; }
+  std::size_t output_norm() const noexcept { return output_norm_; }
+  std::size_t output() const noexcept { return output_; }  ///< == token_embd() when tied
+  /// The execution order: embedding, block.0 .. block.L-1, head; keys are tensor indices.
+  const Schedule& schedule() const noexcept { return schedule_; }
+  std::uint64_t total_bytes() const noexcept;
+
+ private:
+  LlamaConfig config_;
+  std::vector<TensorDesc> tensors_;
+  std::vector<Layer> layers_;
+  std::size_t token_embd_ = 0, output_norm_ = 0, output_ = 0;
+  Schedule schedule_;
+};
+
+/// A pinned view of one weight's bytes; may hold a DeviceCache lease.
+class WeightHandle {
+ public:
+  explicit WeightHandle(std::span<const std::byte> bytes) noexcept : bytes_(bytes) {}
+  explicit WeightHandle(DeviceCache::Lease lease) noexcept : bytes_(lease.bytes()), lease_(std::move(lease)) {}
+  std::span<const std::byte> bytes() const noexcept { return bytes_; }
+
+ private:
+  std::span<const std::byte> bytes_;
+  DeviceCache::Lease lease_;
+};
+
+/// Where the executor's weights come from.
+///
+/// Contract: `acquire(index)` returns the bytes of tensor `index` of the LlamaModel's table
+/// (exactly its size_bytes, as stored), valid while the handle lives; it may block, and
+/// throws to abort the forward pass. `begin_step(s)` / `end_step(s)` bracket the model's
+/// schedule steps (default: nothing). Called from the executor's thread only.
+class WeightProvider {
+ public:
+  virtual ~WeightProvider() = default;
+  virtual WeightHandle acquire(std::size_t index) = 0;
+  virtual void begin_step(std::size_t step) { (void)step; }
+  virtual void end_step(std::size_t step) { (void)step; }
+};
+
+/// Weights that are already in memory (a pool's read-only mapping, or test buffers).
+class SpanWeights final : public WeightProvider {
+ public:
+  explicit SpanWeights(std::vector<std::span<const std::byte>> tensors) : tensors_(std::move(tensors)) {}
+  WeightHandle acquire(std::size_t index) override { return WeightHandle(tensors_.at(index)); }
+
+ private:
+  std::vector<std::span<const std::byte>> tensors_;
+};
+
+/// Keys and values of every layer for one sequence.
+class KvCache {
+ public:
+  KvCache(const LlamaConfig& config, std::uint32_t capacity_tokens);
+  std::uint32_t size() const noexcept { return size_; }
+  std::uint32_t capacity() const noexcept { return capacity_; }
+  void clear() noexcept { size_ = 0; }
+
+ private:
+  friend class Executor;
+  std::uint32_t capacity_, size_ = 0, row_;  // row_: n_kv_heads * head_dim
+  std::vector<float> k_, v_;                 // [layer][capacity][row_]
+};
+
+struct ExecutorOptions {
+  /// Compute threads (OpenMP). Default 1.
+  unsigned threads = 1;
+};
+
+class Executor {
+ public:
+  Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOptions options = {});
+
+  /// Runs `tokens` at positions kv.size() .. and appends them to `kv`. Writes the logits
+  /// of every position (n x vocab, row-major) when `all_logits`, else of the last only.
+  /// @throws ConfigError for a token outside the vocabulary or a full KV cache.
+  void forward(std::span<const std::int32_t> tokens, KvCache& kv, std::vector<float>& logits,
+               bool all_logits);
+
+  const LlamaModel& model() const noexcept { return model_; }
+
+ private:
+  // Y[n x rows] = X[n x cols] * W^T for W stored [rows x cols] as `dtype`.
+  void matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols,
+              const float* x, std::size_t n, float* y);
+  void rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n, float* y);
+
+  const LlamaModel& model_;
+  WeightProvider& weights_;
+  ExecutorOptions options_;
+  std::vector<double> inv_freq_;
+  std::vector<float> scratch_;
+};
+
+/// How to pick the next token.
+struct SamplingOptions {
+  float temperature = 0.0f;  ///< <= 0: greedy (argmax)
+  std::uint32_t top_k = 0;   ///< 0: all
+  float top_p = 1.0f;        ///< nucleus: smallest set with probability >= top_p
+  std::uint64_t seed = 0;
+};
+
+/// Picks a token from `logits` (greedy or sampled with `rng`).
+std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& options, std::mt19937_64& rng);
+
+}  // namespace xlshare

@@ -1,0 +1,30 @@
+// Loading a model file into a pool, once, for every worker to share.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "xlshare/memory/pool.hpp"
+#include "xlshare/model/executor.hpp"
+#include "xlshare/model/model_file.hpp"
+
+namespace xlshare {
+
+/// Called after each tensor: bytes copied so far, bytes in all, the tensor just copied.
+using LoadProgress = std::function<void(std::uint64_t done_bytes, std::uint64_t total_bytes, const std::string& tensor)>;
+
+/// Streams every tensor of `file` into a new model `name` of `pool` (tensor by tensor,
+/// straight into pool extents: the file is never held in memory whole), records the
+/// config in the model's metadata and seals it. On any error the half-written model is
+/// abandoned (its extents freed). @throws FormatError, PoolError, OutOfMemory.
+std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Pool& pool, std::string_view name,
+                                                      const LoadProgress& progress = {});
+
+/// The pool's read-only mapping of each tensor of `view`, in its table order: weights for
+/// an Executor that reads the pool directly (no cache, no link emulation).
+SpanWeights pool_weights(const Pool& pool, const ModelView& view);
+
+}  // namespace xlshare

@@ -1,0 +1,368 @@
+#include "xlshare/model/executor.hpp"
+
+#include <Eigen/Dense>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <numeric>
+
+#include "xlshare/error.hpp"
+#include "xlshare/memory/pool.hpp"
+#include "xlshare/model/dtype_convert.hpp"
+#include "xlshare/model/model_file.hpp"
+
+namespace xlshare {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Stride = Eigen::OuterStride<>;
+
+// --- LlamaModel -------------------------------------------------------------------------
+
+LlamaModel::LlamaModel(LlamaConfig config, std::vector<TensorDesc> tensors, std::string where)
+    : config_(config), tensors_(std::move(tensors)) {
+  config_.validate(where);
+  std::map<std::string, std::size_t> index;
+  for (std::size_t i = 0; i < tensors_.size(); ++i) index[tensors_[i].name] = i;
+  auto find = [&](const TensorSpec& spec) -> std::size_t {
+    auto it = index.find(spec.name);
+    if (it == index.end()) throw FormatError(fmt::format("{}: missing tensor '{}'", where, spec.name));
+    const TensorDesc& t = tensors_[it->second];
+    if (t.shape != spec.shape) throw FormatError(fmt::format("{}: tensor '{}' has the wrong shape", where, spec.name));
+    std::uint64_t n = 1;
+    for (auto d : t.shape) n *= d;
+    const auto bytes = dtype_bytes(t.dtype, n);
+    if (!bytes || *bytes != t.size_bytes || t.dtype == DType::kI32 || t.dtype == DType::kU8) {
+      throw FormatError(fmt::format("{}: tensor '{}' has an unusable dtype or size", where, spec.name));
+    }
+    if (t.dtype == DType::kQ8_0 && t.shape[0] % 32 != 0) {
+      throw FormatError(fmt::format("{}: tensor '{}': Q8_0 rows must be whole blocks", where, spec.name));
+    }
+    return it->second;
+  };
+  for (const auto& spec : llama_tensor_specs(config_)) (void)find(spec);
+  auto by_name = [&](const std::string& n) { return index.at(n); };
+  token_embd_ = by_name("token_embd.weight");
+  output_norm_ = by_name("output_norm.weight");
+  output_ = config_.tie_embeddings ? token_embd_ : by_name("output.weight");
+  for (std::uint32_t l = 0; l < config_.n_layers; ++l) {
+    const std::string p = fmt::format("blk.{}.", l);
+    layers_.push_back(Layer{by_name(p + "attn_norm.weight"), by_name(p + "attn_q.weight"), by_name(p + "attn_k.weight"),
+                            by_name(p + "attn_v.weight"), by_name(p + "attn_output.weight"),
+                            by_name(p + "ffn_norm.weight"), by_name(p + "ffn_gate.weight"),
+                            by_name(p + "ffn_up.weight"), by_name(p + "ffn_down.weight")});
+  }
+  std::vector<std::string> names;
+  for (const auto& t : tensors_) names.push_back(t.name);
+  schedule_ = Schedule::for_transformer(names);
+  // The executor relies on this order: embedding, block.0 .. block.L-1, head.
+  if (schedule_.size() != config_.n_layers + 2 || schedule_.step(0).name != "embedding" ||
+      schedule_.step(config_.n_layers + 1).name != "head") {
+    throw FormatError(fmt::format("{}: tensors do not form embedding, {} blocks and a head", where, config_.n_layers));
+  }
+}
+
+LlamaModel LlamaModel::from_file(const ModelFile& file) {
+  std::vector<TensorDesc> t;
+  for (const auto& f : file.tensors) {
+    t.push_back({f.name, f.dtype, std::vector<std::uint64_t>(f.shape.begin(), f.shape.begin() + f.n_dims), f.size_bytes});
+  }
+  return LlamaModel(file.config, std::move(t), file.path.string());
+}
+
+LlamaModel LlamaModel::from_pool(const ModelView& view) {
+  const std::string where = fmt::format("model '{}'", view.name());
+  std::string config_json;
+  try {
+    const auto j = nlohmann::json::parse(view.metadata());
+    config_json = j.at("config").dump();
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(fmt::format("{}: its metadata holds no model config ({})", where, e.what()));
+  }
+  const LlamaConfig config = LlamaConfig::from_json(config_json, where);
+  std::vector<TensorDesc> t;
+  for (const auto& info : view.tensors()) {
+    t.push_back({info.name, info.dtype, std::vector<std::uint64_t>(info.shape.begin(), info.shape.begin() + info.n_dims),
+                 info.size_bytes});
+  }
+  return LlamaModel(config, std::move(t), where);
+}
+
+std::uint64_t LlamaModel::total_bytes() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& t : tensors_) n += t.size_bytes;
+  return n;
+}
+
+// --- KvCache ----------------------------------------------------------------------------
+
+KvCache::KvCache(const LlamaConfig& c, std::uint32_t capacity_tokens)
+    : capacity_(std::min(capacity_tokens, c.context)), row_(c.n_kv_heads * c.head_dim) {
+  if (capacity_ == 0) throw ConfigError("KV cache: capacity must be > 0 tokens");
+  const std::size_t n = std::size_t{c.n_layers} * capacity_ * row_;
+  k_.assign(n, 0.0f);
+  v_.assign(n, 0.0f);
+}
+
+// --- Executor ---------------------------------------------------------------------------
+
+Executor::Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOptions options)
+    : model_(model), weights_(weights), options_(options) {
+  if (options_.threads == 0) options_.threads = 1;
+  const auto& c = model_.config();
+  inv_freq_.resize(c.head_dim / 2);
+  for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
+    inv_freq_[i] = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+  }
+}
+
+void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols, const float* x,
+                      std::size_t n, float* y) {
+  Eigen::Map<const RowMat> X(x, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(cols));
+  Eigen::Map<RowMat> Y(y, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(rows));
+  const int threads = static_cast<int>(options_.threads);
+  const std::size_t rb = row_bytes(dtype, cols);
+  if (dtype == DType::kF32) {
+    const auto* W = reinterpret_cast<const float*>(w.data());
+    const std::size_t per = (rows + static_cast<std::size_t>(threads) - 1) / static_cast<std::size_t>(threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; ++t) {
+      const std::size_t r0 = std::min(rows, static_cast<std::size_t>(t) * per);
+      const std::size_t r1 = std::min(rows, r0 + per);
+      if (r0 >= r1) continue;
+      Eigen::Map<const RowMat> Wt(W + r0 * cols, static_cast<Eigen::Index>(r1 - r0), static_cast<Eigen::Index>(cols));
+      Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() = X * Wt.transpose();
+    }
+    return;
+  }
+  // Converted in tiles of rows (about 256 KiB of F32 each) as they are used.
+  const std::size_t tile = std::max<std::size_t>(1, (64u * 1024) / std::max<std::size_t>(cols, 1));
+  const std::size_t tiles = (rows + tile - 1) / tile;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> buf(tile * cols);
+#pragma omp for schedule(static)
+    for (std::size_t ti = 0; ti < tiles; ++ti) {
+      const std::size_t r0 = ti * tile;
+      const std::size_t r1 = std::min(rows, r0 + tile);
+      to_f32(dtype, w.data() + r0 * rb, buf.data(), (r1 - r0) * cols);
+      Eigen::Map<const RowMat> Wt(buf.data(), static_cast<Eigen::Index>(r1 - r0), static_cast<Eigen::Index>(cols));
+      Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() = X * Wt.transpose();
+    }
+  }
+}
+
+void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n, float* y) {
+  const std::size_t dim = model_.config().dim;
+  std::vector<float> weight(dim);
+  to_f32(dtype, w.data(), weight.data(), dim);
+  const double eps = model_.config().norm_eps;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    double ss = 0;
+    for (std::size_t d = 0; d < dim; ++d) ss += static_cast<double>(xi[d]) * xi[d];
+    const float scale = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(dim) + eps));
+    for (std::size_t d = 0; d < dim; ++d) y[i * dim + d] = xi[d] * scale * weight[d];
+  }
+}
+
+void Executor::forward(std::span<const std::int32_t> tokens, KvCache& kv, std::vector<float>& logits, bool all_logits) {
+  const LlamaConfig& c = model_.config();
+  const std::size_t n = tokens.size();
+  if (n == 0) {
+    logits.clear();
+    return;
+  }
+  if (kv.size_ + n > kv.capacity_) {
+    throw ConfigError(fmt::format("KV cache full: {} + {} tokens exceed its {}", kv.size_, n, kv.capacity_));
+  }
+  for (auto t : tokens) {
+    if (t < 0 || static_cast<std::uint32_t>(t) >= c.vocab) {
+      throw ConfigError(fmt::format("token {} is outside the vocabulary (0..{})", t, c.vocab - 1));
+    }
+  }
+  const std::size_t dim = c.dim, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, F = c.ffn_dim;
+  const std::size_t q_dim = H * hd, kv_dim = KV * hd, group = H / KV;
+  const std::size_t p0 = kv.size_;
+  const auto& tensors = model_.tensors();
+  auto desc = [&](std::size_t i) -> const TensorDesc& { return tensors[i]; };
+
+  std::vector<float> x(n * dim), xn(n * dim), q(n * q_dim), k(n * kv_dim), v(n * kv_dim), att(n * q_dim),
+      tmp(n * dim), gate(n * F), up(n * F);
+
+  // Embedding.
+  weights_.begin_step(0);
+  {
+    const auto& e = desc(model_.token_embd());
+    WeightHandle w = weights_.acquire(model_.token_embd());
+    const std::size_t rb = row_bytes(e.dtype, dim);
+    for (std::size_t i = 0; i < n; ++i) {
+      to_f32(e.dtype, w.bytes().data() + static_cast<std::size_t>(tokens[i]) * rb, x.data() + i * dim, dim);
+    }
+  }
+  weights_.end_step(0);
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  auto rope = [&](float* rows, std::size_t heads, std::size_t stride) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const double pos = static_cast<double>(p0 + i);
+      for (std::size_t h = 0; h < heads; ++h) {
+        float* r = rows + i * stride + h * hd;
+        for (std::size_t j = 0; j < hd / 2; ++j) {
+          const double theta = pos * inv_freq_[j];
+          const float cs = static_cast<float>(std::cos(theta)), sn = static_cast<float>(std::sin(theta));
+          const float a = r[2 * j], b = r[2 * j + 1];
+          r[2 * j] = a * cs - b * sn;
+          r[2 * j + 1] = a * sn + b * cs;
+        }
+      }
+    }
+  };
+
+  const int threads = static_cast<int>(options_.threads);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    const LlamaModel::Layer& L = model_.layer(l);
+    weights_.begin_step(1 + l);
+    {
+      WeightHandle w = weights_.acquire(L.attn_norm);
+      rms_norm(x.data(), w.bytes(), desc(L.attn_norm).dtype, n, xn.data());
+    }
+    {
+      WeightHandle w = weights_.acquire(L.wq);
+      matmul(w.bytes(), desc(L.wq).dtype, q_dim, dim, xn.data(), n, q.data());
+    }
+    {
+      WeightHandle w = weights_.acquire(L.wk);
+      matmul(w.bytes(), desc(L.wk).dtype, kv_dim, dim, xn.data(), n, k.data());
+    }
+    {
+      WeightHandle w = weights_.acquire(L.wv);
+      matmul(w.bytes(), desc(L.wv).dtype, kv_dim, dim, xn.data(), n, v.data());
+    }
+    rope(q.data(), H, q_dim);
+    rope(k.data(), KV, kv_dim);
+    float* K = kv.k_.data() + l * std::size_t{kv.capacity_} * kv_dim;
+    float* V = kv.v_.data() + l * std::size_t{kv.capacity_} * kv_dim;
+    std::copy(k.begin(), k.end(), K + p0 * kv_dim);
+    std::copy(v.begin(), v.end(), V + p0 * kv_dim);
+    const std::size_t T = p0 + n;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::size_t h = 0; h < H; ++h) {
+      const std::size_t g = h / group;
+      Eigen::Map<const RowMat, 0, Stride> Qh(q.data() + h * hd, static_cast<Eigen::Index>(n),
+                                             static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
+      Eigen::Map<const RowMat, 0, Stride> Kg(K + g * hd, static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(hd),
+                                             Stride(static_cast<Eigen::Index>(kv_dim)));
+      Eigen::Map<const RowMat, 0, Stride> Vg(V + g * hd, static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(hd),
+                                             Stride(static_cast<Eigen::Index>(kv_dim)));
+      RowMat S = (Qh * Kg.transpose()) * scale;
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t visible = p0 + i + 1;  // causal: positions 0 .. p0+i
+        float m = -std::numeric_limits<float>::infinity();
+        for (std::size_t j = 0; j < visible; ++j) m = std::max(m, S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)));
+        double sum = 0;
+        for (std::size_t j = 0; j < T; ++j) {
+          float& s = S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j));
+          s = j < visible ? std::exp(s - m) : 0.0f;
+          sum += s;
+        }
+        const float inv = static_cast<float>(1.0 / sum);
+        S.row(static_cast<Eigen::Index>(i)) *= inv;
+      }
+      Eigen::Map<RowMat, 0, Stride> Oh(att.data() + h * hd, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(hd),
+                                       Stride(static_cast<Eigen::Index>(q_dim)));
+      Oh.noalias() = S * Vg;
+    }
+    {
+      WeightHandle w = weights_.acquire(L.wo);
+      matmul(w.bytes(), desc(L.wo).dtype, dim, q_dim, att.data(), n, tmp.data());
+    }
+    for (std::size_t i = 0; i < n * dim; ++i) x[i] += tmp[i];
+    {
+      WeightHandle w = weights_.acquire(L.ffn_norm);
+      rms_norm(x.data(), w.bytes(), desc(L.ffn_norm).dtype, n, xn.data());
+    }
+    {
+      WeightHandle w = weights_.acquire(L.w_gate);
+      matmul(w.bytes(), desc(L.w_gate).dtype, F, dim, xn.data(), n, gate.data());
+    }
+    {
+      WeightHandle w = weights_.acquire(L.w_up);
+      matmul(w.bytes(), desc(L.w_up).dtype, F, dim, xn.data(), n, up.data());
+    }
+    for (std::size_t i = 0; i < n * F; ++i) {
+      const float g = gate[i];
+      gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+    {
+      WeightHandle w = weights_.acquire(L.w_down);
+      matmul(w.bytes(), desc(L.w_down).dtype, dim, F, gate.data(), n, tmp.data());
+    }
+    for (std::size_t i = 0; i < n * dim; ++i) x[i] += tmp[i];
+    weights_.end_step(1 + l);
+  }
+  kv.size_ += static_cast<std::uint32_t>(n);
+
+  // Head: only the rows whose logits are wanted.
+  weights_.begin_step(c.n_layers + 1);
+  const std::size_t first = all_logits ? 0 : n - 1;
+  const std::size_t rows = n - first;
+  {
+    WeightHandle w = weights_.acquire(model_.output_norm());
+    rms_norm(x.data() + first * dim, w.bytes(), desc(model_.output_norm()).dtype, rows, xn.data());
+  }
+  logits.resize(rows * c.vocab);
+  {
+    WeightHandle w = weights_.acquire(model_.output());
+    matmul(w.bytes(), desc(model_.output()).dtype, c.vocab, dim, xn.data(), rows, logits.data());
+  }
+  weights_.end_step(c.n_layers + 1);
+}
+
+// --- sampling ---------------------------------------------------------------------------
+
+std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& o, std::mt19937_64& rng) {
+  if (logits.empty()) throw ConfigError("sample_token: no logits");
+  if (o.temperature <= 0.0f) {
+    return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  std::vector<std::int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::sort(idx.begin(), idx.end(), [&](std::int32_t a, std::int32_t b) {
+    return logits[static_cast<std::size_t>(a)] > logits[static_cast<std::size_t>(b)] || (logits[static_cast<std::size_t>(a)] == logits[static_cast<std::size_t>(b)] && a < b);
+  });
+  std::size_t keep = idx.size();
+  if (o.top_k > 0) keep = std::min<std::size_t>(keep, o.top_k);
+  std::vector<double> p(keep);
+  const double top = logits[static_cast<std::size_t>(idx[0])];
+  double sum = 0;
+  for (std::size_t i = 0; i < keep; ++i) {
+    p[i] = std::exp((logits[static_cast<std::size_t>(idx[i])] - top) / o.temperature);
+    sum += p[i];
+  }
+  if (o.top_p < 1.0f) {
+    double acc = 0;
+    std::size_t cut = keep;
+    for (std::size_t i = 0; i < keep; ++i) {
+      acc += p[i] / sum;
+      if (acc >= o.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    keep = cut;
+    sum = std::accumulate(p.begin(), p.begin() + static_cast<long>(keep), 0.0);
+  }
+  std::uniform_real_distribution<double> u(0.0, sum);
+  double r = u(rng);
+  for (std::size_t i = 0; i < keep; ++i) {
+    r -= p[i];
+    if (r <= 0) return idx[i];
+  }
+  return idx[keep - 1];
+}
+
+}  // namespace xlshare
