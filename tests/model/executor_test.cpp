@@ -1,0 +1,178 @@
+// The Eigen forward pass against a naive double reference, against itself (prefill vs
+// decode, GGUF vs safetensors, stored dtypes), and against llama.cpp (the shared oracle).
+#include <gtest/gtest.h>
+
+#include "model/model_support.hpp"
+#include "model/reference_forward.hpp"
+#include "xlshare/error.hpp"
+
+namespace xlshare {
+namespace {
+
+struct Shape {
+  std::uint32_t dim, layers, heads, kv, ffn, vocab;
+};
+
+class ExecutorShapes : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(ExecutorShapes, MatchesTheDoubleReference) {
+  const Shape s = GetParam();
+  const auto m = make_synthetic_llama(test::small_config(s.dim, s.layers, s.heads, s.kv, s.ffn, s.vocab), 42);
+  const auto tokens = test::some_tokens(s.vocab, 9, 3);
+  const auto ref = test::reference_forward(m, tokens);
+  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens), ref), 1e-5);
+  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens, false, 2), ref), 1e-5) << "2 threads";
+}
+
+TEST_P(ExecutorShapes, PrefillEqualsTokenByTokenDecode) {
+  const Shape s = GetParam();
+  const auto m = make_synthetic_llama(test::small_config(s.dim, s.layers, s.heads, s.kv, s.ffn, s.vocab), 7);
+  const auto tokens = test::some_tokens(s.vocab, 11, 5);
+  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens, true), test::run_in_memory(m, tokens, false)), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ExecutorShapes,
+                         ::testing::Values(Shape{64, 2, 4, 4, 160, 256},    // multi-head attention
+                                           Shape{64, 2, 4, 2, 160, 256},    // GQA 2:1
+                                           Shape{96, 3, 6, 2, 200, 300},    // GQA 3:1, non-power-of-two
+                                           Shape{48, 1, 3, 1, 100, 97},     // MQA, odd vocab
+                                           Shape{128, 2, 8, 2, 344, 512}));
+
+TEST(Executor, TiedEmbeddingsUseTheTokenEmbedding) {
+  auto c = test::small_config(64, 2, 4, 2, 160, 256);
+  c.tie_embeddings = true;
+  const auto m = make_synthetic_llama(c, 9);
+  const auto tokens = test::some_tokens(256, 6, 1);
+  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens), test::reference_forward(m, tokens)), 1e-5);
+}
+
+TEST(Executor, RefusesTokensOutsideTheVocabularyAndAFullKvCache) {
+  const auto m = make_synthetic_llama(test::small_config(64, 1, 4, 2, 160, 256), 1);
+  std::vector<TensorDesc> descs;
+  std::vector<std::span<const std::byte>> spans;
+  for (std::size_t i = 0; i < m.specs.size(); ++i) {
+    descs.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
+    spans.push_back(std::as_bytes(std::span(m.data[i])));
+  }
+  LlamaModel model(m.config, descs);
+  SpanWeights weights(spans);
+  Executor ex(model, weights);
+  KvCache kv(m.config, 4);
+  std::vector<float> logits;
+  const std::int32_t bad[] = {256};
+  EXPECT_THROW(ex.forward(bad, kv, logits, false), ConfigError);
+  const std::int32_t five[] = {1, 2, 3, 4, 5};
+  EXPECT_THROW(ex.forward(five, kv, logits, false), ConfigError);
+  EXPECT_EQ(kv.size(), 0u);
+}
+
+class ModelFiles : public ::testing::Test {
+ protected:
+  test::TempDir dir_;
+};
+
+TEST_F(ModelFiles, GgufAndSafetensorsGiveTheSameLogits) {
+  const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 11);
+  write_gguf(m, dir_.path() / "m.gguf", DType::kF32);
+  write_safetensors(m, dir_.path() / "hf", DType::kF32);
+  write_safetensors(m, dir_.path() / "hf-sharded", DType::kF32, 3);
+  const auto tokens = test::some_tokens(256, 10, 2);
+  const auto gguf = test::run_file(dir_.path() / "m.gguf", tokens);
+  EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf", tokens), gguf), 1e-6);
+  EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf-sharded", tokens), gguf), 1e-6);
+  EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf" / "model.safetensors", tokens), gguf), 1e-6);
+  EXPECT_LT(test::relative_error(gguf, test::reference_forward(m, tokens)), 1e-5);
+}
+
+TEST_F(ModelFiles, StoredDtypesComputeExactlyTheirRoundedWeights) {
+  const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 13);
+  const auto tokens = test::some_tokens(256, 8, 4);
+  const auto f32 = test::reference_forward(m, tokens);
+  struct Case {
+    DType dtype;
+    double loose;  // expected distance from the F32 model: the storage's rounding
+  };
+  for (const Case c : {Case{DType::kF16, 5e-3}, Case{DType::kBF16, 4e-2}, Case{DType::kQ8_0, 4e-2}}) {
+    const auto path = dir_.path() / fmt::format("m-{}.gguf", to_string(c.dtype));
+    write_gguf(m, path, c.dtype);
+    const auto got = test::run_file(path, tokens);
+    // Exactly what F32 math on the stored (rounded) weights gives ...
+    EXPECT_LT(test::relative_error(got, test::reference_forward(round_weights(m, c.dtype), tokens)), 1e-5)
+        << to_string(c.dtype);
+    // ... and within the storage's rounding of the F32 model.
+    const double err = test::relative_error(got, f32);
+    EXPECT_LT(err, c.loose) << to_string(c.dtype);
+    EXPECT_GT(err, 1e-7) << to_string(c.dtype) << " did not round at all";
+  }
+  write_safetensors(m, dir_.path() / "hf-bf16", DType::kBF16);
+  EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf-bf16", tokens),
+                                 test::reference_forward(round_weights(m, DType::kBF16), tokens)),
+            1e-5);
+}
+
+// --- the shared oracle: llama.cpp's logits ------------------------------------------------
+
+std::vector<float> read_floats(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::vector<float> v(std::filesystem::file_size(p) / 4);
+  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * 4));
+  return v;
+}
+
+const std::vector<std::int32_t> kOracleTokens = {5, 200, 33, 7, 255, 0, 64, 128, 9, 17, 250, 3};
+
+double worst_position_error(const std::vector<float>& got, const std::vector<float>& want, std::size_t vocab) {
+  // Pass bar of the oracle's README: max |diff| / max |llama.cpp| at every position.
+  double worst = 0;
+  for (std::size_t row = 0; row * vocab < want.size(); ++row) {
+    std::vector<float> a(got.begin() + static_cast<long>(row * vocab), got.begin() + static_cast<long>((row + 1) * vocab));
+    std::vector<float> b(want.begin() + static_cast<long>(row * vocab), want.begin() + static_cast<long>((row + 1) * vocab));
+    worst = std::max(worst, test::relative_error(a, b));
+  }
+  return worst;
+}
+
+TEST(Oracle, GgufMatchesLlamaCpp) {
+  const std::filesystem::path dir = XLSHARE_TEST_DATA "/oracle";
+  const auto want = read_floats(dir / "logits.bin");
+  ASSERT_EQ(want.size(), 12u * 256);
+  const auto got = test::run_file(dir / "oracle-public-f32.gguf", kOracleTokens);
+  EXPECT_LT(worst_position_error(got, want, 256), 1e-4);
+  const auto decoded = test::run_file(dir / "oracle-public-f32.gguf", kOracleTokens, /*one_at_a_time=*/true);
+  EXPECT_LT(worst_position_error(decoded, read_floats(dir / "logits_kvcache.bin"), 256), 1e-4);
+}
+
+TEST(Oracle, HuggingFaceDirectoryMatchesLlamaCpp) {
+  const std::filesystem::path dir = XLSHARE_TEST_DATA "/oracle";
+  const auto want = read_floats(dir / "logits.bin");
+  const auto got = test::run_file(dir / "hf", kOracleTokens);
+  EXPECT_LT(worst_position_error(got, want, 256), 1e-4);
+  const auto decoded = test::run_file(dir / "hf", kOracleTokens, /*one_at_a_time=*/true);
+  EXPECT_LT(worst_position_error(decoded, read_floats(dir / "logits_kvcache.bin"), 256), 1e-4);
+}
+
+TEST(Sampling, GreedyTopKAndSeededSampling) {
+  const std::vector<float> logits = {0.1f, 2.0f, -1.0f, 1.9f, 0.5f};
+  std::mt19937_64 rng(1);
+  EXPECT_EQ(sample_token(logits, {}, rng), 1);
+  SamplingOptions topk1{.temperature = 1.0f, .top_k = 1, .top_p = 1.0f, .seed = 0};
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(sample_token(logits, topk1, rng), 1);
+  SamplingOptions hot{.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
+  std::mt19937_64 a(5), b(5);
+  std::vector<int> seen(5, 0);
+  for (int i = 0; i < 400; ++i) {
+    const auto x = sample_token(logits, hot, a);
+    EXPECT_EQ(x, sample_token(logits, hot, b));
+    ++seen[static_cast<std::size_t>(x)];
+  }
+  EXPECT_GT(seen[3], 50);  // the runner-up is sampled often
+  EXPECT_GT(seen[2], 0);
+  SamplingOptions nucleus{.temperature = 1.0f, .top_k = 0, .top_p = 0.5f, .seed = 0};
+  for (int i = 0; i < 50; ++i) {
+    const auto x = sample_token(logits, nucleus, a);
+    EXPECT_TRUE(x == 1 || x == 3) << x;
+  }
+}
+
+}  // namespace
+}  // namespace xlshare
