@@ -15,6 +15,10 @@
 #include "xlshare/model/dtype_convert.hpp"
 #include "xlshare/model/model_file.hpp"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace xlshare {
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -119,6 +123,68 @@ Executor::Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOpt
   }
 }
 
+
+namespace {
+
+constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels at once
+
+// y[i][r] = sum_k W[r][k] * x[i][k] for i < n <= kMaxFusedRows, converting W from its
+// stored type as it is read (no scratch copy): the decode path, bound by memory bandwidth.
+void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t cols, const float* x, std::size_t n,
+                float* y, int threads) {
+  const std::size_t rb = row_bytes(dtype, cols);
+#pragma omp parallel num_threads(threads)
+  {
+    thread_local std::vector<float> row;
+    if (row.size() < cols) row.resize(cols);
+#pragma omp for schedule(static)
+    for (std::size_t r = 0; r < rows; ++r) {
+      const std::byte* wr = w + r * rb;
+      float acc_s[kMaxFusedRows] = {};
+      std::size_t k0 = 0;
+#if defined(__AVX512F__)
+      __m512 acc[kMaxFusedRows];
+      for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
+      if (dtype == DType::kF16 || dtype == DType::kBF16) {
+        const auto* h = reinterpret_cast<const std::uint16_t*>(wr);
+        for (; k0 + 16 <= cols; k0 += 16) {
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0));
+          const __m512 wv = dtype == DType::kF16
+                                ? _mm512_cvtph_ps(raw)
+                                : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+          for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
+        }
+      } else if (dtype == DType::kQ8_0) {
+        for (std::size_t b = 0; b < cols / 32; ++b, k0 += 32) {
+          BlockQ8_0 blk;
+          std::memcpy(&blk, wr + b * sizeof(BlockQ8_0), sizeof blk);
+          const __m512 d = _mm512_set1_ps(f16_to_f32(blk.d));
+          const __m128i* q = reinterpret_cast<const __m128i*>(blk.qs);
+          const __m512 w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))));
+          const __m512 w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))));
+          for (std::size_t i = 0; i < n; ++i) {
+            acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
+            acc[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + k0 + 16), acc[i]);
+          }
+        }
+      }
+      for (std::size_t i = 0; i < n; ++i) acc_s[i] = _mm512_reduce_add_ps(acc[i]);
+#endif
+      if (k0 < cols) {  // the tail, or everything without AVX-512
+        to_f32(dtype, wr, row.data(), cols);
+        for (std::size_t i = 0; i < n; ++i) {
+          float s = 0;
+          for (std::size_t k = k0; k < cols; ++k) s += row[k] * x[i * cols + k];
+          acc_s[i] += s;
+        }
+      }
+      for (std::size_t i = 0; i < n; ++i) y[i * rows + r] = acc_s[i];
+    }
+  }
+}
+
+}  // namespace
+
 void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols, const float* x,
                       std::size_t n, float* y) {
   Eigen::Map<const RowMat> X(x, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(cols));
@@ -138,12 +204,19 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
     }
     return;
   }
-  // Converted in tiles of rows (about 256 KiB of F32 each) as they are used.
-  const std::size_t tile = std::max<std::size_t>(1, (64u * 1024) / std::max<std::size_t>(cols, 1));
+  if (n <= kMaxFusedRows) {
+    fused_gemv(dtype, w.data(), rows, cols, x, n, y, threads);
+    return;
+  }
+  // Converted in tiles of rows (about 512 KiB of F32 each) as they are used.
+  const std::size_t tile = std::max<std::size_t>(1, (128u * 1024) / std::max<std::size_t>(cols, 1));
   const std::size_t tiles = (rows + tile - 1) / tile;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> buf(tile * cols);
+    // Per-thread scratch that outlives the call: no allocation (and no page faults) per
+    // matmul once warm.
+    thread_local std::vector<float> buf;
+    if (buf.size() < tile * cols) buf.resize(tile * cols);
 #pragma omp for schedule(static)
     for (std::size_t ti = 0; ti < tiles; ++ti) {
       const std::size_t r0 = ti * tile;

@@ -86,7 +86,7 @@ TEST_F(ModelFiles, GgufAndSafetensorsGiveTheSameLogits) {
 
 TEST_F(ModelFiles, StoredDtypesComputeExactlyTheirRoundedWeights) {
   const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 13);
-  const auto tokens = test::some_tokens(256, 8, 4);
+  const auto tokens = test::some_tokens(256, 12, 4);  // > 8: the tiled path; decode: the fused one
   const auto f32 = test::reference_forward(m, tokens);
   struct Case {
     DType dtype;
@@ -103,6 +103,8 @@ TEST_F(ModelFiles, StoredDtypesComputeExactlyTheirRoundedWeights) {
     const double err = test::relative_error(got, f32);
     EXPECT_LT(err, c.loose) << to_string(c.dtype);
     EXPECT_GT(err, 1e-7) << to_string(c.dtype) << " did not round at all";
+    EXPECT_LT(test::relative_error(test::run_file(path, tokens, /*one_at_a_time=*/true), got), 1e-5)
+        << to_string(c.dtype) << ": decode differs from prefill";
   }
   write_safetensors(m, dir_.path() / "hf-bf16", DType::kBF16);
   EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf-bf16", tokens),

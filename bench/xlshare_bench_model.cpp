@@ -1,0 +1,116 @@
+// Prefill and decode speed of the executor with every weight resident (in memory), for the
+// shape llama.cpp was measured on: dim 768, 12 layers, 12 heads, 12 kv heads, ffn 2048,
+// vocab 32000, random weights, F32 and F16.
+//
+//   build/bin/xlshare_bench_model [--repeats 3] [--quick]
+//
+// Prints a markdown table of tokens/s (median of --repeats runs): prefill of 128 and 512
+// tokens (one forward over the prompt), decode of 64 tokens (one forward per token after a
+// 16-token prompt, as llama-bench's tg64), with 1 and 2 threads.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "xlshare/model/dtype_convert.hpp"
+#include "xlshare/model/executor.hpp"
+#include "xlshare/model/synthetic.hpp"
+
+namespace {
+
+using namespace xlshare;
+using Clock = std::chrono::steady_clock;
+
+struct Resident {
+  LlamaModel model;
+  std::vector<std::vector<std::byte>> buffers;
+};
+
+Resident make_resident(const SyntheticModel& m, DType dtype) {
+  std::vector<TensorDesc> descs;
+  std::vector<std::vector<std::byte>> buffers;
+  for (std::size_t i = 0; i < m.specs.size(); ++i) {
+    const DType t = m.specs[i].shape.size() == 2 ? dtype : DType::kF32;
+    std::vector<std::byte> b(row_bytes(t, m.data[i].size()));
+    from_f32(t, m.data[i].data(), b.data(), m.data[i].size());
+    descs.push_back({m.specs[i].name, t, m.specs[i].shape, b.size()});
+    buffers.push_back(std::move(b));
+  }
+  return Resident{LlamaModel(m.config, descs), std::move(buffers)};
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"xlshare executor benchmark (weights resident)"};
+  int repeats = 3;
+  bool quick = false;
+  app.add_option("--repeats", repeats, "runs per figure (median reported)")->check(CLI::Range(1, 50));
+  app.add_flag("--quick", quick, "a small model, one run: a smoke test");
+  CLI11_PARSE(app, argc, argv);
+  if (quick) repeats = 1;
+
+  LlamaConfig c;
+  c.dim = quick ? 128 : 768;
+  c.n_layers = quick ? 2 : 12;
+  c.n_heads = quick ? 4 : 12;
+  c.n_kv_heads = c.n_heads;
+  c.head_dim = c.dim / c.n_heads;
+  c.ffn_dim = quick ? 344 : 2048;
+  c.vocab = quick ? 1000 : 32000;
+  c.context = 1024;
+  const auto synthetic = make_synthetic_llama(c, 1);
+  const std::vector<int> prefills = quick ? std::vector<int>{32} : std::vector<int>{128, 512};
+  const int decode_n = quick ? 8 : 64;
+
+  fmt::print("| weights | threads |");
+  for (int p : prefills) fmt::print(" prefill {} tok/s |", p);
+  fmt::print(" decode (tg{}) tok/s |\n|---|---|", decode_n);
+  for (std::size_t i = 0; i < prefills.size() + 1; ++i) fmt::print("---|");
+  fmt::print("\n");
+  for (DType dtype : {DType::kF32, DType::kF16}) {
+    Resident r = make_resident(synthetic, dtype);
+    std::vector<std::span<const std::byte>> spans;
+    for (const auto& b : r.buffers) spans.emplace_back(b);
+    SpanWeights weights(spans);
+    for (unsigned threads : {1u, 2u}) {
+      Executor ex(r.model, weights, ExecutorOptions{threads});
+      fmt::print("| {} | {} |", dtype == DType::kF32 ? "F32" : "F16", threads);
+      std::vector<float> logits;
+      for (int p : prefills) {
+        std::vector<std::int32_t> tokens(static_cast<std::size_t>(p));
+        for (int i = 0; i < p; ++i) tokens[static_cast<std::size_t>(i)] = (i * 7919) % static_cast<int>(c.vocab);
+        std::vector<double> rates;
+        for (int rep = 0; rep < repeats; ++rep) {
+          KvCache kv(c, 1024);
+          const auto t0 = Clock::now();
+          ex.forward(tokens, kv, logits, false);
+          rates.push_back(p / std::chrono::duration<double>(Clock::now() - t0).count());
+        }
+        fmt::print(" {:.0f} |", median(rates));
+      }
+      std::vector<double> rates;
+      for (int rep = 0; rep < repeats; ++rep) {
+        KvCache kv(c, 1024);
+        std::vector<std::int32_t> prompt(16, 1);
+        ex.forward(prompt, kv, logits, false);
+        std::int32_t next = 2;
+        const auto t0 = Clock::now();
+        for (int i = 0; i < decode_n; ++i) {
+          ex.forward(std::span(&next, 1), kv, logits, false);
+          next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        }
+        rates.push_back(decode_n / std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      fmt::print(" {:.1f} |\n", median(rates));
+    }
+  }
+  return 0;
+}
