@@ -243,25 +243,49 @@ void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtyp
 }
 
 void Executor::forward(std::span<const std::int32_t> tokens, KvCache& kv, std::vector<float>& logits, bool all_logits) {
+  Segment segment{tokens, &kv, all_logits, &logits};
+  forward_batch(std::span(&segment, 1));
+}
+
+void Executor::forward_batch(std::span<Segment> segments) {
   const LlamaConfig& c = model_.config();
-  const std::size_t n = tokens.size();
-  if (n == 0) {
-    logits.clear();
-    return;
-  }
-  if (kv.size_ + n > kv.capacity_) {
-    throw ConfigError(fmt::format("KV cache full: {} + {} tokens exceed its {}", kv.size_, n, kv.capacity_));
-  }
-  for (auto t : tokens) {
-    if (t < 0 || static_cast<std::uint32_t>(t) >= c.vocab) {
-      throw ConfigError(fmt::format("token {} is outside the vocabulary (0..{})", t, c.vocab - 1));
+  // Check everything before changing anything.
+  std::size_t n = 0;
+  for (std::size_t s = 0; s < segments.size(); ++s) {
+    const Segment& seg = segments[s];
+    if (seg.kv == nullptr || seg.logits == nullptr) throw ConfigError("forward: a segment lacks its KV cache or logits");
+    for (std::size_t o = 0; o < s; ++o) {
+      if (segments[o].kv == seg.kv) throw ConfigError("forward: two segments share one KV cache");
     }
+    if (seg.kv->size_ + seg.tokens.size() > seg.kv->capacity_) {
+      throw ConfigError(fmt::format("KV cache full: {} + {} tokens exceed its {}", seg.kv->size_, seg.tokens.size(),
+                                    seg.kv->capacity_));
+    }
+    for (auto t : seg.tokens) {
+      if (t < 0 || static_cast<std::uint32_t>(t) >= c.vocab) {
+        throw ConfigError(fmt::format("token {} is outside the vocabulary (0..{})", t, c.vocab - 1));
+      }
+    }
+    n += seg.tokens.size();
+  }
+  if (n == 0) {
+    for (auto& seg : segments) seg.logits->clear();
+    return;
   }
   const std::size_t dim = c.dim, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, F = c.ffn_dim;
   const std::size_t q_dim = H * hd, kv_dim = KV * hd, group = H / KV;
-  const std::size_t p0 = kv.size_;
   const auto& tensors = model_.tensors();
   auto desc = [&](std::size_t i) -> const TensorDesc& { return tensors[i]; };
+
+  // Row r of the batch belongs to segment seg_of[r], at position pos_of[r].
+  std::vector<std::size_t> first_row(segments.size()), seg_of(n), pos_of(n);
+  for (std::size_t s = 0, r = 0; s < segments.size(); ++s) {
+    first_row[s] = r;
+    for (std::size_t i = 0; i < segments[s].tokens.size(); ++i, ++r) {
+      seg_of[r] = s;
+      pos_of[r] = segments[s].kv->size_ + i;
+    }
+  }
 
   std::vector<float> x(n * dim), xn(n * dim), q(n * q_dim), k(n * kv_dim), v(n * kv_dim), att(n * q_dim),
       tmp(n * dim), gate(n * F), up(n * F);
@@ -272,30 +296,32 @@ void Executor::forward(std::span<const std::int32_t> tokens, KvCache& kv, std::v
     const auto& e = desc(model_.token_embd());
     WeightHandle w = weights_.acquire(model_.token_embd());
     const std::size_t rb = row_bytes(e.dtype, dim);
-    for (std::size_t i = 0; i < n; ++i) {
-      to_f32(e.dtype, w.bytes().data() + static_cast<std::size_t>(tokens[i]) * rb, x.data() + i * dim, dim);
+    for (std::size_t r = 0; r < n; ++r) {
+      const auto token = static_cast<std::size_t>(segments[seg_of[r]].tokens[r - first_row[seg_of[r]]]);
+      to_f32(e.dtype, w.bytes().data() + token * rb, x.data() + r * dim, dim);
     }
   }
   weights_.end_step(0);
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   auto rope = [&](float* rows, std::size_t heads, std::size_t stride) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const double pos = static_cast<double>(p0 + i);
+    for (std::size_t r = 0; r < n; ++r) {
+      const double pos = static_cast<double>(pos_of[r]);
       for (std::size_t h = 0; h < heads; ++h) {
-        float* r = rows + i * stride + h * hd;
+        float* p = rows + r * stride + h * hd;
         for (std::size_t j = 0; j < hd / 2; ++j) {
           const double theta = pos * inv_freq_[j];
           const float cs = static_cast<float>(std::cos(theta)), sn = static_cast<float>(std::sin(theta));
-          const float a = r[2 * j], b = r[2 * j + 1];
-          r[2 * j] = a * cs - b * sn;
-          r[2 * j + 1] = a * sn + b * cs;
+          const float a = p[2 * j], b = p[2 * j + 1];
+          p[2 * j] = a * cs - b * sn;
+          p[2 * j + 1] = a * sn + b * cs;
         }
       }
     }
   };
 
   const int threads = static_cast<int>(options_.threads);
+  const std::size_t work = segments.size() * H;  // (segment, head) pairs of attention
   for (std::size_t l = 0; l < c.n_layers; ++l) {
     const LlamaModel::Layer& L = model_.layer(l);
     weights_.begin_step(1 + l);
@@ -317,36 +343,44 @@ void Executor::forward(std::span<const std::int32_t> tokens, KvCache& kv, std::v
     }
     rope(q.data(), H, q_dim);
     rope(k.data(), KV, kv_dim);
-    float* K = kv.k_.data() + l * std::size_t{kv.capacity_} * kv_dim;
-    float* V = kv.v_.data() + l * std::size_t{kv.capacity_} * kv_dim;
-    std::copy(k.begin(), k.end(), K + p0 * kv_dim);
-    std::copy(v.begin(), v.end(), V + p0 * kv_dim);
-    const std::size_t T = p0 + n;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (std::size_t h = 0; h < H; ++h) {
-      const std::size_t g = h / group;
-      Eigen::Map<const RowMat, 0, Stride> Qh(q.data() + h * hd, static_cast<Eigen::Index>(n),
+    for (std::size_t s = 0; s < segments.size(); ++s) {
+      KvCache& kv = *segments[s].kv;
+      const std::size_t rows = segments[s].tokens.size();
+      float* K = kv.k_.data() + l * std::size_t{kv.capacity_} * kv_dim;
+      float* V = kv.v_.data() + l * std::size_t{kv.capacity_} * kv_dim;
+      std::copy_n(k.data() + first_row[s] * kv_dim, rows * kv_dim, K + std::size_t{kv.size_} * kv_dim);
+      std::copy_n(v.data() + first_row[s] * kv_dim, rows * kv_dim, V + std::size_t{kv.size_} * kv_dim);
+    }
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
+    for (std::size_t item = 0; item < work; ++item) {
+      const std::size_t s = item / H, h = item % H, g = h / group;
+      const Segment& seg = segments[s];
+      const std::size_t rows = seg.tokens.size();
+      if (rows == 0) continue;
+      const std::size_t p0 = seg.kv->size_, T = p0 + rows;
+      const float* K = seg.kv->k_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
+      const float* V = seg.kv->v_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
+      Eigen::Map<const RowMat, 0, Stride> Qh(q.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
                                              static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
       Eigen::Map<const RowMat, 0, Stride> Kg(K + g * hd, static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(hd),
                                              Stride(static_cast<Eigen::Index>(kv_dim)));
       Eigen::Map<const RowMat, 0, Stride> Vg(V + g * hd, static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(hd),
                                              Stride(static_cast<Eigen::Index>(kv_dim)));
       RowMat S = (Qh * Kg.transpose()) * scale;
-      for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t i = 0; i < rows; ++i) {
         const std::size_t visible = p0 + i + 1;  // causal: positions 0 .. p0+i
         float m = -std::numeric_limits<float>::infinity();
         for (std::size_t j = 0; j < visible; ++j) m = std::max(m, S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)));
         double sum = 0;
         for (std::size_t j = 0; j < T; ++j) {
-          float& s = S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j));
-          s = j < visible ? std::exp(s - m) : 0.0f;
-          sum += s;
+          float& e = S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j));
+          e = j < visible ? std::exp(e - m) : 0.0f;
+          sum += e;
         }
-        const float inv = static_cast<float>(1.0 / sum);
-        S.row(static_cast<Eigen::Index>(i)) *= inv;
+        S.row(static_cast<Eigen::Index>(i)) *= static_cast<float>(1.0 / sum);
       }
-      Eigen::Map<RowMat, 0, Stride> Oh(att.data() + h * hd, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(hd),
-                                       Stride(static_cast<Eigen::Index>(q_dim)));
+      Eigen::Map<RowMat, 0, Stride> Oh(att.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
+                                       static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
       Oh.noalias() = S * Vg;
     }
     {
@@ -377,22 +411,33 @@ void Executor::forward(std::span<const std::int32_t> tokens, KvCache& kv, std::v
     for (std::size_t i = 0; i < n * dim; ++i) x[i] += tmp[i];
     weights_.end_step(1 + l);
   }
-  kv.size_ += static_cast<std::uint32_t>(n);
+  for (auto& seg : segments) seg.kv->size_ += static_cast<std::uint32_t>(seg.tokens.size());
 
-  // Head: only the rows whose logits are wanted.
+  // Head: only the rows whose logits are wanted, all segments in one product.
+  std::vector<std::size_t> wanted;
+  for (std::size_t s = 0; s < segments.size(); ++s) {
+    const std::size_t rows = segments[s].tokens.size();
+    if (rows == 0) continue;
+    for (std::size_t i = segments[s].all_logits ? 0 : rows - 1; i < rows; ++i) wanted.push_back(first_row[s] + i);
+  }
   weights_.begin_step(c.n_layers + 1);
-  const std::size_t first = all_logits ? 0 : n - 1;
-  const std::size_t rows = n - first;
+  std::vector<float> picked(wanted.size() * dim), out(wanted.size() * c.vocab);
+  for (std::size_t i = 0; i < wanted.size(); ++i) std::copy_n(x.data() + wanted[i] * dim, dim, picked.data() + i * dim);
   {
     WeightHandle w = weights_.acquire(model_.output_norm());
-    rms_norm(x.data() + first * dim, w.bytes(), desc(model_.output_norm()).dtype, rows, xn.data());
+    rms_norm(picked.data(), w.bytes(), desc(model_.output_norm()).dtype, wanted.size(), xn.data());
   }
-  logits.resize(rows * c.vocab);
   {
     WeightHandle w = weights_.acquire(model_.output());
-    matmul(w.bytes(), desc(model_.output()).dtype, c.vocab, dim, xn.data(), rows, logits.data());
+    matmul(w.bytes(), desc(model_.output()).dtype, c.vocab, dim, xn.data(), wanted.size(), out.data());
   }
   weights_.end_step(c.n_layers + 1);
+  std::size_t next = 0;
+  for (auto& seg : segments) {
+    const std::size_t rows = seg.tokens.empty() ? 0 : (seg.all_logits ? seg.tokens.size() : 1);
+    seg.logits->assign(out.begin() + static_cast<long>(next * c.vocab), out.begin() + static_cast<long>((next + rows) * c.vocab));
+    next += rows;
+  }
 }
 
 // --- sampling ---------------------------------------------------------------------------

@@ -178,3 +178,52 @@ TEST(Sampling, GreedyTopKAndSeededSampling) {
 
 }  // namespace
 }  // namespace xlshare
+
+namespace xlshare {
+namespace {
+
+TEST(Executor, ABatchEqualsEachSequenceAlone) {
+  const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 21);
+  std::vector<TensorDesc> descs;
+  std::vector<std::span<const std::byte>> spans;
+  for (std::size_t i = 0; i < m.specs.size(); ++i) {
+    descs.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
+    spans.push_back(std::as_bytes(std::span(m.data[i])));
+  }
+  LlamaModel model(m.config, descs);
+  SpanWeights weights(spans);
+  Executor ex(model, weights, ExecutorOptions{2});
+  const std::vector<std::vector<std::int32_t>> prompts = {test::some_tokens(256, 5, 1), test::some_tokens(256, 9, 2),
+                                                          test::some_tokens(256, 1, 3)};
+  // Alone.
+  std::vector<std::vector<float>> alone(3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    KvCache kv(m.config, 64);
+    ex.forward(prompts[i], kv, alone[i], true);
+  }
+  // Together, then one more decode step together.
+  std::vector<KvCache> kvs(3, KvCache(m.config, 64));
+  std::vector<std::vector<float>> together(3);
+  std::vector<Executor::Segment> segs;
+  for (std::size_t i = 0; i < 3; ++i) segs.push_back({prompts[i], &kvs[i], true, &together[i]});
+  ex.forward_batch(segs);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_LT(test::relative_error(together[i], alone[i]), 1e-5) << i;
+  const std::int32_t next[3] = {7, 8, 9};
+  std::vector<std::vector<float>> step(3);
+  for (std::size_t i = 0; i < 3; ++i) segs[i] = {std::span(&next[i], 1), &kvs[i], false, &step[i]};
+  ex.forward_batch(segs);
+  for (std::size_t i = 0; i < 3; ++i) {
+    auto seq = prompts[i];
+    seq.push_back(next[i]);
+    KvCache kv(m.config, 64);
+    std::vector<float> ref;
+    ex.forward(seq, kv, ref, false);
+    EXPECT_LT(test::relative_error(step[i], ref), 1e-5) << i;
+  }
+  // Two segments may not share a cache.
+  segs[1].kv = segs[0].kv;
+  EXPECT_THROW(ex.forward_batch(segs), ConfigError);
+}
+
+}  // namespace
+}  // namespace xlshare

@@ -129,6 +129,18 @@ class Executor {
   void forward(std::span<const std::int32_t> tokens, KvCache& kv, std::vector<float>& logits,
                bool all_logits);
 
+  /// One sequence's share of a batched forward pass.
+  struct Segment {
+    std::span<const std::int32_t> tokens;
+    KvCache* kv = nullptr;
+    bool all_logits = false;
+    std::vector<float>* logits = nullptr;
+  };
+  /// Runs several sequences together: each weight is acquired once for the whole batch and
+  /// the matrix products run over every sequence's rows at once; attention stays per
+  /// sequence. Same results as running each alone. @throws ConfigError as forward().
+  void forward_batch(std::span<Segment> segments);
+
   const LlamaModel& model() const noexcept { return model_; }
 
  private:
