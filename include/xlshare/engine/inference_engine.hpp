@@ -1,0 +1,160 @@
+// InferenceEngine: the public face of xlshare. Put a model into a pool once; serve it from
+// one or more workers, each with a small near cache filled by a prefetcher over the
+// (emulated) CXL link; see what the cache, the prefetcher and the link did.
+//
+//   xlshare::EngineConfig config;
+//   config.pool_uri = "shm://weights";
+//   config.cache_bytes = 64 << 20;
+//   xlshare::InferenceEngine engine(config);
+//   engine.register_model("model.gguf", "llama");   // loads once; later calls find it
+//   engine.attach_model("llama");
+//   auto out = engine.generate({1, 2, 3}, 32);
+//
+// Thread-safe: inference(), batch_inference() and generate() may be called from several
+// threads; each call runs on a free worker (config.workers of them).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "xlshare/engine/worker.hpp"
+#include "xlshare/memory/cxl_emulator.hpp"
+#include "xlshare/memory/pool.hpp"
+#include "xlshare/model/executor.hpp"
+#include "xlshare/model/model_loader.hpp"
+#include "xlshare/model/synthetic.hpp"
+
+namespace xlshare {
+
+struct EngineConfig {
+  /// The pool holding the weights. Default "shm://xlshare".
+  std::string pool_uri = "shm://xlshare";
+  /// Size of the pool when register_model has to create it; 0: sized to the model.
+  std::uint64_t pool_bytes = 0;
+  /// Near memory per worker in bytes; 0: no cache (compute from the pool mapping).
+  /// Default 256 MiB.
+  std::uint64_t cache_bytes = 256ull << 20;
+  /// Emulated link: a preset ("none", "cxl-x8", "cxl-x16", "cxl-switched") ...
+  std::string link_preset = "cxl-x8";
+  /// ... or custom parameters, which win when set.
+  std::optional<LinkParams> link;
+  /// Faults the emulator injects on the primary pool. Default none.
+  FaultConfig faults;
+  /// Eviction policy by name: "lru" (default), "fifo", "schedule".
+  std::string eviction_policy = "lru";
+  /// Transfer threads per worker. Default 2.
+  unsigned prefetch_threads = 2;
+  /// Steps of lookahead of the default prefetch policy. Default 2.
+  std::size_t lookahead = 2;
+  /// Verify checksums of every tensor on arrival. Default true.
+  bool verify_checksums = true;
+  /// A second pool holding the same model, read when the primary fails. Default none.
+  std::string replica_pool_uri;
+  /// Workers (emulated GPUs) in this process. Default 1.
+  unsigned workers = 1;
+  /// Compute threads per worker. Default 1.
+  unsigned compute_threads = 1;
+  /// Longest sequence (prompt + generated) a request may have. Default 1024.
+  std::uint32_t max_context = 1024;
+  /// A user prefetch policy, made once per worker (overrides `lookahead`).
+  PrefetchPolicyFactory prefetch_policy;
+  /// A user eviction policy, made once per worker (overrides `eviction_policy`).
+  EvictionPolicyFactory eviction_policy_factory;
+};
+
+struct InferenceRequest {
+  std::string id;
+  std::vector<std::int32_t> prompt;
+  /// Tokens to generate after the prompt (0: only score the prompt).
+  std::size_t max_new_tokens = 0;
+  SamplingOptions sampling;
+  /// Return the logits of the last position.
+  bool return_logits = false;
+};
+
+struct InferenceResult {
+  std::string id;
+  std::vector<std::int32_t> output_tokens;
+  std::vector<float> last_logits;  ///< when requested: the logits that chose the last token
+  double latency_ms = 0;
+  double ready_rate = 0;  ///< over this request's tensor acquisitions
+  double reuse_rate = 0;
+  double stall_ms = 0;
+  std::uint64_t link_bytes = 0;
+  unsigned worker = 0;  ///< which worker ran it
+};
+
+struct WorkerReport {
+  unsigned index = 0;
+  Figures figures;
+  CacheStats cache;
+  TransferStats transfers;
+  std::uint64_t requests = 0;
+  std::uint64_t tokens = 0;  ///< prompt + generated tokens processed
+};
+
+struct EngineStats {
+  PoolStats pool;
+  std::string model;
+  std::uint64_t model_bytes = 0;
+  std::vector<WorkerReport> workers;
+  std::string to_json() const;
+};
+
+/// The sample model of the seed: a Llama of the given shape with seeded random weights.
+SyntheticModel create_sample_transformer_model(std::uint32_t dim = 256, std::uint32_t n_layers = 4,
+                                               std::uint32_t n_heads = 8, std::uint32_t n_kv_heads = 4,
+                                               std::uint32_t ffn_dim = 688, std::uint32_t vocab = 1024,
+                                               std::uint64_t seed = 1);
+
+class InferenceEngine {
+ public:
+  /// @throws ConfigError for an impossible configuration.
+  explicit InferenceEngine(EngineConfig config);
+  ~InferenceEngine();
+  InferenceEngine(const InferenceEngine&) = delete;
+  InferenceEngine& operator=(const InferenceEngine&) = delete;
+
+  /// Loads `file` into the pool as `name` (creating the pool when there is none). When the
+  /// pool already holds a sealed model `name`, nothing is opened or read and false is
+  /// returned. @throws FormatError, PoolError, OutOfMemory.
+  bool register_model(const std::filesystem::path& file, const std::string& name, const LoadProgress& progress = {});
+  /// Same, from a model in memory (matrices stored as `dtype`).
+  bool register_model(const SyntheticModel& model, const std::string& name, DType dtype = DType::kF32);
+
+  /// Attaches to model `name` in the pool and starts the workers. @throws PoolError.
+  void attach_model(const std::string& name);
+
+  InferenceResult inference(const InferenceRequest& request);
+  /// Runs the requests together on one worker: each layer's weights are fetched once per
+  /// batch step, not once per request.
+  std::vector<InferenceResult> batch_inference(const std::vector<InferenceRequest>& requests);
+  /// Generates `n` tokens after `prompt`.
+  std::vector<std::int32_t> generate(std::span<const std::int32_t> prompt, std::size_t n,
+                                     const SamplingOptions& sampling = {});
+
+  EngineStats stats() const;
+  const LlamaModel& model() const;
+  const EngineConfig& config() const noexcept { return config_; }
+  Pool& pool();
+
+ private:
+  Worker& take_worker(std::unique_lock<std::mutex>& lock, unsigned& index);
+  std::unique_ptr<Pool> open_reader(const std::string& uri, bool primary) const;
+
+  EngineConfig config_;
+  std::unique_ptr<Pool> pool_, replica_;
+  std::shared_ptr<const ModelView> view_;
+  std::unique_ptr<LlamaModel> model_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::uint64_t> requests_, tokens_;
+  mutable std::mutex stats_mu_;
+  std::atomic<unsigned> next_worker_{0};
+};
+
+}  // namespace xlshare

@@ -1,0 +1,76 @@
+// Worker: one emulated GPU — a DeviceCache (its HBM), a TransferEngine (its copy engine),
+// a Prefetcher and an Executor, serving one model from a pool.
+//
+// With `cache_bytes == 0` the worker has no near tier: it computes straight from the pool's
+// read-only mapping ("every weight resident"), the reference the cached path must equal.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "xlshare/cache/device_cache.hpp"
+#include "xlshare/cache/transfer_engine.hpp"
+#include "xlshare/figures.hpp"
+#include "xlshare/memory/pool.hpp"
+#include "xlshare/model/executor.hpp"
+#include "xlshare/prefetch/prefetcher.hpp"
+
+namespace xlshare {
+
+using PrefetchPolicyFactory = std::function<std::unique_ptr<PrefetchPolicy>()>;
+using EvictionPolicyFactory = std::function<std::unique_ptr<EvictionPolicy>(const Schedule&)>;
+
+struct WorkerOptions {
+  /// Near memory per worker in bytes; 0: no cache, compute from the pool mapping.
+  std::uint64_t cache_bytes = 0;
+  /// "lru" (default), "fifo" or "schedule"; ignored when eviction_factory is set.
+  std::string eviction_policy = "lru";
+  /// Copy threads of the TransferEngine. Default 2.
+  unsigned prefetch_threads = 2;
+  /// LookaheadPolicy's k; ignored when prefetch_factory is set. Default 2.
+  std::size_t lookahead = 2;
+  /// Verify every tensor's checksum on arrival. Default true.
+  bool verify_checksums = true;
+  /// Executor threads. Default 1.
+  unsigned compute_threads = 1;
+  PrefetchPolicyFactory prefetch_factory;
+  EvictionPolicyFactory eviction_factory;
+};
+
+/// Plain counters of one worker, for per-request deltas.
+struct WorkerCounters {
+  std::uint64_t acquires = 0, ready = 0, reused = 0, stall_ns = 0, link_bytes = 0, retries = 0, failovers = 0;
+};
+
+class Worker {
+ public:
+  /// @throws ConfigError when a step of the model cannot fit in the cache.
+  Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view, const LlamaModel& model,
+         const WorkerOptions& options);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  Executor& executor() noexcept { return *executor_; }
+  /// Held while a request runs on this worker.
+  std::mutex& busy() noexcept { return busy_; }
+  bool has_cache() const noexcept { return cache_ != nullptr; }
+
+  Figures figures() const;
+  WorkerCounters counters() const;
+  CacheStats cache_stats() const;
+  TransferStats transfer_stats() const;
+
+ private:
+  class CachedWeights;
+  std::shared_ptr<const ModelView> view_;
+  std::unique_ptr<DeviceCache> cache_;
+  std::unique_ptr<TransferEngine> transfers_;
+  std::unique_ptr<Prefetcher> prefetcher_;
+  std::unique_ptr<WeightProvider> weights_;
+  std::unique_ptr<Executor> executor_;
+  std::mutex busy_;
+};
+
+}  // namespace xlshare

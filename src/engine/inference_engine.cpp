@@ -1,0 +1,335 @@
+#include "xlshare/engine/inference_engine.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <thread>
+
+#include "xlshare/error.hpp"
+#include "xlshare/memory/backend_uri.hpp"
+#include "xlshare/model/dtype_convert.hpp"
+
+namespace xlshare {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+double ms_since(SteadyClock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(SteadyClock::now() - t0).count();
+}
+
+void fill_rates(InferenceResult& r, const WorkerCounters& a, const WorkerCounters& b) {
+  const std::uint64_t acquires = b.acquires - a.acquires;
+  r.ready_rate = acquires ? static_cast<double>(b.ready - a.ready) / static_cast<double>(acquires) : 1.0;
+  r.reuse_rate = acquires ? static_cast<double>(b.reused - a.reused) / static_cast<double>(acquires) : 1.0;
+  r.stall_ms = static_cast<double>(b.stall_ns - a.stall_ns) / 1e6;
+  r.link_bytes = b.link_bytes - a.link_bytes;
+}
+
+// Pool size for a model of `bytes` in `tensors` tensors.
+std::uint64_t pool_size_for(std::uint64_t bytes, std::size_t tensors) {
+  return bytes + tensors * 4096 + (16u << 20);
+}
+
+}  // namespace
+
+SyntheticModel create_sample_transformer_model(std::uint32_t dim, std::uint32_t n_layers, std::uint32_t n_heads,
+                                               std::uint32_t n_kv_heads, std::uint32_t ffn_dim, std::uint32_t vocab,
+                                               std::uint64_t seed) {
+  LlamaConfig c;
+  c.dim = dim;
+  c.n_layers = n_layers;
+  c.n_heads = n_heads;
+  c.n_kv_heads = n_kv_heads;
+  c.head_dim = n_heads ? dim / n_heads : 0;
+  c.ffn_dim = ffn_dim;
+  c.vocab = vocab;
+  c.context = 2048;
+  return make_synthetic_llama(c, seed);
+}
+
+std::string EngineStats::to_json() const {
+  nlohmann::json j;
+  j["pool"] = nlohmann::json::parse(pool.to_json());
+  j["model"] = model;
+  j["model_bytes"] = model_bytes;
+  j["workers"] = nlohmann::json::array();
+  for (const auto& w : workers) {
+    j["workers"].push_back({
+        {"index", w.index},
+        {"requests", w.requests},
+        {"tokens", w.tokens},
+        {"figures", nlohmann::json::parse(w.figures.to_json())},
+        {"cache",
+         {{"budget_bytes", w.cache.budget_bytes},
+          {"bytes_resident", w.cache.bytes_resident},
+          {"peak_bytes", w.cache.peak_bytes},
+          {"evictions", w.cache.evictions},
+          {"fetches_demand", w.cache.fetches_demand},
+          {"fetches_prefetch", w.cache.fetches_prefetch},
+          {"prefetches_refused", w.cache.prefetches_refused}}},
+        {"link",
+         {{"bytes", w.transfers.link_bytes},
+          {"busy_ns", w.transfers.busy_ns},
+          {"gbps", w.transfers.link_gbps()},
+          {"retries", w.transfers.retries},
+          {"checksum_mismatches", w.transfers.checksum_mismatches},
+          {"failovers", w.transfers.failovers},
+          {"failed", w.transfers.failed}}},
+    });
+  }
+  return j.dump(2);
+}
+
+InferenceEngine::InferenceEngine(EngineConfig config) : config_(std::move(config)) {
+  if (config_.workers == 0 || config_.workers > 64) throw ConfigError("engine: workers must be 1..64");
+  if (config_.prefetch_threads == 0) throw ConfigError("engine: prefetch_threads must be > 0");
+  if (config_.compute_threads == 0) throw ConfigError("engine: compute_threads must be > 0");
+  if (config_.max_context == 0) throw ConfigError("engine: max_context must be > 0");
+  (void)parse_backend_uri(config_.pool_uri);
+  if (!config_.link) (void)link_preset(config_.link_preset);
+  if (!config_.replica_pool_uri.empty()) (void)parse_backend_uri(config_.replica_pool_uri);
+}
+
+InferenceEngine::~InferenceEngine() {
+  workers_.clear();
+  view_.reset();
+}
+
+std::unique_ptr<Pool> InferenceEngine::open_reader(const std::string& uri, bool primary) const {
+  EmulatorOptions o;
+  o.link = config_.link ? *config_.link : link_preset(config_.link_preset);
+  if (primary) o.faults = config_.faults;
+  o.check_host_rate = false;
+  return Pool::attach(std::make_unique<CxlEmulator>(open_backend(uri), o), PoolRole::kReader);
+}
+
+bool InferenceEngine::register_model(const std::filesystem::path& file, const std::string& name,
+                                     const LoadProgress& progress) {
+  // An existing sealed model is served as it is: the file is not even opened.
+  if (backend_exists(config_.pool_uri)) {
+    auto pool = Pool::attach(open_backend(config_.pool_uri), PoolRole::kWriter);
+    for (const auto& n : pool->model_names()) {
+      if (n == name) return false;
+    }
+    const ModelFile f = open_model_file(file);
+    load_model_into_pool(f, *pool, name, progress);
+    return true;
+  }
+  const ModelFile f = open_model_file(file);
+  const std::uint64_t size = config_.pool_bytes ? config_.pool_bytes : pool_size_for(f.total_bytes(), f.tensors.size());
+  auto pool = Pool::create(create_backend(config_.pool_uri, size));
+  try {
+    load_model_into_pool(f, *pool, name, progress);
+  } catch (...) {
+    pool.reset();
+    remove_backend(config_.pool_uri);
+    throw;
+  }
+  return true;
+}
+
+bool InferenceEngine::register_model(const SyntheticModel& model, const std::string& name, DType dtype) {
+  std::unique_ptr<Pool> pool;
+  if (backend_exists(config_.pool_uri)) {
+    pool = Pool::attach(open_backend(config_.pool_uri), PoolRole::kWriter);
+    for (const auto& n : pool->model_names()) {
+      if (n == name) return false;
+    }
+  } else {
+    std::uint64_t bytes = 0;
+    for (const auto& d : model.data) bytes += d.size() * 4;
+    pool = Pool::create(create_backend(config_.pool_uri,
+                                       config_.pool_bytes ? config_.pool_bytes : pool_size_for(bytes, model.specs.size())));
+  }
+  ModelWriter w = pool->begin_model(name);
+  std::vector<TensorDesc> descs;
+  for (std::size_t i = 0; i < model.specs.size(); ++i) {
+    const auto& s = model.specs[i];
+    const DType t = s.shape.size() == 2 ? dtype : DType::kF32;
+    auto dst = w.add_tensor(s.name, t, s.shape);
+    from_f32(t, model.data[i].data(), dst.data(), model.data[i].size());
+    descs.push_back({s.name, t, s.shape, dst.size()});
+  }
+  const LlamaModel llama(model.config, descs, name);
+  nlohmann::json schedule = nlohmann::json::array();
+  for (const auto& step : llama.schedule().steps()) {
+    nlohmann::json names = nlohmann::json::array();
+    for (auto k : step.keys) names.push_back(descs[k].name);
+    schedule.push_back({{"step", step.name}, {"tensors", names}});
+  }
+  w.set_metadata(nlohmann::json{{"format", "xlshare-llama/1"},
+                                {"config", nlohmann::json::parse(model.config.to_json())},
+                                {"schedule", schedule},
+                                {"source", "memory"}}
+                     .dump());
+  w.seal();
+  return true;
+}
+
+void InferenceEngine::attach_model(const std::string& name) {
+  workers_.clear();
+  view_.reset();
+  pool_ = open_reader(config_.pool_uri, true);
+  if (!config_.replica_pool_uri.empty()) replica_ = open_reader(config_.replica_pool_uri, false);
+  view_ = pool_->model(name);
+  model_ = std::make_unique<LlamaModel>(LlamaModel::from_pool(*view_));
+  WorkerOptions wo;
+  wo.cache_bytes = config_.cache_bytes;
+  wo.eviction_policy = config_.eviction_policy;
+  wo.prefetch_threads = config_.prefetch_threads;
+  wo.lookahead = config_.lookahead;
+  wo.verify_checksums = config_.verify_checksums;
+  wo.compute_threads = config_.compute_threads;
+  wo.prefetch_factory = config_.prefetch_policy;
+  wo.eviction_factory = config_.eviction_policy_factory;
+  for (unsigned i = 0; i < config_.workers; ++i) {
+    workers_.push_back(std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo));
+  }
+  requests_.assign(config_.workers, 0);
+  tokens_.assign(config_.workers, 0);
+}
+
+Worker& InferenceEngine::take_worker(std::unique_lock<std::mutex>& lock, unsigned& index) {
+  if (workers_.empty()) throw ConfigError("engine: no model attached (call attach_model first)");
+  const unsigned n = static_cast<unsigned>(workers_.size());
+  const unsigned start = next_worker_.fetch_add(1) % n;
+  for (unsigned i = 0; i < n; ++i) {  // a free one if there is one ...
+    const unsigned w = (start + i) % n;
+    std::unique_lock<std::mutex> l(workers_[w]->busy(), std::try_to_lock);
+    if (l.owns_lock()) {
+      lock = std::move(l);
+      index = w;
+      return *workers_[w];
+    }
+  }
+  lock = std::unique_lock<std::mutex>(workers_[start]->busy());  // ... else wait for ours
+  index = start;
+  return *workers_[start];
+}
+
+InferenceResult InferenceEngine::inference(const InferenceRequest& request) {
+  auto results = batch_inference({request});
+  return std::move(results.front());
+}
+
+std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<InferenceRequest>& requests) {
+  std::vector<InferenceResult> results(requests.size());
+  if (requests.empty()) return results;
+  std::unique_lock<std::mutex> lock;
+  unsigned index = 0;
+  Worker& worker = take_worker(lock, index);
+  const auto t0 = SteadyClock::now();
+  const WorkerCounters before = worker.counters();
+  const LlamaConfig& c = model_->config();
+
+  struct Live {
+    KvCache kv;
+    std::vector<float> logits;
+    std::vector<std::int32_t> next;  // the token to feed next
+    std::mt19937_64 rng;
+    bool done = false;
+  };
+  std::vector<Live> live;
+  live.reserve(requests.size());
+  std::uint64_t tokens = 0;
+  for (const auto& r : requests) {
+    const std::size_t need = r.prompt.size() + r.max_new_tokens;
+    if (r.prompt.empty()) throw ConfigError(fmt::format("request '{}': empty prompt", r.id));
+    if (need > config_.max_context || need > c.context) {
+      throw ConfigError(fmt::format("request '{}': {} tokens exceed the context of {}", r.id, need,
+                                    std::min<std::size_t>(config_.max_context, c.context)));
+    }
+    live.push_back(Live{KvCache(c, static_cast<std::uint32_t>(need)), {}, {}, std::mt19937_64(r.sampling.seed), false});
+  }
+  // Prefill every prompt together.
+  std::vector<Executor::Segment> segments;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    segments.push_back({requests[i].prompt, &live[i].kv, false, &live[i].logits});
+    tokens += requests[i].prompt.size();
+  }
+  worker.executor().forward_batch(segments);
+  // Then decode, one token per live request per step, all together.
+  for (;;) {
+    segments.clear();
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      Live& l = live[i];
+      if (l.done) continue;
+      if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
+        l.done = true;
+        continue;
+      }
+      const std::int32_t t = sample_token(l.logits, requests[i].sampling, l.rng);
+      results[i].output_tokens.push_back(t);
+      if (requests[i].return_logits) results[i].last_logits = l.logits;
+      if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
+        l.done = true;
+        continue;
+      }
+      l.next.assign(1, t);
+      segments.push_back({l.next, &l.kv, false, &l.logits});
+      ++tokens;
+    }
+    if (segments.empty()) break;
+    worker.executor().forward_batch(segments);
+  }
+  const WorkerCounters after = worker.counters();
+  const double latency = ms_since(t0);
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    results[i].id = requests[i].id;
+    if (requests[i].return_logits && requests[i].max_new_tokens == 0) results[i].last_logits = live[i].logits;
+    results[i].latency_ms = latency;
+    results[i].worker = index;
+    fill_rates(results[i], before, after);
+  }
+  {
+    std::lock_guard g(stats_mu_);
+    requests_[index] += requests.size();
+    tokens_[index] += tokens;
+  }
+  return results;
+}
+
+std::vector<std::int32_t> InferenceEngine::generate(std::span<const std::int32_t> prompt, std::size_t n,
+                                                    const SamplingOptions& sampling) {
+  InferenceRequest r;
+  r.id = "generate";
+  r.prompt.assign(prompt.begin(), prompt.end());
+  r.max_new_tokens = n;
+  r.sampling = sampling;
+  return inference(r).output_tokens;
+}
+
+EngineStats InferenceEngine::stats() const {
+  EngineStats s;
+  if (pool_) s.pool = pool_->stats();
+  if (view_) {
+    s.model = view_->name();
+    s.model_bytes = view_->total_bytes();
+  }
+  std::lock_guard g(stats_mu_);
+  for (unsigned i = 0; i < workers_.size(); ++i) {
+    WorkerReport w;
+    w.index = i;
+    w.figures = workers_[i]->figures();
+    w.cache = workers_[i]->cache_stats();
+    w.transfers = workers_[i]->transfer_stats();
+    w.requests = requests_[i];
+    w.tokens = tokens_[i];
+    s.workers.push_back(w);
+  }
+  return s;
+}
+
+const LlamaModel& InferenceEngine::model() const {
+  if (!model_) throw ConfigError("engine: no model attached");
+  return *model_;
+}
+
+Pool& InferenceEngine::pool() {
+  if (!pool_) throw ConfigError("engine: no pool attached");
+  return *pool_;
+}
+
+}  // namespace xlshare

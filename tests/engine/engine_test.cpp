@@ -1,0 +1,275 @@
+// The InferenceEngine end to end: caching and prefetching never change the numbers; many
+// processes share one copy; attaching loads nothing; batches fetch weights once.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "model/model_support.hpp"
+#include "xlshare/engine/inference_engine.hpp"
+#include "xlshare/error.hpp"
+#include "xlshare/proc_memory.hpp"
+
+namespace xlshare {
+namespace {
+
+// 12 blocks, so that one block is under 10% of the model.
+SyntheticModel test_model() { return create_sample_transformer_model(64, 12, 4, 2, 160, 256, 77); }
+
+struct Output {
+  std::vector<std::int32_t> tokens;
+  std::vector<float> logits;
+  InferenceResult result;
+};
+
+Output run(InferenceEngine& engine, std::size_t new_tokens = 6) {
+  InferenceRequest r;
+  r.id = "r";
+  r.prompt = test::some_tokens(256, 5, 9);
+  r.max_new_tokens = new_tokens;
+  r.return_logits = true;
+  r.sampling.temperature = 0.8f;  // sampled, seeded: any difference in logits shows up
+  r.sampling.seed = 1234;
+  auto res = engine.inference(r);
+  return {res.output_tokens, res.last_logits, res};
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  EngineTest() : uri_("shm://" + test::unique_name("engine")), guard_(uri_) {
+    EngineConfig c = config();
+    InferenceEngine loader(c);
+    EXPECT_TRUE(loader.register_model(model_, "m"));
+    EXPECT_FALSE(loader.register_model(model_, "m"));  // already there: nothing done
+    std::uint64_t bytes = 0;
+    for (const auto& d : model_.data) bytes += d.size() * 4;
+    model_bytes_ = bytes;
+  }
+  EngineConfig config() const {
+    EngineConfig c;
+    c.pool_uri = uri_;
+    c.link_preset = "none";
+    return c;
+  }
+  SyntheticModel model_ = test_model();
+  std::string uri_;
+  test::BackendGuard guard_;
+  std::uint64_t model_bytes_ = 0;
+};
+
+TEST_F(EngineTest, CachingAndPrefetchingNeverChangeTheNumbers) {
+  EngineConfig resident = config();
+  resident.cache_bytes = 0;  // every weight resident: the pool mapping
+  InferenceEngine reference(resident);
+  reference.attach_model("m");
+  const Output want = run(reference);
+  ASSERT_EQ(want.tokens.size(), 6u);
+
+  int runs = 0;
+  for (const char* policy : {"lru", "fifo", "schedule"}) {
+    for (std::size_t lookahead = 0; lookahead <= 4; ++lookahead) {
+      for (unsigned threads : {1u, 2u}) {
+        EngineConfig c = config();
+        c.cache_bytes = model_bytes_ / 10;
+        c.eviction_policy = policy;
+        c.lookahead = lookahead;
+        c.prefetch_threads = threads;
+        c.faults.seed = lookahead * 10 + threads;
+        c.faults.transient_error_rate = 0.05;
+        InferenceEngine engine(c);
+        engine.attach_model("m");
+        const Output got = run(engine);
+        EXPECT_EQ(got.tokens, want.tokens) << policy << " k=" << lookahead << " t=" << threads;
+        EXPECT_LT(test::relative_error(got.logits, want.logits), 1e-6) << policy << " k=" << lookahead;
+        EXPECT_GT(got.result.link_bytes, model_bytes_) << "the cache is 10%: weights must move";
+        const auto stats = engine.stats();
+        EXPECT_GT(stats.workers[0].transfers.retries, 0u) << "faults were injected and retried";
+        ++runs;
+      }
+    }
+  }
+  EXPECT_EQ(runs, 30);
+}
+
+TEST_F(EngineTest, TheEmulatedLinkAndTheReplicaGiveTheSameAnswers) {
+  const std::string replica_uri = "shm://" + test::unique_name("replica");
+  test::BackendGuard replica_guard(replica_uri);
+  {
+    EngineConfig rc = config();
+    rc.pool_uri = replica_uri;
+    InferenceEngine(rc).register_model(model_, "m");
+  }
+  EngineConfig resident = config();
+  resident.cache_bytes = 0;
+  InferenceEngine reference(resident);
+  reference.attach_model("m");
+  const Output want = run(reference);
+
+  EngineConfig c = config();
+  c.link_preset = "cxl-x8";
+  c.cache_bytes = model_bytes_ / 8;
+  c.replica_pool_uri = replica_uri;
+  c.faults.offline_after_transfers = 40;  // the primary dies mid-generation
+  InferenceEngine engine(c);
+  engine.attach_model("m");
+  const Output got = run(engine);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_LT(test::relative_error(got.logits, want.logits), 1e-6);
+  EXPECT_GT(engine.stats().workers[0].transfers.failovers, 0u);
+}
+
+TEST_F(EngineTest, WithoutAReplicaAnOfflinePoolIsAClearError) {
+  EngineConfig c = config();
+  c.cache_bytes = model_bytes_ / 8;
+  c.faults.offline_after_transfers = 10;
+  InferenceEngine engine(c);
+  engine.attach_model("m");
+  try {
+    run(engine);
+    FAIL() << "generated through an offline pool";
+  } catch (const InjectedFault& e) {
+    EXPECT_NE(std::string(e.what()).find("offline"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(EngineTest, BatchesFetchEachLayerOncePerStep) {
+  EngineConfig c = config();
+  c.cache_bytes = model_bytes_ / 10;
+  c.lookahead = 1;
+  InferenceEngine engine(c);
+  engine.attach_model("m");
+  std::vector<InferenceRequest> reqs;
+  for (int i = 0; i < 4; ++i) {
+    InferenceRequest r;
+    r.id = fmt::format("r{}", i);
+    r.prompt = test::some_tokens(256, 4 + static_cast<std::size_t>(i), static_cast<std::uint32_t>(i));
+    r.max_new_tokens = 3;
+    reqs.push_back(r);
+  }
+  const auto single = engine.inference(reqs[0]).link_bytes;
+  std::uint64_t sequential = 0;
+  std::vector<std::vector<std::int32_t>> alone;
+  for (const auto& r : reqs) {
+    const auto res = engine.inference(r);
+    sequential += res.link_bytes;
+    alone.push_back(res.output_tokens);
+  }
+  const auto batch = engine.batch_inference(reqs);
+  ASSERT_EQ(batch.size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(batch[i].output_tokens, alone[i]) << i;
+  const std::uint64_t batch_bytes = batch[0].link_bytes;
+  EXPECT_LT(static_cast<double>(batch_bytes), 1.15 * static_cast<double>(single));
+  EXPECT_GT(static_cast<double>(sequential), 3.5 * static_cast<double>(single));
+}
+
+TEST_F(EngineTest, ThreadsOfWorkersServeConcurrentRequests) {
+  EngineConfig resident = config();
+  resident.cache_bytes = 0;
+  InferenceEngine reference(resident);
+  reference.attach_model("m");
+  const auto want = run(reference).tokens;
+  EngineConfig c = config();
+  c.workers = 2;
+  c.cache_bytes = model_bytes_ / 5;
+  InferenceEngine engine(c);
+  engine.attach_model("m");
+  std::vector<std::vector<std::int32_t>> got(4);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 4; ++i) clients.emplace_back([&, i] { got[static_cast<std::size_t>(i)] = run(engine).tokens; });
+  for (auto& t : clients) t.join();
+  for (const auto& g : got) EXPECT_EQ(g, want);
+  const auto stats = engine.stats();
+  ASSERT_EQ(stats.workers.size(), 2u);
+  EXPECT_EQ(stats.workers[0].requests + stats.workers[1].requests, 4u);
+  EXPECT_NE(stats.to_json().find("\"figures\""), std::string::npos);
+}
+
+TEST(EngineFiles, AttachingToALoadedPoolNeverOpensTheModelFile) {
+  test::TempDir dir;
+  const auto file = dir.path() / "m.gguf";
+  write_gguf(test_model(), file, DType::kF16);
+  const std::string uri = "shm://" + test::unique_name("attach");
+  test::BackendGuard guard(uri);
+  EngineConfig c;
+  c.pool_uri = uri;
+  c.link_preset = "none";
+  c.cache_bytes = 0;
+  std::vector<std::int32_t> first;
+  {
+    InferenceEngine loader(c);
+    EXPECT_TRUE(loader.register_model(file, "m"));
+    loader.attach_model("m");
+    first = loader.generate(test::some_tokens(256, 4, 1), 5);
+  }
+  std::filesystem::remove(file);  // nothing may read it from here on
+  InferenceEngine worker(c);
+  EXPECT_FALSE(worker.register_model(file, "m"));  // found in the pool: the file is not opened
+  worker.attach_model("m");
+  EXPECT_EQ(worker.generate(test::some_tokens(256, 4, 1), 5), first);
+  // A model that is not in the pool does need its file, and says so.
+  EXPECT_THROW(worker.register_model(file, "other"), FormatError);
+}
+
+TEST(EngineFiles, FourProcessesShareOneCopyAndAgree) {
+  // A model big enough that PSS is dominated by weights: 12 blocks of 2.9 MB.
+  const std::string uri = "shm://" + test::unique_name("procs");
+  test::BackendGuard guard(uri);
+  EngineConfig c;
+  c.pool_uri = uri;
+  c.link_preset = "none";
+  std::uint64_t model_bytes = 0;
+  {  // the in-memory model is gone before the workers fork: they must not inherit it
+    const auto model = create_sample_transformer_model(256, 12, 8, 4, 688, 1024, 5);
+    for (const auto& d : model.data) model_bytes += d.size() * 4;
+    InferenceEngine(c).register_model(model, "m");
+  }
+  c.cache_bytes = model_bytes / 8;
+  const auto prompt = test::some_tokens(1024, 6, 2);
+  std::vector<std::int32_t> want;
+  {
+    InferenceEngine one(c);
+    one.attach_model("m");
+    want = one.generate(prompt, 8);
+  }
+  constexpr int kProcs = 4;
+  test::Signal ready[kProcs], release;
+  int results[2];
+  ASSERT_EQ(::pipe(results), 0);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < kProcs; ++i) {
+    pids.push_back(test::spawn([&, i] {
+      InferenceEngine engine(c);
+      engine.attach_model("m");
+      const auto got = engine.generate(prompt, 8);
+      const int same = got == want ? 1 : 0;
+      (void)!::write(results[1], &same, sizeof same);
+      ready[i].notify();
+      release.wait();
+      return 0;
+    }));
+  }
+  std::uint64_t pss_total = 0, pool_pss = 0;
+  for (int i = 0; i < kProcs; ++i) {
+    ASSERT_TRUE(ready[i].wait());
+    int same = 0;
+    ASSERT_EQ(::read(results[0], &same, sizeof same), static_cast<ssize_t>(sizeof same));
+    EXPECT_EQ(same, 1) << "process " << i << " generated different tokens";
+  }
+  for (pid_t p : pids) {
+    pss_total += read_proc_memory(p).value_or(ProcMemory{}).pss;
+    pool_pss += read_mapping_memory(p, "/dev/shm/" + uri.substr(6)).value_or(ProcMemory{}).pss;
+  }
+  for (int i = 0; i < kProcs; ++i) release.notify();
+  for (pid_t p : pids) EXPECT_EQ(test::wait_exit(p), 0);
+  ::close(results[0]);
+  ::close(results[1]);
+  // The pool's pages are shared: together about one copy of the model.
+  EXPECT_LT(static_cast<double>(pool_pss), 1.2 * static_cast<double>(model_bytes)) << pool_pss;
+  // Everything together (pool, four caches of 1/8, KV caches, the processes themselves)
+  // stays far below four private copies.
+  RecordProperty("total_pss_bytes", std::to_string(pss_total));
+  EXPECT_LT(static_cast<double>(pss_total), 0.6 * 4.0 * static_cast<double>(model_bytes))
+      << "total PSS " << pss_total << " model " << model_bytes;
+}
+
+}  // namespace
+}  // namespace xlshare
