@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "log what happens (to stderr)");
   xlshare::cli::add_pool_commands(app);
+  xlshare::cli::add_model_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

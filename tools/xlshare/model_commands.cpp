@@ -1,0 +1,391 @@
+// xlshare load | synth | generate | eval | worker | stats
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "xlshare/engine/inference_engine.hpp"
+#include "xlshare/error.hpp"
+#include "xlshare/memory/backend_uri.hpp"
+#include "xlshare/model/model_file.hpp"
+
+namespace xlshare::cli {
+namespace {
+
+std::uint64_t parse_bytes(const std::string& text) {
+  std::size_t used = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    throw ConfigError(fmt::format("size '{}' is not a number (examples: 4096, 64M, 2G)", text));
+  }
+  const std::string unit = text.substr(used);
+  std::uint64_t m = 1;
+  if (unit == "K") m = 1ull << 10;
+  else if (unit == "M") m = 1ull << 20;
+  else if (unit == "G") m = 1ull << 30;
+  else if (!unit.empty()) throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G)", text, unit));
+  return v * m;
+}
+
+std::vector<std::int32_t> parse_tokens(const std::string& text) {
+  std::vector<std::int32_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    std::size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      throw ConfigError(fmt::format("token '{}' is not an integer", item));
+    }
+    if (used != item.size() || v < 0 || v > INT32_MAX) throw ConfigError(fmt::format("token '{}' is not a token id", item));
+    out.push_back(static_cast<std::int32_t>(v));
+  }
+  if (out.empty()) throw ConfigError("no tokens given");
+  return out;
+}
+
+DType parse_dtype_arg(const std::string& s) {
+  auto d = parse_dtype(s);
+  if (!d || (*d != DType::kF32 && *d != DType::kF16 && *d != DType::kBF16 && *d != DType::kQ8_0)) {
+    throw ConfigError(fmt::format("dtype '{}' is not one of f32, f16, bf16, q8_0", s));
+  }
+  return *d;
+}
+
+// Options every serving command shares.
+struct EngineArgs {
+  std::string pool;
+  std::string cache = "64M";
+  std::string preset = "cxl-x8";
+  std::string policy = "lru";
+  std::size_t lookahead = 2;
+  unsigned prefetch_threads = 2;
+  unsigned threads = 1;
+  bool no_verify = false;
+  std::string replica;
+
+  void add(CLI::App* app, bool pool_required) {
+    auto* p = app->add_option("--pool", pool, "pool URI (shm://NAME, file:///PATH, ...)");
+    if (pool_required) p->required();
+    app->add_option("--cache", cache, "near cache per worker, e.g. 64M; 0: no cache")->capture_default_str();
+    app->add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
+    app->add_option("--policy", policy, "eviction policy: lru, fifo, schedule")->capture_default_str();
+    app->add_option("--lookahead", lookahead, "prefetch lookahead in steps")->capture_default_str();
+    app->add_option("--prefetch-threads", prefetch_threads, "transfer threads")->capture_default_str();
+    app->add_option("--threads", threads, "compute threads")->capture_default_str();
+    app->add_flag("--no-verify", no_verify, "skip checksum verification of transfers");
+    app->add_option("--replica", replica, "replica pool URI for failover");
+  }
+  EngineConfig config() const {
+    EngineConfig c;
+    c.pool_uri = pool;
+    c.cache_bytes = parse_bytes(cache);
+    c.link_preset = preset;
+    c.eviction_policy = policy;
+    c.lookahead = lookahead;
+    c.prefetch_threads = prefetch_threads;
+    c.compute_threads = threads;
+    c.verify_checksums = !no_verify;
+    c.replica_pool_uri = replica;
+    return c;
+  }
+};
+
+// A progress bar on stderr when it is a terminal; nothing otherwise.
+LoadProgress progress_bar() {
+  if (!::isatty(2)) return {};
+  return [](std::uint64_t done, std::uint64_t total, const std::string& tensor) {
+    const int width = 40;
+    const int filled = total ? static_cast<int>(width * done / total) : width;
+    fmt::print(stderr, "\r[{}{}] {:5.1f}% {:<40.40}", std::string(static_cast<std::size_t>(filled), '#'),
+               std::string(static_cast<std::size_t>(width - filled), ' '), total ? 100.0 * done / total : 100.0, tensor);
+    if (done == total) fmt::print(stderr, "\n");
+  };
+}
+
+std::string default_name(const std::filesystem::path& p) {
+  std::string stem = (std::filesystem::is_directory(p) ? p.filename() : p.stem()).string();
+  std::string out;
+  for (char ch : stem) {
+    const bool ok = std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
+    out += ok ? ch : '_';
+  }
+  if (out.empty() || out[0] == '.') out = "model" + out;
+  return out.substr(0, 63);
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app) {
+  // load
+  {
+    struct Args {
+      std::string model, pool, name, pool_size;
+      bool json = false;
+    };
+    auto a = std::make_shared<Args>();
+    CLI::App* cmd = app.add_subcommand("load", "load a GGUF file or Hugging Face directory into a pool (once)");
+    cmd->add_option("model", a->model, "GGUF file, .safetensors file, or Hugging Face directory")->required();
+    cmd->add_option("--pool", a->pool, "pool URI; created if absent")->required();
+    cmd->add_option("--name", a->name, "model name in the pool (default: the file's stem)");
+    cmd->add_option("--pool-size", a->pool_size, "size of a new pool, e.g. 2G (default: the model's size)");
+    cmd->add_flag("--json", a->json, "print the pool's stats as JSON");
+    cmd->callback([a] {
+      EngineConfig c;
+      c.pool_uri = a->pool;
+      if (!a->pool_size.empty()) c.pool_bytes = parse_bytes(a->pool_size);
+      InferenceEngine engine(c);
+      const std::string name = a->name.empty() ? default_name(a->model) : a->name;
+      const bool loaded = engine.register_model(a->model, name, progress_bar());
+      if (a->json) {
+        fmt::print("{}\n", nlohmann::json{{"model", name}, {"loaded", loaded}, {"pool", a->pool}}.dump());
+      } else {
+        fmt::print("{} {} in {}\n", loaded ? "loaded" : "already present:", name, a->pool);
+      }
+    });
+  }
+  // synth
+  {
+    struct Args {
+      std::uint32_t dim = 256, layers = 4, heads = 8, kv_heads = 4, ffn = 688, vocab = 1024, context = 2048;
+      std::string dtype = "f32", out;
+      std::uint64_t seed = 1;
+      std::size_t shards = 1;
+    };
+    auto a = std::make_shared<Args>();
+    CLI::App* cmd = app.add_subcommand("synth", "write a synthetic Llama model (seeded random weights)");
+    cmd->add_option("--dim", a->dim, "hidden size")->capture_default_str();
+    cmd->add_option("--layers", a->layers, "blocks")->capture_default_str();
+    cmd->add_option("--heads", a->heads, "attention heads")->capture_default_str();
+    cmd->add_option("--kv-heads", a->kv_heads, "key/value heads")->capture_default_str();
+    cmd->add_option("--ffn", a->ffn, "feed-forward size")->capture_default_str();
+    cmd->add_option("--vocab", a->vocab, "vocabulary size")->capture_default_str();
+    cmd->add_option("--context", a->context, "context length")->capture_default_str();
+    cmd->add_option("--dtype", a->dtype, "matrices as f32, f16, bf16 or q8_0 (GGUF only)")->capture_default_str();
+    cmd->add_option("--seed", a->seed, "random seed")->capture_default_str();
+    cmd->add_option("--shards", a->shards, "safetensors shards")->capture_default_str();
+    cmd->add_option("--out", a->out, "FILE.gguf, or a directory for safetensors + config.json")->required();
+    cmd->callback([a] {
+      const auto m = create_sample_transformer_model(a->dim, a->layers, a->heads, a->kv_heads, a->ffn, a->vocab, a->seed);
+      const DType dtype = parse_dtype_arg(a->dtype);
+      const std::filesystem::path out = a->out;
+      if (out.extension() == ".gguf") {
+        write_gguf(m, out, dtype);
+      } else {
+        write_safetensors(m, out, dtype, a->shards);
+      }
+      fmt::print("wrote {} ({} layers, dim {}, {})\n", out.string(), a->layers, a->dim, a->dtype);
+    });
+  }
+  // generate
+  {
+    struct Args {
+      EngineArgs engine;
+      std::string model, prompt;
+      std::size_t n = 32;
+      float temperature = 0.0f, top_p = 1.0f;
+      std::uint32_t top_k = 0;
+      std::uint64_t seed = 0;
+      bool json = false;
+    };
+    auto a = std::make_shared<Args>();
+    CLI::App* cmd = app.add_subcommand("generate", "generate tokens from a model in a pool");
+    a->engine.add(cmd, true);
+    cmd->add_option("--model", a->model, "model name in the pool")->required();
+    cmd->add_option("--prompt-tokens", a->prompt, "comma-separated token ids, e.g. 1,2,3")->required();
+    cmd->add_option("-n", a->n, "tokens to generate")->capture_default_str();
+    cmd->add_option("--temperature", a->temperature, "0: greedy")->capture_default_str();
+    cmd->add_option("--top-k", a->top_k, "0: all")->capture_default_str();
+    cmd->add_option("--top-p", a->top_p, "nucleus sampling")->capture_default_str();
+    cmd->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+    cmd->add_flag("--json", a->json, "print JSON");
+    cmd->callback([a] {
+      InferenceEngine engine(a->engine.config());
+      engine.attach_model(a->model);
+      InferenceRequest r;
+      r.id = "cli";
+      r.prompt = parse_tokens(a->prompt);
+      r.max_new_tokens = a->n;
+      r.sampling = {a->temperature, a->top_k, a->top_p, a->seed};
+      const auto res = engine.inference(r);
+      if (a->json) {
+        fmt::print("{}\n", nlohmann::json{{"tokens", res.output_tokens}, {"latency_ms", res.latency_ms},
+                                          {"ready_rate", res.ready_rate}, {"reuse_rate", res.reuse_rate},
+                                          {"stall_ms", res.stall_ms}, {"link_bytes", res.link_bytes}}
+                               .dump());
+      } else {
+        std::string toks;
+        for (auto t : res.output_tokens) toks += fmt::format("{}{}", toks.empty() ? "" : ",", t);
+        fmt::print("{}\n", toks);
+        fmt::print(stderr, "latency {:.1f} ms, ready {:.2f}, reuse {:.2f}, stall {:.1f} ms, link {:.1f} MiB\n",
+                   res.latency_ms, res.ready_rate, res.reuse_rate, res.stall_ms, res.link_bytes / 1048576.0);
+      }
+    });
+  }
+  // eval
+  {
+    struct Args {
+      std::string model, tokens, out, pool;
+      unsigned threads = 1;
+    };
+    auto a = std::make_shared<Args>();
+    CLI::App* cmd = app.add_subcommand("eval", "write the float32 logits of every position");
+    cmd->add_option("--model", a->model, "GGUF file, Hugging Face directory, or a model name in --pool")->required();
+    cmd->add_option("--tokens", a->tokens, "comma-separated token ids")->required();
+    cmd->add_option("--logits-out", a->out, "output: n_tokens x n_vocab float32, little-endian, row-major")->required();
+    cmd->add_option("--pool", a->pool, "read the model from this pool instead of a file");
+    cmd->add_option("--threads", a->threads, "compute threads")->capture_default_str();
+    cmd->callback([a] {
+      const auto tokens = parse_tokens(a->tokens);
+      std::vector<float> logits;
+      std::uint32_t vocab = 0;
+      auto run = [&](const LlamaModel& model, WeightProvider& weights) {
+        Executor ex(model, weights, ExecutorOptions{a->threads});
+        KvCache kv(model.config(), static_cast<std::uint32_t>(tokens.size()));
+        ex.forward(tokens, kv, logits, true);
+        vocab = model.config().vocab;
+      };
+      if (!a->pool.empty()) {
+        auto pool = Pool::attach(open_backend(a->pool));
+        auto view = pool->model(a->model);
+        const LlamaModel model = LlamaModel::from_pool(*view);
+        SpanWeights w = pool_weights(*pool, *view);
+        run(model, w);
+      } else {
+        const ModelFile file = open_model_file(a->model);
+        std::vector<std::vector<std::byte>> buffers;
+        std::vector<std::span<const std::byte>> spans;
+        for (const auto& t : file.tensors) {
+          buffers.emplace_back(t.size_bytes);
+          read_tensor_data(t, buffers.back());
+          spans.emplace_back(buffers.back());
+        }
+        const LlamaModel model = LlamaModel::from_file(file);
+        SpanWeights w(spans);
+        run(model, w);
+      }
+      std::ofstream out(a->out, std::ios::binary | std::ios::trunc);
+      out.write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * 4));
+      if (!out) throw BackendError(fmt::format("{}: write failed", a->out));
+      fmt::print("wrote {} x {} logits to {}\n", tokens.size(), vocab, a->out);
+    });
+  }
+  // worker
+  {
+    struct Args {
+      EngineArgs engine;
+      std::string model, requests, out;
+    };
+    auto a = std::make_shared<Args>();
+    CLI::App* cmd = app.add_subcommand("worker", "serve requests from a JSONL file as one worker process");
+    a->engine.add(cmd, true);
+    cmd->add_option("--model", a->model, "model name in the pool")->required();
+    cmd->add_option("--requests", a->requests,
+                    "JSONL: {\"id\": ..., \"prompt\": [ids], \"max_new_tokens\": N, \"temperature\": T, \"seed\": S}")
+        ->required();
+    cmd->add_option("--out", a->out, "JSONL results, one per request")->required();
+    cmd->callback([a] {
+      const auto reqs = parse_requests_file(a->requests);
+      InferenceEngine engine(a->engine.config());
+      engine.attach_model(a->model);
+      std::ofstream out(a->out, std::ios::trunc);
+      if (!out) throw BackendError(fmt::format("{}: cannot create", a->out));
+      for (const auto& r : reqs) {
+        const auto res = engine.inference(r);
+        out << nlohmann::json{{"id", res.id},           {"tokens", res.output_tokens}, {"latency_ms", res.latency_ms},
+                              {"ready_rate", res.ready_rate}, {"reuse_rate", res.reuse_rate}, {"stall_ms", res.stall_ms},
+                              {"link_bytes", res.link_bytes}, {"pid", ::getpid()}}
+                   .dump()
+            << "\n";
+      }
+      if (!out) throw BackendError(fmt::format("{}: write failed", a->out));
+      fmt::print(stderr, "worker {}: {} requests served\n", ::getpid(), reqs.size());
+    });
+  }
+  // stats
+  {
+    struct Args {
+      std::string pool;
+      bool json = false;
+    };
+    auto a = std::make_shared<Args>();
+    CLI::App* cmd = app.add_subcommand("stats", "a pool's usage, models and shared link counters");
+    cmd->add_option("--pool", a->pool, "pool URI")->required();
+    cmd->add_flag("--json", a->json, "print JSON");
+    cmd->callback([a] {
+      auto pool = Pool::attach(open_backend(a->pool));
+      const auto s = pool->stats();
+      if (a->json) {
+        auto j = nlohmann::json::parse(s.to_json());
+        j["models"] = pool->model_names();
+        fmt::print("{}\n", j.dump(2));
+        return;
+      }
+      fmt::print("pool {}: {} models, {:.1f} of {:.1f} MiB used, {} attached\n", s.uri, s.models_sealed,
+                 s.extents.bytes_used / 1048576.0, s.data_bytes / 1048576.0, s.attached_processes);
+      fmt::print("link: {:.1f} MiB in {} transfers, {} faults\n", s.link_bytes / 1048576.0, s.link_transfers,
+                 s.link_faults);
+      for (const auto& n : pool->model_names()) fmt::print("  {}\n", n);
+    });
+  }
+}
+
+std::vector<InferenceRequest> parse_requests(std::istream& in, const std::string& where) {
+  std::vector<InferenceRequest> out;
+  std::string line;
+  std::size_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto bad = [&](const std::string& what) -> ConfigError {
+      return ConfigError(fmt::format("{}:{}: {}", where, number, what));
+    };
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      throw bad("not a JSON object");
+    }
+    if (!j.is_object()) throw bad("not a JSON object");
+    InferenceRequest r;
+    r.id = j.contains("id") ? (j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump()) : std::to_string(number);
+    if (!j.contains("prompt") || !j["prompt"].is_array() || j["prompt"].empty()) throw bad("\"prompt\" must be a non-empty array of token ids");
+    if (j["prompt"].size() > (1u << 20)) throw bad("\"prompt\" is too long");
+    for (const auto& t : j["prompt"]) {
+      if (!t.is_number_integer() || t.get<std::int64_t>() < 0 || t.get<std::int64_t>() > INT32_MAX) throw bad("a prompt token is not a token id");
+      r.prompt.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
+    }
+    if (j.contains("max_new_tokens")) {
+      if (!j["max_new_tokens"].is_number_unsigned() || j["max_new_tokens"].get<std::uint64_t>() > (1u << 20)) {
+        throw bad("\"max_new_tokens\" must be a small non-negative integer");
+      }
+      r.max_new_tokens = j["max_new_tokens"].get<std::size_t>();
+    }
+    if (j.contains("temperature")) {
+      if (!j["temperature"].is_number()) throw bad("\"temperature\" must be a number");
+      r.sampling.temperature = j["temperature"].get<float>();
+    }
+    if (j.contains("seed")) {
+      if (!j["seed"].is_number_unsigned()) throw bad("\"seed\" must be a non-negative integer");
+      r.sampling.seed = j["seed"].get<std::uint64_t>();
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<InferenceRequest> parse_requests_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(fmt::format("{}: cannot open the requests file", path));
+  return parse_requests(in, path);
+}
+
+}  // namespace xlshare::cli
