@@ -23,7 +23,7 @@ test: build
 	cd $(BUILD_DIR) && ctest -j$(JOBS) --output-on-failure --timeout 600
 
 demo: build
-	$(BUILD_DIR)/bin/xlshare_demo
+	$(BUILD_DIR)/bin/xlshare_demo $(if $(MODEL),--model $(MODEL),)
 
 bench: build
 	$(BUILD_DIR)/bin/xlshare_bench_link --benchmark_repetitions=3 --benchmark_report_aggregates_only=true

@@ -27,12 +27,24 @@ DeviceCache::DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> 
   if (!policy_) throw ConfigError("device cache: no eviction policy");
   candidates_.reserve(key_bytes_.size());
   stats_.budget_bytes = budget_bytes_;
+  // One arena for the whole budget, sub-allocated first-fit: the cache's memory is exactly
+  // its budget (plus per-tensor rounding), allocated once, as a GPU would cudaMalloc it.
+  arena_bytes_ = (budget_bytes_ + kArenaAlign - 1) / kArenaAlign * kArenaAlign + kArenaAlign * (key_bytes_.size() + 1);
+  arena_ = memory_.allocate(arena_bytes_);
+  if (arena_ == nullptr) {
+    throw OutOfMemory(fmt::format("device cache: {} memory could not provide the {} byte arena", memory_.name(), arena_bytes_));
+  }
+  const std::uint64_t capacity = key_bytes_.size() + 2;
+  table_storage_.resize(ExtentTable::bytes_for(capacity) / sizeof(std::uint64_t) + 1);
+  ExtentAllocator::init(table(), capacity, 0, arena_bytes_, kArenaAlign);
 }
 
-DeviceCache::~DeviceCache() {
-  for (std::size_t k = 0; k < entries_.size(); ++k) {
-    if (entries_[k].buffer != nullptr) memory_.deallocate(entries_[k].buffer, key_bytes_[k]);
-  }
+DeviceCache::~DeviceCache() { memory_.deallocate(arena_, arena_bytes_); }
+
+void DeviceCache::release_buffer(TensorKey key) noexcept {
+  Entry& e = entries_[key];
+  ExtentAllocator(table()).free(static_cast<std::uint64_t>(e.buffer - arena_), key_bytes_[key]);
+  e.buffer = nullptr;
 }
 
 DeviceCache::Lease& DeviceCache::Lease::operator=(Lease&& other) noexcept {
@@ -92,8 +104,7 @@ void DeviceCache::unpin(TensorKey key) noexcept {
 
 void DeviceCache::evict_locked(TensorKey key) noexcept {
   Entry& e = entries_[key];
-  memory_.deallocate(e.buffer, key_bytes_[key]);
-  e.buffer = nullptr;
+  release_buffer(key);
   e.state = EntryState::kAbsent;
   e.prefetched_unused = false;
   e.fresh = false;
@@ -102,8 +113,12 @@ void DeviceCache::evict_locked(TensorKey key) noexcept {
   policy_->on_remove(key);
 }
 
-bool DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse) {
-  while (bytes_resident_ + bytes_in_flight_ + bytes > budget_bytes_) {
+std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse) {
+  for (;;) {
+    if (bytes_resident_ + bytes_in_flight_ + bytes <= budget_bytes_) {
+      if (auto offset = ExtentAllocator(table()).allocate(bytes)) return arena_ + *offset;
+      // Within budget but no hole is large enough: evict more until one is.
+    }
     candidates_.clear();
     for (TensorKey k = 0; k < entries_.size(); ++k) {
       const Entry& e = entries_[k];
@@ -113,12 +128,11 @@ bool DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool may_
         candidates_.push_back(k);
       }
     }
-    if (candidates_.empty()) return false;
+    if (candidates_.empty()) return nullptr;
     const auto victim = policy_->choose_victim(candidates_, key, may_refuse);
-    if (!victim) return false;
+    if (!victim) return nullptr;
     evict_locked(candidates_[*victim]);
   }
-  return true;
 }
 
 std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, FetchKind kind) {
@@ -133,15 +147,17 @@ std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, Fetc
   std::unique_lock lock(mu_);
   Entry& e = entries_[key];
   if (e.state != EntryState::kAbsent) return std::nullopt;
+  std::byte* buffer = nullptr;
   if (kind == FetchKind::kPrefetch) {
-    if (!make_room_locked(key, bytes, /*may_refuse=*/true)) {
+    buffer = make_room_locked(key, bytes, /*may_refuse=*/true);
+    if (buffer == nullptr) {
       ++stats_.prefetches_refused;
       return std::nullopt;
     }
   } else {
     const std::uint64_t t0 = now_ns();
     bool waited = false;
-    while (!make_room_locked(key, bytes, /*may_refuse=*/false)) {
+    while ((buffer = make_room_locked(key, bytes, /*may_refuse=*/false)) == nullptr) {
       waited = true;
       changed_.wait(lock);
       if (e.state != EntryState::kAbsent) {  // another thread fetched it meanwhile
@@ -150,10 +166,6 @@ std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, Fetc
       }
     }
     if (waited) stats_.wait_ns += now_ns() - t0;
-  }
-  std::byte* buffer = memory_.allocate(bytes);
-  if (buffer == nullptr) {
-    throw OutOfMemory(fmt::format("device cache: {} memory could not provide {} bytes", memory_.name(), bytes));
   }
   e.buffer = buffer;
   e.state = EntryState::kInFlight;
@@ -182,8 +194,7 @@ void DeviceCache::complete_fetch(TensorKey key, bool ok) noexcept {
       e.fresh = true;
       bytes_resident_ += key_bytes_[key];
     } else {
-      memory_.deallocate(e.buffer, key_bytes_[key]);
-      e.buffer = nullptr;
+      release_buffer(key);
       e.state = EntryState::kAbsent;
       e.failed = true;
       e.prefetched_unused = false;
@@ -249,6 +260,9 @@ std::string DeviceCache::check() const {
     if (e.state != EntryState::kResident && e.pins != 0) return fmt::format("entry {} pinned but not resident", k);
   }
   if (resident != bytes_resident_ || in_flight != bytes_in_flight_) return "byte counts do not match entries";
+  if (auto problem = ExtentAllocator(const_cast<DeviceCache*>(this)->table()).check(); !problem.empty()) {
+    return "arena: " + problem;
+  }
   if (resident + in_flight > budget_bytes_) {
     return fmt::format("budget exceeded: {} + {} > {}", resident, in_flight, budget_bytes_);
   }

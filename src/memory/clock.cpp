@@ -1,21 +1,14 @@
 #include "xlshare/memory/clock.hpp"
 
+#include <sched.h>
 #include <time.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 namespace xlshare {
 namespace {
 
 constexpr std::uint64_t kSpinBelowNs = 60'000;  // nanosleep overshoots by tens of µs
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#endif
-}
 
 }  // namespace
 
@@ -37,7 +30,9 @@ void MonotonicClock::sleep_until_ns(std::uint64_t deadline_ns) noexcept {
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) != 0) {
     }
   }
-  while (now_ns() < deadline_ns) cpu_relax();
+  // The last stretch: yield rather than spin, so that on a busy host (more threads than
+  // cores) a waiting transfer gives its core to compute instead of burning it.
+  while (now_ns() < deadline_ns) sched_yield();
 }
 
 MonotonicClock& MonotonicClock::instance() noexcept {

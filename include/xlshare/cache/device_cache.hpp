@@ -1,6 +1,7 @@
 // DeviceCache: one worker's near memory (its "HBM") — a byte budget of tensors.
 //
-// Entries are tensors by TensorKey, each absent, in flight (a transfer is filling its
+// Its memory is one arena of the budget, allocated once from a LocalMemory and
+// sub-allocated first-fit. Entries are tensors by TensorKey, each absent, in flight (a transfer is filling its
 // buffer) or resident. In-flight and resident bytes together never exceed the budget.
 // Compute takes an RAII Lease with acquire(): the entry is pinned while the lease lives
 // and is never evicted while pinned. Transfers use begin_fetch() / complete_fetch(): a
@@ -25,6 +26,7 @@
 
 #include "xlshare/cache/eviction_policy.hpp"
 #include "xlshare/cache/local_memory.hpp"
+#include "xlshare/memory/extent_allocator.hpp"
 
 namespace xlshare {
 
@@ -126,14 +128,22 @@ class DeviceCache {
     bool fresh = false;              // arrived by a transfer since its last acquire
     bool failed = false;             // its last transfer failed
   };
-  bool make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse);
+  // Evicts until `bytes` fit in the budget and in one arena hole; returns the buffer, or
+  // nullptr when nothing (more) may be evicted.
+  std::byte* make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse);
   void evict_locked(TensorKey key) noexcept;
+  void release_buffer(TensorKey key) noexcept;
+  ExtentTable& table() noexcept { return *reinterpret_cast<ExtentTable*>(table_storage_.data()); }
+  static constexpr std::uint64_t kArenaAlign = 256;
   void unpin(TensorKey key) noexcept;
 
   const std::uint64_t budget_bytes_;
   const std::vector<std::uint64_t> key_bytes_;
   std::unique_ptr<EvictionPolicy> policy_;
   LocalMemory& memory_;
+  std::byte* arena_ = nullptr;
+  std::uint64_t arena_bytes_ = 0;
+  std::vector<std::uint64_t> table_storage_;  // the arena's free list (an ExtentTable)
   mutable std::mutex mu_;
   std::condition_variable changed_;
   std::vector<Entry> entries_;
