@@ -6,7 +6,7 @@ BUILD_TYPE ?= Release
 JOBS ?= 2
 CMAKE_FLAGS ?= -DXLSHARE_WARNINGS_AS_ERRORS=ON
 
-.PHONY: all deps configure build test demo bench clean
+.PHONY: all deps configure build test demo bench experiments clean
 
 all: build
 
@@ -27,6 +27,11 @@ demo: build
 
 bench: build
 	$(BUILD_DIR)/bin/xlshare_bench_link --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+	$(BUILD_DIR)/bin/xlshare_bench_cache --repeats 3
+	$(BUILD_DIR)/bin/xlshare_bench_model --repeats 3
+
+experiments: build
+	$(BUILD_DIR)/bin/xlshare_experiments --out docs/results
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -25,6 +26,12 @@ void fill_rates(InferenceResult& r, const WorkerCounters& a, const WorkerCounter
   r.reuse_rate = acquires ? static_cast<double>(b.reused - a.reused) / static_cast<double>(acquires) : 1.0;
   r.stall_ms = static_cast<double>(b.stall_ns - a.stall_ns) / 1e6;
   r.link_bytes = b.link_bytes - a.link_bytes;
+  const double busy = static_cast<double>(b.busy_ns - a.busy_ns);
+  r.link_gbps = busy > 0 ? static_cast<double>(r.link_bytes) / busy : 0.0;
+  r.overlap = busy > 0 ? std::clamp(1.0 - static_cast<double>(b.stall_ns - a.stall_ns) / busy, 0.0, 1.0) : 1.0;
+  const std::uint64_t prefetched = b.bytes_prefetched - a.bytes_prefetched;
+  r.prefetch_accuracy =
+      prefetched ? static_cast<double>(b.bytes_prefetched_used - a.bytes_prefetched_used) / static_cast<double>(prefetched) : 0.0;
 }
 
 // Pool size for a model of `bytes` in `tensors` tensors.
@@ -320,6 +327,11 @@ EngineStats InferenceEngine::stats() const {
     s.workers.push_back(w);
   }
   return s;
+}
+
+std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> InferenceEngine::cache_trace() const {
+  if (workers_.empty()) throw ConfigError("engine: no model attached");
+  return workers_[0]->cache_trace();
 }
 
 const LlamaModel& InferenceEngine::model() const {

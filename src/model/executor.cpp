@@ -111,6 +111,16 @@ KvCache::KvCache(const LlamaConfig& c, std::uint32_t capacity_tokens)
   v_.assign(n, 0.0f);
 }
 
+// --- WeightProvider ---------------------------------------------------------------------
+
+void WeightProvider::read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows,
+                               float* dst) {
+  const std::size_t cols = desc.shape[0];
+  const std::size_t rb = row_bytes(desc.dtype, cols);
+  WeightHandle w = acquire(index);
+  for (std::size_t i = 0; i < rows.size(); ++i) to_f32(desc.dtype, w.bytes().data() + rows[i] * rb, dst + i * cols, cols);
+}
+
 // --- Executor ---------------------------------------------------------------------------
 
 Executor::Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOptions options)
@@ -228,6 +238,28 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
   }
 }
 
+void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x, std::size_t n,
+                             float* y) {
+  const TensorDesc& d = model_.tensors()[index];
+  const std::size_t pieces = std::max<std::size_t>(1, std::min(weights_.piece_count(index), rows));
+  if (pieces == 1) {
+    WeightHandle w = weights_.acquire(index);
+    matmul(w.bytes(), d.dtype, rows, cols, x, n, y);
+    return;
+  }
+  // Piece p holds rows [p*R, ...): compute those columns of Y, then write them into place.
+  const std::size_t per = (rows + pieces - 1) / pieces;
+  std::vector<float> part;
+  for (std::size_t p = 0; p < pieces; ++p) {
+    const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
+    if (r0 >= r1) break;
+    WeightHandle w = weights_.acquire_piece(index, p);
+    part.resize(n * (r1 - r0));
+    matmul(w.bytes(), d.dtype, r1 - r0, cols, x, n, part.data());
+    for (std::size_t i = 0; i < n; ++i) std::copy_n(part.data() + i * (r1 - r0), r1 - r0, y + i * rows + r0);
+  }
+}
+
 void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n, float* y) {
   const std::size_t dim = model_.config().dim;
   std::vector<float> weight(dim);
@@ -293,13 +325,11 @@ void Executor::forward_batch(std::span<Segment> segments) {
   // Embedding.
   weights_.begin_step(0);
   {
-    const auto& e = desc(model_.token_embd());
-    WeightHandle w = weights_.acquire(model_.token_embd());
-    const std::size_t rb = row_bytes(e.dtype, dim);
+    std::vector<std::uint32_t> rows(n);
     for (std::size_t r = 0; r < n; ++r) {
-      const auto token = static_cast<std::size_t>(segments[seg_of[r]].tokens[r - first_row[seg_of[r]]]);
-      to_f32(e.dtype, w.bytes().data() + token * rb, x.data() + r * dim, dim);
+      rows[r] = static_cast<std::uint32_t>(segments[seg_of[r]].tokens[r - first_row[seg_of[r]]]);
     }
+    weights_.read_rows(model_.token_embd(), desc(model_.token_embd()), rows, x.data());
   }
   weights_.end_step(0);
 
@@ -329,18 +359,9 @@ void Executor::forward_batch(std::span<Segment> segments) {
       WeightHandle w = weights_.acquire(L.attn_norm);
       rms_norm(x.data(), w.bytes(), desc(L.attn_norm).dtype, n, xn.data());
     }
-    {
-      WeightHandle w = weights_.acquire(L.wq);
-      matmul(w.bytes(), desc(L.wq).dtype, q_dim, dim, xn.data(), n, q.data());
-    }
-    {
-      WeightHandle w = weights_.acquire(L.wk);
-      matmul(w.bytes(), desc(L.wk).dtype, kv_dim, dim, xn.data(), n, k.data());
-    }
-    {
-      WeightHandle w = weights_.acquire(L.wv);
-      matmul(w.bytes(), desc(L.wv).dtype, kv_dim, dim, xn.data(), n, v.data());
-    }
+    matmul_weight(L.wq, q_dim, dim, xn.data(), n, q.data());
+    matmul_weight(L.wk, kv_dim, dim, xn.data(), n, k.data());
+    matmul_weight(L.wv, kv_dim, dim, xn.data(), n, v.data());
     rope(q.data(), H, q_dim);
     rope(k.data(), KV, kv_dim);
     for (std::size_t s = 0; s < segments.size(); ++s) {
@@ -383,31 +404,19 @@ void Executor::forward_batch(std::span<Segment> segments) {
                                        static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
       Oh.noalias() = S * Vg;
     }
-    {
-      WeightHandle w = weights_.acquire(L.wo);
-      matmul(w.bytes(), desc(L.wo).dtype, dim, q_dim, att.data(), n, tmp.data());
-    }
+    matmul_weight(L.wo, dim, q_dim, att.data(), n, tmp.data());
     for (std::size_t i = 0; i < n * dim; ++i) x[i] += tmp[i];
     {
       WeightHandle w = weights_.acquire(L.ffn_norm);
       rms_norm(x.data(), w.bytes(), desc(L.ffn_norm).dtype, n, xn.data());
     }
-    {
-      WeightHandle w = weights_.acquire(L.w_gate);
-      matmul(w.bytes(), desc(L.w_gate).dtype, F, dim, xn.data(), n, gate.data());
-    }
-    {
-      WeightHandle w = weights_.acquire(L.w_up);
-      matmul(w.bytes(), desc(L.w_up).dtype, F, dim, xn.data(), n, up.data());
-    }
+    matmul_weight(L.w_gate, F, dim, xn.data(), n, gate.data());
+    matmul_weight(L.w_up, F, dim, xn.data(), n, up.data());
     for (std::size_t i = 0; i < n * F; ++i) {
       const float g = gate[i];
       gate[i] = g / (1.0f + std::exp(-g)) * up[i];
     }
-    {
-      WeightHandle w = weights_.acquire(L.w_down);
-      matmul(w.bytes(), desc(L.w_down).dtype, dim, F, gate.data(), n, tmp.data());
-    }
+    matmul_weight(L.w_down, dim, F, gate.data(), n, tmp.data());
     for (std::size_t i = 0; i < n * dim; ++i) x[i] += tmp[i];
     weights_.end_step(1 + l);
   }
@@ -427,10 +436,7 @@ void Executor::forward_batch(std::span<Segment> segments) {
     WeightHandle w = weights_.acquire(model_.output_norm());
     rms_norm(picked.data(), w.bytes(), desc(model_.output_norm()).dtype, wanted.size(), xn.data());
   }
-  {
-    WeightHandle w = weights_.acquire(model_.output());
-    matmul(w.bytes(), desc(model_.output()).dtype, c.vocab, dim, xn.data(), wanted.size(), out.data());
-  }
+  matmul_weight(model_.output(), c.vocab, dim, xn.data(), wanted.size(), out.data());
   weights_.end_step(c.n_layers + 1);
   std::size_t next = 0;
   for (auto& seg : segments) {

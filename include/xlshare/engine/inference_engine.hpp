@@ -86,6 +86,9 @@ struct InferenceResult {
   double reuse_rate = 0;
   double stall_ms = 0;
   std::uint64_t link_bytes = 0;
+  double link_gbps = 0;          ///< link_bytes / time the link was busy for this request
+  double overlap = 1;            ///< 1 - stall / link busy time
+  double prefetch_accuracy = 0;  ///< prefetched bytes used / prefetched bytes (0: none)
   unsigned worker = 0;  ///< which worker ran it
 };
 
@@ -139,6 +142,8 @@ class InferenceEngine {
                                      const SamplingOptions& sampling = {});
 
   EngineStats stats() const;
+  /// Worker 0's cache trace (see Worker::cache_trace).
+  std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> cache_trace() const;
   const LlamaModel& model() const;
   const EngineConfig& config() const noexcept { return config_; }
   Pool& pool();

@@ -41,6 +41,7 @@ struct WorkerOptions {
 /// Plain counters of one worker, for per-request deltas.
 struct WorkerCounters {
   std::uint64_t acquires = 0, ready = 0, reused = 0, stall_ns = 0, link_bytes = 0, retries = 0, failovers = 0;
+  std::uint64_t busy_ns = 0, bytes_prefetched = 0, bytes_prefetched_used = 0;
 };
 
 class Worker {
@@ -60,11 +61,15 @@ class Worker {
   Figures figures() const;
   WorkerCounters counters() const;
   CacheStats cache_stats() const;
+  /// One pass of the cache keys compute acquires, and each key's bytes (empty without a
+  /// cache): for simulating policies on the real trace.
+  std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> cache_trace() const;
   TransferStats transfer_stats() const;
 
  private:
   class CachedWeights;
   std::shared_ptr<const ModelView> view_;
+  std::unique_ptr<Schedule> schedule_;  // over cache keys (tensor pieces)
   std::unique_ptr<DeviceCache> cache_;
   std::unique_ptr<TransferEngine> transfers_;
   std::unique_ptr<Prefetcher> prefetcher_;

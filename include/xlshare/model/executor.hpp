@@ -80,12 +80,26 @@ class WeightHandle {
 ///
 /// Contract: `acquire(index)` returns the bytes of tensor `index` of the LlamaModel's table
 /// (exactly its size_bytes, as stored), valid while the handle lives; it may block, and
-/// throws to abort the forward pass. `begin_step(s)` / `end_step(s)` bracket the model's
-/// schedule steps (default: nothing). Called from the executor's thread only.
+/// throws to abort the forward pass. Optional:
+///   * `piece_count(index)` / `acquire_piece(index, p)`: a large matrix may be handed out
+///     in P pieces of whole rows — piece p holds rows [p*R, min(rows, (p+1)*R)) with
+///     R = ceil(rows / P). Default: one piece, the whole tensor.
+///   * `read_rows(index, rows, dst)`: copy single rows (the token embedding lookup) as
+///     float32. Default: acquire the tensor and convert the rows.
+///   * `begin_step(s)` / `end_step(s)`: bracket the model's schedule steps.
+/// Called from the executor's thread only.
 class WeightProvider {
  public:
   virtual ~WeightProvider() = default;
   virtual WeightHandle acquire(std::size_t index) = 0;
+  virtual std::size_t piece_count(std::size_t index) const { (void)index; return 1; }
+  virtual WeightHandle acquire_piece(std::size_t index, std::size_t piece) {
+    (void)piece;
+    return acquire(index);
+  }
+  /// `dst` receives rows.size() rows of `row_elements` floats each.
+  virtual void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows,
+                         float* dst);
   virtual void begin_step(std::size_t step) { (void)step; }
   virtual void end_step(std::size_t step) { (void)step; }
 };
@@ -147,6 +161,8 @@ class Executor {
   // Y[n x rows] = X[n x cols] * W^T for W stored [rows x cols] as `dtype`.
   void matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols,
               const float* x, std::size_t n, float* y);
+  // The same for weight `index` of the model, piece by piece as the provider hands it out.
+  void matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y);
   void rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n, float* y);
 
   const LlamaModel& model_;

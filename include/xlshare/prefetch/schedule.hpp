@@ -20,7 +20,7 @@ struct ScheduleStep {
 class Schedule {
  public:
   Schedule() = default;
-  /// @throws ConfigError for an empty schedule or a step without tensors.
+  /// @throws ConfigError for an empty schedule or one without any tensor.
   explicit Schedule(std::vector<ScheduleStep> steps, bool repeats = true);
 
   std::span<const ScheduleStep> steps() const noexcept { return steps_; }
