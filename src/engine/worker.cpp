@@ -148,7 +148,9 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
     transfers_ = std::make_unique<TransferEngine>(primary, replica, std::move(sources), *cache_, tc);
     std::unique_ptr<PrefetchPolicy> prefetch =
         options.prefetch_factory ? options.prefetch_factory() : std::make_unique<LookaheadPolicy>(options.lookahead);
-    prefetcher_ = std::make_unique<Prefetcher>(*schedule_, std::move(prefetch), *transfers_, *cache_);
+    // The Executor holds one weight (piece) at a time.
+    prefetcher_ = std::make_unique<Prefetcher>(*schedule_, std::move(prefetch), *transfers_, *cache_,
+                                               StepResidency::kOneTensorAtATime);
     weights_ = std::make_unique<CachedWeights>(*prefetcher_, std::move(keys), std::move(rows_per_piece));
   }
   executor_ = std::make_unique<Executor>(model, *weights_, ExecutorOptions{options.compute_threads});

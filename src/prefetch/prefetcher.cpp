@@ -9,10 +9,16 @@
 namespace xlshare {
 
 Prefetcher::Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy> policy,
-                       TransferEngine& engine, DeviceCache& cache)
+                       TransferEngine& engine, DeviceCache& cache, StepResidency residency)
     : schedule_(schedule), policy_(std::move(policy)), engine_(engine), cache_(cache) {
   if (!policy_) throw ConfigError("prefetcher: no prefetch policy");
-  for (const auto& step : schedule_.steps()) cache_.check_fits(step.keys, fmt::format("step '{}'", step.name));
+  for (const auto& step : schedule_.steps()) {
+    if (residency == StepResidency::kWholeStep) {
+      cache_.check_fits(step.keys, fmt::format("step '{}'", step.name));
+    } else {
+      for (TensorKey k : step.keys) cache_.check_fits(std::span(&k, 1), fmt::format("a tensor of step '{}'", step.name));
+    }
+  }
   policy_->on_model_loaded(schedule_);
 }
 

@@ -18,11 +18,18 @@
 
 namespace xlshare {
 
+/// How much of a step compute holds at once: all its tensors, or one at a time (the
+/// Executor releases each weight before it acquires the next).
+enum class StepResidency : std::uint8_t { kWholeStep, kOneTensorAtATime };
+
 class Prefetcher {
  public:
-  /// Checks that every step fits in the cache. @throws ConfigError when one cannot.
+  /// Checks that what compute holds at once fits in the cache: every step's tensors
+  /// together (kWholeStep) or every single tensor (kOneTensorAtATime).
+  /// @throws ConfigError naming the step when one cannot.
   Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy> policy,
-             TransferEngine& engine, DeviceCache& cache);
+             TransferEngine& engine, DeviceCache& cache,
+             StepResidency residency = StepResidency::kWholeStep);
 
   void begin_step(std::size_t step);
   /// The tensor `key`, resident and pinned while the lease lives.
