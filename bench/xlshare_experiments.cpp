@@ -195,7 +195,7 @@ class Report {
       g << "set terminal " << term << "\n"
         << "set output '" << (s_.out / (name + "." + ext)).string() << "'\n"
         << "set title '" << title << "'\nset xlabel '" << xlabel << "'\nset ylabel '" << ylabel << "'\n"
-        << "set grid\nset key outside right\n" << (logx ? "set logscale x 2\n" : "") << "plot ";
+        << "set termoption noenhanced\nset grid\nset key outside right\nset yrange [0:*]\n" << (logx ? "set logscale x 2\n" : "") << "plot ";
       for (std::size_t i = 0; i < series.size(); ++i) {
         g << (i ? ", " : "") << "'" << dat.string() << "' using 1:" << i + 2 << " with linespoints lw 2 title '"
           << series[i] << "'";
@@ -381,7 +381,7 @@ json e3_policies(const Setup& s, Report& rep, double& best_ready) {
           opt = belady(trace, bytes, c.cache_bytes, 8);
         }
       }
-      best_ready = std::max(best_ready, pct < 100 ? ready_sched : 0.0);
+      if (pct <= 50 && std::string(mode) == "decode") best_ready = std::max(best_ready, ready_sched);
       rep.md << fmt::format("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", pct, mode, reuse[0], reuse[1],
                             reuse[2], opt, ready_sched);
       rows.push_back({{"cache_pct", pct}, {"mode", mode}, {"lru", reuse[0]}, {"fifo", reuse[1]}, {"schedule", reuse[2]},
@@ -397,7 +397,7 @@ json e3_policies(const Setup& s, Report& rep, double& best_ready) {
   return rows;
 }
 
-json e4_prefetch(const Setup& s, Report& rep, double& best_accuracy) {
+json e4_prefetch(const Setup& s, Report& rep, double& best_accuracy, double& decode_ready) {
   json rows = json::array();
   const std::vector<std::string> presets = s.quick ? std::vector<std::string>{"cxl-x8"}
                                                    : std::vector<std::string>{"cxl-x8", "cxl-x16", "cxl-switched"};
@@ -406,8 +406,8 @@ json e4_prefetch(const Setup& s, Report& rep, double& best_accuracy) {
             "+ 8 new tokens (transfer-bound: little compute per byte); prefill: one 128-token prompt (compute-bound). "
             "stall_ms = time compute waited for tensors; overlap = 1 − stall / link busy time; prefetch_accuracy = "
             "prefetched bytes used before eviction / prefetched bytes. Second of two identical requests.\n\n"
-         << "| preset | mode | lookahead | stall ms | overlap | tokens/s | prefetch_accuracy | link GB/s |\n"
-         << "|---|---|---|---|---|---|---|---|\n";
+         << "| preset | mode | lookahead | stall ms | overlap | ready_rate | tokens/s | prefetch_accuracy | link GB/s |\n"
+         << "|---|---|---|---|---|---|---|---|---|\n";
   best_accuracy = 0;
   std::vector<std::vector<double>> plot_decode, plot_prefill;
   for (const auto& preset : presets) {
@@ -429,10 +429,11 @@ json e4_prefetch(const Setup& s, Report& rep, double& best_accuracy) {
         const double tokens = decode ? static_cast<double>(r.max_new_tokens) : static_cast<double>(r.prompt.size());
         const double tps = 1000.0 * tokens / res.latency_ms;
         if (k > 0) best_accuracy = std::max(best_accuracy, res.prefetch_accuracy);
-        rep.md << fmt::format("| {} | {} | {} | {:.1f} | {:.2f} | {:.1f} | {:.3f} | {:.1f} |\n", preset, mode, k,
-                              res.stall_ms, res.overlap, tps, res.prefetch_accuracy, res.link_gbps);
+        if (decode && k == 2 && preset == presets.front()) decode_ready = res.ready_rate;
+        rep.md << fmt::format("| {} | {} | {} | {:.1f} | {:.2f} | {:.3f} | {:.1f} | {:.3f} | {:.1f} |\n", preset, mode, k,
+                              res.stall_ms, res.overlap, res.ready_rate, tps, res.prefetch_accuracy, res.link_gbps);
         rows.push_back({{"preset", preset}, {"mode", mode}, {"lookahead", k}, {"stall_ms", res.stall_ms},
-                        {"overlap", res.overlap}, {"tokens_per_s", tps}, {"prefetch_accuracy", res.prefetch_accuracy},
+                        {"overlap", res.overlap}, {"ready_rate", res.ready_rate}, {"tokens_per_s", tps}, {"prefetch_accuracy", res.prefetch_accuracy},
                         {"link_gbps", res.link_gbps}});
         if (preset == presets.front()) {
           (decode ? plot_decode : plot_prefill).push_back({static_cast<double>(k), res.stall_ms, res.overlap * 100, tps});
@@ -653,7 +654,7 @@ int main(int argc, char** argv) {
     Report rep(s);
     json all;
     std::vector<double> overhead;
-    double best_ready = 0, best_accuracy = 0, attach_ms = 0, cold_ms = 0, p50 = 0, dec_pool = 0, dec_local = 0;
+    double best_ready = 0, best_accuracy = 0, decode_ready = 0, attach_ms = 0, cold_ms = 0, p50 = 0, dec_pool = 0, dec_local = 0;
     fmt::print(stderr, "experiments: model {:.0f} MiB in {}\n", mib(static_cast<double>(s.model_bytes)), s.uri);
     auto step = [&](const char* name, const std::function<json()>& f) {
       const auto t0 = SteadyClock::now();
@@ -663,7 +664,7 @@ int main(int argc, char** argv) {
     step("e1_memory", [&] { return e1_memory(s, rep, overhead); });
     step("e2_scalability", [&] { return e2_scalability(s, rep, median(overhead)); });
     step("e3_policies", [&] { return e3_policies(s, rep, best_ready); });
-    step("e4_prefetch", [&] { return e4_prefetch(s, rep, best_accuracy); });
+    step("e4_prefetch", [&] { return e4_prefetch(s, rep, best_accuracy, decode_ready); });
     step("e5_cold_start", [&] { return e5_cold_start(s, rep, attach_ms, cold_ms); });
     step("e6_batching", [&] { return e6_batching(s, rep, p50); });
     step("e7_contention", [&] { return e7_contention(s, rep); });
@@ -689,9 +690,11 @@ int main(int argc, char** argv) {
        << fmt::format("| 8 GPUs where replication fits 4 | {} workers fit where replication fits {} (exp. 2) | "
                       "workers whose measured memory fits in 4 × model bytes |\n",
                       e2["fit_xlshare"].get<int>(), e2["fit_replication"].get<int>())
-       << fmt::format("| 94.2% cache hit rate | {:.1f}% best ready_rate below a 100% cache, schedule policy (exp. 3); "
-                      "LRU and FIFO reuse 0% on the cyclic pass | acquisitions that found the tensor resident |\n",
-                      100 * best_ready)
+       << fmt::format("| 94.2% cache hit rate | {:.1f}% ready_rate in decode with lookahead 2 and a cache of 1/4 "
+                      "(exp. 4); without prefetch, reuse from the cache alone is 0% for LRU and FIFO below a 90% "
+                      "cache, and {:.1f}% for the schedule policy at a 50% cache (exp. 3) | acquisitions that found the tensor "
+                      "resident |\n",
+                      100 * decode_ready, 100 * best_ready)
        << fmt::format("| 99.5% prefetch efficiency | {:.1f}% best prefetch_accuracy (exp. 4) | prefetched bytes used "
                       "before eviction / prefetched bytes |\n",
                       100 * best_accuracy)

@@ -30,8 +30,12 @@ void fill_rates(InferenceResult& r, const WorkerCounters& a, const WorkerCounter
   r.link_gbps = busy > 0 ? static_cast<double>(r.link_bytes) / busy : 0.0;
   r.overlap = busy > 0 ? std::clamp(1.0 - static_cast<double>(b.stall_ns - a.stall_ns) / busy, 0.0, 1.0) : 1.0;
   const std::uint64_t prefetched = b.bytes_prefetched - a.bytes_prefetched;
+  // Bytes prefetched before this request and used in it can make the ratio of one window
+  // exceed 1; it is a fraction, so it is capped there.
   r.prefetch_accuracy =
-      prefetched ? static_cast<double>(b.bytes_prefetched_used - a.bytes_prefetched_used) / static_cast<double>(prefetched) : 0.0;
+      prefetched ? std::min(1.0, static_cast<double>(b.bytes_prefetched_used - a.bytes_prefetched_used) /
+                                     static_cast<double>(prefetched))
+                 : 0.0;
 }
 
 // Pool size for a model of `bytes` in `tensors` tensors.

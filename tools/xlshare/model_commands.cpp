@@ -14,9 +14,11 @@
 #include "xlshare/model/model_file.hpp"
 
 namespace xlshare::cli {
-namespace {
 
 std::uint64_t parse_bytes(const std::string& text) {
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) {
+    throw ConfigError(fmt::format("size '{}' is not a number (examples: 4096, 64M, 2G)", text));
+  }
   std::size_t used = 0;
   unsigned long long v = 0;
   try {
@@ -30,6 +32,7 @@ std::uint64_t parse_bytes(const std::string& text) {
   else if (unit == "M") m = 1ull << 20;
   else if (unit == "G") m = 1ull << 30;
   else if (!unit.empty()) throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G)", text, unit));
+  if (v > UINT64_MAX / m) throw ConfigError(fmt::format("size '{}' is too large", text));
   return v * m;
 }
 
@@ -40,6 +43,9 @@ std::vector<std::int32_t> parse_tokens(const std::string& text) {
   while (std::getline(ss, item, ',')) {
     std::size_t used = 0;
     long v = 0;
+    if (item.empty() || !std::isdigit(static_cast<unsigned char>(item[0]))) {
+      throw ConfigError(fmt::format("token '{}' is not a token id", item));
+    }
     try {
       v = std::stol(item, &used);
     } catch (const std::exception&) {
@@ -59,6 +65,8 @@ DType parse_dtype_arg(const std::string& s) {
   }
   return *d;
 }
+
+namespace {
 
 // Options every serving command shares.
 struct EngineArgs {

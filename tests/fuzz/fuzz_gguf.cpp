@@ -1,0 +1,19 @@
+// libFuzzer target: the GGUF reader. Any input is either opened (and then every tensor is
+// read) or refused with an xlshare::Error; nothing else is acceptable.
+#include "fuzz/fuzz_support.hpp"
+#include "xlshare/error.hpp"
+#include "xlshare/model/model_file.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const auto path = xlshare::fuzz::write_input("input.gguf", data, size);
+  try {
+    const auto file = xlshare::open_model_file(path);
+    for (const auto& t : file.tensors) {
+      if (t.size_bytes > (64u << 20)) continue;  // validated against the file size already
+      std::vector<std::byte> buf(t.size_bytes);
+      xlshare::read_tensor_data(t, buf);
+    }
+  } catch (const xlshare::Error&) {
+  }
+  return 0;
+}
