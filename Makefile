@@ -6,7 +6,7 @@ BUILD_TYPE ?= Release
 JOBS ?= 2
 CMAKE_FLAGS ?= -DXLSHARE_WARNINGS_AS_ERRORS=ON
 
-.PHONY: all deps configure build test demo bench experiments clean
+.PHONY: all deps configure build test demo bench experiments fuzz sanitize clean
 
 all: build
 
@@ -32,6 +32,27 @@ bench: build
 
 experiments: build
 	$(BUILD_DIR)/bin/xlshare_experiments --out docs/results
+
+# libFuzzer targets built with clang (ASan + UBSan), each run for FUZZ_SECONDS over its
+# corpus; new crashers land in build-fuzz/ and belong in tests/fuzz/regressions/.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DXLSHARE_BUILD_FUZZERS=ON -DXLSHARE_BUILD_BENCH=OFF -DXLSHARE_BUILD_EXAMPLES=OFF
+	cmake --build build-fuzz -j$(JOBS) --target fuzz_gguf fuzz_safetensors fuzz_pool_attach fuzz_cli
+	for t in fuzz_gguf fuzz_safetensors fuzz_pool_attach fuzz_cli; do \
+	  mkdir -p build-fuzz/corpus/$$t && cp -n tests/fuzz/corpus/$$t/* build-fuzz/corpus/$$t/ ; \
+	  (cd build-fuzz && ./bin/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 corpus/$$t) || exit 1; \
+	done
+
+# The sanitizer runs of CI: every test under ASan + UBSan, the concurrency tests under TSan.
+sanitize: deps
+	cmake --preset asan-ubsan
+	cmake --build --preset asan-ubsan
+	cd build-asan && ctest -j$(JOBS) --output-on-failure --timeout 900 -E "^(bench|experiments)\\."
+	cmake --preset tsan
+	cmake --build build-tsan -j$(JOBS) --target xlshare_cache_tests xlshare_engine_tests
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_cache_tests && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_engine_tests --gtest_filter='EngineTest.Threads*:EngineTest.Caching*'
 
 clean:
 	rm -rf $(BUILD_DIR)
