@@ -267,6 +267,12 @@ TEST(EngineFiles, FourProcessesShareOneCopyAndAgree) {
   // Everything together (pool, four caches of 1/8, KV caches, the processes themselves)
   // stays far below four private copies.
   RecordProperty("total_pss_bytes", std::to_string(pss_total));
+#if defined(__SANITIZE_ADDRESS__)
+  // Under AddressSanitizer every process carries shadow memory and a quarantine of freed
+  // blocks, which are not xlshare's: the whole-process bound is checked in the release
+  // build (make test); the pool bound above holds under ASan too.
+  return;
+#endif
   // Ideal: one pool copy + four caches of 1/8 = 1.5 of 4 copies (0.375); each process adds
   // its own few MB of code, heap and KV cache.
   EXPECT_LT(static_cast<double>(pss_total), 0.65 * 4.0 * static_cast<double>(model_bytes))
