@@ -189,6 +189,7 @@ class Pool::Impl {
   ExtentTable* extents = nullptr;
   std::byte* base = nullptr;
   Layout lay{};
+  std::uint64_t extent_capacity = 0;  // from the validated header
   int my_slot = -1;
   std::int32_t my_pid = 0;
   std::uint64_t my_start_ticks = 0;
@@ -581,6 +582,7 @@ std::unique_ptr<Pool> Pool::create(std::unique_ptr<MemoryBackend> backend, const
                      g.catalog_bytes, g.models_offset, g.tensors_offset, g.extents_offset,
                      g.data_offset, usable - g.data_offset, options.max_models,
                      options.max_tensors, sizeof(pf::ModelRecord), sizeof(pf::TensorRecord)};
+  impl->extent_capacity = g.extent_capacity;
   aref(h->state).store(pf::kPoolReady, std::memory_order_release);
   impl->backend = std::move(backend);
   impl->backend->bind_link_state(&control->link);
@@ -680,6 +682,7 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
                      h.catalog_offset, h.catalog_bytes, h.models_offset, h.tensors_offset,
                      h.extents_offset, h.data_offset, h.data_bytes, h.max_models,
                      h.max_tensors, h.model_record_bytes, h.tensor_record_bytes};
+  impl->extent_capacity = h.extent_capacity;
   // Every sealed model must validate before anything is trusted.
   for (std::uint32_t i = 0; i < h.max_models; ++i) {
     const std::uint64_t s = aload(impl->models[i].state);
@@ -902,7 +905,11 @@ PoolStats Pool::stats() const {
     const std::int32_t pid = aload(slot.pid);
     if (pid > 0 && process_alive(pid, aload(slot.start_ticks))) ++s.attached_processes;
   }
-  s.extents = ExtentAllocator(*im.extents).stats();
+  // Readers never validated the allocator's table (only writers use it): read it only when
+  // its shape matches the header, so a corrupted table cannot send stats() out of bounds.
+  const ExtentTable& t = *im.extents;
+  const std::uint64_t capacity = aload(t.capacity), count = aload(t.count);
+  if (capacity == im.extent_capacity && count <= capacity) s.extents = ExtentAllocator(*im.extents).stats();
   LinkState& link = im.control->link;
   s.link_bytes = link_field(link.bytes_total).load();
   s.link_transfers = link_field(link.transfers_total).load();
