@@ -9,7 +9,9 @@
 // prefetch also never evicts another prefetched entry that compute has not used yet; a
 // demand fetch waits until pins are released or in-flight transfers land and become
 // evictable. A step whose tensors together exceed the budget can never run, which
-// check_fits() reports at set-up.
+// check_fits() reports at set-up. Because the arena is one range, a demand fetch may also
+// have to evict more than its bytes to find a hole; a caller holding several leases at
+// once can then wait until one is released (the Executor holds one at a time).
 //
 // Threading: every method may be called from any thread; one mutex guards the entries and
 // the policy; waits use a condition variable.
