@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <random>
 #include <string>
 
 #include <fmt/format.h>
@@ -17,10 +18,12 @@
 
 namespace xlshare::test {
 
-/// A name no other test (or test process) uses: "xlshare-test-PID-N-tag".
+/// A name no other test (or test process) uses: "xlshare-test-PID-RANDOM-N-tag". The random
+/// part keeps a reused PID from meeting an object an earlier, crashed process left behind.
 inline std::string unique_name(const std::string& tag) {
   static std::atomic<int> counter{0};
-  return fmt::format("xlshare-test-{}-{}-{}", ::getpid(), counter++, tag);
+  static const std::uint32_t salt = std::random_device{}();
+  return fmt::format("xlshare-test-{}-{:08x}-{}-{}", ::getpid(), salt, counter++, tag);
 }
 
 /// Removes a backend object (shm, file) when the test ends, whatever happened.
