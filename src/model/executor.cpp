@@ -218,8 +218,12 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
     fused_gemv(dtype, w.data(), rows, cols, x, n, y, threads);
     return;
   }
-  // Converted in tiles of rows (about 512 KiB of F32 each) as they are used.
-  const std::size_t tile = std::max<std::size_t>(1, (128u * 1024) / std::max<std::size_t>(cols, 1));
+  // Converted in tiles of rows as they are used: large tiles (up to 2 MiB of F32) keep the
+  // GEMMs efficient, and at least two tiles per thread keep the threads balanced.
+  const std::size_t by_bytes = std::max<std::size_t>(1, (512u * 1024) / std::max<std::size_t>(cols, 1));
+  const std::size_t by_threads = std::max<std::size_t>(1, (rows + 2 * static_cast<std::size_t>(threads) - 1) /
+                                                              (2 * static_cast<std::size_t>(threads)));
+  const std::size_t tile = std::min(by_bytes, by_threads);
   const std::size_t tiles = (rows + tile - 1) / tile;
 #pragma omp parallel num_threads(threads)
   {
