@@ -2,18 +2,14 @@
 
 #include <fmt/format.h>
 
-#include <chrono>
 #include <utility>
 
 #include "xlshare/error.hpp"
+#include "xlshare/memory/clock.hpp"
 
 namespace xlshare {
 namespace {
-std::uint64_t now_ns() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::steady_clock::now().time_since_epoch())
-                                        .count());
-}
+std::uint64_t now_ns() noexcept { return MonotonicClock::instance().now_ns(); }
 }  // namespace
 
 DeviceCache::DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> key_bytes,

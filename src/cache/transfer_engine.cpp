@@ -6,15 +6,12 @@
 #include <chrono>
 
 #include "xlshare/error.hpp"
+#include "xlshare/memory/clock.hpp"
 #include "xlshare/memory/checksum.hpp"
 
 namespace xlshare {
 namespace {
-std::uint64_t now_ns() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::steady_clock::now().time_since_epoch())
-                                        .count());
-}
+std::uint64_t now_ns() noexcept { return MonotonicClock::instance().now_ns(); }
 }  // namespace
 
 TransferEngine::TransferEngine(Pool& primary, Pool* replica, std::vector<TensorSource> sources,

@@ -163,18 +163,7 @@ bool InferenceEngine::register_model(const SyntheticModel& model, const std::str
     from_f32(t, model.data[i].data(), dst.data(), model.data[i].size());
     descs.push_back({s.name, t, s.shape, dst.size()});
   }
-  const LlamaModel llama(model.config, descs, name);
-  nlohmann::json schedule = nlohmann::json::array();
-  for (const auto& step : llama.schedule().steps()) {
-    nlohmann::json names = nlohmann::json::array();
-    for (auto k : step.keys) names.push_back(descs[k].name);
-    schedule.push_back({{"step", step.name}, {"tensors", names}});
-  }
-  w.set_metadata(nlohmann::json{{"format", "xlshare-llama/1"},
-                                {"config", nlohmann::json::parse(model.config.to_json())},
-                                {"schedule", schedule},
-                                {"source", "memory"}}
-                     .dump());
+  w.set_metadata(model_metadata(LlamaModel(model.config, descs, name), "memory", "memory"));
   w.seal();
   return true;
 }

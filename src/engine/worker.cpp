@@ -34,7 +34,8 @@ class Worker::CachedWeights final : public WeightProvider {
     const std::size_t rb = row_bytes(desc.dtype, cols);
     const std::size_t per = rows_per_piece_.at(index);
     // Each piece that holds some of the rows is acquired once.
-    std::vector<std::size_t> order(rows.size());
+    std::vector<std::size_t>& order = order_;  // reused: no allocation per token
+    order.resize(rows.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return rows[a] < rows[b]; });
     DeviceCache::Lease lease;
@@ -55,6 +56,7 @@ class Worker::CachedWeights final : public WeightProvider {
   Prefetcher& prefetcher_;
   std::vector<std::vector<TensorKey>> keys_;
   std::vector<std::size_t> rows_per_piece_;
+  std::vector<std::size_t> order_;
 };
 
 namespace {

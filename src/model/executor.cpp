@@ -136,6 +136,12 @@ Executor::Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOpt
 
 namespace {
 
+// `v` grown (never shrunk) to at least n elements.
+std::vector<float>& sized(std::vector<float>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v;
+}
+
 constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels at once
 
 // y[i][r] = sum_k W[r][k] * x[i][k] for i < n <= kMaxFusedRows, converting W from its
@@ -253,12 +259,12 @@ void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t co
   }
   // Piece p holds rows [p*R, ...): compute those columns of Y, then write them into place.
   const std::size_t per = (rows + pieces - 1) / pieces;
-  std::vector<float> part;
+  std::vector<float>& part = buf_.piece;
   for (std::size_t p = 0; p < pieces; ++p) {
     const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
     if (r0 >= r1) break;
     WeightHandle w = weights_.acquire_piece(index, p);
-    part.resize(n * (r1 - r0));
+    sized(part, n * (r1 - r0));
     matmul(w.bytes(), d.dtype, r1 - r0, cols, x, n, part.data());
     for (std::size_t i = 0; i < n; ++i) std::copy_n(part.data() + i * (r1 - r0), r1 - r0, y + i * rows + r0);
   }
@@ -266,7 +272,7 @@ void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t co
 
 void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n, float* y) {
   const std::size_t dim = model_.config().dim;
-  std::vector<float> weight(dim);
+  std::vector<float>& weight = sized(buf_.norm_weight, dim);
   to_f32(dtype, w.data(), weight.data(), dim);
   const double eps = model_.config().norm_eps;
   for (std::size_t i = 0; i < n; ++i) {
@@ -323,8 +329,15 @@ void Executor::forward_batch(std::span<Segment> segments) {
     }
   }
 
-  std::vector<float> x(n * dim), xn(n * dim), q(n * q_dim), k(n * kv_dim), v(n * kv_dim), att(n * q_dim),
-      tmp(n * dim), gate(n * F), up(n * F);
+  std::vector<float>& x = sized(buf_.x, n * dim);
+  std::vector<float>& xn = sized(buf_.xn, n * dim);
+  std::vector<float>& q = sized(buf_.q, n * q_dim);
+  std::vector<float>& k = sized(buf_.k, n * kv_dim);
+  std::vector<float>& v = sized(buf_.v, n * kv_dim);
+  std::vector<float>& att = sized(buf_.att, n * q_dim);
+  std::vector<float>& tmp = sized(buf_.tmp, n * dim);
+  std::vector<float>& gate = sized(buf_.gate, n * F);
+  std::vector<float>& up = sized(buf_.up, n * F);
 
   // Embedding.
   weights_.begin_step(0);
@@ -434,7 +447,8 @@ void Executor::forward_batch(std::span<Segment> segments) {
     for (std::size_t i = segments[s].all_logits ? 0 : rows - 1; i < rows; ++i) wanted.push_back(first_row[s] + i);
   }
   weights_.begin_step(c.n_layers + 1);
-  std::vector<float> picked(wanted.size() * dim), out(wanted.size() * c.vocab);
+  std::vector<float>& picked = sized(buf_.picked, wanted.size() * dim);
+  std::vector<float>& out = sized(buf_.out, wanted.size() * c.vocab);
   for (std::size_t i = 0; i < wanted.size(); ++i) std::copy_n(x.data() + wanted[i] * dim, dim, picked.data() + i * dim);
   {
     WeightHandle w = weights_.acquire(model_.output_norm());

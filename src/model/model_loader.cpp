@@ -17,28 +17,25 @@ std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Poo
     done += t.size_bytes;
     if (progress) progress(done, total, t.name);
   }
-  // The schedule the model will run: steps of tensor names, as LlamaModel derives it.
-  std::vector<TensorDesc> descs;
-  for (const FileTensor& t : file.tensors) {
-    descs.push_back({t.name, t.dtype, std::vector<std::uint64_t>(t.shape.begin(), t.shape.begin() + t.n_dims), t.size_bytes});
-  }
-  const LlamaModel model(file.config, descs, file.path.string());
+  writer.set_metadata(model_metadata(LlamaModel::from_file(file), file.path.string(),
+                                     file.format == ModelFormat::kGguf ? "gguf" : "safetensors"));
+  writer.seal();
+  return pool.model(name);
+}
+
+std::string model_metadata(const LlamaModel& model, std::string_view source, std::string_view source_format) {
   nlohmann::json schedule = nlohmann::json::array();
   for (const auto& step : model.schedule().steps()) {
     nlohmann::json names = nlohmann::json::array();
-    for (auto k : step.keys) names.push_back(descs[k].name);
+    for (auto k : step.keys) names.push_back(model.tensors()[k].name);
     schedule.push_back({{"step", step.name}, {"tensors", names}});
   }
-  const nlohmann::json meta = {
-      {"schedule", schedule},
-      {"format", "xlshare-llama/1"},
-      {"config", nlohmann::json::parse(file.config.to_json())},
-      {"source", file.path.string()},
-      {"source_format", file.format == ModelFormat::kGguf ? "gguf" : "safetensors"},
-  };
-  writer.set_metadata(meta.dump());
-  writer.seal();
-  return pool.model(name);
+  return nlohmann::json{{"format", "xlshare-llama/1"},
+                        {"config", nlohmann::json::parse(model.config().to_json())},
+                        {"schedule", schedule},
+                        {"source", source},
+                        {"source_format", source_format}}
+      .dump();
 }
 
 SpanWeights pool_weights(const Pool& pool, const ModelView& view) {

@@ -16,7 +16,7 @@ void add_pool_commands(CLI::App& app);
 /// `xlshare load|synth|generate|eval|worker|stats`.
 void add_model_commands(CLI::App& app);
 
-/// "4096", "64K", "64M", "2G" -> bytes. @throws ConfigError.
+/// "4096", "64K", "64M", "2G", "1T" (or KiB, MiB, GiB, TiB) -> bytes. @throws ConfigError.
 std::uint64_t parse_bytes(const std::string& text);
 /// "1,2,3" -> token ids. @throws ConfigError.
 std::vector<std::int32_t> parse_tokens(const std::string& text);

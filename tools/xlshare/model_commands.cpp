@@ -28,10 +28,12 @@ std::uint64_t parse_bytes(const std::string& text) {
   }
   const std::string unit = text.substr(used);
   std::uint64_t m = 1;
-  if (unit == "K") m = 1ull << 10;
-  else if (unit == "M") m = 1ull << 20;
-  else if (unit == "G") m = 1ull << 30;
-  else if (!unit.empty()) throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G)", text, unit));
+  if (unit.empty() || unit == "B") m = 1;
+  else if (unit == "K" || unit == "KiB") m = 1ull << 10;
+  else if (unit == "M" || unit == "MiB") m = 1ull << 20;
+  else if (unit == "G" || unit == "GiB") m = 1ull << 30;
+  else if (unit == "T" || unit == "TiB") m = 1ull << 40;
+  else throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G, T)", text, unit));
   if (v > UINT64_MAX / m) throw ConfigError(fmt::format("size '{}' is too large", text));
   return v * m;
 }

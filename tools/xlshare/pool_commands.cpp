@@ -11,28 +11,6 @@
 namespace xlshare::cli {
 namespace {
 
-// "1G", "512M", "64K", "4096" -> bytes.
-std::uint64_t parse_size(const std::string& text) {
-  if (text.empty()) throw ConfigError("empty size");
-  std::size_t used = 0;
-  unsigned long long value = 0;
-  try {
-    value = std::stoull(text, &used);
-  } catch (const std::exception&) {
-    throw ConfigError(fmt::format("size '{}' is not a number (examples: 4096, 64M, 2G)", text));
-  }
-  const std::string unit = text.substr(used);
-  std::uint64_t mult = 1;
-  if (unit == "" || unit == "B") mult = 1;
-  else if (unit == "K" || unit == "KiB") mult = 1ull << 10;
-  else if (unit == "M" || unit == "MiB") mult = 1ull << 20;
-  else if (unit == "G" || unit == "GiB") mult = 1ull << 30;
-  else if (unit == "T" || unit == "TiB") mult = 1ull << 40;
-  else throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G, T)", text, unit));
-  if (value > UINT64_MAX / mult) throw ConfigError(fmt::format("size '{}' is too large", text));
-  return value * mult;
-}
-
 std::string human(std::uint64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(bytes);
@@ -58,7 +36,7 @@ void pool_create(const PoolArgs& a) {
   PoolOptions o;
   o.max_models = a.max_models;
   o.max_tensors = a.max_tensors;
-  const std::uint64_t bytes = parse_size(a.size);
+  const std::uint64_t bytes = parse_bytes(a.size);
   auto backend = create_backend(a.uri, bytes);
   std::unique_ptr<Pool> pool;
   try {

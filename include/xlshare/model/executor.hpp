@@ -169,7 +169,11 @@ class Executor {
   WeightProvider& weights_;
   ExecutorOptions options_;
   std::vector<double> inv_freq_;
-  std::vector<float> scratch_;
+  // Activations and conversion buffers, reused across calls: once warm, a forward pass
+  // allocates nothing per layer or per token. (One forward at a time per Executor.)
+  struct Buffers {
+    std::vector<float> x, xn, q, k, v, att, tmp, gate, up, picked, out, norm_weight, piece;
+  } buf_;
 };
 
 /// How to pick the next token.

@@ -23,6 +23,10 @@ using LoadProgress = std::function<void(std::uint64_t done_bytes, std::uint64_t 
 std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Pool& pool, std::string_view name,
                                                       const LoadProgress& progress = {});
 
+/// The metadata a loaded model carries: its config (which LlamaModel::from_pool reads back),
+/// its schedule as steps of tensor names, and where it came from.
+std::string model_metadata(const LlamaModel& model, std::string_view source, std::string_view source_format);
+
 /// The pool's read-only mapping of each tensor of `view`, in its table order: weights for
 /// an Executor that reads the pool directly (no cache, no link emulation).
 SpanWeights pool_weights(const Pool& pool, const ModelView& view);
