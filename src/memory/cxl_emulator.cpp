@@ -78,13 +78,18 @@ ChunkTiming reserve_chunk(LinkState& link, const LinkParams& p, std::uint64_t no
                           std::uint64_t bytes, bool first_chunk) noexcept {
   auto free_ns = link_field(link.link_free_ns);
   std::uint64_t observed = free_ns.load(std::memory_order_acquire);
-  ChunkTiming t = plan_chunk(p, now_ns, observed, bytes, first_chunk);
-  while (!free_ns.compare_exchange_weak(observed, t.link_free_ns, std::memory_order_acq_rel,
-                                        std::memory_order_acquire)) {
-    t = plan_chunk(p, now_ns, observed, bytes, first_chunk);
+  for (;;) {
+    // A stored time far ahead of now was written on another clock (a time namespace, an
+    // earlier boot): waiting for it would hang every reader, so it counts as now.
+    const bool foreign = observed > now_ns && observed - now_ns > kMaxLinkAheadNs;
+    const ChunkTiming t = plan_chunk(p, now_ns, foreign ? now_ns : observed, bytes, first_chunk);
+    if (free_ns.compare_exchange_weak(observed, t.link_free_ns, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      if (foreign) link_field(link.clock_clamps_total).fetch_add(1, std::memory_order_relaxed);
+      link_field(link.busy_ns_total).fetch_add(t.link_free_ns - t.start_ns, std::memory_order_relaxed);
+      return t;
+    }
   }
-  link_field(link.busy_ns_total).fetch_add(t.link_free_ns - t.start_ns, std::memory_order_relaxed);
-  return t;
 }
 
 std::string EmulatorStats::to_json() const {

@@ -2,16 +2,21 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -20,6 +25,7 @@
 
 #include "memory/pool_layout.hpp"
 #include "xlshare/error.hpp"
+#include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/checksum.hpp"
 
 namespace xlshare {
@@ -121,13 +127,72 @@ std::uint64_t process_start_ticks(std::int32_t pid) noexcept {
   }
 }
 
-bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept {
+std::uint32_t pid_namespace_inode() noexcept {
+  struct stat st {};
+  if (::stat("/proc/self/ns/pid", &st) != 0) return 0;
+  return static_cast<std::uint32_t>(st.st_ino);
+}
+
+bool process_alive(std::int32_t pid, std::uint64_t start_ticks, std::uint32_t pid_ns) noexcept {
   if (pid <= 0) return false;
+  // A pid from another PID namespace names nobody we can look at: undecidable, so alive.
+  if (pid_ns != 0) {
+    const std::uint32_t mine = pid_namespace_inode();
+    if (mine == 0 || mine != pid_ns) return true;
+  }
   if (::kill(pid, 0) != 0 && errno != EPERM) return false;
   if (start_ticks == 0) return true;
   const std::uint64_t now = process_start_ticks(pid);
   return now == 0 || now == start_ticks;  // 0: cannot tell (no /proc): assume alive
 }
+
+namespace {
+
+// One letter of /proc/PID/stat's state ('T': stopped), or '?'.
+char process_state(std::int32_t pid) noexcept {
+  try {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');
+    if (close == std::string::npos || close + 2 >= text.size()) return '?';
+    return text[close + 2];
+  } catch (...) {
+    return '?';
+  }
+}
+
+std::string describe_process(std::int32_t pid, std::uint32_t pid_ns) {
+  if (pid_ns != 0 && pid_ns != pid_namespace_inode()) {
+    return fmt::format("pid {} of another PID namespace (inode {})", pid, pid_ns);
+  }
+  switch (process_state(pid)) {
+    case 'T':
+    case 't': return fmt::format("pid {} (stopped)", pid);
+    case '?': return fmt::format("pid {}", pid);
+    default: return fmt::format("pid {} (running)", pid);
+  }
+}
+
+std::atomic<std::uint64_t> g_lock_timeout_ms{10'000};
+
+// XXH3 of this boot's id: link times taken on another boot mean nothing now.
+std::uint64_t boot_id_hash() noexcept {
+  try {
+    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    std::string id;
+    if (!(in >> id) || id.empty()) return 0;
+    return checksum64(id.data(), id.size());
+  } catch (...) {
+    return 0;
+  }
+}
+
+}  // namespace
+
+void set_pool_lock_timeout_ms(std::uint64_t timeout_ms) noexcept {
+  g_lock_timeout_ms.store(timeout_ms == 0 ? 1 : timeout_ms, std::memory_order_relaxed);
+}
+std::uint64_t pool_lock_timeout_ms() noexcept { return g_lock_timeout_ms.load(std::memory_order_relaxed); }
 
 std::uint64_t TensorInfo::n_elements() const noexcept {
   std::uint64_t n = 1;
@@ -192,8 +257,17 @@ class Pool::Impl {
   std::uint64_t extent_capacity = 0;  // from the validated header
   int my_slot = -1;
   std::int32_t my_pid = 0;
+  std::uint32_t my_pid_ns = 0;
   std::uint64_t my_start_ticks = 0;
   std::uint32_t tensor_hint = 0;
+  // Sealed models found corrupted at attach, by slot, with the reason: they are refused by
+  // name while every other model stays servable, and `reclaim` / `remove_model` drop them.
+  std::vector<std::string> quarantined;
+
+  Impl()
+      : my_pid(static_cast<std::int32_t>(::getpid())),
+        my_pid_ns(pid_namespace_inode()),
+        my_start_ticks(process_start_ticks(my_pid)) {}
 
   ~Impl() { release_slot(); }
 
@@ -201,16 +275,15 @@ class Pool::Impl {
 
   // -- attach slots -------------------------------------------------------------------
   void claim_slot() {
-    my_pid = static_cast<std::int32_t>(::getpid());
-    my_start_ticks = process_start_ticks(my_pid);
     for (int pass = 0; pass < 2 && my_slot < 0; ++pass) {
       for (std::uint32_t i = 0; i < pf::kAttachSlots; ++i) {
         pf::AttachSlot& s = control->slots[i];
         std::int32_t pid = aload(s.pid);
-        if (pid > 0 && pass == 1 && !process_alive(pid, aload(s.start_ticks))) {
+        if (pid > 0 && pass == 1 && !process_alive(pid, aload(s.start_ticks), aload(s.pid_ns))) {
           // Free a dead process's slot: lock it with -1, clear, release.
           if (aref(s.pid).compare_exchange_strong(pid, -1)) {
             aref(s.start_ticks).store(0);
+            aref(s.pid_ns).store(0);
             aref(s.models_in_use).store(0);
             aref(s.pid).store(0, std::memory_order_release);
           }
@@ -221,6 +294,7 @@ class Pool::Impl {
         if (aref(s.pid).compare_exchange_strong(expected, my_pid)) {
           aref(s.models_in_use).store(0);
           aref(s.attached_unix_ns).store(unix_ns());
+          aref(s.pid_ns).store(my_pid_ns);
           aref(s.start_ticks).store(my_start_ticks, std::memory_order_release);
           my_slot = static_cast<int>(i);
           break;
@@ -238,6 +312,7 @@ class Pool::Impl {
     pf::AttachSlot& s = control->slots[my_slot];
     aref(s.models_in_use).store(0);
     aref(s.start_ticks).store(0);
+    aref(s.pid_ns).store(0);
     aref(s.pid).store(0, std::memory_order_release);
     my_slot = -1;
   }
@@ -251,32 +326,67 @@ class Pool::Impl {
       const std::int32_t pid = aload(s.pid);
       if (pid <= 0) continue;
       if ((aload(s.models_in_use, std::memory_order_seq_cst) >> slot & 1u) == 0) continue;
-      if (process_alive(pid, aload(s.start_ticks))) pids.push_back(pid);
+      if (process_alive(pid, aload(s.start_ticks), aload(s.pid_ns))) pids.push_back(pid);
     }
     return pids;
   }
 
   // -- the robust mutex -----------------------------------------------------------------
+  // Waits at most pool_lock_timeout_ms(): a holder that is stopped (SIGSTOP, a debugger) or
+  // stuck would otherwise block every loader silently. The holder writes its identity next
+  // to the mutex so the message can name it.
   class Lock {
    public:
     explicit Lock(Impl& impl) : impl_(impl) {
-      const int rc = pthread_mutex_lock(&impl_.control->mutex);
+      pthread_mutex_t* mutex = &impl_.control->mutex;
+      const std::uint64_t timeout_ms = pool_lock_timeout_ms();
+      timespec deadline{};
+      ::clock_gettime(CLOCK_REALTIME, &deadline);
+      deadline.tv_sec += static_cast<time_t>(timeout_ms / 1000);
+      deadline.tv_nsec += static_cast<long>(timeout_ms % 1000) * 1'000'000L;
+      if (deadline.tv_nsec >= 1'000'000'000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1'000'000'000L;
+      }
+      const int rc = pthread_mutex_timedlock(mutex, &deadline);
+      if (rc == ETIMEDOUT) {
+        const pf::Control& c = *impl_.control;
+        std::int32_t pid = aload(c.lock_holder_pid);
+        std::uint32_t ns = aload(c.lock_holder_ns);
+        if (pid <= 0) {
+          // Taken outside Lock (or by an older build): glibc keeps the owner's thread id.
+          const int owner = aload(c.mutex.__data.__owner);
+          pid = owner > 0 && owner < 0x3fffffff ? owner : 0;
+          ns = 0;
+        }
+        throw PoolError(fmt::format(
+            "{}: timed out after {} ms waiting for the catalog lock, held by {}", impl_.where(),
+            timeout_ms, pid > 0 ? describe_process(pid, ns) : "an unknown process"));
+      }
       if (rc == EOWNERDEAD) {
         spdlog::warn("{}: a process died holding the catalog lock; rebuilding the allocator",
                      impl_.where());
         try {
           impl_.recover_locked();
         } catch (...) {
-          pthread_mutex_consistent(&impl_.control->mutex);
-          pthread_mutex_unlock(&impl_.control->mutex);
+          pthread_mutex_consistent(mutex);
+          pthread_mutex_unlock(mutex);
           throw;
         }
-        pthread_mutex_consistent(&impl_.control->mutex);
+        pthread_mutex_consistent(mutex);
       } else if (rc != 0) {
         throw PoolError(errno_message(fmt::format("{}: cannot take the catalog lock", impl_.where()), rc));
       }
+      pf::Control& c = *impl_.control;
+      aref(c.lock_holder_ns).store(impl_.my_pid_ns, std::memory_order_relaxed);
+      aref(c.lock_holder_start_ticks).store(impl_.my_start_ticks, std::memory_order_relaxed);
+      aref(c.lock_holder_pid).store(impl_.my_pid != 0 ? impl_.my_pid : static_cast<std::int32_t>(::getpid()),
+                                    std::memory_order_release);
     }
-    ~Lock() { pthread_mutex_unlock(&impl_.control->mutex); }
+    ~Lock() {
+      aref(impl_.control->lock_holder_pid).store(0, std::memory_order_release);
+      pthread_mutex_unlock(&impl_.control->mutex);
+    }
     Lock(const Lock&) = delete;
     Lock& operator=(const Lock&) = delete;
 
@@ -295,51 +405,140 @@ class Pool::Impl {
   }
 
   // -- extents ------------------------------------------------------------------------
+  // The free table is derived state: the catalog's records say what is allocated. It is
+  // rebuilt from them on every writer attach and whenever it fails its consistency check,
+  // and every allocation is checked against the records before it is handed out, so a
+  // corrupted table can never give a loader the bytes of a live model.
+
+  // Every extent a record of the catalog holds, in range, sorted and merged (a corrupted
+  // record that overlaps another keeps both reserved: nothing is freed on a guess).
+  std::vector<FreeExtent> live_extents_locked() const {
+    std::vector<FreeExtent> used;
+    auto add = [&](std::uint64_t offset, std::uint64_t bytes) {
+      if (bytes == 0 || !in_data(offset, bytes)) return;
+      const std::uint64_t a = lay.alignment_bytes;
+      const std::uint64_t begin = offset / a * a;
+      const std::uint64_t end = std::min(round_up(offset + bytes, a), lay.data_offset + lay.data_bytes);
+      used.push_back({begin, end - begin});
+    };
+    for (std::uint32_t i = 0; i < lay.max_tensors; ++i) {
+      const pf::TensorRecord& t = tensors[i];
+      if (aload(t.in_use) == 0) continue;
+      add(t.offset_bytes, t.size_bytes);
+    }
+    for (std::uint32_t m = 0; m < lay.max_models; ++m) {
+      if (aload(models[m].state) != pf::kModelEmpty) add(models[m].metadata_offset, models[m].metadata_bytes);
+    }
+    std::sort(used.begin(), used.end(),
+              [](const FreeExtent& a, const FreeExtent& b) { return a.offset_bytes < b.offset_bytes; });
+    std::vector<FreeExtent> merged;
+    for (const auto& e : used) {
+      if (!merged.empty() && e.offset_bytes <= merged.back().offset_bytes + merged.back().size_bytes) {
+        const std::uint64_t end = std::max(merged.back().offset_bytes + merged.back().size_bytes,
+                                           e.offset_bytes + e.size_bytes);
+        merged.back().size_bytes = end - merged.back().offset_bytes;
+      } else {
+        merged.push_back(e);
+      }
+    }
+    return merged;
+  }
+
+  bool overlaps_live_extent_locked(std::uint64_t offset, std::uint64_t bytes) const {
+    for (const auto& e : live_extents_locked()) {
+      if (offset < e.offset_bytes + e.size_bytes && e.offset_bytes < offset + bytes) return true;
+    }
+    return false;
+  }
+
+  void rebuild_extents_locked() {
+    ExtentTable& t = *extents;
+    t.capacity = extent_capacity;
+    t.begin_bytes = lay.data_offset;
+    t.end_bytes = lay.data_offset + lay.data_bytes;
+    t.alignment_bytes = lay.alignment_bytes;
+    ExtentAllocator(t).rebuild(live_extents_locked());
+  }
+
+  // An extent for a new tensor or metadata, never one that a record already holds.
+  std::optional<std::uint64_t> allocate_locked(std::uint64_t bytes) {
+    if (!ExtentAllocator(*extents).check().empty()) rebuild_extents_locked();
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto offset = ExtentAllocator(*extents).allocate(bytes);
+      if (!offset) return std::nullopt;
+      const std::uint64_t rounded = ExtentAllocator(*extents).round_up(bytes);
+      if (!overlaps_live_extent_locked(*offset, rounded)) return offset;
+      spdlog::warn("{}: the free-extent table handed out [{}, +{}), which a catalog record holds; "
+                   "rebuilding the table from the catalog",
+                   where(), *offset, rounded);
+      rebuild_extents_locked();
+    }
+    corrupt("the free-extent table keeps handing out allocated bytes");
+  }
+
   void free_extent(std::uint64_t offset, std::uint64_t bytes) {
     if (bytes == 0) return;
     ExtentAllocator(*extents).free(offset, bytes);
   }
 
-  // Frees everything model `slot` holds and empties its record. Caller holds the lock.
+  // Empties model `slot`'s records and returns their extents to the free table. The
+  // records are not trusted (the model may be a corrupted one): the table is rebuilt from
+  // the records that remain. Caller holds the lock.
   void free_model_locked(std::uint32_t slot) {
     pf::ModelRecord& m = models[slot];
     for (std::uint32_t i = 0; i < lay.max_tensors; ++i) {
       pf::TensorRecord& t = tensors[i];
       if (aload(t.in_use) == 0 || t.model_slot != slot) continue;
-      free_extent(t.offset_bytes, t.size_bytes);
       aref(t.in_use).store(0, std::memory_order_release);
       std::memset(reinterpret_cast<std::byte*>(&t) + sizeof(std::uint32_t), 0,
                   sizeof(pf::TensorRecord) - sizeof(std::uint32_t));
     }
-    if (m.metadata_bytes > 0) free_extent(m.metadata_offset, m.metadata_bytes);
     aref(m.state).store(pf::kModelRemoving, std::memory_order_seq_cst);
     std::memset(reinterpret_cast<std::byte*>(&m) + sizeof(std::uint64_t), 0,
                 sizeof(pf::ModelRecord) - sizeof(std::uint64_t));
     aref(m.state).store(pf::kModelEmpty, std::memory_order_release);
+    if (slot < quarantined.size()) quarantined[slot].clear();
+    rebuild_extents_locked();
     bump_generation();
   }
 
-  // After a process died holding the lock: drop orphaned records and rebuild the free
-  // list from what the records say is allocated.
+  // After a process died holding the lock, and on every writer attach: drop orphaned
+  // records and rebuild the free list from what the records say is allocated.
   void recover_locked() {
     if (role != PoolRole::kWriter) return;  // readers never touch the allocator
-    std::vector<FreeExtent> used;
     for (std::uint32_t i = 0; i < lay.max_tensors; ++i) {
       pf::TensorRecord& t = tensors[i];
       if (aload(t.in_use) == 0) continue;
       if (t.model_slot >= lay.max_models || aload(models[t.model_slot].state) == pf::kModelEmpty) {
         aref(t.in_use).store(0);
-        continue;
-      }
-      used.push_back({t.offset_bytes, t.size_bytes});
-    }
-    for (std::uint32_t m = 0; m < lay.max_models; ++m) {
-      if (aload(models[m].state) != pf::kModelEmpty && models[m].metadata_bytes > 0) {
-        used.push_back({models[m].metadata_offset, models[m].metadata_bytes});
       }
     }
-    ExtentAllocator(*extents).rebuild(used);
+    rebuild_extents_locked();
     bump_generation();
+  }
+
+  // Link times are CLOCK_MONOTONIC of one boot: a pool (file, DAX) that outlives a reboot
+  // starts its link afresh.
+  void reset_link_clock_if_other_boot() noexcept {
+    const std::uint64_t mine = boot_id_hash();
+    if (mine == 0) return;
+    LinkState& link = control->link;
+    std::uint64_t stored = link_field(link.boot_id_hash).load(std::memory_order_acquire);
+    if (stored == mine) return;
+    if (link_field(link.boot_id_hash).compare_exchange_strong(stored, mine, std::memory_order_acq_rel)) {
+      if (stored != 0) {
+        spdlog::info("{}: the pool's link times come from another boot; resetting the link clock", where());
+      }
+      link_field(link.link_free_ns).store(0, std::memory_order_release);
+    }
+  }
+
+  // -- process identities ---------------------------------------------------------------
+  bool owner_alive(const pf::ModelRecord& m) const {
+    return process_alive(m.owner_pid, m.owner_start_ticks, m.owner_pid_ns);
+  }
+  bool owned_by_me(const pf::ModelRecord& m) const {
+    return m.owner_pid == my_pid && m.owner_pid_ns == my_pid_ns && m.owner_start_ticks == my_start_ticks;
   }
 
   // -- reading the catalog -------------------------------------------------------------
@@ -494,6 +693,52 @@ Geometry plan_geometry(std::uint64_t alignment, std::uint32_t max_models, std::u
   return g;
 }
 
+// Why `h` is not the header of a usable pool in a backend of `backend_bytes`, or empty.
+// `foreign` is set when the bytes are not an xlshare pool at all (magic, version).
+std::string header_problem(const pf::Header& h, std::uint64_t backend_bytes,
+                           std::uint64_t backend_align, bool* foreign) {
+  *foreign = true;
+  if (std::memcmp(h.magic, pf::kMagic, sizeof h.magic) != 0) {
+    bool zero = true;
+    for (char c : h.magic) zero = zero && c == 0;
+    return zero ? "bad magic: the header is blank (never initialised, or erased)"
+                : "bad magic: this is not an xlshare pool";
+  }
+  if (h.version != Pool::kFormatVersion) {
+    return fmt::format("format version {}; this build reads version {}", h.version,
+                       Pool::kFormatVersion);
+  }
+  *foreign = false;
+  if (h.header_struct_bytes != sizeof(pf::Header) || h.header_checksum != header_checksum(h)) {
+    return std::string("the header fails its checksum: the header is corrupted");
+  }
+  if (backend_bytes < h.pool_bytes) {
+    return fmt::format("the backing object is {} bytes but the pool was created with {}: truncated",
+                       backend_bytes, h.pool_bytes);
+  }
+  if (h.pool_bytes != backend_bytes) {
+    return fmt::format("the backing object is {} bytes but the pool was created with {}",
+                       backend_bytes, h.pool_bytes);
+  }
+  // The layout must be the one create() would have made, and fit.
+  const bool geometry_ok = [&] {
+    if (!is_pow2(h.alignment_bytes) || h.alignment_bytes % backend_align != 0) return false;
+    if (h.max_models == 0 || h.max_models > pf::kMaxModels || h.max_tensors == 0 ||
+        h.max_tensors > (1u << 24)) return false;
+    if (h.model_record_bytes != sizeof(pf::ModelRecord) ||
+        h.tensor_record_bytes != sizeof(pf::TensorRecord)) return false;
+    const Geometry g = plan_geometry(h.alignment_bytes, h.max_models, h.max_tensors);
+    return g.control_offset == h.control_offset && g.control_bytes == h.control_bytes &&
+           g.catalog_offset == h.catalog_offset && g.catalog_bytes == h.catalog_bytes &&
+           g.models_offset == h.models_offset && g.tensors_offset == h.tensors_offset &&
+           g.extents_offset == h.extents_offset && g.extent_capacity == h.extent_capacity &&
+           g.data_offset == h.data_offset && h.data_offset <= h.pool_bytes &&
+           h.data_bytes <= h.pool_bytes - h.data_offset && h.data_bytes % h.alignment_bytes == 0;
+  }();
+  if (!geometry_ok) return std::string("the header describes an impossible layout: the header is corrupted");
+  return {};
+}
+
 }  // namespace
 
 Pool::Pool(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -583,6 +828,8 @@ std::unique_ptr<Pool> Pool::create(std::unique_ptr<MemoryBackend> backend, const
                      g.data_offset, usable - g.data_offset, options.max_models,
                      options.max_tensors, sizeof(pf::ModelRecord), sizeof(pf::TensorRecord)};
   impl->extent_capacity = g.extent_capacity;
+  impl->quarantined.assign(options.max_models, std::string());
+  impl->reset_link_clock_if_other_boot();
   aref(h->state).store(pf::kPoolReady, std::memory_order_release);
   impl->backend = std::move(backend);
   impl->backend->bind_link_state(&control->link);
@@ -610,44 +857,10 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
     Mapping first = backend->map(0, backend_align, Access::kReadOnly);
     std::memcpy(&h, first.data(), sizeof h);
   }
-  if (std::memcmp(h.magic, pf::kMagic, sizeof h.magic) != 0) {
-    bool zero = true;
-    for (char c : h.magic) zero = zero && c == 0;
-    throw fail(zero ? "bad magic: the header is blank (never initialised, or erased)"
-                    : "bad magic: this is not an xlshare pool");
+  bool foreign = false;
+  if (auto problem = header_problem(h, backend_bytes, backend_align, &foreign); !problem.empty()) {
+    throw fail(problem);
   }
-  if (h.version != kFormatVersion) {
-    throw fail(fmt::format("format version {}; this build reads version {}", h.version,
-                           kFormatVersion));
-  }
-  if (h.header_struct_bytes != sizeof(pf::Header) || h.header_checksum != header_checksum(h)) {
-    throw fail("the header fails its checksum: the header is corrupted");
-  }
-  if (backend_bytes < h.pool_bytes) {
-    throw fail(fmt::format("the backing object is {} bytes but the pool was created with {}: "
-                           "truncated",
-                           backend_bytes, h.pool_bytes));
-  }
-  if (h.pool_bytes != backend_bytes) {
-    throw fail(fmt::format("the backing object is {} bytes but the pool was created with {}",
-                           backend_bytes, h.pool_bytes));
-  }
-  // The layout must be the one create() would have made, and fit.
-  const bool geometry_ok = [&] {
-    if (!is_pow2(h.alignment_bytes) || h.alignment_bytes % backend_align != 0) return false;
-    if (h.max_models == 0 || h.max_models > pf::kMaxModels || h.max_tensors == 0 ||
-        h.max_tensors > (1u << 24)) return false;
-    if (h.model_record_bytes != sizeof(pf::ModelRecord) ||
-        h.tensor_record_bytes != sizeof(pf::TensorRecord)) return false;
-    const Geometry g = plan_geometry(h.alignment_bytes, h.max_models, h.max_tensors);
-    return g.control_offset == h.control_offset && g.control_bytes == h.control_bytes &&
-           g.catalog_offset == h.catalog_offset && g.catalog_bytes == h.catalog_bytes &&
-           g.models_offset == h.models_offset && g.tensors_offset == h.tensors_offset &&
-           g.extents_offset == h.extents_offset && g.extent_capacity == h.extent_capacity &&
-           g.data_offset == h.data_offset && h.data_offset <= h.pool_bytes &&
-           h.data_bytes <= h.pool_bytes - h.data_offset && h.data_bytes % h.alignment_bytes == 0;
-  }();
-  if (!geometry_ok) throw fail("the header describes an impossible layout: the header is corrupted");
   const std::uint64_t state = h.state;
   if (state == pf::kPoolCreating) {
     throw fail("the pool is unsealed (state 'creating'): its creator has not finished, or died");
@@ -683,27 +896,33 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
                      h.extents_offset, h.data_offset, h.data_bytes, h.max_models,
                      h.max_tensors, h.model_record_bytes, h.tensor_record_bytes};
   impl->extent_capacity = h.extent_capacity;
-  // Every sealed model must validate before anything is trusted.
+  // Every sealed model must validate before anything of it is trusted. One that does not
+  // is quarantined: refused by name, listed as corrupted, droppable by reclaim or remove;
+  // the other models stay servable.
+  impl->quarantined.assign(h.max_models, std::string());
   for (std::uint32_t i = 0; i < h.max_models; ++i) {
     const std::uint64_t s = aload(impl->models[i].state);
-    if (s > pf::kModelRemoving) {
-      throw fail(fmt::format("corrupted catalog: model record {} has unknown state {}", i, s));
+    if (s > pf::kModelFenced) {
+      impl->quarantined[i] = fmt::format("model record {} has unknown state {}", i, s);
+    } else {
+      try {
+        (void)impl->load_model(i);
+      } catch (const PoolError& e) {
+        impl->quarantined[i] = e.what();
+      }
     }
-    (void)impl->load_model(i);
+    if (!impl->quarantined[i].empty()) {
+      spdlog::warn("pool {}: quarantined: {}", uri, impl->quarantined[i]);
+    }
   }
   if (role == PoolRole::kWriter) {
+    // The free table is rebuilt from the records on every writer attach: a table corrupted
+    // while no writer was attached (even one that passes its own consistency check) is
+    // never used.
     typename Impl::Lock lock(*impl);
-    const auto& t = *impl->extents;
-    if (t.capacity != h.extent_capacity || t.begin_bytes != h.data_offset ||
-        t.end_bytes != h.data_offset + h.data_bytes || t.alignment_bytes != h.alignment_bytes) {
-      throw fail("corrupted catalog: the extent table does not match the header");
-    }
-    if (auto problem = ExtentAllocator(*impl->extents).check(); !problem.empty()) {
-      spdlog::warn("pool {}: extent table inconsistent ({}); rebuilding it from the catalog",
-                   uri, problem);
-      impl->recover_locked();
-    }
+    impl->recover_locked();
   }
+  impl->reset_link_clock_if_other_boot();
   impl->backend = std::move(backend);
   impl->backend->bind_link_state(&impl->control->link);
   impl->claim_slot();
@@ -727,7 +946,7 @@ ModelWriter Pool::begin_model(std::string_view name) {
   if (auto existing = im.slot_of(name)) {
     const pf::ModelRecord& m = im.models[*existing];
     const std::uint64_t s = aload(m.state);
-    if (s == pf::kModelLoading && !process_alive(m.owner_pid, m.owner_start_ticks)) {
+    if ((s == pf::kModelLoading || s == pf::kModelFenced) && !im.owner_alive(m)) {
       im.free_model_locked(*existing);  // its loader died: take the name back
     } else {
       throw PoolError(fmt::format("{}: a model named '{}' already exists ({})", im.where(), name,
@@ -740,11 +959,17 @@ ModelWriter Pool::begin_model(std::string_view name) {
     std::memset(reinterpret_cast<std::byte*>(&m) + sizeof(std::uint64_t), 0,
                 sizeof(pf::ModelRecord) - sizeof(std::uint64_t));
     m.owner_pid = im.my_pid;
+    m.owner_pid_ns = im.my_pid_ns;
     m.owner_start_ticks = im.my_start_ticks;
+    // A new epoch for every record handed out: a loader that lost its record (force-removed,
+    // reclaimed) can never mistake a later record in the same slot for its own.
+    m.epoch = static_cast<std::uint32_t>(aload(im.header->generation)) + 1;
     std::memcpy(m.name, name.data(), name.size());
     aref(m.state).store(pf::kModelLoading, std::memory_order_release);
     im.bump_generation();
-    return ModelWriter(*this, i, std::string(name));
+    ModelWriter writer(*this, i, std::string(name));
+    writer.epoch_ = m.epoch;
+    return writer;
   }
   throw OutOfMemory(fmt::format("{}: the catalog holds {} models and is full", im.where(),
                                 im.lay.max_models));
@@ -758,9 +983,17 @@ void Pool::remove_model(std::string_view name, bool force) {
   if (!slot) throw PoolError(fmt::format("{}: no model named '{}'", im.where(), name));
   pf::ModelRecord& m = im.models[*slot];
   const std::uint64_t state = aload(m.state);
-  if (state == pf::kModelLoading && process_alive(m.owner_pid, m.owner_start_ticks) && !force) {
-    throw PoolError(fmt::format("{}: model '{}' is being loaded by live process {}", im.where(),
-                                name, m.owner_pid));
+  const bool loading = state == pf::kModelLoading || state == pf::kModelFenced;
+  if (loading && im.owner_alive(m)) {
+    if (!force) {
+      throw PoolError(fmt::format("{}: model '{}' is being loaded by live process {}", im.where(),
+                                  name, m.owner_pid));
+    }
+    // Fence the loader: its extents stay reserved until it notices (before its next write)
+    // or dies, so they are never handed to another loader while it may still write them.
+    aref(m.state).store(pf::kModelFenced, std::memory_order_seq_cst);
+    im.bump_generation();
+    return;
   }
   aref(m.state).store(pf::kModelRemoving, std::memory_order_seq_cst);
   const auto users = im.users_of(*slot);
@@ -780,14 +1013,26 @@ std::uint32_t Pool::reclaim_abandoned() {
   for (std::uint32_t i = 0; i < im.lay.max_models; ++i) {
     pf::ModelRecord& m = im.models[i];
     const std::uint64_t s = aload(m.state);
-    // A remove runs under the lock, so a record left 'removing' was abandoned mid-way.
-    const bool dead_loader = s == pf::kModelLoading && !process_alive(m.owner_pid, m.owner_start_ticks);
-    if (dead_loader || s == pf::kModelRemoving) {
-      spdlog::info("{}: reclaiming model '{}' abandoned by pid {}", im.where(),
-                   read_name(m.name).value_or("?"), m.owner_pid);
-      im.free_model_locked(i);
-      ++n;
+    if (s == pf::kModelEmpty) continue;
+    std::string why;
+    if ((s == pf::kModelLoading || s == pf::kModelFenced) && !im.owner_alive(m)) {
+      why = fmt::format("its loader (pid {}) died", m.owner_pid);
+    } else if (s == pf::kModelRemoving) {
+      why = "a removal was interrupted";  // removals run under the lock: its remover died
+    } else if (s > pf::kModelFenced) {
+      why = fmt::format("its record has unknown state {}", s);
+    } else if (s == pf::kModelSealed) {
+      try {
+        (void)im.load_model(i);
+      } catch (const PoolError& e) {
+        why = e.what();
+      }
     }
+    if (why.empty()) continue;
+    spdlog::info("{}: reclaiming model record {} ('{}'): {}", im.where(), i,
+                 read_name(m.name).value_or("?"), why);
+    im.free_model_locked(i);
+    ++n;
   }
   return n;
 }
@@ -801,11 +1046,17 @@ std::vector<ModelEntry> Pool::list_models() const {
     if (s == pf::kModelEmpty) continue;
     ModelEntry e;
     e.name = read_name(m.name).value_or("?");
-    e.state = s == pf::kModelLoading ? "loading" : s == pf::kModelSealed ? "sealed" : "removing";
+    const bool quarantined = i < im.quarantined.size() && !im.quarantined[i].empty();
+    e.state = quarantined || s > pf::kModelFenced ? "corrupted"
+              : s == pf::kModelLoading            ? "loading"
+              : s == pf::kModelSealed             ? "sealed"
+              : s == pf::kModelFenced             ? "fenced"
+                                                  : "removing";
     e.owner_pid = m.owner_pid;
-    e.owner_alive = process_alive(m.owner_pid, m.owner_start_ticks);
+    e.owner_alive = im.owner_alive(m);
     e.tensor_count = m.tensor_count;
     e.bytes = m.tensor_bytes;
+    if (quarantined) e.problem = im.quarantined[i];
     out.push_back(std::move(e));
   }
   return out;
@@ -830,8 +1081,12 @@ std::shared_ptr<const ModelView> Pool::model(std::string_view name) {
   }
   const pf::ModelRecord& m = im.models[*slot];
   const std::uint64_t s = aload(m.state);
+  if (*slot < im.quarantined.size() && !im.quarantined[*slot].empty()) {
+    throw PoolError(fmt::format("{}: model '{}' is quarantined: {}", im.where(), name,
+                                im.quarantined[*slot]));
+  }
   if (s == pf::kModelLoading) {
-    const bool alive = process_alive(m.owner_pid, m.owner_start_ticks);
+    const bool alive = im.owner_alive(m);
     throw PoolError(fmt::format(
         "{}: model '{}' is unsealed: {}", im.where(), name,
         alive ? fmt::format("process {} is still loading it", m.owner_pid)
@@ -903,7 +1158,7 @@ PoolStats Pool::stats() const {
   for (std::uint32_t i = 0; i < pf::kAttachSlots; ++i) {
     const auto& slot = im.control->slots[i];
     const std::int32_t pid = aload(slot.pid);
-    if (pid > 0 && process_alive(pid, aload(slot.start_ticks))) ++s.attached_processes;
+    if (pid > 0 && process_alive(pid, aload(slot.start_ticks), aload(slot.pid_ns))) ++s.attached_processes;
   }
   // Readers never validated the allocator's table (only writers use it): read it only when
   // its shape matches the header, so a corrupted table cannot send stats() out of bounds.
@@ -927,11 +1182,30 @@ ModelWriter::ModelWriter(Pool& pool, std::uint32_t slot, std::string name)
 ModelWriter::ModelWriter(ModelWriter&& other) noexcept
     : pool_(std::exchange(other.pool_, nullptr)),
       slot_(other.slot_),
+      epoch_(other.epoch_),
       name_(std::move(other.name_)),
       tensor_slots_(std::move(other.tensor_slots_)),
       tensor_names_(std::move(other.tensor_names_)) {}
 
 ModelWriter::~ModelWriter() { abandon(); }
+
+// A loader re-checks, under the lock and before every write, that its record is still its
+// own: same slot, same owner, same epoch, still loading. A record that was force-removed
+// (fenced) is freed here, by the loader that held it; either way the loader stops.
+void ModelWriter::check_owner_locked() {
+  Pool::Impl& im = *pool_->impl_;
+  pf::ModelRecord& m = im.models[slot_];
+  const std::uint64_t state = aload(m.state);
+  const bool mine = im.owned_by_me(m) && m.epoch == epoch_;
+  if (mine && state == pf::kModelLoading) return;
+  if (mine && state == pf::kModelFenced) im.free_model_locked(slot_);
+  pool_ = nullptr;  // nothing left to abandon: the record is not ours any more
+  tensor_slots_.clear();
+  tensor_names_.clear();
+  throw PoolError(fmt::format("{}: model '{}' was removed while this process was loading it "
+                              "(forced removal or reclaim); loading stopped",
+                              im.where(), name_));
+}
 
 std::span<std::byte> ModelWriter::add_tensor(std::string_view name, DType dtype,
                                              std::span<const std::uint64_t> shape) {
@@ -961,6 +1235,7 @@ std::span<std::byte> ModelWriter::add_tensor(std::string_view name, DType dtype,
     }
   }
   Pool::Impl::Lock lock(im);
+  check_owner_locked();
   // A free catalog slot.
   std::optional<std::uint32_t> record;
   for (std::uint32_t k = 0; k < im.lay.max_tensors; ++k) {
@@ -974,10 +1249,9 @@ std::span<std::byte> ModelWriter::add_tensor(std::string_view name, DType dtype,
     throw OutOfMemory(fmt::format("{}: the catalog holds {} tensors and is full (tensor '{}/{}')",
                                   im.where(), im.lay.max_tensors, name_, name));
   }
-  ExtentAllocator alloc(*im.extents);
-  auto offset = alloc.allocate(*bytes);
+  auto offset = im.allocate_locked(*bytes);
   if (!offset) {
-    const auto st = alloc.stats();
+    const auto st = ExtentAllocator(*im.extents).stats();
     throw OutOfMemory(fmt::format(
         "{}: no room for tensor '{}/{}' of {} bytes ({} bytes free, largest free extent {})",
         im.where(), name_, name, *bytes, st.bytes_free, st.largest_free_extent));
@@ -1008,13 +1282,14 @@ void ModelWriter::set_metadata(std::string_view metadata) {
   if (pool_ == nullptr) throw PoolError(fmt::format("model '{}': writer already sealed", name_));
   Pool::Impl& im = *pool_->impl_;
   Pool::Impl::Lock lock(im);
+  check_owner_locked();
   pf::ModelRecord& m = im.models[slot_];
   if (m.metadata_bytes > 0) {
-    im.free_extent(m.metadata_offset, m.metadata_bytes);
     m.metadata_offset = m.metadata_bytes = 0;
+    im.rebuild_extents_locked();
   }
   if (metadata.empty()) return;
-  auto offset = ExtentAllocator(*im.extents).allocate(metadata.size());
+  auto offset = im.allocate_locked(metadata.size());
   if (!offset) {
     throw OutOfMemory(fmt::format("{}: no room for {} bytes of metadata of model '{}'",
                                   im.where(), metadata.size(), name_));
@@ -1028,9 +1303,9 @@ void ModelWriter::seal() {
   if (pool_ == nullptr) throw PoolError(fmt::format("model '{}': writer already sealed", name_));
   Pool::Impl& im = *pool_->impl_;
   pf::ModelRecord& m = im.models[slot_];
-  if (aload(m.state) != pf::kModelLoading || m.owner_pid != im.my_pid) {
-    throw PoolError(fmt::format("{}: model '{}' is no longer being loaded by this process",
-                                im.where(), name_));
+  {
+    Pool::Impl::Lock lock(im);
+    check_owner_locked();
   }
   // Checksums are computed without the lock: only this writer touches these records.
   for (std::uint32_t slot : tensor_slots_) {
@@ -1039,6 +1314,7 @@ void ModelWriter::seal() {
     t.record_checksum = tensor_record_checksum(t);
   }
   Pool::Impl::Lock lock(im);
+  check_owner_locked();
   if (m.metadata_bytes > 0) {
     m.metadata_checksum = checksum64(im.base + m.metadata_offset, m.metadata_bytes);
   }
@@ -1056,11 +1332,171 @@ void ModelWriter::abandon() noexcept {
   try {
     Pool::Impl::Lock lock(im);
     pf::ModelRecord& m = im.models[slot_];
-    if (aload(m.state) == pf::kModelLoading && m.owner_pid == im.my_pid) im.free_model_locked(slot_);
+    const std::uint64_t state = aload(m.state);
+    if ((state == pf::kModelLoading || state == pf::kModelFenced) && im.owned_by_me(m) && m.epoch == epoch_) {
+      im.free_model_locked(slot_);
+    }
   } catch (const std::exception& e) {
     spdlog::error("{}: could not abandon model '{}': {}", im.where(), name_, e.what());
   }
   pool_ = nullptr;
+}
+
+
+// ---------------------------------------------------------------------------------------
+// Creating and removing pools by URI
+
+namespace {
+
+// Where a backend's named object lives in the file system, for rename and cleanup.
+struct ObjectPath {
+  std::string dir, name;
+};
+
+std::optional<ObjectPath> object_path(const BackendUri& u) {
+  switch (u.scheme) {
+    case BackendUri::Scheme::kShm:
+    case BackendUri::Scheme::kNuma: return ObjectPath{"/dev/shm", u.target};
+    case BackendUri::Scheme::kFile: {
+      const auto slash = u.target.rfind('/');
+      return ObjectPath{slash == 0 ? "/" : u.target.substr(0, slash), u.target.substr(slash + 1)};
+    }
+    case BackendUri::Scheme::kDax: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+// Temporary objects of a creation of `name`: "xlshare-creating-HASH-NS-PID-TICKS-N".
+std::string creation_prefix(const std::string& name) {
+  return fmt::format("xlshare-creating-{:016x}-", checksum64(name.data(), name.size()));
+}
+
+std::string with_target(const BackendUri& u, const std::string& dir, const std::string& name) {
+  switch (u.scheme) {
+    case BackendUri::Scheme::kShm: return "shm://" + name;
+    case BackendUri::Scheme::kNuma: return fmt::format("numa://{}/{}", u.numa_node, name);
+    default: return "file://" + (dir == "/" ? "" : dir) + "/" + name;
+  }
+}
+
+// Removes what creators of `name` that died left behind; only names of exactly our pattern.
+void remove_dead_creations(const ObjectPath& where) {
+  const std::string prefix = creation_prefix(where.name);
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(where.dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (file.rfind(prefix, 0) != 0) continue;
+    unsigned long long ns = 0, pid = 0, ticks = 0, n = 0;
+    char tail = 0;
+    if (std::sscanf(file.c_str() + prefix.size(), "%llu-%llu-%llu-%llu%c", &ns, &pid, &ticks, &n, &tail) != 4) continue;
+    if (pid == 0 || pid > INT32_MAX || ns > UINT32_MAX) continue;
+    if (process_alive(static_cast<std::int32_t>(pid), ticks, static_cast<std::uint32_t>(ns))) continue;
+    spdlog::info("removing {}/{}, left by a pool creator (pid {}) that died", where.dir, file, pid);
+    ::unlink(entry.path().c_str());
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes,
+                                  const PoolOptions& options, const BackendOptions& backend_options) {
+  const BackendUri u = parse_backend_uri(uri);
+  const auto where = object_path(u);
+  if (!where) return Pool::create(create_backend(uri, size_bytes, backend_options), options);
+  if (backend_exists(uri)) {
+    throw BackendError(fmt::format("{}: already exists (remove it with `xlshare pool rm {}`)", uri, uri));
+  }
+  remove_dead_creations(*where);
+  const auto pid = static_cast<std::int32_t>(::getpid());
+  static std::atomic<std::uint32_t> creations{0};
+  const std::string temp_name =
+      fmt::format("{}{}-{}-{}-{}", creation_prefix(where->name), pid_namespace_inode(), pid,
+                  process_start_ticks(pid), creations.fetch_add(1, std::memory_order_relaxed));
+  const std::string temp_uri = with_target(u, where->dir, temp_name);
+  const std::string temp_path = where->dir + "/" + temp_name;
+  const std::string final_path = where->dir + "/" + where->name;
+  bool created = false;  // only what this call created is removed on failure
+  try {
+    auto backend = create_backend(temp_uri, size_bytes, backend_options);
+    created = true;
+    (void)Pool::create(std::move(backend), options);
+    if (::renameat2(AT_FDCWD, temp_path.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) != 0) {
+      const int err = errno;
+      if (err == EEXIST) {
+        throw BackendError(fmt::format("{}: already exists (created meanwhile by another process)", uri));
+      }
+      // A file system without RENAME_NOREPLACE: link(2) never replaces either.
+      if (err != EINVAL || ::link(temp_path.c_str(), final_path.c_str()) != 0) {
+        throw BackendError(errno_message(fmt::format("{}: publishing the new pool", uri), errno));
+      }
+      ::unlink(temp_path.c_str());
+    }
+  } catch (...) {
+    if (created) ::unlink(temp_path.c_str());
+    throw;
+  }
+  return Pool::attach(open_backend(uri, backend_options), PoolRole::kWriter);
+}
+
+void remove_pool(std::string_view uri, bool force) {
+  const BackendUri u = parse_backend_uri(uri);
+  BackendOptions read_only;
+  read_only.read_only = true;
+  auto backend = open_backend(uri, read_only);
+  const std::uint64_t bytes = backend->size_bytes(), align = backend->alignment_bytes();
+  if (bytes < sizeof(pf::Header) || bytes < align) {
+    throw PoolError(fmt::format("{}: not an xlshare pool ({} bytes, too small for a pool header); "
+                                "refusing to remove it",
+                                uri, bytes));
+  }
+  pf::Header h;
+  {
+    Mapping first = backend->map(0, align, Access::kReadOnly);
+    std::memcpy(&h, first.data(), sizeof h);
+  }
+  bool foreign = false;
+  const std::string problem = header_problem(h, bytes, align, &foreign);
+  if (foreign) {
+    throw PoolError(fmt::format("{}: not an xlshare pool ({}); refusing to remove it", uri, problem));
+  }
+  if (!problem.empty() && !force) {
+    throw PoolError(fmt::format("{}: {}; its attach slots cannot be read, so attachment cannot be "
+                                "ruled out (--force removes it anyway)",
+                                uri, problem));
+  }
+  if (problem.empty() && !force) {
+    // Read the attach slots and model owners without attaching: a full slot table is still
+    // a table of holders.
+    Mapping control = backend->map(h.control_offset, h.control_bytes, Access::kReadOnly);
+    const auto& c = *reinterpret_cast<const pf::Control*>(control.data());
+    std::vector<std::string> holders;
+    for (const auto& slot : c.slots) {
+      const std::int32_t pid = aload(slot.pid);
+      if (pid == 0) continue;
+      if (pid < 0 || process_alive(pid, aload(slot.start_ticks), aload(slot.pid_ns))) {
+        holders.push_back(pid < 0 ? std::string("a slot being freed") : describe_process(pid, aload(slot.pid_ns)));
+      }
+    }
+    Mapping catalog = backend->map(h.catalog_offset, h.catalog_bytes, Access::kReadOnly);
+    const auto* records = reinterpret_cast<const pf::ModelRecord*>(catalog.data() + (h.models_offset - h.catalog_offset));
+    for (std::uint32_t i = 0; i < h.max_models; ++i) {
+      const pf::ModelRecord& m = records[i];
+      const std::uint64_t s = aload(m.state);
+      if ((s == pf::kModelLoading || s == pf::kModelFenced) &&
+          process_alive(m.owner_pid, m.owner_start_ticks, m.owner_pid_ns)) {
+        holders.push_back(fmt::format("the loader of '{}', {}", read_name(m.name).value_or("?"),
+                                      describe_process(m.owner_pid, m.owner_pid_ns)));
+      }
+    }
+    if (!holders.empty()) {
+      std::string named;
+      for (std::size_t i = 0; i < holders.size() && i < 4; ++i) named += (i ? "; " : "") + holders[i];
+      throw PoolError(fmt::format("{}: {} process(es) may be using the pool ({}{}); use --force", uri,
+                                  holders.size(), named, holders.size() > 4 ? "; ..." : ""));
+    }
+  }
+  backend.reset();
+  remove_backend(uri);
 }
 
 }  // namespace xlshare

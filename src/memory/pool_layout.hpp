@@ -24,7 +24,14 @@ enum ModelState : std::uint64_t {
   kModelLoading = 1,
   kModelSealed = 2,
   kModelRemoving = 3,
+  // Force-removed while its loader was alive: the record and its extents stay reserved
+  // until the loader notices (it checks before every write) and frees them, or dies and
+  // `reclaim` frees them. No other loader can be handed those extents meanwhile.
+  kModelFenced = 4,
 };
+
+// Process identities everywhere are (pid, pid-namespace inode, start ticks): a pid alone
+// means nothing across PID namespaces.
 
 struct Header {
   char magic[8];
@@ -48,8 +55,8 @@ struct Header {
 };
 
 struct AttachSlot {
-  std::int32_t pid;  // 0: free
-  std::uint32_t reserved0;
+  std::int32_t pid;      // 0: free
+  std::uint32_t pid_ns;  // inode of the holder's PID namespace (0: unknown, written by v1)
   std::uint64_t start_ticks;
   std::uint64_t models_in_use;  // bit i: model slot i
   std::uint64_t attached_unix_ns;
@@ -57,6 +64,11 @@ struct AttachSlot {
 
 struct Control {
   pthread_mutex_t mutex;  // process-shared, robust
+  // Who holds `mutex` (written by the holder right after taking it, cleared before release),
+  // so that a waiter that times out can name the holder. Fits in the mutex's cache line.
+  std::int32_t lock_holder_pid;
+  std::uint32_t lock_holder_ns;
+  std::uint64_t lock_holder_start_ticks;
   alignas(64) LinkState link;
   alignas(64) AttachSlot slots[kAttachSlots];
 };
@@ -64,12 +76,12 @@ struct Control {
 struct ModelRecord {
   std::uint64_t state;  // ModelState
   std::int32_t owner_pid;
-  std::uint32_t reserved0;
+  std::uint32_t owner_pid_ns;  // inode of the loader's PID namespace (0: unknown)
   std::uint64_t owner_start_ticks;
   // Covered by record_checksum once sealed:
   char name[kModelNameBytes];
   std::uint32_t tensor_count;
-  std::uint32_t reserved1;
+  std::uint32_t epoch;  // fences loaders: set at begin_model, checked before every write
   std::uint64_t tensor_bytes;
   std::uint64_t metadata_offset, metadata_bytes, metadata_checksum;
   std::uint64_t record_checksum;

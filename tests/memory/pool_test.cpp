@@ -68,6 +68,22 @@ class PoolTest : public ::testing::Test {
       EXPECT_NE(what.find(problem), std::string::npos) << what;
     }
   }
+  // A corrupted model is quarantined: the pool attaches, the model is refused by name with
+  // `problem`, and it is listed as corrupted.
+  void expect_model_refused(std::string_view model, std::string_view problem) {
+    auto pool = attach();
+    try {
+      pool->model(model);
+      ADD_FAILURE() << "model() succeeded; expected: " << problem;
+    } catch (const PoolError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(uri_), std::string::npos) << what;
+      EXPECT_NE(what.find(problem), std::string::npos) << what;
+    }
+    bool listed = false;
+    for (const auto& m : pool->list_models()) listed = listed || (m.name == model && m.state == "corrupted");
+    EXPECT_TRUE(listed);
+  }
   std::string path_, uri_;
   test::BackendGuard guard_;
 };
@@ -252,7 +268,7 @@ TEST_F(PoolTest, RefusesACorruptedCatalog) {
   // Point tensor t1 somewhere else without fixing its record checksum.
   const std::uint64_t elsewhere = 8192;
   poke(record_offset + offsetof(pf::TensorRecord, offset_bytes), &elsewhere, sizeof elsewhere);
-  expect_attach_refused("corrupted catalog");
+  expect_model_refused("m", "corrupted catalog");
 }
 
 TEST_F(PoolTest, RefusesACatalogThatLiesConsistently) {
@@ -273,7 +289,7 @@ TEST_F(PoolTest, RefusesACatalogThatLiesConsistently) {
   r.record_checksum = checksum64(reinterpret_cast<const std::byte*>(&r) + offsetof(pf::TensorRecord, name),
                                  offsetof(pf::TensorRecord, record_checksum) - offsetof(pf::TensorRecord, name));
   poke(record_offset, &r, sizeof r);
-  expect_attach_refused("outside the data area");
+  expect_model_refused("m", "outside the data area");
 }
 
 TEST_F(PoolTest, RefusesAnUnsealedModelByName) {

@@ -87,7 +87,9 @@ constexpr ChunkTiming plan_chunk(const LinkParams& p, std::uint64_t now_ns,
 }
 
 /// Reserves link time for one chunk atomically (CAS on link.link_free_ns) and accounts the
-/// occupancy in link.busy_ns_total.
+/// occupancy in link.busy_ns_total. A stored link_free_ns more than kMaxLinkAheadNs after
+/// `now_ns` came from another clock: it is taken as `now_ns` and counted in
+/// link.clock_clamps_total, so no reader ever waits on a time it cannot reach.
 ChunkTiming reserve_chunk(LinkState& link, const LinkParams& p, std::uint64_t now_ns,
                           std::uint64_t bytes, bool first_chunk) noexcept;
 

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "xlshare/dtype.hpp"
+#include "xlshare/memory/backend_options.hpp"
 #include "xlshare/memory/extent_allocator.hpp"
 #include "xlshare/memory/link_state.hpp"
 #include "xlshare/memory/memory_backend.hpp"
@@ -104,7 +105,10 @@ class ModelView {
 /// A model's state in the catalog, as listed by Pool::list_models().
 struct ModelEntry {
   std::string name;
-  std::string state;  ///< "loading", "sealed", "removing"
+  /// "loading", "sealed", "removing", "fenced" (force-removed while its loader lives; freed
+  /// when the loader notices or dies) or "corrupted" (quarantined; see `problem`)
+  std::string state;
+  std::string problem;  ///< why a corrupted record was quarantined, else empty
   std::int32_t owner_pid = 0;
   bool owner_alive = false;
   std::uint32_t tensor_count = 0;
@@ -158,8 +162,10 @@ class ModelWriter {
  private:
   friend class Pool;
   ModelWriter(Pool& pool, std::uint32_t slot, std::string name);
+  void check_owner_locked();
   Pool* pool_;
   std::uint32_t slot_;
+  std::uint32_t epoch_ = 0;
   std::string name_;
   std::vector<std::uint32_t> tensor_slots_;
   std::vector<std::string> tensor_names_;
@@ -188,10 +194,16 @@ class Pool {
   /// @throws PoolError if this pool was attached as a reader or the name is taken,
   /// OutOfMemory when the catalog is full.
   ModelWriter begin_model(std::string_view name);
-  /// Removes a sealed (or abandoned) model and frees its extents. Refused while a live
-  /// process has it in use, unless `force`. @throws PoolError.
+  /// Removes a sealed, abandoned or corrupted model and frees its extents. Refused while a
+  /// live process has it in use, or a live loader is still writing it, unless `force`.
+  /// Forcing the removal of a model being loaded fences its loader: the record and extents
+  /// stay reserved until that loader stops (at its next write) or dies. Forcing the removal
+  /// of a model that readers use frees its bytes under them: once a new load reuses them
+  /// they would compute on another model's bytes, which only checksum verification (on by
+  /// default, and the Scrubber) catches. @throws PoolError.
   void remove_model(std::string_view name, bool force = false);
-  /// Frees models whose loader died before sealing them; returns how many.
+  /// Frees models whose loader died before sealing them, removals that were interrupted and
+  /// records that fail validation (quarantined); returns how many.
   std::uint32_t reclaim_abandoned();
 
   /// Every model in the catalog, in any state.
@@ -237,8 +249,34 @@ class Pool {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Whether process `pid`, started at `start_ticks` (0: any), is alive.
-bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept;
+/// Whether process `pid`, started at `start_ticks` (0: any), of the PID namespace with inode
+/// `pid_ns` (0: unknown, taken as this one), is alive. A process of another PID namespace
+/// cannot be looked up from here: it counts as alive.
+bool process_alive(std::int32_t pid, std::uint64_t start_ticks, std::uint32_t pid_ns = 0) noexcept;
+/// The inode of this process's PID namespace (/proc/self/ns/pid), or 0.
+std::uint32_t pid_namespace_inode() noexcept;
+/// How long a catalog change waits for the pool's lock before it fails with a message naming
+/// the holder (default 10 000 ms; process-wide).
+void set_pool_lock_timeout_ms(std::uint64_t timeout_ms) noexcept;
+std::uint64_t pool_lock_timeout_ms() noexcept;
+
+/// Creates a pool crash-safely: the object is created, sized and laid out under a temporary
+/// name and renamed into place only when its header is complete, so a creator killed at any
+/// point leaves no half-made pool under `uri` (shm, numa and file backends; a devdax device
+/// cannot be renamed and is laid out in place). Temporary objects of dead creators of the
+/// same name are removed first. Returns the new pool attached as a writer.
+/// @throws ConfigError, BackendError (e.g. `uri` exists), PoolError.
+std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes,
+                                  const PoolOptions& options = {},
+                                  const BackendOptions& backend_options = {});
+
+/// Removes the pool at `uri` (`xlshare pool rm`). Only an object that validates as an xlshare
+/// pool (magic, version) is removed, `force` or not. Without `force` it is refused whenever
+/// attachment cannot be ruled out: a live (or undecidable) process in an attach slot, a live
+/// loader, or a header too corrupted to find the attach slots. Never attaches (so a pool
+/// whose attach slots are all taken is judged, not mistaken for an unreadable object).
+/// @throws PoolError naming the pool and the reason, BackendError.
+void remove_pool(std::string_view uri, bool force = false);
 /// /proc/PID/stat's start time of `pid` (clock ticks since boot), or 0.
 std::uint64_t process_start_ticks(std::int32_t pid) noexcept;
 

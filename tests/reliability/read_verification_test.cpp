@@ -1,0 +1,2 @@
+// placeholder: filled by the hardening work (issue 10)
+#include <gtest/gtest.h>
