@@ -1380,7 +1380,8 @@ std::string with_target(const BackendUri& u, const std::string& dir, const std::
 }
 
 // Removes what creators of `name` that died left behind; only names of exactly our pattern.
-void remove_dead_creations(const ObjectPath& where) {
+std::uint32_t remove_dead_creations(const ObjectPath& where) {
+  std::uint32_t removed = 0;
   const std::string prefix = creation_prefix(where.name);
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(where.dir, ec)) {
@@ -1392,8 +1393,9 @@ void remove_dead_creations(const ObjectPath& where) {
     if (pid == 0 || pid > INT32_MAX || ns > UINT32_MAX) continue;
     if (process_alive(static_cast<std::int32_t>(pid), ticks, static_cast<std::uint32_t>(ns))) continue;
     spdlog::info("removing {}/{}, left by a pool creator (pid {}) that died", where.dir, file, pid);
-    ::unlink(entry.path().c_str());
+    if (::unlink(entry.path().c_str()) == 0) ++removed;
   }
+  return removed;
 }
 
 }  // namespace
@@ -1440,6 +1442,10 @@ std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes
 
 void remove_pool(std::string_view uri, bool force) {
   const BackendUri u = parse_backend_uri(uri);
+  // What creators of this name killed mid-create left behind goes first: it is ours.
+  if (const auto where = object_path(u); where && remove_dead_creations(*where) > 0 && !backend_exists(uri)) {
+    return;
+  }
   BackendOptions read_only;
   read_only.read_only = true;
   auto backend = open_backend(uri, read_only);

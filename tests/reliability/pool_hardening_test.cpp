@@ -129,6 +129,17 @@ TEST_F(PoolHardening, CreatorKilledDuringCreateLeavesNoBlankPool) {
     EXPECT_TRUE(creation_leftovers(name_).empty()) << delay_ms;
     remove_pool(uri_);
   }
+  // `pool rm` of the name sweeps a dead creator's leftover even when no pool was published.
+  const pid_t child = test::spawn([&] {
+    (void)create_pool(uri_, kBig);
+    ::pause();
+    return 0;
+  });
+  while (creation_leftovers(name_).empty()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  ::kill(child, SIGKILL);
+  test::wait_exit(child);
+  remove_pool(uri_);  // the published pool, or only the leftover
+  EXPECT_TRUE(creation_leftovers(name_).empty());
 }
 
 TEST_F(PoolHardening, CreateSweepsOnlyDeadCreatorsLeftovers) {

@@ -275,6 +275,8 @@ std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes
 /// attachment cannot be ruled out: a live (or undecidable) process in an attach slot, a live
 /// loader, or a header too corrupted to find the attach slots. Never attaches (so a pool
 /// whose attach slots are all taken is judged, not mistaken for an unreadable object).
+/// Temporary objects that creators of the same name left when they were killed mid-create
+/// are removed too (only those: dead creators, exactly our naming pattern).
 /// @throws PoolError naming the pool and the reason, BackendError.
 void remove_pool(std::string_view uri, bool force = false);
 /// /proc/PID/stat's start time of `pid` (clock ticks since boot), or 0.
