@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -346,7 +347,71 @@ TEST_F(PoolHardening, PoolFromAnotherBootResetsItsLinkClock) {
   EXPECT_NE(link_field(pool->link_state().boot_id_hash).load(), other_boot);
 }
 
+// The real thing: a reader in a time namespace whose CLOCK_MONOTONIC runs 600 s ahead
+// reads over the shared link, then a reader on the host reads. Without the clamp the host
+// reader would wait 600 s; it runs under alarm(30) so a regression fails fast. (Needs
+// CAP_SYS_ADMIN, which the project's CI has: it runs as root.)
+TEST_F(PoolHardening, ReaderInATimeNamespaceCannotHangTheOthers) {
+  {
+    auto pool = create();
+    write_model(*pool, "m", 1);
+  }
+  auto read_once = [&] {
+    EmulatorOptions o;
+    o.link = link_preset("cxl-x8");
+    o.check_host_rate = false;
+    auto pool = Pool::attach(std::make_unique<CxlEmulator>(open_backend(uri_), o));
+    const TensorInfo t = pool->model("m")->tensors()[0];
+    std::vector<std::byte> dst(t.size_bytes);
+    return pool->read(t, 0, dst) == ReadStatus::kOk ? 0 : 3;
+  };
+  const pid_t shifted = test::spawn([&] {
+    if (::unshare(CLONE_NEWTIME) != 0) return 10;
+    {
+      std::ofstream offsets("/proc/self/timens_offsets");
+      offsets << "monotonic 600 0\n";
+      if (!offsets.flush()) return 11;
+    }
+    const pid_t inner = test::spawn(read_once);  // children enter the namespace
+    return test::wait_exit(inner);
+  });
+  ASSERT_EQ(test::wait_exit(shifted), 0) << "10/11: no time namespace could be made (CI runs as root)";
+  const pid_t host = test::spawn([&] {
+    ::alarm(30);
+    return read_once();
+  });
+  EXPECT_EQ(test::wait_exit(host), 0) << "128 + SIGALRM: the host reader waited for the shifted clock";
+  EXPECT_GE(link_field(attach()->link_state().clock_clamps_total).load(), 1u);
+}
+
 // --- 10: a holder in another PID namespace is alive until proven dead --------------------
+// The real thing: a worker in a PID namespace (pid 1 there) holds the model; from here
+// it must count as alive. (Needs CAP_SYS_ADMIN, which the project's CI has: it runs as root.)
+TEST_F(PoolHardening, WorkerInAPidNamespaceHoldsItsModel) {
+  auto writer = create();
+  write_model(*writer, "m", 1);
+  test::Signal attached, done;
+  const pid_t outer = test::spawn([&] {
+    if (::unshare(CLONE_NEWPID) != 0) return 10;
+    const pid_t inner = test::spawn([&] {
+      if (::getpid() != 1) return 12;
+      auto pool = attach();
+      auto view = pool->model("m");
+      attached.notify();
+      done.wait();
+      return 0;
+    });
+    return test::wait_exit(inner);
+  });
+  ASSERT_TRUE(attached.wait());
+  const std::string what = expect_throw([&] { writer->remove_model("m"); });
+  EXPECT_NE(what.find("in use"), std::string::npos) << what;
+  EXPECT_NE(expect_throw([&] { remove_pool(uri_); }).find("another PID namespace"), std::string::npos);
+  done.notify();
+  EXPECT_EQ(test::wait_exit(outer), 0) << "10: no PID namespace could be made (CI runs as root)";
+  EXPECT_NO_THROW(writer->remove_model("m"));  // once it is gone, its slot is free again
+}
+
 
 TEST_F(PoolHardening, HolderFromAnotherPidNamespaceCountsAsAlive) {
   const pid_t dead = test::spawn([] { return 0; });
