@@ -88,6 +88,16 @@ std::string EngineStats::to_json() const {
           {"checksum_mismatches", w.transfers.checksum_mismatches},
           {"failovers", w.transfers.failovers},
           {"failed", w.transfers.failed}}},
+        {"scrub",
+         {{"verify_ns", w.scrub.verify_ns},
+          {"verify_bytes", w.scrub.verify_bytes},
+          {"bytes_scrubbed", w.scrub.bytes_scrubbed},
+          {"passes", w.scrub.passes},
+          {"mismatches", w.scrub.mismatches},
+          {"failovers", w.scrub.failovers},
+          {"failed", w.scrub.failed},
+          {"cpu_ns", w.scrub.cpu_ns},
+          {"wall_ns", w.scrub.wall_ns}}},
     });
   }
   return j.dump(2);
@@ -130,7 +140,7 @@ bool InferenceEngine::register_model(const std::filesystem::path& file, const st
   }
   const ModelFile f = open_model_file(file);
   const std::uint64_t size = config_.pool_bytes ? config_.pool_bytes : pool_size_for(f.total_bytes(), f.tensors.size());
-  auto pool = Pool::create(create_backend(config_.pool_uri, size));
+  auto pool = create_pool(config_.pool_uri, size);  // crash-safe: renamed into place
   try {
     load_model_into_pool(f, *pool, name, progress);
   } catch (...) {
@@ -151,8 +161,8 @@ bool InferenceEngine::register_model(const SyntheticModel& model, const std::str
   } else {
     std::uint64_t bytes = 0;
     for (const auto& d : model.data) bytes += d.size() * 4;
-    pool = Pool::create(create_backend(config_.pool_uri,
-                                       config_.pool_bytes ? config_.pool_bytes : pool_size_for(bytes, model.specs.size())));
+    pool = create_pool(config_.pool_uri,
+                       config_.pool_bytes ? config_.pool_bytes : pool_size_for(bytes, model.specs.size()));
   }
   ModelWriter w = pool->begin_model(name);
   std::vector<TensorDesc> descs;
@@ -182,10 +192,13 @@ void InferenceEngine::attach_model(const std::string& name) {
   wo.lookahead = config_.lookahead;
   wo.verify_checksums = config_.verify_checksums;
   wo.compute_threads = config_.compute_threads;
+  wo.scrub_bytes_per_s = config_.scrub_bytes_per_s;
   wo.prefetch_factory = config_.prefetch_policy;
   wo.eviction_factory = config_.eviction_policy_factory;
   for (unsigned i = 0; i < config_.workers; ++i) {
-    workers_.push_back(std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo));
+    // Without a cache the workers share one verified mapping: verified once per process.
+    workers_.push_back(
+        std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo, i > 0 ? workers_[0].get() : nullptr));
   }
   requests_.assign(config_.workers, 0);
   tokens_.assign(config_.workers, 0);
@@ -224,6 +237,16 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<
   const WorkerCounters before = worker.counters();
   const LlamaConfig& c = model_->config();
 
+  for (const auto& r : requests) {
+    const std::size_t need = r.prompt.size() + r.max_new_tokens;
+    if (r.prompt.empty()) throw ConfigError(fmt::format("request '{}': empty prompt", r.id));
+    if (need > config_.max_context || need > c.context) {
+      throw ConfigError(fmt::format("request '{}': {} tokens exceed the context of {}", r.id, need,
+                                    std::min<std::size_t>(config_.max_context, c.context)));
+    }
+  }
+  worker.check_weights();  // a weight with no verified copy left: one clear line, no answer
+
   struct Live {
     KvCache kv;
     std::vector<float> logits;
@@ -232,47 +255,59 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<
     bool done = false;
   };
   std::vector<Live> live;
-  live.reserve(requests.size());
   std::uint64_t tokens = 0;
-  for (const auto& r : requests) {
-    const std::size_t need = r.prompt.size() + r.max_new_tokens;
-    if (r.prompt.empty()) throw ConfigError(fmt::format("request '{}': empty prompt", r.id));
-    if (need > config_.max_context || need > c.context) {
-      throw ConfigError(fmt::format("request '{}': {} tokens exceed the context of {}", r.id, need,
-                                    std::min<std::size_t>(config_.max_context, c.context)));
-    }
-    live.push_back(Live{KvCache(c, static_cast<std::uint32_t>(need)), {}, {}, std::mt19937_64(r.sampling.seed), false});
-  }
-  // Prefill every prompt together.
   std::vector<Executor::Segment> segments;
-  for (std::size_t i = 0; i < requests.size(); ++i) {
-    segments.push_back({requests[i].prompt, &live[i].kv, false, &live[i].logits});
-    tokens += requests[i].prompt.size();
-  }
-  worker.executor().forward_batch(segments);
-  // Then decode, one token per live request per step, all together.
-  for (;;) {
+  // A weight found changed while the batch ran (the Scrubber switched it to the replica's
+  // copy, or failed it) may have reached these numbers: the batch runs again from the start
+  // on verified weights. Switches are rare events; a few attempts always settle.
+  constexpr unsigned kAttempts = 4;
+  for (unsigned attempt = 1;; ++attempt) {
+    const std::uint64_t epoch = worker.weights_epoch();
+    results.assign(requests.size(), InferenceResult{});
+    live.clear();
+    live.reserve(requests.size());
+    tokens = 0;
+    for (const auto& r : requests) {
+      const std::size_t need = r.prompt.size() + r.max_new_tokens;
+      live.push_back(Live{KvCache(c, static_cast<std::uint32_t>(need)), {}, {}, std::mt19937_64(r.sampling.seed), false});
+    }
+    // Prefill every prompt together.
     segments.clear();
     for (std::size_t i = 0; i < requests.size(); ++i) {
-      Live& l = live[i];
-      if (l.done) continue;
-      if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
-        l.done = true;
-        continue;
-      }
-      const std::int32_t t = sample_token(l.logits, requests[i].sampling, l.rng);
-      results[i].output_tokens.push_back(t);
-      if (requests[i].return_logits) results[i].last_logits = l.logits;
-      if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
-        l.done = true;
-        continue;
-      }
-      l.next.assign(1, t);
-      segments.push_back({l.next, &l.kv, false, &l.logits});
-      ++tokens;
+      segments.push_back({requests[i].prompt, &live[i].kv, false, &live[i].logits});
+      tokens += requests[i].prompt.size();
     }
-    if (segments.empty()) break;
     worker.executor().forward_batch(segments);
+    // Then decode, one token per live request per step, all together.
+    for (;;) {
+      segments.clear();
+      for (std::size_t i = 0; i < requests.size(); ++i) {
+        Live& l = live[i];
+        if (l.done) continue;
+        if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
+          l.done = true;
+          continue;
+        }
+        const std::int32_t t = sample_token(l.logits, requests[i].sampling, l.rng);
+        results[i].output_tokens.push_back(t);
+        if (requests[i].return_logits) results[i].last_logits = l.logits;
+        if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
+          l.done = true;
+          continue;
+        }
+        l.next.assign(1, t);
+        segments.push_back({l.next, &l.kv, false, &l.logits});
+        ++tokens;
+      }
+      if (segments.empty()) break;
+      worker.executor().forward_batch(segments);
+    }
+    if (worker.weights_epoch() == epoch) break;
+    worker.check_weights();
+    if (attempt == kAttempts) {
+      throw PoolError(fmt::format("{}: the weights of model '{}' kept changing during {} attempts of a request",
+                                  config_.pool_uri, view_->name(), kAttempts));
+    }
   }
   const WorkerCounters after = worker.counters();
   const double latency = ms_since(t0);
@@ -301,6 +336,17 @@ std::vector<std::int32_t> InferenceEngine::generate(std::span<const std::int32_t
   return inference(r).output_tokens;
 }
 
+std::uint64_t InferenceEngine::scrub_now() {
+  std::uint64_t found = 0;
+  std::vector<const Scrubber*> done;  // workers share one: one pass each
+  for (auto& w : workers_) {
+    if (w->scrubber() == nullptr || std::find(done.begin(), done.end(), w->scrubber()) != done.end()) continue;
+    done.push_back(w->scrubber());
+    found += w->scrub_now();
+  }
+  return found;
+}
+
 EngineStats InferenceEngine::stats() const {
   EngineStats s;
   if (pool_) s.pool = pool_->stats();
@@ -315,6 +361,7 @@ EngineStats InferenceEngine::stats() const {
     w.figures = workers_[i]->figures();
     w.cache = workers_[i]->cache_stats();
     w.transfers = workers_[i]->transfer_stats();
+    w.scrub = workers_[i]->scrub_stats();
     w.requests = requests_[i];
     w.tokens = tokens_[i];
     s.workers.push_back(w);

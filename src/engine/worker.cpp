@@ -59,6 +59,22 @@ class Worker::CachedWeights final : public WeightProvider {
   std::vector<std::size_t> order_;
 };
 
+// The executor's weights straight from the pools' mappings, each tensor from whichever copy
+// last verified: compute reads the copy at acquire, so the Scrubber can switch it between
+// two acquires without a lock.
+class Worker::MappedWeights final : public WeightProvider {
+ public:
+  explicit MappedWeights(const VerifiedMapping& mapping) : mapping_(mapping) {}
+  WeightHandle acquire(std::size_t index) override {
+    std::span<const std::byte> bytes;
+    if (!mapping_.bytes(index, bytes)) mapping_.throw_failed(index);
+    return WeightHandle(bytes);
+  }
+
+ private:
+  const VerifiedMapping& mapping_;
+};
+
 namespace {
 
 // The bytes of rows [r0, r1) of `t` as a TensorInfo of their own, with their checksum.
@@ -76,12 +92,25 @@ TensorInfo piece_of(const TensorInfo& t, std::size_t r0, std::size_t r1, std::si
 }  // namespace
 
 Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view, const LlamaModel& model,
-               const WorkerOptions& options)
+               const WorkerOptions& options, const Worker* share)
     : view_(std::move(view)) {
+  if (options.cache_bytes == 0 && share != nullptr && share->mapping_) {
+    mapping_ = share->mapping_;
+    scrubber_ = share->scrubber_;
+    replica_view_ = share->replica_view_;
+  } else if (replica != nullptr) {
+    // A replica is trusted only as a copy of this very model.
+    replica_view_ = replica->model(view_->name());
+    check_same_model(primary, *view_, *replica, *replica_view_);
+  }
   if (options.cache_bytes == 0) {
-    weights_ = std::make_unique<SpanWeights>(pool_weights(primary, *view_));
+    if (!mapping_) {
+      mapping_ = std::make_shared<VerifiedMapping>(primary, view_, replica_view_ ? replica : nullptr, replica_view_);
+      scrubber_ = std::make_shared<Scrubber>(mapping_, options.scrub_bytes_per_s);
+    }
+    weights_ = std::make_unique<MappedWeights>(*mapping_);
   } else {
-    std::shared_ptr<const ModelView> replica_view = replica ? replica->model(view_->name()) : nullptr;
+    const ModelView* replica_view = replica_view_.get();
     const auto tensors = view_->tensors();
     const bool tied = model.config().tie_embeddings;
     const std::uint64_t max_piece = std::max<std::uint64_t>(options.cache_bytes / 4, 64 * 1024);
@@ -106,26 +135,39 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
         continue;
       }
       // Checksums of the pieces, computed from the pool while checking the whole tensor
-      // against its catalog checksum: one pass over the bytes.
+      // against its catalog checksum: one pass over the bytes. When the primary's copy
+      // fails and the replica's (the same model, checked above) matches, the pieces'
+      // checksums come from the replica: at run time only the primary's damaged pieces
+      // fail their checksum and are read from the replica, the others from the primary.
       const std::size_t per = (rows + pieces - 1) / pieces;
       const std::size_t rb = t.size_bytes / rows;
       rows_per_piece[i] = per;
-      const auto bytes = primary.view(t);
-      Checksum64 whole;
+      std::vector<std::uint64_t> sums;
+      const auto piece_sums = [&](std::span<const std::byte> bytes) {
+        sums.clear();
+        if (bytes.size() != t.size_bytes) return false;
+        Checksum64 whole;
+        for (std::size_t p = 0; p * per < rows; ++p) {
+          const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
+          const auto piece_bytes = bytes.subspan(r0 * rb, (r1 - r0) * rb);
+          whole.update(piece_bytes);
+          sums.push_back(checksum64(piece_bytes));
+        }
+        return whole.digest() == t.checksum;
+      };
+      if (!piece_sums(primary.view(t)) && !(rt && piece_sums(replica->view(*rt)))) {
+        throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum{}", primary.uri(), t.name,
+                                    view_->name(),
+                                    rt ? fmt::format(", nor does the replica's copy in {}", replica->uri())
+                                       : std::string(" (no replica configured)")));
+      }
       for (std::size_t p = 0; p * per < rows; ++p) {
         const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
-        const auto piece_bytes = bytes.subspan(r0 * rb, (r1 - r0) * rb);
-        whole.update(piece_bytes);
-        const std::uint64_t sum = checksum64(piece_bytes);
         keys[i].push_back(static_cast<TensorKey>(sources.size()));
-        TensorSource src{piece_of(t, r0, r1, rb, p, sum), std::nullopt};
-        if (rt) src.replica = piece_of(*rt, r0, r1, rb, p, sum);
+        TensorSource src{piece_of(t, r0, r1, rb, p, sums[p]), std::nullopt};
+        if (rt) src.replica = piece_of(*rt, r0, r1, rb, p, sums[p]);
         sources.push_back(src);
         sizes.push_back((r1 - r0) * rb);
-      }
-      if (whole.digest() != t.checksum) {
-        throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum", primary.uri(), t.name,
-                                    view_->name()));
       }
     }
     // The model's schedule over piece keys. The embedding step asks for nothing ahead: the
@@ -161,6 +203,8 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
 Worker::~Worker() {
   executor_.reset();
   weights_.reset();
+  scrubber_.reset();
+  mapping_.reset();
   prefetcher_.reset();
   if (transfers_) transfers_->wait_idle();
   transfers_.reset();
@@ -199,5 +243,8 @@ std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> Worker::cache_trac
 
 CacheStats Worker::cache_stats() const { return cache_ ? cache_->stats() : CacheStats{}; }
 TransferStats Worker::transfer_stats() const { return transfers_ ? transfers_->stats() : TransferStats{}; }
+
+std::uint64_t Worker::scrub_now() { return scrubber_ ? scrubber_->scrub_now() : 0; }
+ScrubStats Worker::scrub_stats() const noexcept { return scrubber_ ? scrubber_->stats() : ScrubStats{}; }
 
 }  // namespace xlshare

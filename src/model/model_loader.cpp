@@ -1,5 +1,7 @@
 #include "xlshare/model/model_loader.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "xlshare/error.hpp"
@@ -43,9 +45,46 @@ SpanWeights pool_weights(const Pool& pool, const ModelView& view) {
   for (const auto& t : view.tensors()) {
     auto s = pool.view(t);
     if (s.size() != t.size_bytes) throw PoolError("pool_weights: a tensor lies outside the pool mapping");
+    // The mapping is read in place: nothing else checks these bytes before compute does.
+    if (!pool.verify(t)) {
+      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum", pool.uri(), t.name,
+                                  view.name()));
+    }
     spans.push_back(s);
   }
   return SpanWeights(std::move(spans));
+}
+
+void check_same_model(const Pool& primary, const ModelView& view, const Pool& replica,
+                      const ModelView& replica_view) {
+  const auto differ = [&](const std::string& what) {
+    return PoolError(fmt::format("replica pool {} holds a different model '{}' than pool {}: {}", replica.uri(),
+                                 replica_view.name(), primary.uri(), what));
+  };
+  const auto a = view.tensors(), b = replica_view.tensors();
+  if (a.size() != b.size()) throw differ(fmt::format("it has {} tensors, not {}", b.size(), a.size()));
+  const auto shape = [](const TensorInfo& t) {
+    return fmt::format("[{}]", fmt::join(std::span(t.shape.data(), t.n_dims), ", "));
+  };
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const TensorInfo &p = a[i], &r = b[i];
+    if (p.name != r.name) throw differ(fmt::format("tensor {} is '{}', not '{}'", i, r.name, p.name));
+    if (p.dtype != r.dtype) {
+      throw differ(fmt::format("tensor '{}' differs in its dtype ({}, not {})", p.name, to_string(r.dtype),
+                               to_string(p.dtype)));
+    }
+    if (p.n_dims != r.n_dims || p.shape != r.shape) {
+      throw differ(fmt::format("tensor '{}' differs in its shape ({}, not {})", p.name, shape(r), shape(p)));
+    }
+    if (p.size_bytes != r.size_bytes) {
+      throw differ(fmt::format("tensor '{}' differs in its size ({} bytes, not {})", p.name, r.size_bytes,
+                               p.size_bytes));
+    }
+    if (p.checksum != r.checksum) {
+      throw differ(fmt::format("tensor '{}' differs in its checksum ({:016x}, not {:016x})", p.name, r.checksum,
+                               p.checksum));
+    }
+  }
 }
 
 }  // namespace xlshare

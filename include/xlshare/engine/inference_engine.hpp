@@ -53,8 +53,13 @@ struct EngineConfig {
   std::size_t lookahead = 2;
   /// Verify checksums of every tensor on arrival. Default true.
   bool verify_checksums = true;
-  /// A second pool holding the same model, read when the primary fails. Default none.
+  /// A second pool holding the same model, read when the primary fails; attach refuses
+  /// one whose tensor table, shapes, dtypes or checksums differ. Default none.
   std::string replica_pool_uri;
+  /// Without a cache (cache_bytes 0): bytes per second of the mapped weights the background
+  /// Scrubber re-verifies (0: off; they are verified once at attach either way). Default
+  /// 256 MiB/s.
+  std::uint64_t scrub_bytes_per_s = Scrubber::kDefaultBytesPerSecond;
   /// Workers (emulated GPUs) in this process. Default 1.
   unsigned workers = 1;
   /// Compute threads per worker. Default 1.
@@ -97,6 +102,7 @@ struct WorkerReport {
   Figures figures;
   CacheStats cache;
   TransferStats transfers;
+  ScrubStats scrub;  ///< without a cache: verification of the mapped weights (shared by the workers)
   std::uint64_t requests = 0;
   std::uint64_t tokens = 0;  ///< prompt + generated tokens processed
 };
@@ -130,16 +136,26 @@ class InferenceEngine {
   /// Same, from a model in memory (matrices stored as `dtype`).
   bool register_model(const SyntheticModel& model, const std::string& name, DType dtype = DType::kF32);
 
-  /// Attaches to model `name` in the pool and starts the workers. @throws PoolError.
+  /// Attaches to model `name` in the pool and starts the workers. Without a cache every
+  /// weight is verified here (first use), and a tensor that fails is read from the replica
+  /// when its copy verifies. @throws PoolError naming the pool, the model and the tensor
+  /// when one has no verified copy, or when the replica holds a different model.
   void attach_model(const std::string& name);
 
+  /// @throws PoolError (naming the pool, the model and the tensor) once a weight has no
+  /// verified copy left; never answers from weights found changed.
   InferenceResult inference(const InferenceRequest& request);
   /// Runs the requests together on one worker: each layer's weights are fetched once per
-  /// batch step, not once per request.
+  /// batch step, not once per request. A batch during which a weight switched to its
+  /// replica copy is run again. @throws as inference().
   std::vector<InferenceResult> batch_inference(const std::vector<InferenceRequest>& requests);
   /// Generates `n` tokens after `prompt`.
   std::vector<std::int32_t> generate(std::span<const std::int32_t> prompt, std::size_t n,
                                      const SamplingOptions& sampling = {});
+
+  /// Re-verifies every weight the workers compute from in place now, on this thread (a
+  /// whole Scrubber pass; nothing to do with a cache). Returns the mismatches found.
+  std::uint64_t scrub_now();
 
   EngineStats stats() const;
   /// Worker 0's cache trace (see Worker::cache_trace).

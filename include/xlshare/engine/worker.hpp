@@ -3,6 +3,11 @@
 //
 // With `cache_bytes == 0` the worker has no near tier: it computes straight from the pool's
 // read-only mapping ("every weight resident"), the reference the cached path must equal.
+// Those weights are verified when the worker is built and re-verified in the background by a
+// Scrubber (engine/scrubber.hpp); the cached path verifies every piece on arrival.
+//
+// A replica pool must hold the same model as the primary (same tensor table, dtypes, shapes
+// and checksums): the constructor checks, and refuses anything else.
 #pragma once
 
 #include <functional>
@@ -11,6 +16,7 @@
 
 #include "xlshare/cache/device_cache.hpp"
 #include "xlshare/cache/transfer_engine.hpp"
+#include "xlshare/engine/scrubber.hpp"
 #include "xlshare/figures.hpp"
 #include "xlshare/memory/pool.hpp"
 #include "xlshare/model/executor.hpp"
@@ -34,6 +40,10 @@ struct WorkerOptions {
   bool verify_checksums = true;
   /// Executor threads. Default 1.
   unsigned compute_threads = 1;
+  /// Without a cache: bytes per second the background Scrubber re-verifies of the mapped
+  /// weights (0: no background scrub; they are still verified once at construction).
+  /// Default 256 MiB/s.
+  std::uint64_t scrub_bytes_per_s = Scrubber::kDefaultBytesPerSecond;
   PrefetchPolicyFactory prefetch_factory;
   EvictionPolicyFactory eviction_factory;
 };
@@ -46,9 +56,12 @@ struct WorkerCounters {
 
 class Worker {
  public:
-  /// @throws ConfigError when a step of the model cannot fit in the cache.
+  /// `share`: a worker built on the same pools and model whose verified mapping and
+  /// Scrubber this one uses too (without a cache only; they are verified once per process).
+  /// @throws ConfigError when a step of the model cannot fit in the cache; PoolError when a
+  /// weight has no verified copy or the replica holds a different model.
   Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view, const LlamaModel& model,
-         const WorkerOptions& options);
+         const WorkerOptions& options, const Worker* share = nullptr);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -66,9 +79,28 @@ class Worker {
   std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> cache_trace() const;
   TransferStats transfer_stats() const;
 
+  /// Without a cache: the Scrubber of the mapped weights (shared with the workers built
+  /// with `share`); null with a cache.
+  Scrubber* scrubber() const noexcept { return scrubber_.get(); }
+  /// Runs one whole scrub pass now (nothing to do with a cache: pieces are verified on
+  /// arrival). Returns the mismatches found.
+  std::uint64_t scrub_now();
+  ScrubStats scrub_stats() const noexcept;
+  /// Changes whenever a weight this worker computes from switches copy or fails: a request
+  /// that saw it change is run again.
+  std::uint64_t weights_epoch() const noexcept { return mapping_ ? mapping_->epoch() : 0; }
+  /// @throws PoolError, naming the pool, the model and the tensor, once a weight has no
+  /// verified copy left: the worker answers nothing more.
+  void check_weights() const {
+    if (mapping_ && mapping_->failed()) mapping_->throw_failed();
+  }
+
  private:
   class CachedWeights;
-  std::shared_ptr<const ModelView> view_;
+  class MappedWeights;
+  std::shared_ptr<const ModelView> view_, replica_view_;
+  std::shared_ptr<VerifiedMapping> mapping_;  // without a cache
+  std::shared_ptr<Scrubber> scrubber_;        // without a cache
   std::unique_ptr<Schedule> schedule_;  // over cache keys (tensor pieces)
   std::unique_ptr<DeviceCache> cache_;
   std::unique_ptr<TransferEngine> transfers_;

@@ -28,7 +28,17 @@ std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Poo
 std::string model_metadata(const LlamaModel& model, std::string_view source, std::string_view source_format);
 
 /// The pool's read-only mapping of each tensor of `view`, in its table order: weights for
-/// an Executor that reads the pool directly (no cache, no link emulation).
+/// an Executor that reads the pool directly (no cache, no link emulation). Every tensor is
+/// verified against its catalog checksum first (one pass over the model's bytes: a one-shot
+/// reader's "first use"; long-lived readers use a VerifiedMapping and its Scrubber).
+/// @throws PoolError naming the pool, the model and the first tensor that does not match.
 SpanWeights pool_weights(const Pool& pool, const ModelView& view);
+
+/// Proves that `replica_view` in `replica` is the same model as `view` in `primary`: the
+/// same tensors in the same order with the same names, dtypes, shapes, sizes and catalog
+/// checksums. @throws PoolError ("replica pool X holds a different model 'm': tensor 't'
+/// differs in its shape ...").
+void check_same_model(const Pool& primary, const ModelView& view, const Pool& replica,
+                      const ModelView& replica_view);
 
 }  // namespace xlshare
