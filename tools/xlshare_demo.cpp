@@ -2,18 +2,30 @@
 // served by four worker processes, each with a small near cache.
 //
 //   build/bin/xlshare_demo [--model FILE] [--workers 4] [--preset cxl-x8] [--cache-fraction 0.25]
+//                          [--pool shm://NAME]
 //
 // Loads the model once (a synthetic Llama unless --model names a GGUF file or Hugging Face
 // directory), starts the workers as separate processes that attach to the pool and
 // generate, and prints per worker the latency, ready and reuse rates, stall, link traffic
 // and PSS (from /proc), and at the bottom the memory used against private copies.
+//
+// The pool is the demo's own: it refuses one that exists, and removes it on every way out
+// (success, error, a failed worker, SIGINT, SIGTERM, SIGHUP) unless --keep. When a worker
+// fails it prints one line, "xlshare: error: worker N (pid P) ...", and no table.
 #include <malloc.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
@@ -28,36 +40,197 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// What a worker sends back through its pipe: its figures, or why it failed.
 struct Report {
   double attach_ms = 0, latency_ms = 0, ready = 0, reuse = 0, stall_ms = 0;
   std::uint64_t link_bytes = 0, tokens = 0, output_hash = 0;
   int ok = 0;
+  char error[512] = {};
 };
 
 double mib(std::uint64_t b) { return static_cast<double>(b) / (1 << 20); }
+
+// The same checks as the xlshare CLI's (tools/xlshare): CLI11 reads "-1" into a size_t as
+// 2^64 - 1, and "nan" passes CLI::Range.
+CLI::Validator integer_in(std::uint64_t lo, std::uint64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+        unsigned long long v = 0;
+        bool ok = !text.empty() && text.size() <= 20 && std::all_of(text.begin(), text.end(), digit);
+        if (ok) {
+          errno = 0;
+          v = std::strtoull(text.c_str(), nullptr, 10);
+          ok = errno == 0 && v >= lo && v <= hi;
+        }
+        if (!ok) return fmt::format("'{}' is not an integer in {}..{}", text, lo, hi);
+        text = std::to_string(v);  // "010" would be octal to CLI11's conversion
+        return {};
+      },
+      fmt::format("{}..{}", lo, hi));
+}
+
+CLI::Validator real_in(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double v = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
+        if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !std::isfinite(v) || !(v >= lo) ||
+            !(v <= hi)) {
+          return fmt::format("'{}' is not a number in {}..{}", text, lo, hi);
+        }
+        return {};
+      },
+      fmt::format("{}..{}", lo, hi));
+}
+
+// The pool's /dev/shm path and the demo's pid, for the signal handler: unlink and getpid are
+// async-signal-safe, remove_backend is not. Empty path: nothing to remove (--keep).
+char g_pool_path[300] = {};
+pid_t g_demo_pid = 0;
+
+extern "C" void remove_pool_and_die(int sig) {
+  if (g_pool_path[0] != '\0' && ::getpid() == g_demo_pid) ::unlink(g_pool_path);
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+// Removes the pool when main returns, whichever way (the workers leave with _exit and so
+// never run it).
+class PoolGuard {
+ public:
+  PoolGuard(std::string uri, bool keep) : uri_(std::move(uri)), keep_(keep), owner_(::getpid()) {}
+  ~PoolGuard() {
+    if (keep_ || ::getpid() != owner_) return;
+    try {
+      if (xlshare::backend_exists(uri_)) xlshare::remove_backend(uri_);
+    } catch (...) {
+    }
+  }
+  PoolGuard(const PoolGuard&) = delete;
+  PoolGuard& operator=(const PoolGuard&) = delete;
+
+ private:
+  std::string uri_;
+  bool keep_;
+  pid_t owner_;
+};
+
+// Reads exactly sizeof(Report); false when the worker closed its pipe first (it died).
+bool read_report(int fd, Report& r) {
+  auto* p = reinterpret_cast<char*>(&r);
+  std::size_t got = 0;
+  while (got < sizeof r) {
+    const ssize_t n = ::read(fd, p + got, sizeof r - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    got += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) {
+    return fmt::format("killed by signal {} ({})", WTERMSIG(status), ::strsignal(WTERMSIG(status)));
+  }
+  if (WIFEXITED(status)) return fmt::format("exit status {}", WEXITSTATUS(status));
+  return "stopped";
+}
+
+int fail(const std::string& what) {
+  std::string line = what;
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  fmt::print(stderr, "xlshare: error: {}\n", line);
+  return 1;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"xlshare demo: one shared copy of a model, served by worker processes"};
-  std::string model_path, preset = "cxl-x8", policy = "lru";
-  int workers = 4;
+  std::string model_path, preset = "cxl-x8", policy = "lru", uri;
+  unsigned workers = 4;
   double cache_fraction = 0.25;
   std::size_t tokens = 16, lookahead = 2;
   bool keep = false;
   app.add_option("--model", model_path, "GGUF file or Hugging Face directory (default: a synthetic Llama)");
-  app.add_option("--workers", workers, "worker processes")->capture_default_str()->check(CLI::Range(1, 16));
+  app.add_option("--pool", uri, "the demo's pool, shm://NAME; must not exist (default: shm://xlshare-demo-PID)");
+  app.add_option("--workers", workers, "worker processes")->capture_default_str()->check(integer_in(1, 16));
   app.add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
   app.add_option("--policy", policy, "eviction policy: lru, fifo, schedule")->capture_default_str();
-  app.add_option("--lookahead", lookahead, "prefetch lookahead (steps)")->capture_default_str();
+  app.add_option("--lookahead", lookahead, "prefetch lookahead (steps)")
+      ->capture_default_str()
+      ->check(integer_in(0, 1024));
   app.add_option("--cache-fraction", cache_fraction, "near cache per worker, as a fraction of the model")
       ->capture_default_str()
-      ->check(CLI::Range(0.01, 1.0));
-  app.add_option("--tokens", tokens, "tokens each worker generates")->capture_default_str();
+      ->check(real_in(0.01, 1.0));
+  // The engine's default context (1024) less the 8-token prompt.
+  app.add_option("--tokens", tokens, "tokens each worker generates")->capture_default_str()->check(integer_in(1, 1016));
   app.add_flag("--keep", keep, "leave the pool in place");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);  // --help
+  } catch (const CLI::ParseError& e) {
+    return fail(e.what());
+  }
 
-  const std::string uri = fmt::format("shm://xlshare-demo-{}", ::getpid());
+  // A worker that dies makes writes to its pipe fail with EPIPE, which the code below checks;
+  // the default SIGPIPE would kill the demo instead, pool left behind.
+  ::signal(SIGPIPE, SIG_IGN);
+  g_demo_pid = ::getpid();
+  if (uri.empty()) uri = fmt::format("shm://xlshare-demo-{}", g_demo_pid);
+  try {
+    const auto parsed = xlshare::parse_backend_uri(uri);
+    if (parsed.scheme != xlshare::BackendUri::Scheme::kShm) {
+      return fail(fmt::format("--pool {}: the demo needs a shm://NAME pool (it measures /dev/shm/NAME)", uri));
+    }
+    if (xlshare::backend_exists(uri)) {
+      return fail(fmt::format("--pool {}: already exists; the demo makes and removes its own pool", uri));
+    }
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+  const std::string shm_path = "/dev/shm/" + uri.substr(6);
+  if (!keep) {
+    fmt::format_to_n(g_pool_path, sizeof g_pool_path - 1, "{}", shm_path);
+    struct sigaction sa {};
+    sa.sa_handler = remove_pool_and_die;
+    ::sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+  }
+  PoolGuard guard(uri, keep);
+
+  struct Child {
+    pid_t pid;
+    int report_fd, release_fd;
+  };
+  std::vector<Child> children;
+  // Lets every worker go (a dead one's EPIPE is ignored), then reaps them; their exit statuses.
+  auto release_and_reap = [&children] {
+    for (auto& c : children) {
+      if (c.release_fd >= 0) {
+        (void)!::write(c.release_fd, "x", 1);
+        ::close(c.release_fd);
+        c.release_fd = -1;
+      }
+      if (c.report_fd >= 0) {
+        ::close(c.report_fd);
+        c.report_fd = -1;
+      }
+    }
+    std::vector<int> statuses;
+    for (const auto& c : children) {
+      int status = 0;
+      while (::waitpid(c.pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      statuses.push_back(status);
+    }
+    children.clear();
+    return statuses;
+  };
+
   try {
     xlshare::EngineConfig config;
     config.pool_uri = uri;
@@ -97,21 +270,38 @@ int main(int argc, char** argv) {
                link.bandwidth_gbps, link.latency_ns, xlshare::CxlEmulator::host_copy_gbps());
     fmt::print("  {} worker processes, each with a {:.1f} MiB cache ({:.0f}% of the model), {} eviction, lookahead {}\n\n",
                workers, mib(config.cache_bytes), cache_fraction * 100, policy, lookahead);
+    std::fflush(stdout);  // the header shows while the workers run
 
     std::vector<std::int32_t> prompt;
     for (int i = 0; i < 8; ++i) prompt.push_back(static_cast<std::int32_t>((i * 977 + 13) % vocab));
 
     // 2. Workers attach and generate, each in its own process.
-    struct Child {
-      pid_t pid;
-      int report_fd, release_fd;
-    };
-    std::vector<Child> children;
-    for (int w = 0; w < workers; ++w) {
+    for (unsigned w = 0; w < workers; ++w) {
       int report[2], release[2];
-      if (::pipe(report) != 0 || ::pipe(release) != 0) throw xlshare::Error("pipe failed");
+      if (::pipe(report) != 0) throw xlshare::Error(xlshare::errno_message("pipe", errno));
+      if (::pipe(release) != 0) {
+        const int err = errno;
+        ::close(report[0]);
+        ::close(report[1]);
+        throw xlshare::Error(xlshare::errno_message("pipe", err));
+      }
       const pid_t pid = ::fork();
+      if (pid < 0) {
+        const int err = errno;
+        for (int fd : {report[0], report[1], release[0], release[1]}) ::close(fd);
+        throw xlshare::Error(xlshare::errno_message("fork", err));
+      }
       if (pid == 0) {
+        // A terminal's ^C reaches the workers too: they just die; the demo removes the pool.
+        for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, SIG_DFL);
+        // And a worker never outlives the demo (killed by a signal it could not handle).
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != g_demo_pid) ::_exit(1);
+        // The earlier workers' pipe ends: holding them would keep those workers from seeing EOF.
+        for (const auto& c : children) {
+          ::close(c.report_fd);
+          ::close(c.release_fd);
+        }
         ::close(report[0]);
         ::close(release[1]);
         Report r;
@@ -134,13 +324,16 @@ int main(int argc, char** argv) {
           r.tokens = res.output_tokens.size();
           r.output_hash = xlshare::checksum64(res.output_tokens.data(), res.output_tokens.size() * 4);
           r.ok = 1;
-          (void)!::write(report[1], &r, sizeof r);
+        } catch (const std::exception& e) {
+          fmt::format_to_n(r.error, sizeof r.error - 1, "{}", e.what());
+          rc = 1;
+        } catch (...) {
+          fmt::format_to_n(r.error, sizeof r.error - 1, "unknown exception");
+          rc = 1;
+        }
+        if (::write(report[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r) && r.ok) {
           char c;
           (void)!::read(release[0], &c, 1);  // stay attached until measured
-        } catch (const std::exception& e) {
-          fmt::print(stderr, "worker {}: {}\n", w, e.what());
-          (void)!::write(report[1], &r, sizeof r);
-          rc = 1;
         }
         ::_exit(rc);
       }
@@ -149,56 +342,61 @@ int main(int argc, char** argv) {
       children.push_back({pid, report[0], release[1]});
     }
     std::vector<Report> reports(children.size());
+    std::vector<bool> reported(children.size());
+    for (std::size_t i = 0; i < children.size(); ++i) reported[i] = read_report(children[i].report_fd, reports[i]);
+    std::vector<pid_t> pids;
+    std::size_t n_failed = 0, first_failed = children.size();
     for (std::size_t i = 0; i < children.size(); ++i) {
-      if (::read(children[i].report_fd, &reports[i], sizeof(Report)) != static_cast<ssize_t>(sizeof(Report))) {
-        throw xlshare::Error(fmt::format("worker {} died before reporting", i));
+      pids.push_back(children[i].pid);
+      if (!reported[i] || !reports[i].ok) {
+        ++n_failed;
+        first_failed = std::min(first_failed, i);
       }
     }
+    // A failed worker: no table, no claims; one line naming it and why.
+    if (n_failed > 0) {
+      const std::size_t i = first_failed;
+      const auto statuses = release_and_reap();
+      const std::string why =
+          reported[i] ? std::string(reports[i].error) : "died before reporting (" + describe_exit(statuses[i]) + ")";
+      return fail(fmt::format("worker {} (pid {}) failed: {}{}", i, pids[i], why,
+                              n_failed > 1 ? fmt::format(" ({} of {} workers failed)", n_failed, pids.size()) : ""));
+    }
+
     // 3. Measure while every worker is attached.
-    const std::string shm_path = "/dev/shm/" + uri.substr(6);
     fmt::print("{:>6} {:>7} {:>9} {:>10} {:>7} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9}\n", "worker", "pid", "attach ms",
                "latency ms", "tok/s", "ready", "reuse", "stall ms", "link MiB", "PSS MiB", "pool PSS");
     std::uint64_t pss_total = 0, pool_pss_total = 0;
-    bool all_ok = true, identical = true;
+    bool identical = true;
     for (std::size_t i = 0; i < children.size(); ++i) {
       const Report& r = reports[i];
       const auto proc = xlshare::read_proc_memory(children[i].pid).value_or(xlshare::ProcMemory{});
       const auto mapped = xlshare::read_mapping_memory(children[i].pid, shm_path).value_or(xlshare::ProcMemory{});
       pss_total += proc.pss;
       pool_pss_total += mapped.pss;
-      all_ok = all_ok && r.ok;
       identical = identical && r.output_hash == reports[0].output_hash;
       fmt::print("{:>6} {:>7} {:>9.1f} {:>10.1f} {:>7.1f} {:>6.2f} {:>6.2f} {:>8.1f} {:>9.1f} {:>8.1f} {:>9.1f}\n", i,
                  children[i].pid, r.attach_ms, r.latency_ms,
                  r.latency_ms > 0 ? 1000.0 * static_cast<double>(r.tokens) / r.latency_ms : 0.0, r.ready, r.reuse,
                  r.stall_ms, mib(r.link_bytes), mib(proc.pss), mib(mapped.pss));
     }
-    for (const auto& c : children) {
-      (void)!::write(c.release_fd, "x", 1);
-      ::close(c.release_fd);
-      ::close(c.report_fd);
-    }
-    int failures = 0;
-    for (const auto& c : children) {
-      int status = 0;
-      ::waitpid(c.pid, &status, 0);
-      failures += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const auto statuses = release_and_reap();
+    for (std::size_t i = 0; i < statuses.size(); ++i) {
+      if (!(WIFEXITED(statuses[i]) && WEXITSTATUS(statuses[i]) == 0)) {
+        return fail(fmt::format("worker {} (pid {}) failed after reporting: {}", i, pids[i],
+                                describe_exit(statuses[i])));
+      }
     }
     const double copies = static_cast<double>(workers) * static_cast<double>(model_bytes);
     fmt::print("\nmemory: the {} workers together {:.1f} MiB PSS ({:.1f} MiB of it the shared pool);\n", workers,
                mib(pss_total), mib(pool_pss_total));
     fmt::print("        {} private copies of the weights alone would be {:.1f} MiB: memory_efficiency {:.2f}x\n",
                workers, copies / (1 << 20), copies / static_cast<double>(std::max<std::uint64_t>(pss_total, 1)));
-    fmt::print("outputs: {}\n", identical ? "every worker generated the same tokens" : "WORKERS DISAGREE");
-    if (!keep) xlshare::remove_backend(uri);
-    if (!all_ok || failures || !identical) return 1;
+    if (!identical) return fail("the workers generated different tokens from the same prompt");
+    fmt::print("outputs: every worker generated the same tokens\n");
   } catch (const std::exception& e) {
-    fmt::print(stderr, "xlshare_demo: error: {}\n", e.what());
-    try {
-      if (!keep && xlshare::backend_exists(uri)) xlshare::remove_backend(uri);
-    } catch (...) {
-    }
-    return 1;
+    release_and_reap();  // workers must not outlive the pool they use
+    return fail(e.what());
   }
   return 0;
 }

@@ -1,11 +1,18 @@
 // The `xlshare` program as a user runs it: exit status, one-line errors, --json output.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <cstdio>
+#include <thread>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -21,8 +28,8 @@ struct Result {
   std::string out;  // stdout and stderr together
 };
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(XLSHARE_CLI) + " " + args + " 2>&1";
+Result run_program(const std::string& program, const std::string& args) {
+  const std::string cmd = program + " " + args + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   std::string out;
   std::array<char, 4096> buf{};
@@ -30,6 +37,8 @@ Result run(const std::string& args) {
   const int rc = ::pclose(p);
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
 }
+
+Result run(const std::string& args) { return run_program(XLSHARE_CLI, args); }
 
 TEST(Cli, PoolCreateInfoRemove) {
   const std::string uri = "shm://" + test::unique_name("cli");
@@ -187,6 +196,254 @@ TEST(Cli, BadArgumentsAndFilesAreOneLineErrors) {
     auto h = run(std::string(sub) + " --help");
     EXPECT_EQ(h.status, 0) << sub;
   }
+}
+
+}  // namespace
+}  // namespace xlshare
+
+namespace xlshare {
+namespace {
+
+// True when `out` is exactly one line, "xlshare: error: ...", that mentions `what`.
+::testing::AssertionResult one_error_line(const Result& r, const std::string& what) {
+  if (r.status == 0) return ::testing::AssertionFailure() << "exit status 0: " << r.out;
+  if (r.out.rfind("xlshare: error: ", 0) != 0) return ::testing::AssertionFailure() << "no error line: " << r.out;
+  if (std::count(r.out.begin(), r.out.end(), '\n') != 1) {
+    return ::testing::AssertionFailure() << "not one line: " << r.out;
+  }
+  if (r.out.find(what) == std::string::npos) {
+    return ::testing::AssertionFailure() << "does not name " << what << ": " << r.out;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// A pool holding the tiny model "tiny" (vocabulary 128), removed with the fixture.
+class CliWithModel : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    gguf_ = dir_.path() / "tiny.gguf";
+    auto r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " + gguf_.string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    r = run("load " + gguf_.string() + " --pool " + uri_);
+    ASSERT_EQ(r.status, 0) << r.out;
+  }
+  test::TempDir dir_;
+  std::string uri_ = "shm://" + test::unique_name("cli-check");
+  test::BackendGuard guard_{uri_};
+  std::filesystem::path gguf_;
+};
+
+TEST_F(CliWithModel, EveryNumericOptionIsRangeChecked) {
+  const std::string gen = "generate --pool " + uri_ + " --model tiny --prompt-tokens 1,2,3 ";
+  const std::string wrk = "worker --pool " + uri_ + " --model tiny --requests /dev/null --out /dev/null ";
+  const std::string synth = "synth --out " + (dir_.path() / "s.gguf").string() + " ";
+  const std::string eval = "eval --model " + gguf_.string() + " --tokens 1,2 --logits-out " +
+                           (dir_.path() / "l.bin").string() + " ";
+  const std::string load = "load " + gguf_.string() + " --pool " + uri_ + " --name other ";
+  const std::string fresh = "shm://" + test::unique_name("cli-create");
+  test::BackendGuard fresh_guard(fresh);
+  const std::string create = "pool create " + fresh + " ";
+  // {command, option, value}: each of these, without its check, would run (and exit 0) or wrap
+  // around. The error must name the option and the value.
+  const std::vector<std::array<std::string, 3>> cases = {
+      {gen, "-n", "-3"},
+      {gen, "-n", "99999999999999999999"},
+      {gen, "--lookahead", "-1"},
+      {gen, "--temperature", "-1"},
+      {gen, "--temperature", "nan"},
+      {gen, "--temperature", "inf"},
+      {gen, "--top-p", "2"},
+      {gen, "--top-p", "-0.1"},
+      {gen, "--top-p", "nan"},
+      {gen, "--top-k", "-1"},
+      {gen, "--seed", "-1"},
+      {gen, "--cache", "-1M"},
+      {gen, "--cache", "2T"},
+      {gen, "--threads", "0"},
+      {gen, "--threads", "-2"},
+      {gen, "--prefetch-threads", "0"},
+      {wrk, "--lookahead", "-1"},
+      {wrk, "--cache", "-64K"},
+      {wrk, "--threads", "0"},
+      {eval, "--threads", "0"},
+      {eval, "--threads", "-1"},
+      {synth, "--layers", "0"},
+      {synth, "--vocab", "-5"},
+      {synth, "--dim", "-64"},
+      {synth, "--heads", "0"},
+      {synth, "--kv-heads", "-2"},
+      {synth, "--ffn", "0"},
+      {synth, "--seed", "-1"},
+      {synth, "--shards", "0"},
+      {synth, "--context", "0"},
+      {load, "--pool-size", "-1G"},
+      {create, "--size", "-1G"},
+      {create, "--max-models", "0"},
+      {create, "--max-models", "65"},
+      {create, "--max-tensors", "-1"},
+  };
+  for (const auto& [command, option, value] : cases) {
+    const std::string args = command + option + " " + value;
+    EXPECT_TRUE(one_error_line(run(args), option + ": '" + value + "'")) << args;
+  }
+  EXPECT_TRUE(one_error_line(run(synth + "--dim 66 --heads 4"), "not a multiple of --heads"));
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() / "s.gguf"));
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() / "l.bin"));
+  EXPECT_FALSE(backend_exists(fresh));
+
+  // The same options in range are accepted: the checks refuse only what is out of range.
+  auto r = run(gen + "-n 2 --lookahead 0 --temperature 0.5 --top-p 0.9 --top-k 5 --seed 7 --threads 2 "
+                     "--prefetch-threads 1 --cache 64K --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"].size(), 2u);
+  r = run(synth + "--dim 64 --layers 1 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --context 16 --seed 3");
+  EXPECT_EQ(r.status, 0) << r.out;
+  r = run(eval + "--threads 2");
+  EXPECT_EQ(r.status, 0) << r.out;
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(p);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
+  const std::string good_a = R"({"id": "a", "prompt": [1, 2, 3], "max_new_tokens": 5})";
+  const std::string good_b = R"({"id": "b", "prompt": [9, 4], "max_new_tokens": 3, "temperature": 0.7, "seed": 3})";
+  const auto alone = dir_.path() / "alone.jsonl", alone_out = dir_.path() / "alone.out.jsonl";
+  std::ofstream(alone) << good_a << "\n" << good_b << "\n";
+  auto r = run("worker --pool " + uri_ + " --model tiny --requests " + alone.string() + " --out " + alone_out.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto want = read_jsonl(alone_out);
+  ASSERT_EQ(want.size(), 2u);
+
+  // Each bad request and the id its error result carries (empty: none could be read, so the
+  // line number stands in, as it does for a good request without one).
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"id": "oov", "prompt": [1, 200], "max_new_tokens": 2})", "oov"},  // token outside the vocabulary
+      {R"({"id": "neg", "prompt": [1], "max_new_tokens": -1})", "neg"},
+      {R"({"id": 17, "prompt": [-4]})", "17"},
+      {R"({"id": "noprompt", "max_new_tokens": 2})", "noprompt"},
+      {R"({"id": "type", "prompt": [1], "temperature": "hot"})", "type"},
+      {R"({"id": "long", "prompt": [1], "max_new_tokens": 100000})", "long"},  // past the context
+      {R"({"id": "broken", "prompt": [1)", ""},
+      {R"([1, 2, 3])", ""},
+  };
+  const auto mixed = dir_.path() / "mixed.jsonl", mixed_out = dir_.path() / "mixed.out.jsonl";
+  {
+    std::ofstream f(mixed);
+    f << good_a << "\n\n";
+    for (const auto& b : bad) f << b.first << "\n";
+    f << good_b << "\n";
+  }
+  r = run("worker --pool " + uri_ + " --model tiny --requests " + mixed.string() + " --out " + mixed_out.string());
+  EXPECT_TRUE(one_error_line(r, "8 of 10 requests failed")) << r.out;
+  const auto got = read_jsonl(mixed_out);
+  ASSERT_EQ(got.size(), bad.size() + 2) << r.out;
+  EXPECT_EQ(got.front()["id"], "a");
+  EXPECT_EQ(got.front()["line"], 1);
+  EXPECT_EQ(got.front()["tokens"], want[0]["tokens"]);
+  EXPECT_FALSE(got.front().contains("error"));
+  for (std::size_t i = 0; i < bad.size(); ++i) {
+    const auto& e = got[i + 1];
+    const std::size_t line = i + 3;  // after good_a and the blank line, which counts
+    EXPECT_EQ(e["line"], line) << e;
+    EXPECT_EQ(e["id"], bad[i].second.empty() ? std::to_string(line) : bad[i].second) << e;
+    ASSERT_TRUE(e.contains("error")) << e;
+    EXPECT_FALSE(e["error"].get<std::string>().empty()) << e;
+    EXPECT_FALSE(e.contains("tokens")) << e;
+  }
+  EXPECT_NE(got[1]["error"].get<std::string>().find("vocabulary"), std::string::npos) << got[1];
+  EXPECT_EQ(got.back()["id"], "b");
+  EXPECT_EQ(got.back()["line"], bad.size() + 3);
+  EXPECT_EQ(got.back()["tokens"], want[1]["tokens"]);
+}
+
+// The demo, which forks its workers: the pool it names, what it prints, how it exits.
+class Demo : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    gguf_ = dir_.path() / "tiny.gguf";
+    auto r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " + gguf_.string());
+    ASSERT_EQ(r.status, 0) << r.out;
+  }
+  Result demo(const std::string& args) {
+    return run_program(XLSHARE_DEMO, "--model " + gguf_.string() + " --pool " + uri_ + " " + args);
+  }
+  test::TempDir dir_;
+  std::string uri_ = "shm://" + test::unique_name("demo");
+  test::BackendGuard guard_{uri_};
+  std::filesystem::path gguf_;
+};
+
+TEST_F(Demo, ServesAndRemovesItsPool) {
+  auto r = demo("--workers 2 --tokens 2 --cache-fraction 0.5");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("outputs: every worker generated the same tokens"), std::string::npos) << r.out;
+  EXPECT_FALSE(backend_exists(uri_));
+}
+
+TEST_F(Demo, AFailedWorkerIsOneErrorNoTableAndNoPoolLeft) {
+  // 1% of this model is a few KiB: less than one block's tensors, so every worker fails.
+  auto r = demo("--workers 2 --tokens 2 --cache-fraction 0.01");
+  EXPECT_EQ(r.status, 1) << r.out;  // not 141 (SIGPIPE), nor -1 (killed)
+  const auto at = r.out.find("xlshare: error: worker ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cache", at), std::string::npos) << "the error says why: " << r.out;
+  EXPECT_EQ(r.out.find("xlshare: error:", at + 1), std::string::npos) << "more than one error line: " << r.out;
+  for (const char* claim : {"latency ms", "memory:", "memory_efficiency", "outputs:"}) {
+    EXPECT_EQ(r.out.find(claim), std::string::npos) << claim << " printed for failed workers: " << r.out;
+  }
+  EXPECT_FALSE(backend_exists(uri_)) << "the demo left its pool behind";
+}
+
+TEST_F(Demo, RefusesBadOptionsAndAPoolThatExists) {
+  for (const std::string args : {"--tokens 0", "--tokens -1", "--lookahead -1", "--workers 0", "--workers 17",
+                                  "--cache-fraction nan", "--cache-fraction -0.5", "--cache-fraction 2"}) {
+    auto r = demo(args);
+    EXPECT_NE(r.status, 0) << args << ": " << r.out;
+    EXPECT_EQ(r.out.rfind("xlshare: error: ", 0), 0u) << args << ": " << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << args << ": " << r.out;
+  }
+  // Someone else's pool under the demo's name is neither used nor removed.
+  ASSERT_EQ(run("pool create " + uri_ + " --size 4M").status, 0);
+  auto r = demo("--workers 1 --tokens 1");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("already exists"), std::string::npos) << r.out;
+  EXPECT_TRUE(backend_exists(uri_));
+}
+
+TEST(DemoSignals, SigtermRemovesThePool) {
+  const std::string uri = "shm://" + test::unique_name("demo-sig");
+  test::BackendGuard guard(uri);
+  const std::string shm = "/dev/shm/" + uri.substr(6);
+  // The default synthetic model: seconds between the pool appearing and the demo ending.
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    ::execl(XLSHARE_DEMO, XLSHARE_DEMO, "--pool", uri.c_str(), "--workers", "1", "--tokens", "1000",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int status = 0;
+  pid_t ended = 0;
+  while (!std::filesystem::exists(shm) && std::chrono::steady_clock::now() < deadline &&
+         (ended = ::waitpid(pid, &status, WNOHANG)) == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(ended, 0) << "the demo ended before making its pool, status " << status;
+  const bool appeared = std::filesystem::exists(shm);
+  ::kill(pid, SIGTERM);
+  EXPECT_TRUE(appeared) << "the demo never made its pool";
+  EXPECT_EQ(test::wait_exit(pid), 128 + SIGTERM);
+  EXPECT_FALSE(backend_exists(uri)) << "SIGTERM left the demo's pool behind";
 }
 
 }  // namespace

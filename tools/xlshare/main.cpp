@@ -1,13 +1,33 @@
 // xlshare: manage pools of shared model weights from the command line.
-// Every error is one line on stderr and exit status 1.
+// Every error is one line on stderr, "xlshare: error: ...", and exit status 1.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <new>
+#include <string>
 
 #include "commands.hpp"
 #include "xlshare/error.hpp"
+
+namespace {
+
+// A message that is sure to fit on one line (CLI11 and OS messages sometimes hold newlines).
+std::string one_line(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return s;
+}
+
+int fail(const std::string& what) {
+  fmt::print(stderr, "xlshare: error: {}\n", one_line(what));
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"xlshare: one shared copy of model weights in a far memory pool"};
@@ -19,11 +39,15 @@ int main(int argc, char** argv) {
   xlshare::cli::add_model_commands(app);
   try {
     app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);  // --help, --version
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 would print its own two-line form; keep the one every other error has.
+    return fail(e.what());
+  } catch (const std::bad_alloc&) {
+    return fail("out of memory");
   } catch (const std::exception& e) {
-    fmt::print(stderr, "xlshare: error: {}\n", e.what());
-    return 1;
+    return fail(e.what());
   }
   return 0;
 }

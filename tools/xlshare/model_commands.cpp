@@ -1,6 +1,10 @@
 // xlshare load | synth | generate | eval | worker | stats
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -12,6 +16,7 @@
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/model/model_file.hpp"
+#include "xlshare/model/synthetic.hpp"
 
 namespace xlshare::cli {
 
@@ -68,7 +73,65 @@ DType parse_dtype_arg(const std::string& s) {
   return *d;
 }
 
+CLI::Validator integer_in(std::uint64_t lo, std::uint64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+        unsigned long long v = 0;
+        bool ok = !text.empty() && text.size() <= 20 && std::all_of(text.begin(), text.end(), digit);
+        if (ok) {
+          errno = 0;
+          v = std::strtoull(text.c_str(), nullptr, 10);
+          ok = errno == 0 && v >= lo && v <= hi;
+        }
+        if (!ok) return fmt::format("'{}' is not an integer in {}..{}", text, lo, hi);
+        text = std::to_string(v);  // "010" would be octal to CLI11's conversion
+        return {};
+      },
+      fmt::format("{}..{}", lo, hi));
+}
+
+CLI::Validator real_in(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double v = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
+        // !(v >= lo) also refuses NaN, which compares false with everything.
+        if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !std::isfinite(v) || !(v >= lo) ||
+            !(v <= hi)) {
+          return fmt::format("'{}' is not a number in {}..{}", text, lo, hi);
+        }
+        return {};
+      },
+      fmt::format("{}..{}", lo, hi));
+}
+
+CLI::Validator size_in(std::uint64_t lo, std::uint64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        std::uint64_t v = 0;
+        try {
+          v = parse_bytes(text);
+        } catch (const ConfigError&) {
+          return fmt::format("'{}' is not a size (examples: 4096, 64K, 64M, 2G, 1T)", text);
+        }
+        if (v < lo || v > hi) return fmt::format("'{}' is not a size in {}..{} bytes", text, lo, hi);
+        return {};
+      },
+      "SIZE");
+}
+
 namespace {
+
+// The limits of the options below. Threads: a thread per core of a big host is far below
+// 256, and every thread costs a stack. Lookahead: steps of a layer schedule, which wraps
+// after one pass, so more than a model's layers is never needed.
+constexpr std::uint64_t kMaxThreads = 256;
+constexpr std::uint64_t kMaxLookahead = 1024;
+constexpr std::uint64_t kMaxNewTokens = 1u << 20;  // generate -n and a worker request's max_new_tokens
+constexpr double kMaxTemperature = 100.0;           // far past any useful setting (1: the model's own odds)
+constexpr std::uint64_t kMaxCacheBytes = 1ull << 40;
 
 // Options every serving command shares.
 struct EngineArgs {
@@ -85,12 +148,18 @@ struct EngineArgs {
   void add(CLI::App* app, bool pool_required) {
     auto* p = app->add_option("--pool", pool, "pool URI (shm://NAME, file:///PATH, ...)");
     if (pool_required) p->required();
-    app->add_option("--cache", cache, "near cache per worker, e.g. 64M; 0: no cache")->capture_default_str();
+    app->add_option("--cache", cache, "near cache per worker, e.g. 64M; 0: no cache")
+        ->capture_default_str()
+        ->check(size_in(0, kMaxCacheBytes));
     app->add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
     app->add_option("--policy", policy, "eviction policy: lru, fifo, schedule")->capture_default_str();
-    app->add_option("--lookahead", lookahead, "prefetch lookahead in steps")->capture_default_str();
-    app->add_option("--prefetch-threads", prefetch_threads, "transfer threads")->capture_default_str();
-    app->add_option("--threads", threads, "compute threads")->capture_default_str();
+    app->add_option("--lookahead", lookahead, "prefetch lookahead in steps")
+        ->capture_default_str()
+        ->check(integer_in(0, kMaxLookahead));
+    app->add_option("--prefetch-threads", prefetch_threads, "transfer threads")
+        ->capture_default_str()
+        ->check(integer_in(1, kMaxThreads));
+    app->add_option("--threads", threads, "compute threads")->capture_default_str()->check(integer_in(1, kMaxThreads));
     app->add_flag("--no-verify", no_verify, "skip checksum verification of transfers");
     app->add_option("--replica", replica, "replica pool URI for failover");
   }
@@ -146,7 +215,8 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("model", a->model, "GGUF file, .safetensors file, or Hugging Face directory")->required();
     cmd->add_option("--pool", a->pool, "pool URI; created if absent")->required();
     cmd->add_option("--name", a->name, "model name in the pool (default: the file's stem)");
-    cmd->add_option("--pool-size", a->pool_size, "size of a new pool, e.g. 2G (default: the model's size)");
+    cmd->add_option("--pool-size", a->pool_size, "size of a new pool, e.g. 2G (default: the model's size)")
+        ->check(size_in(1, UINT64_MAX));
     cmd->add_flag("--json", a->json, "print the pool's stats as JSON");
     cmd->callback([a] {
       EngineConfig c;
@@ -172,20 +242,38 @@ void add_model_commands(CLI::App& app) {
     };
     auto a = std::make_shared<Args>();
     CLI::App* cmd = app.add_subcommand("synth", "write a synthetic Llama model (seeded random weights)");
-    cmd->add_option("--dim", a->dim, "hidden size")->capture_default_str();
-    cmd->add_option("--layers", a->layers, "blocks")->capture_default_str();
-    cmd->add_option("--heads", a->heads, "attention heads")->capture_default_str();
-    cmd->add_option("--kv-heads", a->kv_heads, "key/value heads")->capture_default_str();
-    cmd->add_option("--ffn", a->ffn, "feed-forward size")->capture_default_str();
-    cmd->add_option("--vocab", a->vocab, "vocabulary size")->capture_default_str();
-    cmd->add_option("--context", a->context, "context length")->capture_default_str();
+    // The ranges LlamaConfig::validate accepts, refused here before any memory is spent.
+    cmd->add_option("--dim", a->dim, "hidden size")->capture_default_str()->check(integer_in(1, 1u << 16));
+    cmd->add_option("--layers", a->layers, "blocks")->capture_default_str()->check(integer_in(1, 1024));
+    cmd->add_option("--heads", a->heads, "attention heads")->capture_default_str()->check(integer_in(1, 1024));
+    cmd->add_option("--kv-heads", a->kv_heads, "key/value heads (divides --heads)")
+        ->capture_default_str()
+        ->check(integer_in(1, 1024));
+    cmd->add_option("--ffn", a->ffn, "feed-forward size")->capture_default_str()->check(integer_in(1, 1u << 18));
+    cmd->add_option("--vocab", a->vocab, "vocabulary size")->capture_default_str()->check(integer_in(1, 1u << 22));
+    cmd->add_option("--context", a->context, "context length")->capture_default_str()->check(integer_in(1, 1u << 20));
     cmd->add_option("--dtype", a->dtype, "matrices as f32, f16, bf16 or q8_0 (GGUF only)")->capture_default_str();
-    cmd->add_option("--seed", a->seed, "random seed")->capture_default_str();
-    cmd->add_option("--shards", a->shards, "safetensors shards")->capture_default_str();
+    cmd->add_option("--seed", a->seed, "random seed")->capture_default_str()->check(integer_in(0, UINT64_MAX));
+    cmd->add_option("--shards", a->shards, "safetensors shards")->capture_default_str()->check(integer_in(1, 1024));
     cmd->add_option("--out", a->out, "FILE.gguf, or a directory for safetensors + config.json")->required();
     cmd->callback([a] {
-      const auto m = create_sample_transformer_model(a->dim, a->layers, a->heads, a->kv_heads, a->ffn, a->vocab, a->seed);
+      if (a->dim % a->heads != 0) {
+        throw ConfigError(fmt::format("--dim {} is not a multiple of --heads {}", a->dim, a->heads));
+      }
+      if (a->heads % a->kv_heads != 0) {
+        throw ConfigError(fmt::format("--kv-heads {} does not divide --heads {}", a->kv_heads, a->heads));
+      }
       const DType dtype = parse_dtype_arg(a->dtype);
+      LlamaConfig c;  // as create_sample_transformer_model makes it, with --context honoured
+      c.dim = a->dim;
+      c.n_layers = a->layers;
+      c.n_heads = a->heads;
+      c.n_kv_heads = a->kv_heads;
+      c.head_dim = a->dim / a->heads;
+      c.ffn_dim = a->ffn;
+      c.vocab = a->vocab;
+      c.context = a->context;
+      const auto m = make_synthetic_llama(c, a->seed);
       const std::filesystem::path out = a->out;
       if (out.extension() == ".gguf") {
         write_gguf(m, out, dtype);
@@ -211,11 +299,15 @@ void add_model_commands(CLI::App& app) {
     a->engine.add(cmd, true);
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option("--prompt-tokens", a->prompt, "comma-separated token ids, e.g. 1,2,3")->required();
-    cmd->add_option("-n", a->n, "tokens to generate")->capture_default_str();
-    cmd->add_option("--temperature", a->temperature, "0: greedy")->capture_default_str();
-    cmd->add_option("--top-k", a->top_k, "0: all")->capture_default_str();
-    cmd->add_option("--top-p", a->top_p, "nucleus sampling")->capture_default_str();
-    cmd->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+    cmd->add_option("-n", a->n, "tokens to generate")->capture_default_str()->check(integer_in(0, kMaxNewTokens));
+    cmd->add_option("--temperature", a->temperature, "0: greedy")
+        ->capture_default_str()
+        ->check(real_in(0, kMaxTemperature));
+    cmd->add_option("--top-k", a->top_k, "0: all")->capture_default_str()->check(integer_in(0, UINT32_MAX));
+    cmd->add_option("--top-p", a->top_p, "nucleus sampling: keep the most likely tokens up to this probability")
+        ->capture_default_str()
+        ->check(real_in(0, 1));
+    cmd->add_option("--seed", a->seed, "sampling seed")->capture_default_str()->check(integer_in(0, UINT64_MAX));
     cmd->add_flag("--json", a->json, "print JSON");
     cmd->callback([a] {
       InferenceEngine engine(a->engine.config());
@@ -252,7 +344,9 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--tokens", a->tokens, "comma-separated token ids")->required();
     cmd->add_option("--logits-out", a->out, "output: n_tokens x n_vocab float32, little-endian, row-major")->required();
     cmd->add_option("--pool", a->pool, "read the model from this pool instead of a file");
-    cmd->add_option("--threads", a->threads, "compute threads")->capture_default_str();
+    cmd->add_option("--threads", a->threads, "compute threads")
+        ->capture_default_str()
+        ->check(integer_in(1, kMaxThreads));
     cmd->callback([a] {
       const auto tokens = parse_tokens(a->tokens);
       std::vector<float> logits;
@@ -299,25 +393,68 @@ void add_model_commands(CLI::App& app) {
     a->engine.add(cmd, true);
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option("--requests", a->requests,
-                    "JSONL: {\"id\": ..., \"prompt\": [ids], \"max_new_tokens\": N, \"temperature\": T, \"seed\": S}")
+                    "JSONL: {\"id\": ..., \"prompt\": [ids], \"max_new_tokens\": N, \"temperature\": T, \"top_k\": K, "
+                    "\"top_p\": P, \"seed\": S}")
         ->required();
-    cmd->add_option("--out", a->out, "JSONL results, one per request")->required();
+    cmd->add_option("--out", a->out,
+                    "JSONL results, one per request, in order; a bad request gets {\"id\", \"line\", \"error\"} "
+                    "and the rest are still served")
+        ->required();
     cmd->callback([a] {
-      const auto reqs = parse_requests_file(a->requests);
+      std::ifstream in(a->requests);
+      if (!in) throw ConfigError(fmt::format("{}: cannot open the requests file", a->requests));
+      auto lines = parse_request_lines(in);
+      if (in.bad()) throw BackendError(fmt::format("{}: read failed", a->requests));
       InferenceEngine engine(a->engine.config());
       engine.attach_model(a->model);
+      const std::uint32_t vocab = engine.model().config().vocab;
       std::ofstream out(a->out, std::ios::trunc);
       if (!out) throw BackendError(fmt::format("{}: cannot create", a->out));
-      for (const auto& r : reqs) {
-        const auto res = engine.inference(r);
-        out << nlohmann::json{{"id", res.id},           {"tokens", res.output_tokens}, {"latency_ms", res.latency_ms},
-                              {"ready_rate", res.ready_rate}, {"reuse_rate", res.reuse_rate}, {"stall_ms", res.stall_ms},
-                              {"link_bytes", res.link_bytes}, {"pid", ::getpid()}}
-                   .dump()
-            << "\n";
+      const auto error_result = [&](const RequestLine& l) {
+        return nlohmann::json{{"id", l.request.id}, {"line", l.line}, {"error", l.error}, {"pid", ::getpid()}};
+      };
+      std::size_t served = 0, failed = 0;
+      for (auto& l : lines) {
+        if (l.error.empty()) {
+          for (const auto t : l.request.prompt) {
+            if (static_cast<std::uint32_t>(t) >= vocab) {
+              l.error = fmt::format("prompt token {} is outside the vocabulary (0..{})", t, vocab - 1);
+              break;
+            }
+          }
+        }
+        if (l.error.empty()) {
+          try {
+            const auto res = engine.inference(l.request);
+            out << nlohmann::json{{"id", res.id},           {"line", l.line},
+                                  {"tokens", res.output_tokens}, {"latency_ms", res.latency_ms},
+                                  {"ready_rate", res.ready_rate}, {"reuse_rate", res.reuse_rate},
+                                  {"stall_ms", res.stall_ms},     {"link_bytes", res.link_bytes},
+                                  {"pid", ::getpid()}}
+                       .dump()
+                << "\n";
+            ++served;
+            continue;
+          } catch (const ConfigError& e) {
+            l.error = e.what();  // this request is impossible (too long for the context, ...); the next may not be
+          } catch (const std::exception& e) {
+            // The pool, the link or the cache failed: later requests would fail the same way.
+            l.error = e.what();
+            out << error_result(l).dump() << "\n";
+            out.flush();
+            throw;
+          }
+        }
+        out << error_result(l).dump() << "\n";
+        ++failed;
       }
+      out.flush();
       if (!out) throw BackendError(fmt::format("{}: write failed", a->out));
-      fmt::print(stderr, "worker {}: {} requests served\n", ::getpid(), reqs.size());
+      if (failed > 0) {
+        throw ConfigError(fmt::format("worker {}: {} of {} requests failed ({} served; errors in {})", ::getpid(),
+                                      failed, served + failed, served, a->out));
+      }
+      fmt::print(stderr, "worker {}: {} requests served\n", ::getpid(), served);
     });
   }
   // stats
@@ -348,46 +485,95 @@ void add_model_commands(CLI::App& app) {
   }
 }
 
+std::vector<RequestLine> parse_request_lines(std::istream& in) {
+  std::vector<RequestLine> out;
+  std::string text;
+  std::size_t number = 0;
+  while (std::getline(in, text)) {
+    ++number;
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    RequestLine l;
+    l.line = number;
+    l.request.id = std::to_string(number);
+    // Each check sets the error and stops at the first problem; the id is read first so that
+    // an error result names the request its sender knows.
+    [&] {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(text);
+      } catch (const nlohmann::json::exception& e) {
+        // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." less its tag.
+        const std::string what = e.what();
+        const auto tag_end = what.find("] ");
+        l.error = "not valid JSON: " + (tag_end == std::string::npos ? what : what.substr(tag_end + 2));
+        return;
+      }
+      if (!j.is_object()) {
+        l.error = "not a JSON object";
+        return;
+      }
+      InferenceRequest& r = l.request;
+      if (j.contains("id")) r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+      if (!j.contains("prompt") || !j["prompt"].is_array() || j["prompt"].empty()) {
+        l.error = "\"prompt\" must be a non-empty array of token ids";
+        return;
+      }
+      if (j["prompt"].size() > (1u << 20)) {
+        l.error = "\"prompt\" is too long";
+        return;
+      }
+      for (const auto& t : j["prompt"]) {
+        if (!t.is_number_integer() || t.get<std::int64_t>() < 0 || t.get<std::int64_t>() > INT32_MAX) {
+          l.error = "a prompt token is not a token id";
+          return;
+        }
+        r.prompt.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
+      }
+      if (j.contains("max_new_tokens")) {
+        if (!j["max_new_tokens"].is_number_unsigned() || j["max_new_tokens"].get<std::uint64_t>() > kMaxNewTokens) {
+          l.error = fmt::format("\"max_new_tokens\" must be an integer in 0..{}", kMaxNewTokens);
+          return;
+        }
+        r.max_new_tokens = j["max_new_tokens"].get<std::size_t>();
+      }
+      // JSON has no NaN, but 1e999 reads as infinity: bound the reals as the options are.
+      const auto real = [&](const char* key, double hi, float& to) {
+        if (!j.contains(key)) return true;
+        const auto& v = j[key];
+        if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0 || v.get<double>() > hi) {
+          l.error = fmt::format("\"{}\" must be a number in 0..{}", key, hi);
+          return false;
+        }
+        to = v.get<float>();
+        return true;
+      };
+      if (!real("temperature", kMaxTemperature, r.sampling.temperature)) return;
+      if (!real("top_p", 1.0, r.sampling.top_p)) return;
+      if (j.contains("top_k")) {
+        if (!j["top_k"].is_number_unsigned() || j["top_k"].get<std::uint64_t>() > UINT32_MAX) {
+          l.error = fmt::format("\"top_k\" must be an integer in 0..{}", UINT32_MAX);
+          return;
+        }
+        r.sampling.top_k = j["top_k"].get<std::uint32_t>();
+      }
+      if (j.contains("seed")) {
+        if (!j["seed"].is_number_unsigned()) {
+          l.error = "\"seed\" must be a non-negative integer";
+          return;
+        }
+        r.sampling.seed = j["seed"].get<std::uint64_t>();
+      }
+    }();
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
 std::vector<InferenceRequest> parse_requests(std::istream& in, const std::string& where) {
   std::vector<InferenceRequest> out;
-  std::string line;
-  std::size_t number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto bad = [&](const std::string& what) -> ConfigError {
-      return ConfigError(fmt::format("{}:{}: {}", where, number, what));
-    };
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      throw bad("not a JSON object");
-    }
-    if (!j.is_object()) throw bad("not a JSON object");
-    InferenceRequest r;
-    r.id = j.contains("id") ? (j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump()) : std::to_string(number);
-    if (!j.contains("prompt") || !j["prompt"].is_array() || j["prompt"].empty()) throw bad("\"prompt\" must be a non-empty array of token ids");
-    if (j["prompt"].size() > (1u << 20)) throw bad("\"prompt\" is too long");
-    for (const auto& t : j["prompt"]) {
-      if (!t.is_number_integer() || t.get<std::int64_t>() < 0 || t.get<std::int64_t>() > INT32_MAX) throw bad("a prompt token is not a token id");
-      r.prompt.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
-    }
-    if (j.contains("max_new_tokens")) {
-      if (!j["max_new_tokens"].is_number_unsigned() || j["max_new_tokens"].get<std::uint64_t>() > (1u << 20)) {
-        throw bad("\"max_new_tokens\" must be a small non-negative integer");
-      }
-      r.max_new_tokens = j["max_new_tokens"].get<std::size_t>();
-    }
-    if (j.contains("temperature")) {
-      if (!j["temperature"].is_number()) throw bad("\"temperature\" must be a number");
-      r.sampling.temperature = j["temperature"].get<float>();
-    }
-    if (j.contains("seed")) {
-      if (!j["seed"].is_number_unsigned()) throw bad("\"seed\" must be a non-negative integer");
-      r.sampling.seed = j["seed"].get<std::uint64_t>();
-    }
-    out.push_back(std::move(r));
+  for (auto& l : parse_request_lines(in)) {
+    if (!l.error.empty()) throw ConfigError(fmt::format("{}:{}: {}", where, l.line, l.error));
+    out.push_back(std::move(l.request));
   }
   return out;
 }

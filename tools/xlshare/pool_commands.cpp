@@ -37,14 +37,8 @@ void pool_create(const PoolArgs& a) {
   o.max_models = a.max_models;
   o.max_tensors = a.max_tensors;
   const std::uint64_t bytes = parse_bytes(a.size);
-  auto backend = create_backend(a.uri, bytes);
-  std::unique_ptr<Pool> pool;
-  try {
-    pool = Pool::create(std::move(backend), o);
-  } catch (...) {
-    remove_backend(a.uri);  // leave nothing half-made behind
-    throw;
-  }
+  // Laid out under a temporary name and renamed into place: nothing half-made is left.
+  auto pool = create_pool(a.uri, bytes, o);
   const auto s = pool->stats();
   if (a.json) {
     fmt::print("{}\n", s.to_json());
@@ -64,7 +58,7 @@ void pool_info(const PoolArgs& a) {
     for (const auto& m : models) {
       j["models"].push_back({{"name", m.name}, {"state", m.state}, {"tensors", m.tensor_count},
                              {"bytes", m.bytes}, {"owner_pid", m.owner_pid},
-                             {"owner_alive", m.owner_alive}});
+                             {"owner_alive", m.owner_alive}, {"problem", m.problem}});
     }
     fmt::print("{}\n", j.dump(2));
     return;
@@ -81,9 +75,10 @@ void pool_info(const PoolArgs& a) {
   for (const auto& m : models) {
     fmt::print("    {:<24} {:<8} {:>6} tensors {:>12}{}\n", m.name, m.state, m.tensor_count,
                human(m.bytes),
-               m.state == "loading" ? fmt::format("  (loader pid {} {})", m.owner_pid,
-                                                  m.owner_alive ? "alive" : "dead")
-                                    : "");
+               m.state == "loading" || m.state == "fenced"
+                   ? fmt::format("  (loader pid {} {})", m.owner_pid, m.owner_alive ? "alive" : "dead")
+               : m.state == "corrupted" ? fmt::format("  ({}; `xlshare pool reclaim` drops it)", m.problem)
+                                        : "");
   }
 }
 
@@ -91,23 +86,17 @@ void pool_rm(const PoolArgs& a) {
   if (!a.model.empty()) {
     auto pool = Pool::attach(open_backend(a.uri), PoolRole::kWriter);
     pool->remove_model(a.model, a.force);
+    for (const auto& m : pool->list_models()) {
+      if (m.name == a.model && m.state == "fenced") {
+        fmt::print("model {} of {} is fenced: its loader (pid {}) stops at its next write and frees it\n",
+                   a.model, a.uri, m.owner_pid);
+        return;
+      }
+    }
     fmt::print("removed model {} from {}\n", a.model, a.uri);
     return;
   }
-  if (!a.force) {
-    // Refuse to pull the pool from under live workers unless told to.
-    std::uint32_t attached = 0;
-    try {
-      attached = Pool::attach(open_backend(a.uri))->stats().attached_processes;
-    } catch (const PoolError&) {
-      attached = 1;  // unreadable pool: nobody can be using it through xlshare
-    }
-    if (attached > 1) {
-      throw PoolError(fmt::format("pool {} has {} other attached process(es); use --force",
-                                  a.uri, attached - 1));
-    }
-  }
-  remove_backend(a.uri);
+  remove_pool(a.uri, a.force);  // only a pool, and only when nobody can be attached
   fmt::print("removed pool {}\n", a.uri);
 }
 
@@ -126,9 +115,16 @@ void add_pool_commands(CLI::App& app) {
 
   CLI::App* create = pool->add_subcommand("create", "create an empty pool");
   create->add_option("uri", args->uri, "shm://NAME, file:///PATH, dax:///dev/daxX.Y or numa://NODE/NAME")->required();
-  create->add_option("--size", args->size, "pool size, e.g. 512M, 4G")->capture_default_str();
-  create->add_option("--max-models", args->max_models, "models the catalog can hold (1..64)")->capture_default_str();
-  create->add_option("--max-tensors", args->max_tensors, "tensors the catalog can hold")->capture_default_str();
+  create->add_option("--size", args->size, "pool size, e.g. 512M, 4G")
+      ->capture_default_str()
+      ->check(size_in(1, UINT64_MAX));
+  // The catalog limits Pool::create enforces, refused here with the option's name.
+  create->add_option("--max-models", args->max_models, "models the catalog can hold (1..64)")
+      ->capture_default_str()
+      ->check(integer_in(1, 64));
+  create->add_option("--max-tensors", args->max_tensors, "tensors the catalog can hold (1..16777216)")
+      ->capture_default_str()
+      ->check(integer_in(1, 1u << 24));
   create->add_flag("--json", args->json, "print the pool's stats as JSON");
   create->callback([args] { pool_create(*args); });
 
@@ -140,7 +136,11 @@ void add_pool_commands(CLI::App& app) {
   CLI::App* rm = pool->add_subcommand("rm", "remove a pool, or one model from it");
   rm->add_option("uri", args->uri, "the pool's URI")->required();
   rm->add_option("--model", args->model, "remove only this model");
-  rm->add_flag("--force", args->force, "remove even while other processes are attached");
+  rm->add_flag("--force", args->force,
+               "remove even while other processes are attached. Unsafe with --model: processes still "
+               "reading that model keep reading its old space, and once a later load reuses the space they "
+               "read another model's bytes (wrong answers; silent under --no-verify). Without --model, "
+               "attached processes keep the old pool until they exit");
   rm->callback([args] { pool_rm(*args); });
 
   CLI::App* reclaim = pool->add_subcommand("reclaim", "free models whose loader died before sealing");
