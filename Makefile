@@ -29,6 +29,7 @@ bench: build
 	$(BUILD_DIR)/bin/xlshare_bench_link --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 	$(BUILD_DIR)/bin/xlshare_bench_cache --repeats 3
 	$(BUILD_DIR)/bin/xlshare_bench_model --repeats 3
+	$(BUILD_DIR)/bin/xlshare_bench_verify --repeats 3
 
 experiments: build
 	$(BUILD_DIR)/bin/xlshare_experiments --out docs/results
