@@ -102,8 +102,12 @@ TEST_F(PoolSharing, TwoProcessesReadIdenticalBytesAndShareOneCopy) {
   const double pss_sum = static_cast<double>(ma->pss + mb->pss);
   EXPECT_GT(pss_sum, 0.9 * static_cast<double>(data_bytes_)) << pss_sum;
   EXPECT_LT(pss_sum, 1.1 * pool) << pss_sum;
-  // Whole-process PSS: one copy plus each process's own small heap and stacks.
+#if !defined(__SANITIZE_ADDRESS__)
+  // Whole-process PSS: one copy plus each process's own small heap and stacks. (Under
+  // AddressSanitizer each process carries shadow memory and a quarantine that are not
+  // xlshare's: the mapping's bound above holds there too; this one is checked by make test.)
   EXPECT_LT(static_cast<double>(ra->pss + rb->pss), 1.4 * pool);
+#endif
   // Neither holds a private copy of the weights.
   EXPECT_LT(static_cast<double>(ma->private_bytes()), 0.02 * pool);
   EXPECT_LT(static_cast<double>(ra->private_bytes()), 0.25 * static_cast<double>(data_bytes_))

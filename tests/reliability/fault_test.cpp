@@ -211,7 +211,15 @@ TEST(LoaderFaults, ALoaderKilledDuringLoadLeavesNothingVisibleAndItsExtentsAreRe
       for (;;) ::pause();  // loaded: wait to be killed
       return 0;
     });
-    std::this_thread::sleep_for(std::chrono::microseconds(2000 + rng() % 20000));
+    // Kill it while it loads: once its record shows up as loading (so a slow start, e.g.
+    // under a sanitizer, cannot make every kill land before the load), a random moment on.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    for (;;) {
+      const auto entries = pool->list_models();
+      if (!entries.empty() || std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 4000));
     ::kill(loader, SIGKILL);
     test::wait_exit(loader);
     const auto entries = pool->list_models();
