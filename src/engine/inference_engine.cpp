@@ -69,6 +69,8 @@ std::string EngineStats::to_json() const {
   for (const auto& w : workers) {
     j["workers"].push_back({
         {"index", w.index},
+        {"placement", w.placement},
+        {"hot_set_bytes", w.hot_set_bytes},
         {"requests", w.requests},
         {"tokens", w.tokens},
         {"figures", nlohmann::json::parse(w.figures.to_json())},
@@ -186,6 +188,7 @@ void InferenceEngine::attach_model(const std::string& name) {
   view_ = pool_->model(name);
   model_ = std::make_unique<LlamaModel>(LlamaModel::from_pool(*view_));
   WorkerOptions wo;
+  wo.placement = config_.placement;
   wo.cache_bytes = config_.cache_bytes;
   wo.eviction_policy = config_.eviction_policy;
   wo.prefetch_threads = config_.prefetch_threads;
@@ -362,6 +365,8 @@ EngineStats InferenceEngine::stats() const {
     w.cache = workers_[i]->cache_stats();
     w.transfers = workers_[i]->transfer_stats();
     w.scrub = workers_[i]->scrub_stats();
+    w.placement = to_string(workers_[i]->placement());
+    w.hot_set_bytes = workers_[i]->hot_set_bytes();
     w.requests = requests_[i];
     w.tokens = tokens_[i];
     s.workers.push_back(w);

@@ -32,7 +32,7 @@ constexpr std::uint64_t kStatsPeriodNs = 50'000'000;
 }  // namespace
 
 VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const ModelView> view, const Pool* replica,
-                                 std::shared_ptr<const ModelView> replica_view)
+                                 std::shared_ptr<const ModelView> replica_view, Verify verify)
     : primary_(primary),
       replica_(replica),
       view_(std::move(view)),
@@ -47,7 +47,6 @@ VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const Mode
     throw PoolError(fmt::format("replica pool {} holds a different model '{}': {} tensors, not {}", replica_->uri(),
                                 replica_view_->name(), replica_view_->tensors().size(), tensors.size()));
   }
-  const std::uint64_t t0 = now_ns();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const TensorInfo& t = tensors[i];
     Entry& e = entries_[i];
@@ -65,24 +64,79 @@ VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const Mode
                                     replica_view_->name(), t.name));
       }
     }
-    verify_bytes_ += t.size_bytes;
-    if (checksum64(e.primary) == t.checksum) continue;
-    // The primary's copy changed since the model was sealed: the replica's, or nothing.
-    mismatches_.fetch_add(1, std::memory_order_relaxed);
-    if (!replica_view_) {
-      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum (no replica configured)",
-                                  primary_.uri(), t.name, view_->name()));
+  }
+  if (verify == Verify::kNow) {
+    for (std::size_t i = 0; i < tensors.size(); ++i) ensure_verified(i);
+  }
+}
+
+void VerifiedMapping::ensure_verified(std::size_t index) {
+  if (index >= entries_.size()) throw_failed(index);
+  Entry& e = entries_[index];
+  std::uint8_t state = e.verified.load(std::memory_order_acquire);
+  if (state == kVerified) return;
+  if (state == kUnverified && e.verified.compare_exchange_strong(state, kVerifying, std::memory_order_acq_rel)) {
+    const std::uint64_t t0 = now_ns();
+    const TensorInfo& t = view_->tensors()[index];
+    std::uint64_t hashed = t.size_bytes;
+    std::string failure;
+    if (checksum64(e.primary) != t.checksum) {
+      // The primary's copy changed since the model was sealed: the replica's, or nothing.
+      mismatches_.fetch_add(1, std::memory_order_relaxed);
+      if (!replica_view_) {
+        failure = fmt::format("{}: tensor '{}' of model '{}' does not match its checksum (no replica configured)",
+                              primary_.uri(), t.name, view_->name());
+      } else {
+        hashed += t.size_bytes;
+        if (checksum64(e.replica) != t.checksum) {
+          failure = fmt::format("{}: tensor '{}' of model '{}' does not match its checksum, nor does the replica's "
+                                "copy in {}",
+                                primary_.uri(), t.name, view_->name(), replica_->uri());
+        } else {
+          e.source.store(static_cast<std::uint8_t>(Source::kReplica), std::memory_order_release);
+          failovers_.fetch_add(1, std::memory_order_relaxed);
+          epoch_.fetch_add(1, std::memory_order_acq_rel);
+        }
+      }
     }
-    verify_bytes_ += t.size_bytes;
-    if (checksum64(e.replica) != t.checksum) {
-      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum, nor does the replica's "
-                                  "copy in {}",
-                                  primary_.uri(), t.name, view_->name(), replica_->uri()));
+    if (!failure.empty()) {
+      std::lock_guard lock(mu_);
+      reasons_[index] = failure;
+      e.source.store(static_cast<std::uint8_t>(Source::kFailed), std::memory_order_release);
+      failed_.fetch_add(1, std::memory_order_release);
+      epoch_.fetch_add(1, std::memory_order_acq_rel);
     }
+    verify_bytes_.fetch_add(hashed, std::memory_order_relaxed);
+    verify_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+    {
+      std::lock_guard lock(mu_);
+      e.verified.store(kVerified, std::memory_order_release);
+    }
+    verified_cv_.notify_all();
+  } else {
+    // Another thread is verifying it (the verifier ahead of compute): wait for it.
+    std::unique_lock lock(mu_);
+    verified_cv_.wait(lock, [&] { return e.verified.load(std::memory_order_acquire) == kVerified; });
+  }
+  if (e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kFailed)) throw_failed(index);
+}
+
+void VerifiedMapping::fail_over(std::size_t index, std::string_view why) {
+  if (index >= entries_.size()) return;
+  std::lock_guard lock(mu_);
+  Entry& e = entries_[index];
+  if (e.source.load(std::memory_order_acquire) != static_cast<std::uint8_t>(Source::kPrimary)) return;
+  if (replica_ != nullptr && checksum64(e.replica) == e.checksum) {
     e.source.store(static_cast<std::uint8_t>(Source::kReplica), std::memory_order_release);
     failovers_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    reasons_[index] = fmt::format("{}: tensor '{}' of model '{}': {}{}", primary_.uri(), view_->tensors()[index].name,
+                                  view_->name(), why, replica_ == nullptr ? "; no replica configured"
+                                                                          : ", and the replica's copy does not verify");
+    e.source.store(static_cast<std::uint8_t>(Source::kFailed), std::memory_order_release);
+    failed_.fetch_add(1, std::memory_order_release);
   }
-  verify_ns_ = now_ns() - t0;
+  epoch_.fetch_add(1, std::memory_order_acq_rel);
 }
 
 std::span<const std::byte> VerifiedMapping::copy(std::size_t index, Source from) const noexcept {
@@ -137,8 +191,8 @@ void VerifiedMapping::report_mismatch(std::size_t index, Source from) {
 
 ScrubStats VerifiedMapping::stats() const noexcept {
   ScrubStats s;
-  s.verify_ns = verify_ns_;
-  s.verify_bytes = verify_bytes_;
+  s.verify_ns = verify_ns_.load(std::memory_order_relaxed);
+  s.verify_bytes = verify_bytes_.load(std::memory_order_relaxed);
   s.mismatches = mismatches_.load(std::memory_order_relaxed);
   s.failovers = failovers_.load(std::memory_order_relaxed);
   s.failed = failed_.load(std::memory_order_relaxed);
@@ -181,6 +235,7 @@ ScrubStats Scrubber::stats() const noexcept {
 bool Scrubber::scrub_tensor(std::size_t index, bool paced) {
   const VerifiedMapping::Source from = mapping_->source(index);
   if (from == VerifiedMapping::Source::kFailed) return true;  // nothing left to check
+  if (!mapping_->verified(index)) return true;  // its first use verifies it
   const std::span<const std::byte> bytes = mapping_->copy(index, from);
   if (!paced) {
     bytes_scrubbed_.fetch_add(bytes.size(), std::memory_order_relaxed);

@@ -3,9 +3,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
+#include <optional>
+#include <thread>
 
 #include "xlshare/error.hpp"
 #include "xlshare/memory/checksum.hpp"
+#include "xlshare/memory/cxl_emulator.hpp"
+#include "xlshare/memory/link_pacer.hpp"
 #include "xlshare/model/dtype_convert.hpp"
 #include "xlshare/model/model_loader.hpp"
 
@@ -75,6 +80,209 @@ class Worker::MappedWeights final : public WeightProvider {
   const VerifiedMapping& mapping_;
 };
 
+// In place (Placement::kInPlace): compute reads the pools' mappings, each tensor from the
+// copy that verified, but only after its bytes were reserved on the shared link and the
+// reservation completed. begin_step() reserves the next `lookahead` steps' tensors (a
+// reservation, no copy), so with enough lookahead a fast link costs no stall. A verifier
+// thread verifies tensors in schedule order ahead of compute (first use per process); an
+// acquire that gets there first verifies the tensor itself. The HotSet (local copies made
+// at attach) needs no link time. The token embedding reserves only the rows it reads.
+class Worker::InPlaceWeights final : public WeightProvider {
+ public:
+  InPlaceWeights(VerifiedMapping& mapping, const LlamaModel& model, CxlEmulator* primary_link,
+                 CxlEmulator* replica_link, std::uint64_t hot_budget_bytes, std::size_t lookahead)
+      : mapping_(mapping), model_(model), emulator_(primary_link), lookahead_(lookahead),
+        tensors_(mapping.size()) {
+    if (primary_link) pacer_.emplace(primary_link->shared_link(), primary_link->link_params(), primary_link->clock());
+    if (replica_link) replica_pacer_.emplace(replica_link->shared_link(), replica_link->link_params(), replica_link->clock());
+    const auto& steps = model.schedule().steps();
+    for (std::size_t s = 0; s < steps.size(); ++s) {
+      std::vector<std::size_t> keys;
+      for (TensorKey k : steps[s].keys) {
+        if (k == model.token_embd() && steps[s].name == "embedding") continue;  // rows only
+        keys.push_back(k);
+      }
+      steps_.push_back(std::move(keys));
+    }
+    choose_hot_set(hot_budget_bytes);
+    // First-use verification runs ahead of compute, in schedule order, the embedding first.
+    verifier_ = std::thread([this] { verify_ahead(); });
+  }
+  ~InPlaceWeights() override {
+    stop_.store(true, std::memory_order_release);
+    if (verifier_.joinable()) verifier_.join();
+  }
+
+  WeightHandle acquire(std::size_t index) override {
+    acquires_.fetch_add(1, std::memory_order_relaxed);
+    Tensor& t = tensors_.at(index);
+    if (!t.hot.empty()) {
+      ready_.fetch_add(1, std::memory_order_relaxed);
+      hot_acquires_.fetch_add(1, std::memory_order_relaxed);
+      return WeightHandle(std::span<const std::byte>(t.hot));
+    }
+    mapping_.ensure_verified(index);
+    check_readable(index);
+    const std::uint64_t complete = t.reserved ? t.complete_ns : reserve(index, mapping_.view().tensors()[index].size_bytes);
+    t.reserved = false;
+    wait(complete);
+    std::span<const std::byte> bytes;
+    if (!mapping_.bytes(index, bytes)) mapping_.throw_failed(index);
+    return WeightHandle(bytes);
+  }
+
+  void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows, float* dst) override {
+    const std::size_t cols = desc.shape[0];
+    const std::size_t rb = row_bytes(desc.dtype, cols);
+    Tensor& t = tensors_.at(index);
+    std::span<const std::byte> bytes;
+    acquires_.fetch_add(1, std::memory_order_relaxed);
+    if (!t.hot.empty()) {
+      ready_.fetch_add(1, std::memory_order_relaxed);
+      hot_acquires_.fetch_add(1, std::memory_order_relaxed);
+      bytes = t.hot;
+    } else {
+      mapping_.ensure_verified(index);
+      check_readable(index);
+      wait(reserve(index, rows.size() * rb));  // only the rows cross the link
+      if (!mapping_.bytes(index, bytes)) mapping_.throw_failed(index);
+    }
+    for (std::size_t i = 0; i < rows.size(); ++i) to_f32(desc.dtype, bytes.data() + rows[i] * rb, dst + i * cols, cols);
+  }
+
+  void begin_step(std::size_t step) override {
+    if (!pacer_ || steps_.empty()) return;
+    for (std::size_t k = 0; k <= lookahead_; ++k) {
+      for (std::size_t index : steps_[(step + k) % steps_.size()]) {
+        Tensor& t = tensors_[index];
+        if (!t.hot.empty() || t.reserved) continue;
+        t.complete_ns = reserve(index, mapping_.view().tensors()[index].size_bytes);
+        t.reserved = true;
+      }
+    }
+  }
+
+  std::uint64_t hot_bytes() const noexcept { return hot_bytes_; }
+  std::size_t hot_tensors() const noexcept { return hot_count_; }
+
+  WorkerCounters counters() const noexcept {
+    WorkerCounters c;
+    c.acquires = acquires_.load(std::memory_order_relaxed);
+    c.ready = ready_.load(std::memory_order_relaxed);
+    c.reused = hot_acquires_.load(std::memory_order_relaxed);
+    c.stall_ns = stall_ns_.load(std::memory_order_relaxed);
+    c.link_bytes = link_bytes_.load(std::memory_order_relaxed);
+    c.busy_ns = link_ns_.load(std::memory_order_relaxed);
+    c.failovers = mapping_.stats().failovers;
+    return c;
+  }
+
+ private:
+  struct Tensor {
+    std::vector<std::byte> hot;    // the HotSet's local copy (empty: read in place)
+    bool reserved = false;         // a reservation made ahead and not yet used
+    std::uint64_t complete_ns = 0;  // ... and when its bytes are usable
+  };
+
+  // For a cyclic schedule any fixed set saves the same link bytes per pass; the largest
+  // tensors first also take the longest single waits off the link. The token embedding
+  // is read a few rows at a time and is not worth its bytes.
+  void choose_hot_set(std::uint64_t budget) {
+    const auto infos = mapping_.view().tensors();
+    std::vector<std::size_t> order;
+    for (std::size_t i = 0; i < infos.size(); ++i) {
+      if (i == model_.token_embd() && !model_.config().tie_embeddings) continue;
+      order.push_back(i);
+    }
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return infos[a].size_bytes > infos[b].size_bytes; });
+    for (std::size_t i : order) {
+      if (infos[i].size_bytes > budget - hot_bytes_) continue;
+      mapping_.ensure_verified(i);
+      check_readable(i);
+      wait(reserve(i, infos[i].size_bytes));  // copied once, over the link
+      std::span<const std::byte> bytes;
+      if (!mapping_.bytes(i, bytes)) mapping_.throw_failed(i);
+      tensors_[i].hot.assign(bytes.begin(), bytes.end());
+      if (checksum64(tensors_[i].hot) != infos[i].checksum) {  // changed while copied
+        mapping_.report_mismatch(i, mapping_.source(i));
+        throw PoolError(fmt::format("tensor '{}' of model '{}' changed while it was copied into the hot set",
+                                    infos[i].name, mapping_.view().name()));
+      }
+      hot_bytes_ += infos[i].size_bytes;
+      ++hot_count_;
+    }
+  }
+
+  void verify_ahead() noexcept {
+    std::vector<std::size_t> order{model_.token_embd()};
+    for (const auto& step : steps_) order.insert(order.end(), step.begin(), step.end());
+    for (std::size_t index : order) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      if (!tensors_[index].hot.empty()) continue;
+      try {
+        mapping_.ensure_verified(index);
+      } catch (...) {
+        // Failed: the acquire that needs the tensor reports it.
+      }
+    }
+  }
+
+  // A poisoned range or a device gone cannot be read in place: the replica's copy, or a
+  // failed tensor (acquire then throws).
+  void check_readable(std::size_t index) {
+    if (emulator_ == nullptr || mapping_.source(index) != VerifiedMapping::Source::kPrimary) return;
+    const TensorInfo& t = mapping_.view().tensors()[index];
+    if (emulator_->is_offline()) {
+      mapping_.fail_over(index, "the device is offline");
+    } else if (emulator_->poisoned(t.offset_bytes, t.size_bytes)) {
+      mapping_.fail_over(index, "its bytes lie in a poisoned range");
+    }
+  }
+
+  std::uint64_t reserve(std::size_t index, std::uint64_t bytes) {
+    const bool replica = mapping_.source(index) == VerifiedMapping::Source::kReplica;
+    std::optional<LinkPacer>& pacer = replica && replica_pacer_ ? replica_pacer_ : pacer_;
+    if (!pacer || !pacer->paced()) return 0;
+    link_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+    const double gbps = pacer->params().bandwidth_gbps;
+    if (gbps > 0) link_ns_.fetch_add(static_cast<std::uint64_t>(static_cast<double>(bytes) / gbps), std::memory_order_relaxed);
+    return pacer->reserve(bytes);
+  }
+
+  void wait(std::uint64_t complete_ns) {
+    const std::uint64_t stalled = pacer_ ? pacer_->wait_until(complete_ns) : 0;
+    if (stalled == 0) {
+      ready_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      stall_ns_.fetch_add(stalled, std::memory_order_relaxed);
+    }
+  }
+
+  VerifiedMapping& mapping_;
+  const LlamaModel& model_;
+  CxlEmulator* emulator_;
+  std::optional<LinkPacer> pacer_, replica_pacer_;
+  std::size_t lookahead_;
+  std::vector<std::vector<std::size_t>> steps_;
+  std::vector<Tensor> tensors_;
+  std::uint64_t hot_bytes_ = 0;
+  std::size_t hot_count_ = 0;
+  std::atomic<std::uint64_t> acquires_{0}, ready_{0}, hot_acquires_{0}, stall_ns_{0}, link_bytes_{0}, link_ns_{0};
+  std::atomic<bool> stop_{false};
+  std::thread verifier_;
+};
+
+const char* to_string(Placement placement) noexcept {
+  return placement == Placement::kInPlace ? "in-place" : "copy";
+}
+
+Placement parse_placement(std::string_view name) {
+  if (name == "copy") return Placement::kCopy;
+  if (name == "in-place" || name == "in_place") return Placement::kInPlace;
+  throw ConfigError(fmt::format("unknown placement '{}'; use in-place or copy", name));
+}
+
 namespace {
 
 // The bytes of rows [r0, r1) of `t` as a TensorInfo of their own, with their checksum.
@@ -94,7 +302,8 @@ TensorInfo piece_of(const TensorInfo& t, std::size_t r0, std::size_t r1, std::si
 Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view, const LlamaModel& model,
                const WorkerOptions& options, const Worker* share)
     : view_(std::move(view)) {
-  if (options.cache_bytes == 0 && share != nullptr && share->mapping_) {
+  const bool in_place = options.placement == Placement::kInPlace;
+  if ((options.cache_bytes == 0 || in_place) && share != nullptr && share->mapping_) {
     mapping_ = share->mapping_;
     scrubber_ = share->scrubber_;
     replica_view_ = share->replica_view_;
@@ -103,7 +312,20 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
     replica_view_ = replica->model(view_->name());
     check_same_model(primary, *view_, *replica, *replica_view_);
   }
-  if (options.cache_bytes == 0) {
+  if (in_place) {
+    if (!mapping_) {
+      // Attach reads only the catalog: each tensor is verified on its first use.
+      mapping_ = std::make_shared<VerifiedMapping>(primary, view_, replica_view_ ? replica : nullptr, replica_view_,
+                                                   VerifiedMapping::Verify::kOnFirstUse);
+      scrubber_ = std::make_shared<Scrubber>(mapping_, options.scrub_bytes_per_s);
+    }
+    auto* primary_link = dynamic_cast<CxlEmulator*>(&primary.backend());
+    auto* replica_link = replica != nullptr ? dynamic_cast<CxlEmulator*>(&replica->backend()) : nullptr;
+    auto w = std::make_unique<InPlaceWeights>(*mapping_, model, primary_link, replica_link, options.cache_bytes,
+                                              options.lookahead);
+    in_place_ = w.get();
+    weights_ = std::move(w);
+  } else if (options.cache_bytes == 0) {
     if (!mapping_) {
       mapping_ = std::make_shared<VerifiedMapping>(primary, view_, replica_view_ ? replica : nullptr, replica_view_);
       scrubber_ = std::make_shared<Scrubber>(mapping_, options.scrub_bytes_per_s);
@@ -203,6 +425,7 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
 Worker::~Worker() {
   executor_.reset();
   weights_.reset();
+  in_place_ = nullptr;
   scrubber_.reset();
   mapping_.reset();
   prefetcher_.reset();
@@ -213,11 +436,28 @@ Worker::~Worker() {
 
 Figures Worker::figures() const {
   if (prefetcher_) return prefetcher_->figures();
+  if (in_place_ != nullptr) {
+    const WorkerCounters c = in_place_->counters();
+    Figures f;
+    f.acquires = c.acquires;
+    f.ready_rate = c.acquires ? static_cast<double>(c.ready) / static_cast<double>(c.acquires) : 0.0;
+    f.reuse_rate = c.acquires ? static_cast<double>(c.reused) / static_cast<double>(c.acquires) : 0.0;
+    f.stall_ms = static_cast<double>(c.stall_ns) / 1e6;
+    f.link_bytes = c.link_bytes;
+    f.transfer_ms = static_cast<double>(c.busy_ns) / 1e6;
+    f.link_gbps = c.busy_ns ? static_cast<double>(c.link_bytes) / static_cast<double>(c.busy_ns) : 0.0;
+    f.overlap = c.busy_ns ? std::max(0.0, 1.0 - static_cast<double>(c.stall_ns) / static_cast<double>(c.busy_ns)) : 0.0;
+    f.failovers = c.failovers;
+    return f;
+  }
   return Figures{};
 }
 
+std::uint64_t Worker::hot_set_bytes() const noexcept { return in_place_ != nullptr ? in_place_->hot_bytes() : 0; }
+
 WorkerCounters Worker::counters() const {
   WorkerCounters c;
+  if (in_place_ != nullptr) return in_place_->counters();
   if (!cache_) return c;
   const CacheStats s = cache_->stats();
   const TransferStats t = transfers_->stats();

@@ -215,6 +215,13 @@ ReadStatus CxlEmulator::do_read(std::uint64_t offset_bytes, std::span<std::byte>
   return ReadStatus::kOk;
 }
 
+bool CxlEmulator::poisoned(std::uint64_t offset_bytes, std::uint64_t length_bytes) const noexcept {
+  for (const ByteRange& r : options_.faults.poisoned_ranges) {
+    if (offset_bytes < r.offset_bytes + r.length_bytes && r.offset_bytes < offset_bytes + length_bytes) return true;
+  }
+  return false;
+}
+
 EmulatorStats CxlEmulator::stats() const noexcept {
   EmulatorStats s;
   s.transfers = transfers_.load(std::memory_order_relaxed);

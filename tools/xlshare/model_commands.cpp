@@ -144,11 +144,22 @@ struct EngineArgs {
   unsigned threads = 1;
   bool no_verify = false;
   std::string replica;
+  std::string placement = "copy";
+  std::string scrub_rate = "256M";
 
   void add(CLI::App* app, bool pool_required) {
     auto* p = app->add_option("--pool", pool, "pool URI (shm://NAME, file:///PATH, ...)");
     if (pool_required) p->required();
-    app->add_option("--cache", cache, "near cache per worker, e.g. 64M; 0: no cache")
+    app->add_option("--placement", placement,
+                    "copy: a near cache filled over the link (a GPU's HBM); in-place: compute from the pool "
+                    "mapping, paced on the link, --cache being the hot set")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"copy", "in-place", "in_place"}));
+    app->add_option("--scrub-rate", scrub_rate,
+                    "bytes per second the background Scrubber re-verifies of weights read in place, e.g. 256M; 0: off")
+        ->capture_default_str()
+        ->check(size_in(0, kMaxCacheBytes));
+    app->add_option("--cache", cache, "near cache per worker, e.g. 64M; 0: no cache (in-place: the hot set)")
         ->capture_default_str()
         ->check(size_in(0, kMaxCacheBytes));
     app->add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
@@ -166,6 +177,8 @@ struct EngineArgs {
   EngineConfig config() const {
     EngineConfig c;
     c.pool_uri = pool;
+    c.placement = parse_placement(placement);
+    c.scrub_bytes_per_s = parse_bytes(scrub_rate);
     c.cache_bytes = parse_bytes(cache);
     c.link_preset = preset;
     c.eviction_policy = policy;

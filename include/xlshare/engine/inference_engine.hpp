@@ -36,8 +36,12 @@ struct EngineConfig {
   std::string pool_uri = "shm://xlshare";
   /// Size of the pool when register_model has to create it; 0: sized to the model.
   std::uint64_t pool_bytes = 0;
+  /// How workers use far memory: Placement::kCopy (a near cache filled over the link, the
+  /// model of a GPU) or Placement::kInPlace (a CPU worker computes from the pool mapping,
+  /// paced on the link; cache_bytes is then its HotSet). Default kCopy.
+  Placement placement = Placement::kCopy;
   /// Near memory per worker in bytes; 0: no cache (compute from the pool mapping).
-  /// Default 256 MiB.
+  /// With kInPlace: the HotSet's budget. Default 256 MiB.
   std::uint64_t cache_bytes = 256ull << 20;
   /// Emulated link: a preset ("none", "cxl-x8", "cxl-x16", "cxl-switched") ...
   std::string link_preset = "cxl-x8";
@@ -103,6 +107,8 @@ struct WorkerReport {
   CacheStats cache;
   TransferStats transfers;
   ScrubStats scrub;  ///< without a cache: verification of the mapped weights (shared by the workers)
+  std::string placement;            ///< "copy" or "in-place"
+  std::uint64_t hot_set_bytes = 0;  ///< in-place: local copies of the HotSet
   std::uint64_t requests = 0;
   std::uint64_t tokens = 0;  ///< prompt + generated tokens processed
 };

@@ -4,7 +4,9 @@
 // Reading a mapping copies nothing, so nothing checks the bytes on the way as the
 // TransferEngine does for the cached path. Two checks stand in for it:
 //   * first use: a VerifiedMapping hashes every tensor (XXH3-64 against the catalog
-//     checksum) when it is built, before compute may read any. A tensor that fails is
+//     checksum) before compute may read it: all of them when it is built (Verify::kNow),
+//     or each on its first use (Verify::kOnFirstUse, the in-place placement, where attach
+//     must not cost O(model bytes); a verifier thread then runs ahead of compute). A tensor that fails is
 //     served from the replica pool's copy when that copy verifies; otherwise construction
 //     fails with a PoolError naming the pool, the model and the tensor.
 //   * the Scrubber re-hashes the tensors in use in the background at a bounded byte rate,
@@ -23,6 +25,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -32,7 +35,7 @@ namespace xlshare {
 
 /// What verification of the mapped weights did and cost.
 struct ScrubStats {
-  std::uint64_t verify_ns = 0;       ///< first-use verification at construction (wall time)
+  std::uint64_t verify_ns = 0;       ///< first-use verification (wall time, summed)
   std::uint64_t verify_bytes = 0;    ///< bytes hashed by it
   std::uint64_t bytes_scrubbed = 0;  ///< bytes re-hashed since (background and scrub_now)
   std::uint64_t passes = 0;          ///< complete passes over every tensor in use
@@ -49,6 +52,8 @@ class VerifiedMapping {
  public:
   /// Where each tensor is read from.
   enum class Source : std::uint8_t { kPrimary = 0, kReplica = 1, kFailed = 2 };
+  /// When first-use verification happens.
+  enum class Verify : std::uint8_t { kNow, kOnFirstUse };
 
   /// Verifies every tensor of `view` in `primary` (first use). `replica` and
   /// `replica_view` are both set or both null; the replica must already be proven to hold
@@ -56,12 +61,21 @@ class VerifiedMapping {
   /// held, so the models stay in use. @throws PoolError naming the pool, the model and the
   /// first tensor with no verified copy.
   VerifiedMapping(const Pool& primary, std::shared_ptr<const ModelView> view, const Pool* replica,
-                  std::shared_ptr<const ModelView> replica_view);
+                  std::shared_ptr<const ModelView> replica_view, Verify verify = Verify::kNow);
   VerifiedMapping(const VerifiedMapping&) = delete;
   VerifiedMapping& operator=(const VerifiedMapping&) = delete;
 
   std::size_t size() const noexcept { return entries_.size(); }
   const ModelView& view() const noexcept { return *view_; }
+  /// Verifies tensor `index` unless it already was (or waits for the thread verifying it).
+  /// @throws PoolError when it has no verified copy. Thread-safe; cold after the first call.
+  void ensure_verified(std::size_t index);
+  bool verified(std::size_t index) const noexcept {
+    return index < entries_.size() && entries_[index].verified.load(std::memory_order_acquire) == kVerified;
+  }
+  /// The primary's copy of `index` cannot be read (a poisoned range, a device gone): switch
+  /// to the replica's copy if it verifies, else mark the tensor failed with `why`. Cold path.
+  void fail_over(std::size_t index, std::string_view why);
   /// Tensor `index`'s verified bytes into `out`; false when it has none (or no such tensor).
   bool bytes(std::size_t index, std::span<const std::byte>& out) const noexcept {
     if (index >= entries_.size()) return false;
@@ -96,18 +110,21 @@ class VerifiedMapping {
   ScrubStats stats() const noexcept;
 
  private:
+  static constexpr std::uint8_t kUnverified = 0, kVerifying = 1, kVerified = 2;
   struct Entry {
     std::span<const std::byte> primary, replica;
     std::uint64_t checksum = 0;
     std::atomic<std::uint8_t> source{0};
+    std::atomic<std::uint8_t> verified{kUnverified};
   };
   const Pool& primary_;
   const Pool* replica_;
   std::shared_ptr<const ModelView> view_, replica_view_;
   std::vector<Entry> entries_;
   std::atomic<std::uint64_t> epoch_{0}, failed_{0}, mismatches_{0}, failovers_{0};
-  std::uint64_t verify_ns_ = 0, verify_bytes_ = 0;
+  std::atomic<std::uint64_t> verify_ns_{0}, verify_bytes_{0};
   mutable std::mutex mu_;               // switches, and the reasons below
+  std::condition_variable verified_cv_;  // a first-use verification finished
   std::vector<std::string> reasons_;    // why a tensor failed
 };
 

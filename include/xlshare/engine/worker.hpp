@@ -1,8 +1,12 @@
 // Worker: one emulated GPU — a DeviceCache (its HBM), a TransferEngine (its copy engine),
 // a Prefetcher and an Executor, serving one model from a pool.
 //
-// With `cache_bytes == 0` the worker has no near tier: it computes straight from the pool's
-// read-only mapping ("every weight resident"), the reference the cached path must equal.
+// Placement::kCopy (engine/placement.hpp): with `cache_bytes == 0` the worker has no near
+// tier: it computes straight from the pool's read-only mapping with no link emulation ("every
+// weight resident"), the reference the other paths must equal.
+// Placement::kInPlace: compute reads the pool's mapping too, but every piece reserves its
+// bytes on the pool's shared link first (LinkPacer), `lookahead` steps ahead, and
+// `cache_bytes` is the HotSet: pieces copied once at attach into local memory, never evicted.
 // Those weights are verified when the worker is built and re-verified in the background by a
 // Scrubber (engine/scrubber.hpp); the cached path verifies every piece on arrival.
 //
@@ -16,6 +20,7 @@
 
 #include "xlshare/cache/device_cache.hpp"
 #include "xlshare/cache/transfer_engine.hpp"
+#include "xlshare/engine/placement.hpp"
 #include "xlshare/engine/scrubber.hpp"
 #include "xlshare/figures.hpp"
 #include "xlshare/memory/pool.hpp"
@@ -28,13 +33,17 @@ using PrefetchPolicyFactory = std::function<std::unique_ptr<PrefetchPolicy>()>;
 using EvictionPolicyFactory = std::function<std::unique_ptr<EvictionPolicy>(const Schedule&)>;
 
 struct WorkerOptions {
-  /// Near memory per worker in bytes; 0: no cache, compute from the pool mapping.
+  /// Copy through a near cache (the default here) or compute from the pool in place.
+  Placement placement = Placement::kCopy;
+  /// Near memory per worker in bytes. kCopy: the DeviceCache (0: no cache, compute from the
+  /// pool mapping without link emulation). kInPlace: the HotSet's budget (0: none).
   std::uint64_t cache_bytes = 0;
   /// "lru" (default), "fifo" or "schedule"; ignored when eviction_factory is set.
   std::string eviction_policy = "lru";
   /// Copy threads of the TransferEngine. Default 2.
   unsigned prefetch_threads = 2;
-  /// LookaheadPolicy's k; ignored when prefetch_factory is set. Default 2.
+  /// LookaheadPolicy's k (kInPlace: steps whose link time is reserved ahead); ignored when
+  /// prefetch_factory is set. Default 2.
   std::size_t lookahead = 2;
   /// Verify every tensor's checksum on arrival. Default true.
   bool verify_checksums = true;
@@ -70,6 +79,9 @@ class Worker {
   /// Held while a request runs on this worker.
   std::mutex& busy() noexcept { return busy_; }
   bool has_cache() const noexcept { return cache_ != nullptr; }
+  Placement placement() const noexcept { return in_place_ != nullptr ? Placement::kInPlace : Placement::kCopy; }
+  /// kInPlace: bytes of the HotSet (local copies), and how many pieces it holds.
+  std::uint64_t hot_set_bytes() const noexcept;
 
   Figures figures() const;
   WorkerCounters counters() const;
@@ -98,6 +110,8 @@ class Worker {
  private:
   class CachedWeights;
   class MappedWeights;
+  class InPlaceWeights;
+  InPlaceWeights* in_place_ = nullptr;  // weights_, when placement is kInPlace
   std::shared_ptr<const ModelView> view_, replica_view_;
   std::shared_ptr<VerifiedMapping> mapping_;  // without a cache
   std::shared_ptr<Scrubber> scrubber_;        // without a cache

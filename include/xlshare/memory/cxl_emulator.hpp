@@ -164,6 +164,13 @@ class CxlEmulator final : public MemoryBackend {
 
   EmulatorStats stats() const noexcept;
   const LinkParams& link_params() const noexcept { return options_.link; }
+  /// The clock of the timing model.
+  Clock& clock() const noexcept { return *clock_; }
+  /// Whether [offset, offset + length) touches a poisoned range (for readers that read the
+  /// mapping in place and so never pass through read()).
+  bool poisoned(std::uint64_t offset_bytes, std::uint64_t length_bytes) const noexcept;
+  /// The shared link (mutable: in-place readers reserve time on it).
+  LinkState& shared_link() noexcept { return *link_; }
   const FaultConfig& fault_config() const noexcept { return options_.faults; }
   /// The link this emulator reserves time on (the pool's, once bound).
   const LinkState& link_state() const noexcept { return *link_; }
