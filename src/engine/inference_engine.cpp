@@ -71,6 +71,7 @@ std::string EngineStats::to_json() const {
         {"index", w.index},
         {"placement", w.placement},
         {"hot_set_bytes", w.hot_set_bytes},
+        {"hot_set_target_bytes", w.hot_set_target_bytes},
         {"requests", w.requests},
         {"tokens", w.tokens},
         {"figures", nlohmann::json::parse(w.figures.to_json())},
@@ -192,7 +193,7 @@ void InferenceEngine::attach_model(const std::string& name) {
   wo.cache_bytes = config_.cache_bytes;
   wo.eviction_policy = config_.eviction_policy;
   wo.prefetch_threads = config_.prefetch_threads;
-  wo.lookahead = config_.lookahead;
+  wo.lookahead = config_.lookahead.value_or(config_.placement == Placement::kInPlace ? 4 : 2);
   wo.verify_checksums = config_.verify_checksums;
   wo.compute_threads = config_.compute_threads;
   wo.scrub_bytes_per_s = config_.scrub_bytes_per_s;
@@ -367,6 +368,7 @@ EngineStats InferenceEngine::stats() const {
     w.scrub = workers_[i]->scrub_stats();
     w.placement = to_string(workers_[i]->placement());
     w.hot_set_bytes = workers_[i]->hot_set_bytes();
+    w.hot_set_target_bytes = workers_[i]->hot_set_target_bytes();
     w.requests = requests_[i];
     w.tokens = tokens_[i];
     s.workers.push_back(w);

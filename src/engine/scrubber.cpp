@@ -121,6 +121,13 @@ void VerifiedMapping::ensure_verified(std::size_t index) {
   if (e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kFailed)) throw_failed(index);
 }
 
+void VerifiedMapping::prefault(std::size_t index) const noexcept {
+  if (index >= entries_.size()) return;
+  const Entry& e = entries_[index];
+  const bool replica = e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kReplica);
+  prefault_pages(replica ? e.replica : e.primary);
+}
+
 void VerifiedMapping::fail_over(std::size_t index, std::string_view why) {
   if (index >= entries_.size()) return;
   std::lock_guard lock(mu_);

@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -104,22 +107,27 @@ class Worker::InPlaceWeights final : public WeightProvider {
       }
       steps_.push_back(std::move(keys));
     }
-    choose_hot_set(hot_budget_bytes);
-    // First-use verification runs ahead of compute, in schedule order, the embedding first.
+    plan_hot_set(hot_budget_bytes);
+    // First-use verification runs ahead of compute, in schedule order, the embedding first;
+    // then the HotSet is copied, off the first token's critical path.
     verifier_ = std::thread([this] { verify_ahead(); });
   }
   ~InPlaceWeights() override {
-    stop_.store(true, std::memory_order_release);
+    {
+      std::lock_guard lock(mu_);
+      stop_.store(true, std::memory_order_release);
+    }
+    wake_.notify_all();
     if (verifier_.joinable()) verifier_.join();
   }
 
   WeightHandle acquire(std::size_t index) override {
     acquires_.fetch_add(1, std::memory_order_relaxed);
     Tensor& t = tensors_.at(index);
-    if (!t.hot.empty()) {
+    if (t.hot_ready.load(std::memory_order_acquire)) {
       ready_.fetch_add(1, std::memory_order_relaxed);
       hot_acquires_.fetch_add(1, std::memory_order_relaxed);
-      return WeightHandle(std::span<const std::byte>(t.hot));
+      return WeightHandle(std::span<const std::byte>(t.hot.data(), t.hot.size_bytes()));
     }
     mapping_.ensure_verified(index);
     check_readable(index);
@@ -137,33 +145,53 @@ class Worker::InPlaceWeights final : public WeightProvider {
     Tensor& t = tensors_.at(index);
     std::span<const std::byte> bytes;
     acquires_.fetch_add(1, std::memory_order_relaxed);
-    if (!t.hot.empty()) {
+    if (t.hot_ready.load(std::memory_order_acquire)) {
       ready_.fetch_add(1, std::memory_order_relaxed);
       hot_acquires_.fetch_add(1, std::memory_order_relaxed);
-      bytes = t.hot;
+      bytes = std::span<const std::byte>(t.hot.data(), t.hot.size_bytes());
     } else {
       mapping_.ensure_verified(index);
       check_readable(index);
-      wait(reserve(index, rows.size() * rb));  // only the rows cross the link
+      wait(reserve(index, rows.size() * rb, /*urgent=*/true));  // only the rows cross the link
       if (!mapping_.bytes(index, bytes)) mapping_.throw_failed(index);
     }
     for (std::size_t i = 0; i < rows.size(); ++i) to_f32(desc.dtype, bytes.data() + rows[i] * rb, dst + i * cols, cols);
   }
 
+  // The first pass is over (the first token's forward): the HotSet may be copied now.
+  void end_step(std::size_t step) override {
+    if (step + 1 != steps_.size() || first_pass_done_) return;
+    {
+      std::lock_guard lock(mu_);
+      first_pass_done_ = true;
+    }
+    wake_.notify_all();
+  }
+
+  // Reserves this step and the next `lookahead` steps that need the link: steps served
+  // wholly by the HotSet (or reading only embedding rows) do not count, so the link keeps
+  // working while compute runs on local bytes (the output head, say).
   void begin_step(std::size_t step) override {
     if (!pacer_ || steps_.empty()) return;
-    for (std::size_t k = 0; k <= lookahead_; ++k) {
+    std::size_t ahead = 0;
+    for (std::size_t k = 0; k < steps_.size() && ahead <= lookahead_; ++k) {
+      bool needs_link = false;
       for (std::size_t index : steps_[(step + k) % steps_.size()]) {
         Tensor& t = tensors_[index];
-        if (!t.hot.empty() || t.reserved) continue;
+        if (t.hot_ready.load(std::memory_order_acquire)) continue;
+        needs_link = true;
+        if (t.reserved) continue;
         t.complete_ns = reserve(index, mapping_.view().tensors()[index].size_bytes);
         t.reserved = true;
       }
+      if (needs_link || k == 0) ++ahead;
     }
   }
 
-  std::uint64_t hot_bytes() const noexcept { return hot_bytes_; }
-  std::size_t hot_tensors() const noexcept { return hot_count_; }
+  /// Bytes of the HotSet copied so far (it is built in the background after the first
+  /// token), and the bytes it will hold.
+  std::uint64_t hot_bytes() const noexcept { return hot_bytes_.load(std::memory_order_acquire); }
+  std::uint64_t hot_target_bytes() const noexcept { return hot_target_bytes_; }
 
   WorkerCounters counters() const noexcept {
     WorkerCounters c;
@@ -179,15 +207,16 @@ class Worker::InPlaceWeights final : public WeightProvider {
 
  private:
   struct Tensor {
-    std::vector<std::byte> hot;    // the HotSet's local copy (empty: read in place)
-    bool reserved = false;         // a reservation made ahead and not yet used
-    std::uint64_t complete_ns = 0;  // ... and when its bytes are usable
+    Mapping hot;                       // the HotSet's local copy, once hot_ready
+    std::atomic<bool> hot_ready{false};  // published by the verifier thread
+    bool reserved = false;             // a reservation made ahead and not yet used
+    std::uint64_t complete_ns = 0;     // ... and when its bytes are usable
   };
 
   // For a cyclic schedule any fixed set saves the same link bytes per pass; the largest
   // tensors first also take the longest single waits off the link. The token embedding
   // is read a few rows at a time and is not worth its bytes.
-  void choose_hot_set(std::uint64_t budget) {
+  void plan_hot_set(std::uint64_t budget) {
     const auto infos = mapping_.view().tensors();
     std::vector<std::size_t> order;
     for (std::size_t i = 0; i < infos.size(); ++i) {
@@ -196,22 +225,36 @@ class Worker::InPlaceWeights final : public WeightProvider {
     }
     std::stable_sort(order.begin(), order.end(),
                      [&](std::size_t a, std::size_t b) { return infos[a].size_bytes > infos[b].size_bytes; });
+    std::uint64_t planned = 0;
     for (std::size_t i : order) {
-      if (infos[i].size_bytes > budget - hot_bytes_) continue;
-      mapping_.ensure_verified(i);
-      check_readable(i);
-      wait(reserve(i, infos[i].size_bytes));  // copied once, over the link
-      std::span<const std::byte> bytes;
-      if (!mapping_.bytes(i, bytes)) mapping_.throw_failed(i);
-      tensors_[i].hot.assign(bytes.begin(), bytes.end());
-      if (checksum64(tensors_[i].hot) != infos[i].checksum) {  // changed while copied
-        mapping_.report_mismatch(i, mapping_.source(i));
-        throw PoolError(fmt::format("tensor '{}' of model '{}' changed while it was copied into the hot set",
-                                    infos[i].name, mapping_.view().name()));
-      }
-      hot_bytes_ += infos[i].size_bytes;
-      ++hot_count_;
+      if (infos[i].size_bytes > budget - planned) continue;
+      planned += infos[i].size_bytes;
+      hot_plan_.push_back(i);
     }
+    hot_target_bytes_ = planned;
+  }
+
+  // Copies one planned tensor over the link into local memory and publishes it. The copy is
+  // checked against the catalog checksum: bytes that changed since verification never
+  // become hot (the tensor stays read in place, where the Scrubber watches it).
+  void copy_hot(std::size_t index) {
+    const TensorInfo& info = mapping_.view().tensors()[index];
+    mapping_.ensure_verified(index);
+    check_readable(index);
+    const std::uint64_t complete = reserve(index, info.size_bytes);
+    if (pacer_) (void)pacer_->wait_until(complete);  // a background copy: not compute's stall
+    std::span<const std::byte> bytes;
+    if (!mapping_.bytes(index, bytes)) return;
+    Tensor& t = tensors_[index];
+    Mapping local = allocate_local(bytes.size());
+    std::memcpy(local.data(), bytes.data(), bytes.size());
+    if (checksum64(std::span<const std::byte>(local.data(), local.size_bytes())) != info.checksum) {
+      mapping_.report_mismatch(index, mapping_.source(index));
+      return;
+    }
+    t.hot = std::move(local);
+    hot_bytes_.fetch_add(info.size_bytes, std::memory_order_acq_rel);
+    t.hot_ready.store(true, std::memory_order_release);
   }
 
   void verify_ahead() noexcept {
@@ -219,11 +262,25 @@ class Worker::InPlaceWeights final : public WeightProvider {
     for (const auto& step : steps_) order.insert(order.end(), step.begin(), step.end());
     for (std::size_t index : order) {
       if (stop_.load(std::memory_order_acquire)) return;
-      if (!tensors_[index].hot.empty()) continue;
       try {
+        mapping_.prefault(index);  // map the pages now: neither hashing nor compute faults
         mapping_.ensure_verified(index);
       } catch (...) {
         // Failed: the acquire that needs the tensor reports it.
+      }
+    }
+    // The HotSet only after the first token: its copy would compete with that token's
+    // compute for the cores and the memory bus, and the first pass reads in place anyway.
+    if (!hot_plan_.empty()) {
+      std::unique_lock lock(mu_);
+      wake_.wait(lock, [&] { return first_pass_done_ || stop_.load(std::memory_order_acquire); });
+    }
+    for (std::size_t index : hot_plan_) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      try {
+        copy_hot(index);
+      } catch (...) {
+        // Not hot, then: it is read in place, and a failure shows at its acquire.
       }
     }
   }
@@ -240,14 +297,15 @@ class Worker::InPlaceWeights final : public WeightProvider {
     }
   }
 
-  std::uint64_t reserve(std::size_t index, std::uint64_t bytes) {
+  // `urgent`: a small demand read (embedding rows) the link serves ahead of what is queued.
+  std::uint64_t reserve(std::size_t index, std::uint64_t bytes, bool urgent = false) {
     const bool replica = mapping_.source(index) == VerifiedMapping::Source::kReplica;
     std::optional<LinkPacer>& pacer = replica && replica_pacer_ ? replica_pacer_ : pacer_;
     if (!pacer || !pacer->paced()) return 0;
     link_bytes_.fetch_add(bytes, std::memory_order_relaxed);
     const double gbps = pacer->params().bandwidth_gbps;
     if (gbps > 0) link_ns_.fetch_add(static_cast<std::uint64_t>(static_cast<double>(bytes) / gbps), std::memory_order_relaxed);
-    return pacer->reserve(bytes);
+    return urgent ? pacer->reserve_urgent(bytes) : pacer->reserve(bytes);
   }
 
   void wait(std::uint64_t complete_ns) {
@@ -266,10 +324,14 @@ class Worker::InPlaceWeights final : public WeightProvider {
   std::size_t lookahead_;
   std::vector<std::vector<std::size_t>> steps_;
   std::vector<Tensor> tensors_;
-  std::uint64_t hot_bytes_ = 0;
-  std::size_t hot_count_ = 0;
+  std::vector<std::size_t> hot_plan_;
+  std::uint64_t hot_target_bytes_ = 0;
+  std::atomic<std::uint64_t> hot_bytes_{0};
   std::atomic<std::uint64_t> acquires_{0}, ready_{0}, hot_acquires_{0}, stall_ns_{0}, link_bytes_{0}, link_ns_{0};
   std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool first_pass_done_ = false;  // under mu_; end_step reads it on the executor's thread
   std::thread verifier_;
 };
 
@@ -454,6 +516,9 @@ Figures Worker::figures() const {
 }
 
 std::uint64_t Worker::hot_set_bytes() const noexcept { return in_place_ != nullptr ? in_place_->hot_bytes() : 0; }
+std::uint64_t Worker::hot_set_target_bytes() const noexcept {
+  return in_place_ != nullptr ? in_place_->hot_target_bytes() : 0;
+}
 
 WorkerCounters Worker::counters() const {
   WorkerCounters c;

@@ -1,7 +1,9 @@
 #include "xlshare/memory/memory_backend.hpp"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <utility>
 
@@ -47,6 +49,25 @@ ReadStatus MemoryBackend::do_read(std::uint64_t offset_bytes, std::span<std::byt
   if (read_view_.data() == nullptr) return ReadStatus::kOffline;
   std::memcpy(dst.data(), read_view_.data() + offset_bytes, dst.size());
   return ReadStatus::kOk;
+}
+
+Mapping allocate_local(std::size_t bytes) {
+  if (bytes == 0) return Mapping();
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) throw OutOfMemory(errno_message(fmt::format("local memory of {} bytes", bytes), errno));
+  return Mapping(p, bytes);
+}
+
+void prefault_pages(std::span<const std::byte> bytes) noexcept {
+#ifdef MADV_POPULATE_READ
+  if (bytes.empty()) return;
+  static const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(bytes.data()) / page * page;
+  const auto end = reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size();
+  (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
+#else
+  (void)bytes;
+#endif
 }
 
 void check_map_request(const MemoryBackend& backend, std::uint64_t offset_bytes,

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <thread>
 #include <fstream>
 
 #include "model/model_support.hpp"
@@ -39,6 +40,15 @@ Output run(InferenceEngine& engine) {
   r.sampling.seed = 77;
   auto res = engine.inference(r);
   return {res.output_tokens, res.last_logits};
+}
+
+void wait_for_hot_set(InferenceEngine& engine) {
+  for (int i = 0; i < 2000; ++i) {
+    const auto w = engine.stats().workers[0];
+    if (w.hot_set_bytes >= w.hot_set_target_bytes) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ADD_FAILURE() << "the hot set was not built within 10 s";
 }
 
 class InPlace : public ::testing::Test {
@@ -101,12 +111,19 @@ TEST_F(InPlace, ProducesTheResidentNumbersWithAndWithoutAHotSet) {
       const Output got = run(engine);
       EXPECT_EQ(got.tokens, want_.tokens) << hot << " " << lookahead;
       EXPECT_EQ(got.logits, want_.logits) << hot << " " << lookahead;
+      // The HotSet is copied in the background once the first token is out; then the same
+      // request, served partly from it, gives the same numbers again.
+      wait_for_hot_set(engine);
+      const Output again = run(engine);
+      EXPECT_EQ(again.tokens, want_.tokens) << hot << " " << lookahead;
+      EXPECT_EQ(again.logits, want_.logits) << hot << " " << lookahead;
       const auto w = engine.stats().workers[0];
       EXPECT_EQ(w.placement, "in-place");
       EXPECT_LE(w.hot_set_bytes, hot);
+      EXPECT_EQ(w.hot_set_bytes, w.hot_set_target_bytes);
       if (hot >= model_bytes_) {
         EXPECT_GT(w.hot_set_bytes, model_bytes_ / 2);
-        EXPECT_GT(w.figures.reuse_rate, 0.5);
+        EXPECT_GT(w.figures.reuse_rate, 0.25);
       }
       if (hot == 0) {
         EXPECT_EQ(w.hot_set_bytes, 0u);
@@ -123,10 +140,12 @@ TEST_F(InPlace, AHotSetTakesItsBytesOffTheLink) {
     c.cache_bytes = with_hot ? model_bytes_ / 2 : 0;
     InferenceEngine engine(c);
     engine.attach_model("m");
-    const std::uint64_t attach_bytes = engine.stats().workers[0].figures.link_bytes;  // the hot set's copy
+    (void)run(engine);
+    wait_for_hot_set(engine);
+    const std::uint64_t before = engine.stats().workers[0].figures.link_bytes;  // the hot set's copy included
     (void)run(engine);
     const auto w = engine.stats().workers[0];
-    (with_hot ? link_with : link_without) = w.figures.link_bytes - attach_bytes;
+    (with_hot ? link_with : link_without) = w.figures.link_bytes - before;
     if (with_hot) hot = w.hot_set_bytes;
   }
   ASSERT_GT(hot, 0u);

@@ -139,7 +139,7 @@ struct EngineArgs {
   std::string cache = "64M";
   std::string preset = "cxl-x8";
   std::string policy = "lru";
-  std::size_t lookahead = 2;
+  std::optional<std::size_t> lookahead;  // unset: the placement's default
   unsigned prefetch_threads = 2;
   unsigned threads = 1;
   bool no_verify = false;
@@ -164,8 +164,8 @@ struct EngineArgs {
         ->check(size_in(0, kMaxCacheBytes));
     app->add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
     app->add_option("--policy", policy, "eviction policy: lru, fifo, schedule")->capture_default_str();
-    app->add_option("--lookahead", lookahead, "prefetch lookahead in steps")
-        ->capture_default_str()
+    app->add_option("--lookahead", lookahead,
+                    "steps ahead: prefetched (copy, default 2) or whose link time is reserved (in-place, default 4)")
         ->check(integer_in(0, kMaxLookahead));
     app->add_option("--prefetch-threads", prefetch_threads, "transfer threads")
         ->capture_default_str()

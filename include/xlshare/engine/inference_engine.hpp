@@ -53,8 +53,10 @@ struct EngineConfig {
   std::string eviction_policy = "lru";
   /// Transfer threads per worker. Default 2.
   unsigned prefetch_threads = 2;
-  /// Steps of lookahead of the default prefetch policy. Default 2.
-  std::size_t lookahead = 2;
+  /// Steps ahead: the default prefetch policy's k (copy; default 2), or the steps whose link
+  /// time is reserved ahead (in_place; default 4: a reservation costs no memory, and the
+  /// link must keep working while compute runs on the HotSet). Unset: the placement's default.
+  std::optional<std::size_t> lookahead;
   /// Verify checksums of every tensor on arrival. Default true.
   bool verify_checksums = true;
   /// A second pool holding the same model, read when the primary fails; attach refuses
@@ -108,7 +110,8 @@ struct WorkerReport {
   TransferStats transfers;
   ScrubStats scrub;  ///< without a cache: verification of the mapped weights (shared by the workers)
   std::string placement;            ///< "copy" or "in-place"
-  std::uint64_t hot_set_bytes = 0;  ///< in-place: local copies of the HotSet
+  std::uint64_t hot_set_bytes = 0;         ///< in-place: the HotSet's local copies so far
+  std::uint64_t hot_set_target_bytes = 0;  ///< ... and when complete (built after the first token)
   std::uint64_t requests = 0;
   std::uint64_t tokens = 0;  ///< prompt + generated tokens processed
 };

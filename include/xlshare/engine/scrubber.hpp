@@ -73,6 +73,9 @@ class VerifiedMapping {
   bool verified(std::size_t index) const noexcept {
     return index < entries_.size() && entries_[index].verified.load(std::memory_order_acquire) == kVerified;
   }
+  /// Asks the kernel to map the pages of `index`'s current copy now (Pool::prefault), so
+  /// the first reads of it take no page faults. Never throws.
+  void prefault(std::size_t index) const noexcept;
   /// The primary's copy of `index` cannot be read (a poisoned range, a device gone): switch
   /// to the replica's copy if it verifies, else mark the tensor failed with `why`. Cold path.
   void fail_over(std::size_t index, std::string_view why);

@@ -42,8 +42,8 @@ struct WorkerOptions {
   std::string eviction_policy = "lru";
   /// Copy threads of the TransferEngine. Default 2.
   unsigned prefetch_threads = 2;
-  /// LookaheadPolicy's k (kInPlace: steps whose link time is reserved ahead); ignored when
-  /// prefetch_factory is set. Default 2.
+  /// LookaheadPolicy's k (kInPlace: steps that need the link whose time is reserved ahead);
+  /// ignored when prefetch_factory is set. Default 2.
   std::size_t lookahead = 2;
   /// Verify every tensor's checksum on arrival. Default true.
   bool verify_checksums = true;
@@ -80,8 +80,10 @@ class Worker {
   std::mutex& busy() noexcept { return busy_; }
   bool has_cache() const noexcept { return cache_ != nullptr; }
   Placement placement() const noexcept { return in_place_ != nullptr ? Placement::kInPlace : Placement::kCopy; }
-  /// kInPlace: bytes of the HotSet (local copies), and how many pieces it holds.
+  /// kInPlace: bytes of the HotSet copied so far (local copies, built in the background
+  /// once the first token is out), and the bytes it will hold when complete.
   std::uint64_t hot_set_bytes() const noexcept;
+  std::uint64_t hot_set_target_bytes() const noexcept;
 
   Figures figures() const;
   WorkerCounters counters() const;

@@ -31,6 +31,11 @@ class LinkPacer {
   /// Reserves `bytes` on the link from now, chunk by chunk as a copy of that size would, and
   /// accounts them in the link's counters. Returns when they are usable (ns on the clock).
   std::uint64_t reserve(std::uint64_t bytes) noexcept;
+  /// A small demand read (a few embedding rows) that the link arbitrates ahead of bulk
+  /// transfers queued earlier, as a fabric that interleaves requests does: its bytes still
+  /// occupy the link (everything queued moves back by their time), but it completes after
+  /// its own occupancy and latency from now, not behind the queue. Returns when usable.
+  std::uint64_t reserve_urgent(std::uint64_t bytes) noexcept;
   /// Waits until `complete_ns`; returns how long it waited (the stall), in ns.
   std::uint64_t wait_until(std::uint64_t complete_ns) noexcept;
 

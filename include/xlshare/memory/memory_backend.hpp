@@ -124,6 +124,16 @@ class MemoryBackend {
   Mapping read_view_;
 };
 
+/// Private anonymous memory of `bytes`, its pages mapped up front (MAP_POPULATE: one kernel
+/// pass instead of a fault per page, and no zero-filling pass by the caller). For local
+/// copies of far memory (the HotSet). @throws OutOfMemory.
+Mapping allocate_local(std::size_t bytes);
+
+/// Asks the kernel to map every page of `bytes` (part of a mapping) now, readable
+/// (MADV_POPULATE_READ), so that first reads take no page faults: one pass in the kernel is
+/// far cheaper than a fault per 4 KiB page. A no-op where the kernel lacks it. Never throws.
+void prefault_pages(std::span<const std::byte> bytes) noexcept;
+
 /// Checks a map() request against a backend's size and alignment.
 /// @throws BackendError naming the backend and the problem.
 void check_map_request(const MemoryBackend& backend, std::uint64_t offset_bytes,
