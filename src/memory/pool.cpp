@@ -175,6 +175,34 @@ std::string describe_process(std::int32_t pid, std::uint32_t pid_ns) {
 
 std::atomic<std::uint64_t> g_lock_timeout_ms{10'000};
 
+// The smaps entry of the mapping at `base`: its KernelPageSize, and the bytes of it mapped
+// with PMD-sized pages (ShmemPmdMapped, FilePmdMapped, AnonHugePages). Zero when unreadable.
+void mapping_page_sizes(const void* base, std::uint64_t& page_bytes, std::uint64_t& huge_bytes) noexcept {
+  page_bytes = huge_bytes = 0;
+  try {
+    std::ifstream in("/proc/self/smaps");
+    std::string line;
+    bool ours = false;
+    const auto address = reinterpret_cast<std::uintptr_t>(base);
+    while (std::getline(in, line)) {
+      unsigned long long lo = 0, hi = 0;
+      if (std::sscanf(line.c_str(), "%llx-%llx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+        if (ours) return;  // the next mapping: done
+        ours = address >= lo && address < hi;
+        continue;
+      }
+      if (!ours) continue;
+      unsigned long long kib = 0;
+      if (std::sscanf(line.c_str(), "KernelPageSize: %llu kB", &kib) == 1) page_bytes = kib * 1024;
+      for (const char* key : {"ShmemPmdMapped: %llu kB", "FilePmdMapped: %llu kB", "AnonHugePages: %llu kB"}) {
+        if (std::sscanf(line.c_str(), key, &kib) == 1) huge_bytes += kib * 1024;
+      }
+    }
+  } catch (...) {
+    page_bytes = huge_bytes = 0;
+  }
+}
+
 // XXH3 of this boot's id: link times taken on another boot mean nothing now.
 std::uint64_t boot_id_hash() noexcept {
   try {
@@ -231,7 +259,9 @@ std::string PoolStats::to_json() const {
   j["link"] = {{"bytes", link_bytes},
                {"transfers", link_transfers},
                {"busy_ns", link_busy_ns},
-               {"faults", link_faults}};
+               {"faults", link_faults},
+               {"clock_clamps", link_clock_clamps}};
+  j["mapping"] = {{"page_bytes", page_bytes}, {"huge_mapped_bytes", huge_mapped_bytes}};
   return j.dump(2);
 }
 
@@ -1139,7 +1169,7 @@ bool Pool::verify(const TensorInfo& tensor) const noexcept {
   return bytes.size() == tensor.size_bytes && checksum64(bytes) == tensor.checksum;
 }
 
-PoolStats Pool::stats() const {
+PoolStats Pool::stats(bool read_mapping) const {
   const Impl& im = *impl_;
   PoolStats s;
   s.uri = im.uri;
@@ -1170,6 +1200,8 @@ PoolStats Pool::stats() const {
   s.link_transfers = link_field(link.transfers_total).load();
   s.link_busy_ns = link_field(link.busy_ns_total).load();
   s.link_faults = link_field(link.faults_total).load();
+  s.link_clock_clamps = link_field(link.clock_clamps_total).load();
+  if (read_mapping) mapping_page_sizes(im.base, s.page_bytes, s.huge_mapped_bytes);
   return s;
 }
 

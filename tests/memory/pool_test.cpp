@@ -292,6 +292,18 @@ TEST_F(PoolTest, RefusesACatalogThatLiesConsistently) {
   expect_model_refused("m", "outside the data area");
 }
 
+TEST_F(PoolTest, SaysWhichPageSizeItsMappingGot) {
+  auto pool = create();
+  write_model(*pool, "m", 2);
+  const auto plain = pool->stats();
+  EXPECT_EQ(plain.page_bytes, 0u) << "smaps is read only on request";
+  const auto s = pool->stats(true);
+  EXPECT_EQ(s.page_bytes % 4096, 0u);
+  EXPECT_GE(s.page_bytes, 4096u);
+  EXPECT_LE(s.huge_mapped_bytes, s.pool_bytes);
+  EXPECT_NE(s.to_json().find("\"page_bytes\""), std::string::npos);
+}
+
 TEST_F(PoolTest, RefusesAnUnsealedModelByName) {
   auto pool = create();
   auto w = pool->begin_model("loading");

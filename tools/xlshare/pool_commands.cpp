@@ -50,7 +50,7 @@ void pool_create(const PoolArgs& a) {
 
 void pool_info(const PoolArgs& a) {
   auto pool = Pool::attach(open_backend(a.uri));
-  const auto s = pool->stats();
+  const auto s = pool->stats(/*read_mapping=*/true);
   const auto models = pool->list_models();
   if (a.json) {
     auto j = nlohmann::json::parse(s.to_json());
@@ -69,6 +69,11 @@ void pool_info(const PoolArgs& a) {
              human(s.extents.bytes_used), human(s.extents.bytes_free),
              human(s.extents.largest_free_extent), s.extents.fragmentation);
   fmt::print("  attached    {} process(es) (this one included)\n", s.attached_processes);
+  if (s.page_bytes != 0) {
+    fmt::print("  mapping     {} pages{}\n", human(s.page_bytes),
+               s.huge_mapped_bytes ? fmt::format(", {} of it mapped with huge pages", human(s.huge_mapped_bytes))
+                                   : std::string(", no huge pages mapped"));
+  }
   fmt::print("  link        {} moved in {} transfers, {} faults\n", human(s.link_bytes),
              s.link_transfers, s.link_faults);
   fmt::print("  models      {} sealed, {} loading\n", s.models_sealed, s.models_loading);

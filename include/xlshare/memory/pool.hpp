@@ -130,6 +130,13 @@ struct PoolStats {
   std::uint64_t link_transfers = 0;
   std::uint64_t link_busy_ns = 0;
   std::uint64_t link_faults = 0;
+  std::uint64_t link_clock_clamps = 0;  ///< link times from another clock, clamped
+  /// How this process maps the pool, from /proc/self/smaps: the kernel's page size for the
+  /// mapping and how many of its resident bytes are mapped with huge (2 MiB) pages
+  /// (0/0 where it cannot be read, or not asked for: Pool::stats(true)). Huge pages need DAX
+  /// alignment, or shmem THP enabled.
+  std::uint64_t page_bytes = 0;
+  std::uint64_t huge_mapped_bytes = 0;
   std::string to_json() const;
 };
 
@@ -226,7 +233,9 @@ class Pool {
   /// Whether the tensor's bytes in the pool still match its catalog checksum.
   bool verify(const TensorInfo& tensor) const noexcept;
 
-  PoolStats stats() const;
+  /// `read_mapping`: also read this process's page sizes for the pool from /proc/self/smaps
+  /// (page_bytes, huge_mapped_bytes; a few ms, so only on request).
+  PoolStats stats(bool read_mapping = false) const;
   /// The shared link of this pool.
   LinkState& link_state() noexcept;
 
