@@ -1,6 +1,8 @@
 // Every claim of the XL-Share results table, measured on real processes, real transfers and
 // real compute: memory efficiency, scalability, cache policies, prefetch, cold start vs
-// attach, latency and batching, link contention, and the pool against local weights.
+// attach, latency and batching, link contention, and the pool against local weights. Exps. 1,
+// 5, 7 and 8 run in-place workers beside copy ones; exp. 1 also N processes that mmap the
+// model's GGUF file (the mmap baseline).
 //
 //   build/bin/xlshare_experiments --out docs/results          (make experiments)
 //   build/bin/xlshare_experiments --quick --out build/exp     (make test's smoke test)
@@ -9,17 +11,22 @@
 // and one plot per experiment, OUT/eN_*.svg and .png, drawn by gnuplot.
 #include <fcntl.h>
 #include <malloc.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <new>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -29,6 +36,7 @@
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/checksum.hpp"
+#include "xlshare/memory/link_state.hpp"
 #include "xlshare/proc_memory.hpp"
 
 namespace {
@@ -61,6 +69,7 @@ struct Setup {
   std::uint64_t model_bytes = 0;
   std::size_t blocks = 0;
   std::string command;
+  fs::path gguf;  // the same model as a GGUF file (the mmap baseline, cold start)
 };
 
 // What a worker process reports.
@@ -68,6 +77,7 @@ struct ChildReport {
   double attach_ms = 0, latency_ms = 0, tokens_per_s = 0, ready = 0, reuse = 0, stall_ms = 0, link_gbps = 0,
          overlap = 0, first_token_ms = 0;
   std::uint64_t link_bytes = 0, tokens = 0, hash = 0;
+  std::uint64_t warm_link_bytes = 0, start_ns = 0, end_ns = 0, link_free_ns = 0;  // exp. 7, in place
   int ok = 0;
 };
 
@@ -149,6 +159,47 @@ std::vector<std::int32_t> prompt_of(const Setup& s, std::size_t n, std::uint32_t
   return p;
 }
 
+// CLOCK_MONOTONIC in ns: the clock of the pool's link times, the same in every process.
+std::uint64_t monotonic_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// In place, the HotSet is copied in the background after the first token: waits until it
+// is complete, so that what is measured next runs (and is resident) with all of it.
+void wait_hot_set(InferenceEngine& engine) {
+  const auto t0 = SteadyClock::now();
+  for (;;) {
+    const auto w = engine.stats().workers[0];
+    if (w.hot_set_bytes >= w.hot_set_target_bytes) return;
+    if (ms_since(t0) > 120000) {
+      throw Error(fmt::format("the hot set is incomplete after 120 s ({} of {} bytes)", w.hot_set_bytes,
+                              w.hot_set_target_bytes));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+// The mmap baseline (what N llama.cpp processes sharing one GGUF through the page cache
+// cost): maps the file read-only and shared, reads every byte once (every page touched)
+// and keeps the mapping until the process is measured.
+ChildReport mmap_file_report(const fs::path& file, std::shared_ptr<void>& keep) {
+  const std::size_t size = fs::file_size(file);
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  if (fd < 0) throw Error(fmt::format("cannot open {}", file.string()));
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) throw Error(fmt::format("cannot map {}", file.string()));
+  keep = std::shared_ptr<void>(p, [size](void* q) { ::munmap(q, size); });
+  const auto* words = static_cast<const std::uint64_t*>(p);
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < size / 8; ++i) sum += words[i];
+  ChildReport r;
+  r.hash = sum;
+  return r;
+}
+
 ChildReport generate_report(InferenceEngine& engine, const Setup& s, std::size_t prompt, std::size_t n) {
   InferenceRequest r;
   r.id = "x";
@@ -221,34 +272,73 @@ json e1_memory(const Setup& s, Report& rep, std::vector<double>& per_process_ove
   const std::vector<int> ns = s.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4, 8};
   EngineConfig c = base_config(s);
   c.cache_bytes = s.model_bytes / 8;
+  EngineConfig in_place = base_config(s);
+  in_place.placement = Placement::kInPlace;
+  in_place.cache_bytes = 0;
+  EngineConfig hot = in_place;
+  hot.cache_bytes = s.model_bytes / 4;
+  struct Kind {
+    const char* weights;
+    const char* placement;
+    const EngineConfig* config;  // null: the mmap baseline
+  };
+  const std::vector<Kind> kinds = {{"copy, cache 1/8", "copy", &c},
+                                   {"in place, no hot set", "in-place", &in_place},
+                                   {"in place, hot set 1/4", "in-place", &hot},
+                                   {"mmap of the GGUF file", "mmap", nullptr}};
+  const std::string pool_path = "/dev/shm/" + s.uri.substr(6);
   json rows = json::array();
   std::vector<std::vector<double>> plot;
   rep.md << "## 1. Memory efficiency\n\n"
          << "N worker processes attach to one pool (cache = 1/8 of the model each), generate 2 tokens and stay "
             "attached while PSS is read from /proc/PID/smaps_rollup. memory_efficiency = (N × model bytes) / "
             "total PSS of the N workers. \"pool PSS\" is the part of it that maps the pool.\n\n"
-         << "| workers | total PSS MiB | pool PSS MiB | N private copies MiB | memory_efficiency |\n|---|---|---|---|---|\n";
+         << "The same for in-place workers (placement in_place, cxl-x8): without a hot set (cache 0: every weight "
+            "read from the pool's mapping) and with a hot set of 1/4 of the model (local copies, complete before "
+            "PSS is read): a hot set buys speed with memory. And the mmap baseline, what N llama.cpp processes "
+            "sharing one GGUF through the page cache cost: N plain processes that each map the model's GGUF file "
+            "(MAP_SHARED, PROT_READ), read every byte of it once and stay alive while their PSS is read the same "
+            "way; their \"pool PSS\" is the PSS of the file's mapping.\n\n"
+         << "| workers | weights | total PSS MiB | pool PSS MiB | N private copies MiB | memory_efficiency "
+            "|\n|---|---|---|---|---|---|\n";
   for (int n : ns) {
-    auto [reports, memory] = run_processes(n, "/dev/shm/" + s.uri.substr(6), [&](int, std::shared_ptr<void>& keep) {
-      auto e = std::make_shared<InferenceEngine>(c);
-      keep = e;
-      e->attach_model("bench");
-      return generate_report(*e, s, 4, 2);
-    });
-    std::uint64_t total = 0, pool = 0;
-    for (const auto& m : memory) {
-      total += m.pss;
-      pool += m.pool_pss;
-    }
+    std::vector<double> point{static_cast<double>(n)};
     const double copies = static_cast<double>(n) * static_cast<double>(s.model_bytes);
-    const double eff = copies / static_cast<double>(total);
-    per_process_overhead.push_back(static_cast<double>(total - pool) / n - static_cast<double>(c.cache_bytes));
-    rep.md << fmt::format("| {} | {:.1f} | {:.1f} | {:.1f} | {:.2f}x |\n", n, mib(total), mib(pool), mib(copies), eff);
-    rows.push_back({{"workers", n}, {"total_pss_bytes", total}, {"pool_pss_bytes", pool}, {"memory_efficiency", eff}});
-    plot.push_back({static_cast<double>(n), mib(total), mib(copies)});
+    for (const Kind& kind : kinds) {
+      const std::string mapped = kind.config ? pool_path : s.gguf.string();
+      auto [reports, memory] = run_processes(n, mapped, [&](int, std::shared_ptr<void>& keep) {
+        if (kind.config == nullptr) return mmap_file_report(s.gguf, keep);
+        auto e = std::make_shared<InferenceEngine>(*kind.config);
+        keep = e;
+        e->attach_model("bench");
+        const ChildReport r = generate_report(*e, s, 4, 2);
+        wait_hot_set(*e);  // nothing to wait for without a hot set
+        return r;
+      });
+      std::uint64_t total = 0, pool = 0;
+      for (const auto& m : memory) {
+        total += m.pss;
+        pool += m.pool_pss;
+      }
+      const double eff = copies / static_cast<double>(total);
+      const std::uint64_t local = kind.config ? kind.config->cache_bytes : 0;
+      if (kind.config == &c) {
+        per_process_overhead.push_back(static_cast<double>(total - pool) / n - static_cast<double>(c.cache_bytes));
+      }
+      rep.md << fmt::format("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.2f}x |\n", n, kind.weights, mib(total), mib(pool),
+                            mib(copies), eff);
+      rows.push_back({{"workers", n}, {"weights", kind.weights}, {"placement", kind.placement},
+                      {"local_bytes", local}, {"total_pss_bytes", total}, {"pool_pss_bytes", pool},
+                      {"memory_efficiency", eff}});
+      point.push_back(mib(total));
+    }
+    point.push_back(mib(copies));
+    plot.push_back(point);
   }
   rep.plot("e1_memory", "Memory: N workers sharing one pool vs N private copies", "worker processes", "MiB",
-           {"xlshare total PSS", "N private copies"}, plot);
+           {"xlshare copy total PSS", "xlshare in place total PSS", "in place + hot set 1/4 total PSS",
+            "mmap GGUF total PSS", "N private copies"},
+           plot);
   return rows;
 }
 
@@ -448,9 +538,9 @@ json e4_prefetch(const Setup& s, Report& rep, double& best_accuracy, double& dec
   return rows;
 }
 
-json e5_cold_start(const Setup& s, Report& rep, double& attach_first_token_ms, double& cold_ms) {
-  const fs::path file = s.out / "cold-start-model.gguf";
-  write_gguf(make_synthetic_llama(s.shape, 1), file, DType::kF32);
+json e5_cold_start(const Setup& s, Report& rep, double& attach_first_token_ms, double& attach_in_place_ms,
+                   double& cold_ms) {
+  const fs::path& file = s.gguf;
   const int repeats = s.quick ? 1 : 3;
   auto first_token = [&](const std::string& how) {
     std::vector<double> ms;
@@ -464,11 +554,13 @@ json e5_cold_start(const Setup& s, Report& rep, double& attach_first_token_ms, d
       }
       const auto t0 = SteadyClock::now();
       auto [reports, memory] = run_processes(1, "/dev/shm/none", [&](int, std::shared_ptr<void>&) {
+        const bool attach = how.starts_with("attach");
         EngineConfig c = base_config(s);
-        c.pool_uri = how == "attach" ? s.uri : fresh_uri;
+        c.pool_uri = attach ? s.uri : fresh_uri;
         c.link_preset = "none";
+        if (how == "attach in place") c.placement = Placement::kInPlace;
         InferenceEngine e(c);
-        if (how != "attach") e.register_model(file, "bench");
+        if (!attach) e.register_model(file, "bench");
         e.attach_model("bench");
         e.generate(prompt_of(s, 4), 1);
         return ChildReport{};
@@ -479,22 +571,25 @@ json e5_cold_start(const Setup& s, Report& rep, double& attach_first_token_ms, d
     return median(ms);
   };
   const double cold = first_token("cold"), warm = first_token("warm"), attach = first_token("attach");
-  fs::remove(file);
+  const double attach_in_place = first_token("attach in place");
   attach_first_token_ms = attach;
+  attach_in_place_ms = attach_in_place;
   cold_ms = cold;
   rep.md << "\n## 5. Cold start against attach\n\n"
          << fmt::format("Time from starting a worker process to its first generated token (4-token prompt), median "
                         "of {}. Cold: the {:.0f} MiB GGUF file's pages dropped from the page cache "
                         "(posix_fadvise DONTNEED) before the load; warm: the file in the page cache; attach: the "
-                        "model already in the pool, nothing loaded.\n\n",
+                        "model already in the pool, nothing loaded (copy: the first token's weights copied through "
+                        "the near cache, cache 1/4; in place: computed from the pool's mapping, the hot set of 1/4 "
+                        "copied after the first token).\n\n",
                         repeats, mib(static_cast<double>(s.model_bytes)))
          << "| start | time to first token ms |\n|---|---|\n"
          << fmt::format("| load file, cold page cache | {:.0f} |\n| load file, warm page cache | {:.0f} |\n| attach to "
-                        "the loaded pool | {:.0f} |\n",
-                        cold, warm, attach);
-  rep.plot("e5_cold_start", "Time to first token", "1 = cold load, 2 = warm load, 3 = attach", "ms",
-           {"time to first token"}, {{1, cold}, {2, warm}, {3, attach}});
-  return {{"cold_ms", cold}, {"warm_ms", warm}, {"attach_ms", attach}};
+                        "the loaded pool | {:.0f} |\n| attach to the loaded pool, in place | {:.0f} |\n",
+                        cold, warm, attach, attach_in_place);
+  rep.plot("e5_cold_start", "Time to first token", "1 = cold load, 2 = warm load, 3 = attach, 4 = attach in place",
+           "ms", {"time to first token"}, {{1, cold}, {2, warm}, {3, attach}, {4, attach_in_place}});
+  return {{"cold_ms", cold}, {"warm_ms", warm}, {"attach_ms", attach}, {"attach_in_place_ms", attach_in_place}};
 }
 
 json e6_batching(const Setup& s, Report& rep, double& p50_single) {
@@ -543,11 +638,17 @@ json e6_batching(const Setup& s, Report& rep, double& p50_single) {
   return rows;
 }
 
-json e7_contention(const Setup& s, Report& rep) {
+json e7_contention(const Setup& s, Report& rep, double& in_place_peak_gbps, double& limit_gbps) {
   const std::vector<int> ns = s.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4, 8};
   EngineConfig c = base_config(s);
   c.cache_bytes = s.model_bytes / 8;
+  EngineConfig in_place = base_config(s);
+  in_place.placement = Placement::kInPlace;
+  in_place.cache_bytes = 0;
+  limit_gbps = link_preset(c.link_preset).bandwidth_gbps;
+  in_place_peak_gbps = 0;
   const std::size_t tokens = s.quick ? 2 : 4;
+  const std::string pool_path = "/dev/shm/" + s.uri.substr(6);
   json rows = json::array();
   std::vector<std::vector<double>> plot;
   rep.md << "\n## 7. Link contention\n\n"
@@ -555,55 +656,123 @@ json e7_contention(const Setup& s, Report& rep) {
                         "generating {} tokens. Per worker: link_gbps = its link bytes / the time its link was busy; "
                         "aggregate = all link bytes / wall time; stall per worker.\n\n",
                         tokens)
-         << "| workers | per-worker link GB/s (median) | aggregate link GB/s | stall ms per worker (median) | tokens/s "
-            "per worker |\n|---|---|---|---|---|\n";
+         << fmt::format("In place: N in-place worker processes (no hot set, default lookahead) on the same link. Each "
+                        "attaches and generates 1 token (first use: verification, page mapping), then all wait for "
+                        "each other and run together the request the copy workers run (4-token prompt, {} tokens). "
+                        "Decode window = from the first worker's start to the later of the last worker's end and "
+                        "the link finishing every reservation made by then (the pool's shared link_free time); "
+                        "decode-window aggregate = the link bytes of those requests / the window, checked against "
+                        "the link's {:.0f} GB/s.\n\n",
+                        tokens, limit_gbps)
+         << "| workers | placement | per-worker link GB/s (median) | aggregate link GB/s | stall ms per worker (median) "
+            "| tokens/s per worker | decode-window aggregate GB/s |\n|---|---|---|---|---|---|---|\n";
+  // Where in-place workers wait for each other: shared by the forked processes.
+  void* shared = ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) throw Error("mmap failed");
+  std::shared_ptr<void> unmap(shared, [](void* p) { ::munmap(p, sizeof(std::atomic<int>)); });
+  auto* arrived = new (shared) std::atomic<int>(0);
   for (int n : ns) {
-    const auto t0 = SteadyClock::now();
-    auto [reports, memory] = run_processes(n, "/dev/shm/" + s.uri.substr(6), [&](int, std::shared_ptr<void>& keep) {
-      auto e = std::make_shared<InferenceEngine>(c);
-      keep = e;
-      e->attach_model("bench");
-      return generate_report(*e, s, 4, tokens);
-    });
-    const double wall = ms_since(t0) / 1000.0;
-    std::vector<double> gbps, stall, tps;
-    double bytes = 0;
-    for (const auto& r : reports) {
-      gbps.push_back(r.link_gbps);
-      stall.push_back(r.stall_ms);
-      tps.push_back(r.tokens_per_s);
-      bytes += static_cast<double>(r.link_bytes);
+    std::vector<double> point{static_cast<double>(n)};
+    for (const char* placement : {"copy", "in-place"}) {
+      const bool copy = std::string(placement) == "copy";
+      arrived->store(0);
+      const auto t0 = SteadyClock::now();
+      auto [reports, memory] = run_processes(n, pool_path, [&](int, std::shared_ptr<void>& keep) {
+        auto e = std::make_shared<InferenceEngine>(copy ? c : in_place);
+        keep = e;
+        if (copy) {
+          e->attach_model("bench");
+          return generate_report(*e, s, 4, tokens);
+        }
+        ChildReport warm;
+        try {
+          e->attach_model("bench");
+          warm = generate_report(*e, s, 4, 1);
+        } catch (...) {
+          arrived->fetch_add(1);  // the others must not wait for this one
+          throw;
+        }
+        arrived->fetch_add(1);
+        const auto waited = SteadyClock::now();
+        while (arrived->load() < n) {
+          if (ms_since(waited) > 120000) throw Error("the other workers did not arrive in 120 s");
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+        const std::uint64_t start = monotonic_ns();
+        ChildReport r = generate_report(*e, s, 4, tokens);
+        r.end_ns = monotonic_ns();
+        r.start_ns = start;
+        r.link_free_ns = link_field(e->pool().link_state().link_free_ns).load();
+        r.warm_link_bytes = warm.link_bytes;
+        return r;
+      });
+      const double wall = ms_since(t0) / 1000.0;
+      std::vector<double> gbps, stall, tps;
+      double bytes = 0, all_bytes = 0;
+      std::uint64_t start = UINT64_MAX, end = 0;
+      for (const auto& r : reports) {
+        gbps.push_back(r.link_gbps);
+        stall.push_back(r.stall_ms);
+        tps.push_back(r.tokens_per_s);
+        bytes += static_cast<double>(r.link_bytes);
+        all_bytes += static_cast<double>(r.link_bytes + r.warm_link_bytes);
+        start = std::min(start, r.start_ns);
+        end = std::max({end, r.end_ns, r.link_free_ns});
+      }
+      const double agg = all_bytes / wall / 1e9;
+      json row = {{"workers", n}, {"placement", placement}, {"per_worker_gbps", median(gbps)}, {"aggregate_gbps", agg},
+                  {"stall_ms", median(stall)}, {"tokens_per_s_per_worker", median(tps)}};
+      std::string window_cell = "–";
+      if (!copy) {
+        const double window_gbps = end > start ? bytes / static_cast<double>(end - start) : 0.0;  // bytes/ns = GB/s
+        const bool within = window_gbps <= limit_gbps;
+        in_place_peak_gbps = std::max(in_place_peak_gbps, window_gbps);
+        window_cell = fmt::format("{:.2f} ({} {:.0f})", window_gbps, within ? "within" : "EXCEEDS", limit_gbps);
+        row["decode_window_gbps"] = window_gbps;
+        row["decode_window_ms"] = static_cast<double>(end - start) / 1e6;
+        row["link_limit_gbps"] = limit_gbps;
+        row["within_link_limit"] = within;
+        fmt::print(stderr, "  e7: {} in-place workers together: {:.2f} GB/s in the decode window, {} the link's "
+                   "{:.0f} GB/s\n", n, window_gbps, within ? "within" : "EXCEEDING", limit_gbps);
+        point.push_back(window_gbps);
+      } else {
+        point.push_back(median(gbps));
+        point.push_back(agg);
+      }
+      rep.md << fmt::format("| {} | {} | {:.2f} | {:.2f} | {:.1f} | {:.2f} | {} |\n", n, placement, median(gbps), agg,
+                            median(stall), median(tps), window_cell);
+      rows.push_back(row);
     }
-    const double agg = bytes / wall / 1e9;
-    rep.md << fmt::format("| {} | {:.2f} | {:.2f} | {:.1f} | {:.2f} |\n", n, median(gbps), agg, median(stall), median(tps));
-    rows.push_back({{"workers", n}, {"per_worker_gbps", median(gbps)}, {"aggregate_gbps", agg},
-                    {"stall_ms", median(stall)}, {"tokens_per_s_per_worker", median(tps)}});
-    plot.push_back({static_cast<double>(n), median(gbps), agg});
+    plot.push_back(point);
   }
   rep.plot("e7_contention", "One emulated link shared by N workers", "worker processes", "GB/s",
-           {"per worker", "aggregate"}, plot, true);
+           {"per worker (copy)", "aggregate (copy)", "in place, all together (decode window)"}, plot, true);
   return rows;
 }
 
-json e8_local(const Setup& s, Report& rep, double& decode_pool, double& decode_local) {
+json e8_local(const Setup& s, Report& rep, double& decode_pool, double& decode_in_place, double& decode_local) {
   json rows = json::array();
   rep.md << "\n## 8. Through the pool against every weight resident\n\n"
          << "One worker, 2 compute threads. Pool: cache 1/4 of the model, LRU, lookahead 2, cxl-x8. Resident: no "
-            "cache, the executor reads the pool's mapping directly (as weights in local memory). Prefill: one "
+            "cache, the executor reads the pool's mapping directly (as weights in local memory). In place: "
+            "placement in_place on cxl-x8, every piece paced on the link (default lookahead), a hot set of 1/4 of "
+            "the model, complete before the measured requests. Prefill: one "
             "128-token prompt; decode: 1 + 16 tokens. Second of two identical requests. llama.cpp on the same "
             "shape and machine type (F32, 2 threads; docs/results.md): prefill 128 at 581–660 tokens/s, decode at "
             "55–61 tokens/s.\n\n"
          << "| weights | prefill tokens/s | decode tokens/s |\n|---|---|---|\n";
-  for (const char* how : {"pool (cache 1/4)", "resident"}) {
+  for (const char* how : {"pool (cache 1/4)", "in place (hot set 1/4)", "resident"}) {
     EngineConfig c = base_config(s);
     c.compute_threads = 2;
     if (std::string(how) == "resident") c.cache_bytes = 0;
+    if (std::string(how).starts_with("in place")) c.placement = Placement::kInPlace;
     InferenceEngine e(c);
     e.attach_model("bench");
     InferenceRequest pre;
     pre.id = "prefill";
     pre.prompt = prompt_of(s, s.quick ? 32 : 128);
     e.inference(pre);
+    wait_hot_set(e);
     const auto rp = e.inference(pre);
     InferenceRequest dec;
     dec.id = "decode";
@@ -613,13 +782,15 @@ json e8_local(const Setup& s, Report& rep, double& decode_pool, double& decode_l
     const auto rd = e.inference(dec);
     const double p = 1000.0 * static_cast<double>(pre.prompt.size()) / rp.latency_ms;
     const double d = 1000.0 * static_cast<double>(dec.max_new_tokens) / rd.latency_ms;
-    (std::string(how) == "resident" ? decode_local : decode_pool) = d;
+    const std::string h = how;
+    (h == "resident" ? decode_local : h.starts_with("in place") ? decode_in_place : decode_pool) = d;
     rep.md << fmt::format("| {} | {:.0f} | {:.1f} |\n", how, p, d);
     rows.push_back({{"weights", how}, {"prefill_tokens_per_s", p}, {"decode_tokens_per_s", d}});
   }
-  rep.plot("e8_local", "Through the pool against resident weights (decode)", "1 = pool, 2 = resident", "tokens/s",
-           {"decode tokens/s"},
-           {{1, rows[0]["decode_tokens_per_s"].get<double>()}, {2, rows[1]["decode_tokens_per_s"].get<double>()}});
+  rep.plot("e8_local", "Through the pool against resident weights (decode)",
+           "1 = pool (copy), 2 = in place, 3 = resident", "tokens/s", {"decode tokens/s"},
+           {{1, rows[0]["decode_tokens_per_s"].get<double>()}, {2, rows[1]["decode_tokens_per_s"].get<double>()},
+            {3, rows[2]["decode_tokens_per_s"].get<double>()}});
   return rows;
 }
 
@@ -642,19 +813,23 @@ int main(int argc, char** argv) {
     s.shape = s.quick ? LlamaConfig{128, 12, 4, 4, 32, 344, 1000, 1024, 10000.0, 1e-5, false}
                       : LlamaConfig{768, 12, 12, 12, 64, 2048, 32000, 1024, 10000.0, 1e-5, false};
     s.blocks = s.shape.n_layers;
+    s.gguf = s.out / "experiments-model.gguf";  // on disk: exp. 5 drops its pages from the page cache
     {
+      const SyntheticModel model = make_synthetic_llama(s.shape, 1);
       EngineConfig c;
       c.pool_uri = s.uri;
       InferenceEngine loader(c);
-      loader.register_model(make_synthetic_llama(s.shape, 1), "bench");
+      loader.register_model(model, "bench");
       loader.attach_model("bench");
       s.model_bytes = loader.model().total_bytes();
+      write_gguf(model, s.gguf, DType::kF32);
     }
     ::malloc_trim(0);
     Report rep(s);
     json all;
     std::vector<double> overhead;
-    double best_ready = 0, best_accuracy = 0, decode_ready = 0, attach_ms = 0, cold_ms = 0, p50 = 0, dec_pool = 0, dec_local = 0;
+    double best_ready = 0, best_accuracy = 0, decode_ready = 0, attach_ms = 0, attach_in_place_ms = 0, cold_ms = 0,
+           p50 = 0, dec_pool = 0, dec_in_place = 0, dec_local = 0, link_peak_gbps = 0, link_limit_gbps = 0;
     fmt::print(stderr, "experiments: model {:.0f} MiB in {}\n", mib(static_cast<double>(s.model_bytes)), s.uri);
     auto step = [&](const char* name, const std::function<json()>& f) {
       const auto t0 = SteadyClock::now();
@@ -665,13 +840,29 @@ int main(int argc, char** argv) {
     step("e2_scalability", [&] { return e2_scalability(s, rep, median(overhead)); });
     step("e3_policies", [&] { return e3_policies(s, rep, best_ready); });
     step("e4_prefetch", [&] { return e4_prefetch(s, rep, best_accuracy, decode_ready); });
-    step("e5_cold_start", [&] { return e5_cold_start(s, rep, attach_ms, cold_ms); });
+    step("e5_cold_start", [&] { return e5_cold_start(s, rep, attach_ms, attach_in_place_ms, cold_ms); });
     step("e6_batching", [&] { return e6_batching(s, rep, p50); });
-    step("e7_contention", [&] { return e7_contention(s, rep); });
-    step("e8_local", [&] { return e8_local(s, rep, dec_pool, dec_local); });
+    step("e7_contention", [&] { return e7_contention(s, rep, link_peak_gbps, link_limit_gbps); });
+    step("e8_local", [&] { return e8_local(s, rep, dec_pool, dec_in_place, dec_local); });
     const double minutes = ms_since(t_start) / 60000.0;
 
-    const auto& e1 = all["e1_memory"].back();
+    // Exp. 1's rows: the copy workers at the largest N (the XL-Share claim), and in place
+    // against the mmap baseline at N = 4 (else the largest N below 4 that was run).
+    auto e1_row = [&](const std::string& weights, int workers) {
+      json found;
+      for (const auto& r : all["e1_memory"]) {
+        if (r["weights"] == weights && (workers == 0 || r["workers"].get<int>() == workers)) found = r;
+      }
+      return found;
+    };
+    const json e1 = e1_row("copy, cache 1/8", 0);
+    int n_compare = 0;
+    for (const auto& r : all["e1_memory"]) {
+      const int n = r["workers"].get<int>();
+      if (n_compare != 4 && n <= 4) n_compare = std::max(n_compare, n);
+    }
+    const json e1_in_place = e1_row("in place, no hot set", n_compare);
+    const json e1_hot = e1_row("in place, hot set 1/4", n_compare), e1_mmap = e1_row("mmap of the GGUF file", n_compare);
     const auto& e2 = all["e2_scalability"];
     std::ostringstream md;
     md << "# Experiments\n\n"
@@ -699,14 +890,22 @@ int main(int argc, char** argv) {
                       "before eviction / prefetched bytes |\n",
                       100 * best_accuracy)
        << fmt::format("| cold start about 5 s | {:.0f} ms cold load to first token; {:.0f} ms attach to first token "
-                      "(exp. 5) | process start to first generated token |\n",
-                      cold_ms, attach_ms)
+                      "({:.0f} ms attaching in place) (exp. 5) | process start to first generated token |\n",
+                      cold_ms, attach_ms, attach_in_place_ms)
        << fmt::format("| about 25 ms per warm request | {:.0f} ms p50 for 16 + {} tokens, batch 1 (exp. 6) | wall time "
                       "of a warm request |\n",
                       p50, s.quick ? 4 : 16)
        << fmt::format("| (not claimed) | decode {:.1f} tokens/s through the pool vs {:.1f} resident (exp. 8) | "
-                      "tokens per second |\n\n",
+                      "tokens per second |\n",
                       dec_pool, dec_local)
+       << fmt::format("| (not claimed) | decode {:.1f} tokens/s in place (hot set 1/4, cxl-x8) vs {:.1f} resident: "
+                      "{:.2f} × resident (exp. 8) | tokens per second |\n",
+                      dec_in_place, dec_local, dec_in_place / dec_local)
+       << fmt::format("| (not claimed) | {:.2f}x with {} in-place workers, no hot set, vs {:.2f}x for {} processes that "
+                      "mmap the GGUF file; {:.2f}x in place with a hot set of 1/4 (exp. 1) | N × model bytes / "
+                      "total PSS of the N processes |\n\n",
+                      e1_in_place["memory_efficiency"].get<double>(), n_compare,
+                      e1_mmap["memory_efficiency"].get<double>(), n_compare, e1_hot["memory_efficiency"].get<double>())
        << "Not measurable here: GPU HBM and real CXL hardware. The near cache is host memory and the link is the "
           "emulator (docs/emulator.md); on 2 cores the copies and the compute share the CPU, so throughput figures "
           "are lower bounds for a GPU with copy engines.\n\n"
@@ -715,12 +914,17 @@ int main(int argc, char** argv) {
     all["model_bytes"] = s.model_bytes;
     all["minutes"] = minutes;
     all["command"] = s.command;
+    all["in_place_link_peak_gbps"] = link_peak_gbps;
+    all["link_limit_gbps"] = link_limit_gbps;
     std::ofstream(s.out / "experiments.json") << all.dump(2);
     remove_backend(s.uri);
+    fs::remove(s.gguf);
     fmt::print("wrote {} in {:.1f} minutes\n", (s.out / "experiments.md").string(), minutes);
   } catch (const std::exception& e) {
     fmt::print(stderr, "xlshare_experiments: error: {}\n", e.what());
     if (backend_exists(s.uri)) remove_backend(s.uri);
+    std::error_code ec;
+    if (!s.gguf.empty()) fs::remove(s.gguf, ec);
     return 1;
   }
   return 0;
