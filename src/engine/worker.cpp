@@ -111,6 +111,9 @@ class Worker::InPlaceWeights final : public WeightProvider {
     // First-use verification runs ahead of compute, in schedule order, the embedding first;
     // then the HotSet is copied, off the first token's critical path.
     verifier_ = std::thread([this] { verify_ahead(); });
+    // Mapping the pages is kernel work, hashing is memory work: a second thread maps them
+    // ahead of the verifier, so the two overlap instead of adding up.
+    prefaulter_ = std::thread([this] { prefault_ahead(); });
   }
   ~InPlaceWeights() override {
     {
@@ -119,6 +122,7 @@ class Worker::InPlaceWeights final : public WeightProvider {
     }
     wake_.notify_all();
     if (verifier_.joinable()) verifier_.join();
+    if (prefaulter_.joinable()) prefaulter_.join();
   }
 
   WeightHandle acquire(std::size_t index) override {
@@ -257,13 +261,34 @@ class Worker::InPlaceWeights final : public WeightProvider {
     t.hot_ready.store(true, std::memory_order_release);
   }
 
-  void verify_ahead() noexcept {
+  // The tensors in the order compute first needs them: the embedding, then the schedule's.
+  std::vector<std::size_t> first_use_order() const {
     std::vector<std::size_t> order{model_.token_embd()};
     for (const auto& step : steps_) order.insert(order.end(), step.begin(), step.end());
+    return order;
+  }
+
+  void prefault_ahead() noexcept {
+    try {
+      for (std::size_t index : first_use_order()) {
+        if (stop_.load(std::memory_order_acquire)) return;
+        mapping_.prefault(index);  // map the pages now: neither hashing nor compute faults
+      }
+    } catch (...) {
+      // Only the order's allocation can throw: then pages fault in on first touch.
+    }
+  }
+
+  void verify_ahead() noexcept {
+    std::vector<std::size_t> order;
+    try {
+      order = first_use_order();
+    } catch (...) {
+      return;  // each acquire verifies its tensor itself
+    }
     for (std::size_t index : order) {
       if (stop_.load(std::memory_order_acquire)) return;
       try {
-        mapping_.prefault(index);  // map the pages now: neither hashing nor compute faults
         mapping_.ensure_verified(index);
       } catch (...) {
         // Failed: the acquire that needs the tensor reports it.
@@ -332,7 +357,7 @@ class Worker::InPlaceWeights final : public WeightProvider {
   std::mutex mu_;
   std::condition_variable wake_;
   bool first_pass_done_ = false;  // under mu_; end_step reads it on the executor's thread
-  std::thread verifier_;
+  std::thread verifier_, prefaulter_;
 };
 
 const char* to_string(Placement placement) noexcept {
