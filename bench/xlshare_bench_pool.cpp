@@ -35,6 +35,8 @@
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "bench_shape.hpp"
 #include <nlohmann/json.hpp>
 
 #include "xlshare/engine/inference_engine.hpp"
@@ -273,15 +275,7 @@ int main(int argc, char** argv) {
     const std::string uri = "shm://" + tag;
     std::filesystem::path temp_file;
     if (model_file.empty()) {
-      LlamaConfig c;
-      c.dim = quick ? 128 : 768;
-      c.n_layers = quick ? 2 : 12;
-      c.n_heads = quick ? 4 : 12;
-      c.n_kv_heads = c.n_heads;
-      c.head_dim = c.dim / c.n_heads;
-      c.ffn_dim = quick ? 344 : 2048;
-      c.vocab = quick ? 1000 : 32000;
-      c.context = 1024;
+      const LlamaConfig c = bench::bench_shape(quick);
       temp_file = std::filesystem::temp_directory_path() / (tag + ".gguf");
       write_gguf(make_synthetic_llama(c, 1), temp_file, DType::kF32);
       model_file = temp_file.string();

@@ -24,6 +24,8 @@
 
 #include <fmt/format.h>
 
+#include "bench_shape.hpp"
+
 #include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/model/synthetic.hpp"
@@ -57,15 +59,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (quick) repeats = 1;
 
-  LlamaConfig c;
-  c.dim = quick ? 128 : 768;
-  c.n_layers = quick ? 2 : 12;
-  c.n_heads = quick ? 4 : 12;
-  c.n_kv_heads = c.n_heads;
-  c.head_dim = c.dim / c.n_heads;
-  c.ffn_dim = quick ? 344 : 2048;
-  c.vocab = quick ? 1000 : 32000;
-  c.context = 1024;
+  const LlamaConfig c = bench::bench_shape(quick);
   const DType dtype = dtype_name == "f16" ? DType::kF16 : DType::kF32;
   const int decode_n = quick ? 8 : 64;
 

@@ -30,6 +30,7 @@
 
 #include <fmt/format.h>
 
+#include "xlshare/option_checks.hpp"  // tools/xlshare: the CLI's option checks
 #include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
@@ -37,6 +38,9 @@
 #include "xlshare/proc_memory.hpp"
 
 namespace {
+
+using xlshare::cli::integer_in;
+using xlshare::cli::real_in;
 
 using Clock = std::chrono::steady_clock;
 
@@ -49,41 +53,6 @@ struct Report {
 };
 
 double mib(std::uint64_t b) { return static_cast<double>(b) / (1 << 20); }
-
-// The same checks as the xlshare CLI's (tools/xlshare): CLI11 reads "-1" into a size_t as
-// 2^64 - 1, and "nan" passes CLI::Range.
-CLI::Validator integer_in(std::uint64_t lo, std::uint64_t hi) {
-  return CLI::Validator(
-      [lo, hi](std::string& text) -> std::string {
-        const auto digit = [](char c) { return c >= '0' && c <= '9'; };
-        unsigned long long v = 0;
-        bool ok = !text.empty() && text.size() <= 20 && std::all_of(text.begin(), text.end(), digit);
-        if (ok) {
-          errno = 0;
-          v = std::strtoull(text.c_str(), nullptr, 10);
-          ok = errno == 0 && v >= lo && v <= hi;
-        }
-        if (!ok) return fmt::format("'{}' is not an integer in {}..{}", text, lo, hi);
-        text = std::to_string(v);  // "010" would be octal to CLI11's conversion
-        return {};
-      },
-      fmt::format("{}..{}", lo, hi));
-}
-
-CLI::Validator real_in(double lo, double hi) {
-  return CLI::Validator(
-      [lo, hi](std::string& text) -> std::string {
-        char* end = nullptr;
-        errno = 0;
-        const double v = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
-        if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !std::isfinite(v) || !(v >= lo) ||
-            !(v <= hi)) {
-          return fmt::format("'{}' is not a number in {}..{}", text, lo, hi);
-        }
-        return {};
-      },
-      fmt::format("{}..{}", lo, hi));
-}
 
 // The pool's /dev/shm path and the demo's pid, for the signal handler: unlink and getpid are
 // async-signal-safe, remove_backend is not. Empty path: nothing to remove (--keep).

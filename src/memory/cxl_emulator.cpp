@@ -157,14 +157,10 @@ ReadStatus CxlEmulator::do_read(std::uint64_t offset_bytes, std::span<std::byte>
     offline_reads_.fetch_add(1, std::memory_order_relaxed);
     return ReadStatus::kOffline;
   }
-  for (const ByteRange& r : f.poisoned_ranges) {
-    const bool overlaps = offset_bytes < r.offset_bytes + r.length_bytes &&
-                          r.offset_bytes < offset_bytes + dst.size();
-    if (overlaps) {
-      poisoned_reads_.fetch_add(1, std::memory_order_relaxed);
-      link_field(link_->faults_total).fetch_add(1, std::memory_order_relaxed);
-      return ReadStatus::kPoisoned;
-    }
+  if (poisoned(offset_bytes, dst.size())) {
+    poisoned_reads_.fetch_add(1, std::memory_order_relaxed);
+    link_field(link_->faults_total).fetch_add(1, std::memory_order_relaxed);
+    return ReadStatus::kPoisoned;
   }
 
   const std::uint64_t t0 = clock_->now_ns();

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "option_checks.hpp"
 #include "xlshare/engine/inference_engine.hpp"
 
 namespace xlshare::cli {
@@ -24,12 +25,7 @@ std::vector<std::int32_t> parse_tokens(const std::string& text);
 /// "f32", "f16", "bf16", "q8_0". @throws ConfigError.
 DType parse_dtype_arg(const std::string& text);
 
-/// Option checks. CLI11 reads "-3" into an unsigned as 2^64 - 3, "010" as octal and "nan"
-/// as a float that passes every range test, so every numeric option goes through one of these.
-/// An integer option: decimal digits only (no sign), in lo..hi.
-CLI::Validator integer_in(std::uint64_t lo, std::uint64_t hi);
-/// A real option: a finite number in lo..hi.
-CLI::Validator real_in(double lo, double hi);
+/// Option checks (integer_in, real_in: option_checks.hpp, shared with the demo).
 /// A size option as parse_bytes reads it, in lo..hi bytes.
 CLI::Validator size_in(std::uint64_t lo, std::uint64_t hi);
 
