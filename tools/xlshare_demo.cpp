@@ -275,9 +275,13 @@ int main(int argc, char** argv) {
         ::close(release[1]);
         Report r;
         int rc = 0;
+        // Lives until the worker is released: it must stay attached (its cache and its
+        // mapping of the pool resident) while the parent measures its PSS.
+        std::unique_ptr<xlshare::InferenceEngine> attached;
         try {
           const auto t0 = Clock::now();
-          xlshare::InferenceEngine engine(config);
+          attached = std::make_unique<xlshare::InferenceEngine>(config);
+          xlshare::InferenceEngine& engine = *attached;
           engine.attach_model("demo");
           r.attach_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
           xlshare::InferenceRequest req;

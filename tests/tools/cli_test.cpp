@@ -383,6 +383,12 @@ TEST_F(Demo, ServesAndRemovesItsPool) {
   auto r = demo("--workers 2 --tokens 2 --cache-fraction 0.5");
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("outputs: every worker generated the same tokens"), std::string::npos) << r.out;
+  // Measured while the workers are attached: the shared pool is in their PSS, once.
+  const auto at = r.out.find("MiB of it the shared pool");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  const auto open = r.out.rfind('(', at);
+  ASSERT_NE(open, std::string::npos) << r.out;
+  EXPECT_GT(std::stod(r.out.substr(open + 1)), 0.5) << "the workers were measured after they detached: " << r.out;
   EXPECT_FALSE(backend_exists(uri_));
 }
 
