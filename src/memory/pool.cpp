@@ -506,11 +506,6 @@ class Pool::Impl {
     corrupt("the free-extent table keeps handing out allocated bytes");
   }
 
-  void free_extent(std::uint64_t offset, std::uint64_t bytes) {
-    if (bytes == 0) return;
-    ExtentAllocator(*extents).free(offset, bytes);
-  }
-
   // Empties model `slot`'s records and returns their extents to the free table. The
   // records are not trusted (the model may be a corrupted one): the table is rebuilt from
   // the records that remain. Caller holds the lock.
