@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include <fmt/format.h>
@@ -118,20 +119,25 @@ int fail(const std::string& what) {
 
 int main(int argc, char** argv) {
   CLI::App app{"xlshare demo: one shared copy of a model, served by worker processes"};
-  std::string model_path, preset = "cxl-x8", policy = "lru", uri;
+  std::string model_path, preset = "cxl-x8", policy = "lru", uri, placement_name;
   unsigned workers = 4;
   double cache_fraction = 0.25;
-  std::size_t tokens = 16, lookahead = 2;
+  std::size_t tokens = 16;
+  std::optional<std::size_t> lookahead;
   bool keep = false;
   app.add_option("--model", model_path, "GGUF file or Hugging Face directory (default: a synthetic Llama)");
   app.add_option("--pool", uri, "the demo's pool, shm://NAME; must not exist (default: shm://xlshare-demo-PID)");
   app.add_option("--workers", workers, "worker processes")->capture_default_str()->check(integer_in(1, 16));
   app.add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
   app.add_option("--policy", policy, "eviction policy: lru, fifo, schedule")->capture_default_str();
-  app.add_option("--lookahead", lookahead, "prefetch lookahead (steps)")
-      ->capture_default_str()
+  app.add_option("--placement", placement_name,
+                 "in-place (default here: workers compute from the pool, --cache-fraction is their hot set) or copy "
+                 "(a near cache filled over the link, the model of a GPU)")
+      ->check(CLI::IsMember({"copy", "in-place", "in_place"}));
+  app.add_option("--lookahead", lookahead, "steps ahead: prefetched (copy, default 2) or reserved (in-place, default 4)")
       ->check(integer_in(0, 1024));
-  app.add_option("--cache-fraction", cache_fraction, "near cache per worker, as a fraction of the model")
+  app.add_option("--cache-fraction", cache_fraction,
+                 "near memory per worker, as a fraction of the model: the hot set (in-place) or the cache (copy)")
       ->capture_default_str()
       ->check(real_in(0.01, 1.0));
   // The engine's default context (1024) less the 8-token prompt.
@@ -206,6 +212,7 @@ int main(int argc, char** argv) {
     config.link_preset = preset;
     config.eviction_policy = policy;
     config.lookahead = lookahead;
+    if (!placement_name.empty()) config.placement = xlshare::parse_placement(placement_name);
 
     // 1. Load once.
     const auto t_load = Clock::now();
@@ -237,8 +244,15 @@ int main(int argc, char** argv) {
                load_ms);
     fmt::print("  link   {} ({} GB/s, {} ns; this host copies {:.1f} GB/s per thread)\n", preset,
                link.bandwidth_gbps, link.latency_ns, xlshare::CxlEmulator::host_copy_gbps());
-    fmt::print("  {} worker processes, each with a {:.1f} MiB cache ({:.0f}% of the model), {} eviction, lookahead {}\n\n",
-               workers, mib(config.cache_bytes), cache_fraction * 100, policy, lookahead);
+    const xlshare::Placement placement = config.placement.value_or(xlshare::Placement::kInPlace);
+    if (placement == xlshare::Placement::kInPlace) {
+      fmt::print("  {} worker processes, each computing in place from the pool with a {:.1f} MiB hot set ({:.0f}% of "
+                 "the model), lookahead {}\n\n",
+                 workers, mib(config.cache_bytes), cache_fraction * 100, lookahead.value_or(4));
+    } else {
+      fmt::print("  {} worker processes, each with a {:.1f} MiB cache ({:.0f}% of the model), {} eviction, lookahead {}\n\n",
+                 workers, mib(config.cache_bytes), cache_fraction * 100, policy, lookahead.value_or(2));
+    }
     std::fflush(stdout);  // the header shows while the workers run
 
     std::vector<std::int32_t> prompt;

@@ -121,14 +121,34 @@ void TransferEngine::run() noexcept {
     bool yielded = false;
     std::string reason;
     for (;;) {
+      const TensorInfo& info = r.on_replica ? *sources_[r.key].replica : sources_[r.key].primary;
+      // With the TensorTiling's checksums each chunk is verified as it lands, while its
+      // bytes are still in cache: no second pass over the buffer.
+      const std::span<const std::uint64_t> tiles = info.tile_checksums();
+      const bool tiled = config_.verify_checksums && info.tile_bytes > 0 &&
+                         tiles.size() == (info.size_bytes + info.tile_bytes - 1) / info.tile_bytes;
+      const std::uint64_t chunk =
+          tiled ? std::max<std::uint64_t>(config_.chunk_bytes / info.tile_bytes, 1) * info.tile_bytes : config_.chunk_bytes;
+      bool mismatch = false;
       while (r.done_bytes < r.buffer.size()) {
-        const std::uint64_t n = std::min(config_.chunk_bytes, r.buffer.size() - r.done_bytes);
+        const std::uint64_t n = std::min(chunk, r.buffer.size() - r.done_bytes);
         if (!read_chunk(r, r.done_bytes, r.buffer.subspan(r.done_bytes, n))) {
           ok = false;
           reason = failure_reason(r.key);
           break;
         }
         r.done_bytes += n;
+        if (tiled) {
+          // read_chunk may have moved to the replica: its tiles are the same model's.
+          for (; r.checked_bytes < r.done_bytes; r.checked_bytes += info.tile_bytes) {
+            const std::uint64_t len = std::min(info.tile_bytes, r.buffer.size() - r.checked_bytes);
+            if (checksum64(r.buffer.subspan(r.checked_bytes, len)) != tiles[r.checked_bytes / info.tile_bytes]) {
+              mismatch = true;
+              break;
+            }
+          }
+          if (mismatch) break;
+        }
         if (r.kind == FetchKind::kPrefetch && r.done_bytes < r.buffer.size()) {
           std::lock_guard g(mu_);
           if (!demand_queue_.empty()) {  // let compute's request overtake this prefetch
@@ -140,8 +160,7 @@ void TransferEngine::run() noexcept {
         }
       }
       if (!ok || yielded || !config_.verify_checksums) break;
-      const TensorInfo& info = r.on_replica ? *sources_[r.key].replica : sources_[r.key].primary;
-      if (checksum64(r.buffer) == info.checksum) break;
+      if (!mismatch && (tiled || checksum64(r.buffer) == info.checksum)) break;
       {
         std::lock_guard g(mu_);
         ++stats_.checksum_mismatches;
@@ -158,11 +177,13 @@ void TransferEngine::run() noexcept {
         ++stats_.failovers;
       } else {
         ok = false;
-        reason = fmt::format("tensor '{}': checksum mismatch after {} re-reads{}", info.name,
-                             config_.max_rereads, sources_[r.key].replica ? " and the replica" : " (no replica)");
+        reason = fmt::format("tensor '{}' in pool {}: checksum mismatch after {} re-reads{}", info.name,
+                             (r.on_replica ? *replica_ : primary_).uri(), config_.max_rereads,
+                             sources_[r.key].replica ? " and the replica" : " (no replica configured)");
         break;
       }
       r.done_bytes = 0;
+      r.checked_bytes = 0;
     }
 
     lock.lock();

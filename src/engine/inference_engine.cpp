@@ -193,7 +193,7 @@ void InferenceEngine::attach_model(const std::string& name) {
   wo.cache_bytes = config_.cache_bytes;
   wo.eviction_policy = config_.eviction_policy;
   wo.prefetch_threads = config_.prefetch_threads;
-  wo.lookahead = config_.lookahead.value_or(config_.placement == Placement::kInPlace ? 4 : 2);
+  wo.lookahead = config_.lookahead;
   wo.verify_checksums = config_.verify_checksums;
   wo.compute_threads = config_.compute_threads;
   wo.scrub_bytes_per_s = config_.scrub_bytes_per_s;

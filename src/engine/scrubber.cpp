@@ -28,6 +28,8 @@ constexpr std::uint64_t kMinSleepNs = 10'000'000;
 constexpr std::uint64_t kMaxLagNs = 1'000'000'000;
 // How often the background thread publishes its CPU and wall time.
 constexpr std::uint64_t kStatsPeriodNs = 50'000'000;
+// A pass that found nothing verified to re-check waits this long before the next.
+constexpr std::uint64_t kIdleNs = 100'000'000;
 
 }  // namespace
 
@@ -56,10 +58,20 @@ VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const Mode
       throw PoolError(fmt::format("{}: tensor '{}' of model '{}' lies outside the pool mapping", primary_.uri(), t.name,
                                   view_->name()));
     }
+    e.tile_bytes = t.tile_bytes;
+    e.tile_sums = t.tile_checksums();
+    if (e.tile_bytes == 0 || e.tile_sums.size() != (t.size_bytes + e.tile_bytes - 1) / e.tile_bytes) {
+      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' has no valid tiling", primary_.uri(), t.name,
+                                  view_->name()));
+    }
+    e.tiles = std::vector<std::atomic<std::uint8_t>>(e.tile_sums.size());
+    e.pending = e.tile_sums.size();
+    if (e.pending == 0) e.verified.store(kVerified, std::memory_order_relaxed);
     if (replica_view_) {
       const TensorInfo& r = replica_view_->tensors()[i];
       e.replica = replica_->view(r);
-      if (e.replica.size() != t.size_bytes || r.checksum != t.checksum) {
+      if (e.replica.size() != t.size_bytes || r.checksum != t.checksum || r.tile_bytes != t.tile_bytes ||
+          !std::ranges::equal(r.tile_checksums(), t.tile_checksums())) {
         throw PoolError(fmt::format("replica pool {} holds a different model '{}': tensor '{}' differs", replica_->uri(),
                                     replica_view_->name(), t.name));
       }
@@ -70,53 +82,78 @@ VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const Mode
   }
 }
 
-void VerifiedMapping::ensure_verified(std::size_t index) {
+void VerifiedMapping::tile_done_locked(Entry& e, std::size_t tile) {
+  if (e.tiles[tile].exchange(kVerified, std::memory_order_acq_rel) == kVerified) return;
+  if (e.pending > 0 && --e.pending == 0) e.verified.store(kVerified, std::memory_order_release);
+}
+
+template <class Reason>
+void VerifiedMapping::switch_or_fail_locked(std::size_t index, Source from, Reason&& failure) {
+  Entry& e = entries_[index];
+  if (e.source.load(std::memory_order_acquire) != static_cast<std::uint8_t>(from)) return;
+  bool replica_checked = false;
+  if (from == Source::kPrimary && replica_ != nullptr) {
+    replica_checked = true;
+    verify_bytes_.fetch_add(e.replica.size(), std::memory_order_relaxed);
+    if (checksum64(e.replica) == e.checksum) {
+      e.source.store(static_cast<std::uint8_t>(Source::kReplica), std::memory_order_release);
+      for (std::size_t k = 0; k < e.tiles.size(); ++k) e.tiles[k].store(kVerified, std::memory_order_release);
+      e.pending = 0;
+      e.verified.store(kVerified, std::memory_order_release);
+      failovers_.fetch_add(1, std::memory_order_relaxed);
+      epoch_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+  }
+  reasons_[index] = failure(replica_checked);
+  e.source.store(static_cast<std::uint8_t>(Source::kFailed), std::memory_order_release);
+  failed_.fetch_add(1, std::memory_order_release);
+  epoch_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void VerifiedMapping::ensure_verified(std::size_t index, std::uint64_t offset, std::uint64_t bytes) {
   if (index >= entries_.size()) throw_failed(index);
   Entry& e = entries_[index];
-  std::uint8_t state = e.verified.load(std::memory_order_acquire);
-  if (state == kVerified) return;
-  if (state == kUnverified && e.verified.compare_exchange_strong(state, kVerifying, std::memory_order_acq_rel)) {
-    const std::uint64_t t0 = now_ns();
-    const TensorInfo& t = view_->tensors()[index];
-    std::uint64_t hashed = t.size_bytes;
-    std::string failure;
-    if (checksum64(e.primary) != t.checksum) {
-      // The primary's copy changed since the model was sealed: the replica's, or nothing.
-      mismatches_.fetch_add(1, std::memory_order_relaxed);
-      if (!replica_view_) {
-        failure = fmt::format("{}: tensor '{}' of model '{}' does not match its checksum (no replica configured)",
-                              primary_.uri(), t.name, view_->name());
-      } else {
-        hashed += t.size_bytes;
-        if (checksum64(e.replica) != t.checksum) {
-          failure = fmt::format("{}: tensor '{}' of model '{}' does not match its checksum, nor does the replica's "
-                                "copy in {}",
-                                primary_.uri(), t.name, view_->name(), replica_->uri());
-        } else {
-          e.source.store(static_cast<std::uint8_t>(Source::kReplica), std::memory_order_release);
-          failovers_.fetch_add(1, std::memory_order_relaxed);
-          epoch_.fetch_add(1, std::memory_order_acq_rel);
+  if (e.verified.load(std::memory_order_acquire) != kVerified) {
+    const std::uint64_t size = e.primary.size();
+    const std::size_t first = static_cast<std::size_t>(std::min(offset, size) / e.tile_bytes);
+    const std::uint64_t end = bytes > size - std::min(offset, size) ? size : offset + bytes;
+    const std::size_t last = static_cast<std::size_t>((end + e.tile_bytes - 1) / e.tile_bytes);
+    for (std::size_t tile = first; tile < last; ++tile) {
+      std::uint8_t state = e.tiles[tile].load(std::memory_order_acquire);
+      if (state == kVerified) continue;
+      if (state == kUnverified && e.tiles[tile].compare_exchange_strong(state, kVerifying, std::memory_order_acq_rel)) {
+        const std::uint64_t t0 = now_ns();
+        const auto from = static_cast<Source>(e.source.load(std::memory_order_acquire));
+        const std::span<const std::byte> copy = from == Source::kReplica ? e.replica : e.primary;
+        const std::uint64_t at = tile * e.tile_bytes, n = std::min(e.tile_bytes, size - at);
+        const bool ok = from == Source::kFailed || checksum64(copy.subspan(at, n)) == e.tile_sums[tile];
+        verify_bytes_.fetch_add(n, std::memory_order_relaxed);
+        {
+          std::lock_guard lock(mu_);
+          if (!ok) {
+            // The copy changed since the model was sealed: the replica's, or nothing.
+            mismatches_.fetch_add(1, std::memory_order_relaxed);
+            switch_or_fail_locked(index, from, [&](bool replica_checked) {
+              const Pool& pool = from == Source::kPrimary ? primary_ : *replica_;
+              return fmt::format("{}: tensor '{}' of model '{}' does not match its checksum{}", pool.uri(),
+                                 view_->tensors()[index].name, view_->name(),
+                                 replica_checked ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
+                                 : replica_ == nullptr ? std::string(" (no replica configured)")
+                                                       : fmt::format(" (the primary's copy in {} failed before)",
+                                                                     primary_.uri()));
+            });
+          }
+          tile_done_locked(e, tile);
         }
+        verified_cv_.notify_all();
+        verify_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+      } else {
+        // Another thread is verifying it (the verifier ahead of compute): wait for it.
+        std::unique_lock lock(mu_);
+        verified_cv_.wait(lock, [&] { return e.tiles[tile].load(std::memory_order_acquire) == kVerified; });
       }
     }
-    if (!failure.empty()) {
-      std::lock_guard lock(mu_);
-      reasons_[index] = failure;
-      e.source.store(static_cast<std::uint8_t>(Source::kFailed), std::memory_order_release);
-      failed_.fetch_add(1, std::memory_order_release);
-      epoch_.fetch_add(1, std::memory_order_acq_rel);
-    }
-    verify_bytes_.fetch_add(hashed, std::memory_order_relaxed);
-    verify_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
-    {
-      std::lock_guard lock(mu_);
-      e.verified.store(kVerified, std::memory_order_release);
-    }
-    verified_cv_.notify_all();
-  } else {
-    // Another thread is verifying it (the verifier ahead of compute): wait for it.
-    std::unique_lock lock(mu_);
-    verified_cv_.wait(lock, [&] { return e.verified.load(std::memory_order_acquire) == kVerified; });
   }
   if (e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kFailed)) throw_failed(index);
 }
@@ -130,20 +167,15 @@ void VerifiedMapping::prefault(std::size_t index) const noexcept {
 
 void VerifiedMapping::fail_over(std::size_t index, std::string_view why) {
   if (index >= entries_.size()) return;
-  std::lock_guard lock(mu_);
-  Entry& e = entries_[index];
-  if (e.source.load(std::memory_order_acquire) != static_cast<std::uint8_t>(Source::kPrimary)) return;
-  if (replica_ != nullptr && checksum64(e.replica) == e.checksum) {
-    e.source.store(static_cast<std::uint8_t>(Source::kReplica), std::memory_order_release);
-    failovers_.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    reasons_[index] = fmt::format("{}: tensor '{}' of model '{}': {}{}", primary_.uri(), view_->tensors()[index].name,
-                                  view_->name(), why, replica_ == nullptr ? "; no replica configured"
-                                                                          : ", and the replica's copy does not verify");
-    e.source.store(static_cast<std::uint8_t>(Source::kFailed), std::memory_order_release);
-    failed_.fetch_add(1, std::memory_order_release);
+  {
+    std::lock_guard lock(mu_);
+    switch_or_fail_locked(index, Source::kPrimary, [&](bool replica_checked) {
+      return fmt::format("{}: tensor '{}' of model '{}': {}{}", primary_.uri(), view_->tensors()[index].name,
+                         view_->name(), why,
+                         replica_checked ? ", and the replica's copy does not verify" : "; no replica configured");
+    });
   }
-  epoch_.fetch_add(1, std::memory_order_acq_rel);
+  verified_cv_.notify_all();
 }
 
 std::span<const std::byte> VerifiedMapping::copy(std::size_t index, Source from) const noexcept {
@@ -174,26 +206,21 @@ void VerifiedMapping::throw_failed(std::size_t index) const {
 
 void VerifiedMapping::report_mismatch(std::size_t index, Source from) {
   if (index >= entries_.size() || from == Source::kFailed) return;
-  std::lock_guard lock(mu_);
-  Entry& e = entries_[index];
-  if (e.source.load(std::memory_order_acquire) != static_cast<std::uint8_t>(from)) return;
-  mismatches_.fetch_add(1, std::memory_order_relaxed);
-  const std::string& name = view_->tensors()[index].name;
-  if (from == Source::kPrimary && replica_ != nullptr && checksum64(e.replica) == e.checksum) {
-    e.source.store(static_cast<std::uint8_t>(Source::kReplica), std::memory_order_release);
-    failovers_.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    const Pool& pool = from == Source::kPrimary ? primary_ : *replica_;
-    reasons_[index] = fmt::format(
-        "{}: tensor '{}' of model '{}' changed after it was verified (its checksum no longer matches){}", pool.uri(),
-        name, view_->name(),
-        replica_ == nullptr            ? "; no replica configured"
-        : from == Source::kPrimary     ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
-                                       : fmt::format(", and the primary's copy in {} failed before", primary_.uri()));
-    e.source.store(static_cast<std::uint8_t>(Source::kFailed), std::memory_order_release);
-    failed_.fetch_add(1, std::memory_order_release);
+  {
+    std::lock_guard lock(mu_);
+    if (entries_[index].source.load(std::memory_order_acquire) != static_cast<std::uint8_t>(from)) return;
+    mismatches_.fetch_add(1, std::memory_order_relaxed);
+    switch_or_fail_locked(index, from, [&](bool replica_checked) {
+      const Pool& pool = from == Source::kPrimary ? primary_ : *replica_;
+      return fmt::format(
+          "{}: tensor '{}' of model '{}' changed after it was verified (its checksum no longer matches){}", pool.uri(),
+          view_->tensors()[index].name, view_->name(),
+          replica_checked            ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
+          : replica_ == nullptr      ? std::string("; no replica configured")
+                                     : fmt::format(", and the primary's copy in {} failed before", primary_.uri()));
+    });
   }
-  epoch_.fetch_add(1, std::memory_order_acq_rel);
+  verified_cv_.notify_all();
 }
 
 ScrubStats VerifiedMapping::stats() const noexcept {
@@ -242,35 +269,36 @@ ScrubStats Scrubber::stats() const noexcept {
 bool Scrubber::scrub_tensor(std::size_t index, bool paced) {
   const VerifiedMapping::Source from = mapping_->source(index);
   if (from == VerifiedMapping::Source::kFailed) return true;  // nothing left to check
-  if (!mapping_->verified(index)) return true;  // its first use verifies it
   const std::span<const std::byte> bytes = mapping_->copy(index, from);
-  if (!paced) {
-    bytes_scrubbed_.fetch_add(bytes.size(), std::memory_order_relaxed);
-    if (checksum64(bytes) == mapping_->checksum(index)) return true;
-    mapping_->report_mismatch(index, from);
-    return false;
-  }
-  Checksum64 sum;
-  for (std::uint64_t done = 0; done < bytes.size();) {
-    const std::uint64_t n = std::min<std::uint64_t>(kChunkBytes, bytes.size() - done);
-    sum.update(bytes.subspan(done, n));
-    done += n;
+  const std::uint64_t tile_bytes = mapping_->tile_bytes(index);
+  std::uint64_t unpaced = 0;  // bytes hashed since the last look at the pacing clock
+  for (std::size_t tile = 0; tile < mapping_->tile_count(index); ++tile) {
+    // Only what this process verified (and may be using): a tile never used is verified
+    // on its first use, and hashing it here would map it for nothing.
+    if (!mapping_->tile_verified(index, tile)) continue;
+    const std::uint64_t at = tile * tile_bytes, n = std::min(tile_bytes, bytes.size() - at);
+    const bool ok = checksum64(bytes.subspan(at, n)) == mapping_->tile_checksum(index, tile);
     bytes_scrubbed_.fetch_add(n, std::memory_order_relaxed);
+    if (!ok) {
+      mapping_->report_mismatch(index, from);
+      return false;
+    }
+    unpaced += n;
+    if (!paced || (unpaced < kChunkBytes && tile + 1 < mapping_->tile_count(index))) continue;
     // The bytes hashed so far are due at the configured rate: sleep off the lead once it
     // is worth a sleep (small tensors add up). A scrubber that fell far behind (the machine
     // was busy) does not burst to catch up.
     std::unique_lock lock(mu_);
     const std::uint64_t now = now_ns();
     deadline_ns_ = std::max(deadline_ns_, now > kMaxLagNs ? now - kMaxLagNs : 0) +
-                   n * 1'000'000'000ull / bytes_per_s_;
+                   unpaced * 1'000'000'000ull / bytes_per_s_;
+    unpaced = 0;
     if (deadline_ns_ > now + kMinSleepNs) {
       wake_.wait_for(lock, std::chrono::nanoseconds(deadline_ns_ - now), [&] { return stopping_; });
     }
     if (stopping_) return true;
   }
-  if (sum.digest() == mapping_->checksum(index)) return true;
-  mapping_->report_mismatch(index, from);
-  return false;
+  return true;
 }
 
 void Scrubber::run() noexcept {
@@ -282,6 +310,7 @@ void Scrubber::run() noexcept {
       if (stopping_) return;
     }
     bool any = false;
+    const std::uint64_t scrubbed_before = bytes_scrubbed_.load(std::memory_order_relaxed);
     for (std::size_t i = 0; i < mapping_->size(); ++i) {
       try {
         (void)scrub_tensor(i, true);
@@ -305,6 +334,11 @@ void Scrubber::run() noexcept {
       std::unique_lock lock(mu_);
       wake_.wait(lock, [&] { return stopping_; });
       return;
+    }
+    if (bytes_scrubbed_.load(std::memory_order_relaxed) == scrubbed_before) {
+      // Nothing verified yet (nothing used): look again later, not in a spin.
+      std::unique_lock lock(mu_);
+      wake_.wait_for(lock, std::chrono::nanoseconds(kIdleNs), [&] { return stopping_; });
     }
   }
 }

@@ -108,8 +108,8 @@ class Worker::InPlaceWeights final : public WeightProvider {
       steps_.push_back(std::move(keys));
     }
     plan_hot_set(hot_budget_bytes);
-    // First-use verification runs ahead of compute, in schedule order, the embedding first;
-    // then the HotSet is copied, off the first token's critical path.
+    // First-use verification runs ahead of compute, in schedule order; then the HotSet is
+    // copied, off the first token's critical path.
     verifier_ = std::thread([this] { verify_ahead(); });
     // Mapping the pages is kernel work, hashing is memory work: a second thread maps them
     // ahead of the verifier, so the two overlap instead of adding up.
@@ -154,7 +154,7 @@ class Worker::InPlaceWeights final : public WeightProvider {
       hot_acquires_.fetch_add(1, std::memory_order_relaxed);
       bytes = std::span<const std::byte>(t.hot.data(), t.hot.size_bytes());
     } else {
-      mapping_.ensure_verified(index);
+      for (std::uint32_t row : rows) mapping_.ensure_verified(index, std::uint64_t{row} * rb, rb);  // their tiles only
       check_readable(index);
       wait(reserve(index, rows.size() * rb, /*urgent=*/true));  // only the rows cross the link
       if (!mapping_.bytes(index, bytes)) mapping_.throw_failed(index);
@@ -261,9 +261,11 @@ class Worker::InPlaceWeights final : public WeightProvider {
     t.hot_ready.store(true, std::memory_order_release);
   }
 
-  // The tensors in the order compute first needs them: the embedding, then the schedule's.
+  // The tensors in the order compute first needs them: the schedule's. The token embedding
+  // is not among them (unless tied to the output head): a lookup verifies and maps only the
+  // tiles of the rows it reads.
   std::vector<std::size_t> first_use_order() const {
-    std::vector<std::size_t> order{model_.token_embd()};
+    std::vector<std::size_t> order;
     for (const auto& step : steps_) order.insert(order.end(), step.begin(), step.end());
     return order;
   }
@@ -364,6 +366,10 @@ const char* to_string(Placement placement) noexcept {
   return placement == Placement::kInPlace ? "in-place" : "copy";
 }
 
+Placement default_placement(const MemoryBackend& backend) noexcept {
+  return backend.is_host() ? Placement::kInPlace : Placement::kCopy;
+}
+
 Placement parse_placement(std::string_view name) {
   if (name == "copy") return Placement::kCopy;
   if (name == "in-place" || name == "in_place") return Placement::kInPlace;
@@ -372,15 +378,22 @@ Placement parse_placement(std::string_view name) {
 
 namespace {
 
-// The bytes of rows [r0, r1) of `t` as a TensorInfo of their own, with their checksum.
+// The bytes of rows [r0, r1) of `t` as a TensorInfo of their own, with their tiles' checksums
+// (r0 is a multiple of `tile_rows`). The whole piece's checksum is not known (0): a transfer
+// checks it tile by tile.
 TensorInfo piece_of(const TensorInfo& t, std::size_t r0, std::size_t r1, std::size_t row_bytes_, std::size_t p,
-                    std::uint64_t checksum) {
+                    std::size_t tile_rows) {
   TensorInfo piece = t;
   piece.name = fmt::format("{}#{}", t.name, p);
   piece.offset_bytes = t.offset_bytes + r0 * row_bytes_;
   piece.size_bytes = (r1 - r0) * row_bytes_;
   piece.shape[1] = r1 - r0;
-  piece.checksum = checksum;
+  for (std::uint32_t d = 2; d < piece.n_dims; ++d) piece.shape[d] = 1;
+  piece.checksum = 0;
+  piece.tile_bytes = std::min<std::uint64_t>(t.tile_bytes, piece.size_bytes);
+  const std::size_t first = r0 / tile_rows, count = (r1 - r0 + tile_rows - 1) / tile_rows;
+  piece.tile_first = t.tile_first + first;
+  piece.tile_count = count;
   return piece;
 }
 
@@ -389,7 +402,16 @@ TensorInfo piece_of(const TensorInfo& t, std::size_t r0, std::size_t r1, std::si
 Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view, const LlamaModel& model,
                const WorkerOptions& options, const Worker* share)
     : view_(std::move(view)) {
-  const bool in_place = options.placement == Placement::kInPlace;
+  // A user's PrefetchPolicy or EvictionPolicy steers the copy path's near cache: given one,
+  // the default is copy, and asking for in place as well is a contradiction, not ignored.
+  const bool user_policy = options.prefetch_factory || options.eviction_factory;
+  const bool in_place = options.placement.value_or(user_policy ? Placement::kCopy : default_placement(primary.backend())) ==
+                        Placement::kInPlace;
+  if (in_place && user_policy) {
+    throw ConfigError(
+        "a PrefetchPolicy or EvictionPolicy drives the copy placement's near cache; in place, reservations run "
+        "`lookahead` steps ahead and the HotSet is fixed: use Placement::kCopy with a policy of your own");
+  }
   if ((options.cache_bytes == 0 || in_place) && share != nullptr && share->mapping_) {
     mapping_ = share->mapping_;
     scrubber_ = share->scrubber_;
@@ -409,7 +431,7 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
     auto* primary_link = dynamic_cast<CxlEmulator*>(&primary.backend());
     auto* replica_link = replica != nullptr ? dynamic_cast<CxlEmulator*>(&replica->backend()) : nullptr;
     auto w = std::make_unique<InPlaceWeights>(*mapping_, model, primary_link, replica_link, options.cache_bytes,
-                                              options.lookahead);
+                                              options.lookahead.value_or(4));
     in_place_ = w.get();
     weights_ = std::move(w);
   } else if (options.cache_bytes == 0) {
@@ -443,38 +465,19 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
         sizes.push_back(t.size_bytes);
         continue;
       }
-      // Checksums of the pieces, computed from the pool while checking the whole tensor
-      // against its catalog checksum: one pass over the bytes. When the primary's copy
-      // fails and the replica's (the same model, checked above) matches, the pieces'
-      // checksums come from the replica: at run time only the primary's damaged pieces
-      // fail their checksum and are read from the replica, the others from the primary.
-      const std::size_t per = (rows + pieces - 1) / pieces;
-      const std::size_t rb = t.size_bytes / rows;
+      // Pieces are whole tiles of the TensorTiling, so their checksums are the catalog's
+      // tile checksums: attach hashes nothing. A damaged piece fails its tile checks in the
+      // transfer and is read from the replica (the same model, checked above); the others
+      // stay on the primary.
+      const std::size_t rb = static_cast<std::size_t>(t.row_bytes());
+      const std::size_t tile_rows = std::max<std::size_t>(1, static_cast<std::size_t>(t.tile_bytes / rb));
+      const std::size_t per = std::max(tile_rows, (rows + pieces - 1) / pieces / tile_rows * tile_rows);
       rows_per_piece[i] = per;
-      std::vector<std::uint64_t> sums;
-      const auto piece_sums = [&](std::span<const std::byte> bytes) {
-        sums.clear();
-        if (bytes.size() != t.size_bytes) return false;
-        Checksum64 whole;
-        for (std::size_t p = 0; p * per < rows; ++p) {
-          const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
-          const auto piece_bytes = bytes.subspan(r0 * rb, (r1 - r0) * rb);
-          whole.update(piece_bytes);
-          sums.push_back(checksum64(piece_bytes));
-        }
-        return whole.digest() == t.checksum;
-      };
-      if (!piece_sums(primary.view(t)) && !(rt && piece_sums(replica->view(*rt)))) {
-        throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum{}", primary.uri(), t.name,
-                                    view_->name(),
-                                    rt ? fmt::format(", nor does the replica's copy in {}", replica->uri())
-                                       : std::string(" (no replica configured)")));
-      }
       for (std::size_t p = 0; p * per < rows; ++p) {
         const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
         keys[i].push_back(static_cast<TensorKey>(sources.size()));
-        TensorSource src{piece_of(t, r0, r1, rb, p, sums[p]), std::nullopt};
-        if (rt) src.replica = piece_of(*rt, r0, r1, rb, p, sums[p]);
+        TensorSource src{piece_of(t, r0, r1, rb, p, tile_rows), std::nullopt};
+        if (rt) src.replica = piece_of(*rt, r0, r1, rb, p, tile_rows);
         sources.push_back(src);
         sizes.push_back((r1 - r0) * rb);
       }
@@ -500,7 +503,7 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
     tc.verify_checksums = options.verify_checksums;
     transfers_ = std::make_unique<TransferEngine>(primary, replica, std::move(sources), *cache_, tc);
     std::unique_ptr<PrefetchPolicy> prefetch =
-        options.prefetch_factory ? options.prefetch_factory() : std::make_unique<LookaheadPolicy>(options.lookahead);
+        options.prefetch_factory ? options.prefetch_factory() : std::make_unique<LookaheadPolicy>(options.lookahead.value_or(2));
     // The Executor holds one weight (piece) at a time.
     prefetcher_ = std::make_unique<Prefetcher>(*schedule_, std::move(prefetch), *transfers_, *cache_,
                                                StepResidency::kOneTensorAtATime);

@@ -228,6 +228,26 @@ std::uint64_t TensorInfo::n_elements() const noexcept {
   return n;
 }
 
+std::uint64_t TensorInfo::rows() const noexcept {
+  std::uint64_t n = 1;
+  for (std::uint32_t i = 1; i < n_dims; ++i) n *= shape[i];
+  return n;
+}
+
+std::uint64_t TensorInfo::row_bytes() const noexcept {
+  const std::uint64_t r = rows();
+  return r == 0 ? size_bytes : size_bytes / r;
+}
+
+std::uint64_t tile_bytes_for(DType dtype, std::uint32_t n_dims, std::span<const std::uint64_t> shape,
+                             std::uint64_t size_bytes) noexcept {
+  if (n_dims < 2 || shape.empty() || size_bytes == 0) return size_bytes;
+  const auto row = dtype_bytes(dtype, shape[0]);
+  if (!row || *row == 0 || size_bytes % *row != 0) return size_bytes;
+  const std::uint64_t rows_per_tile = std::max<std::uint64_t>(1, kTileTargetBytes / *row);
+  return std::min(size_bytes, rows_per_tile * *row);
+}
+
 const TensorInfo* ModelView::find(std::string_view name) const noexcept {
   for (const auto& t : tensors_) {
     if (t.name == name) return &t;
@@ -457,7 +477,9 @@ class Pool::Impl {
       add(t.offset_bytes, t.size_bytes);
     }
     for (std::uint32_t m = 0; m < lay.max_models; ++m) {
-      if (aload(models[m].state) != pf::kModelEmpty) add(models[m].metadata_offset, models[m].metadata_bytes);
+      if (aload(models[m].state) == pf::kModelEmpty) continue;
+      add(models[m].metadata_offset, models[m].metadata_bytes);
+      add(models[m].tiles_offset, models[m].tiles_bytes);
     }
     std::sort(used.begin(), used.end(),
               [](const FreeExtent& a, const FreeExtent& b) { return a.offset_bytes < b.offset_bytes; });
@@ -650,6 +672,12 @@ class Pool::Impl {
       info.offset_bytes = t.offset_bytes;
       info.size_bytes = t.size_bytes;
       info.checksum = t.checksum;
+      if (t.tile_bytes == 0 || t.tile_bytes > t.size_bytes ||
+          (t.tile_bytes != t.size_bytes && t.tile_bytes % info.row_bytes() != 0)) {
+        corrupt(fmt::format("{} has tiles of {} bytes, not whole rows of its {} bytes", label, t.tile_bytes,
+                            t.size_bytes));
+      }
+      info.tile_bytes = t.tile_bytes;
       ++count;
     }
     if (count != m.tensor_count) {
@@ -674,6 +702,25 @@ class Pool::Impl {
         corrupt(fmt::format("model '{}': tensors '{}' and '{}' overlap", *name,
                             by_offset[i - 1]->name, by_offset[i]->name));
       }
+    }
+    // The TensorTiling's table: exactly one checksum per tile of every tensor, in order.
+    std::uint64_t tiles = 0;
+    for (const auto& t : found) tiles += (t.size_bytes + t.tile_bytes - 1) / t.tile_bytes;
+    if (tiles > UINT64_MAX / 8 || m.tiles_bytes != tiles * 8 || (tiles > 0 && !in_data(m.tiles_offset, m.tiles_bytes))) {
+      corrupt(fmt::format("model '{}' has a tile table of {} bytes at offset {}; its tensors have {} tiles", *name,
+                          m.tiles_bytes, m.tiles_offset, tiles));
+    }
+    auto table = std::make_shared<std::vector<std::uint64_t>>(tiles);
+    if (tiles > 0) std::memcpy(table->data(), base + m.tiles_offset, m.tiles_bytes);
+    if (tiles > 0 && checksum64(table->data(), m.tiles_bytes) != m.tiles_checksum) {
+      corrupt(fmt::format("model '{}' tile table fails its checksum", *name));
+    }
+    std::size_t first = 0;
+    for (auto& t : found) {
+      t.tile_table = table;
+      t.tile_first = first;
+      t.tile_count = (t.size_bytes + t.tile_bytes - 1) / t.tile_bytes;
+      first += t.tile_count;
     }
     view->tensors_ = std::move(found);
     view->total_bytes_ = total;
@@ -1334,14 +1381,36 @@ void ModelWriter::seal() {
     Pool::Impl::Lock lock(im);
     check_owner_locked();
   }
-  // Checksums are computed without the lock: only this writer touches these records.
+  // Checksums are computed without the lock: only this writer touches these records. Each
+  // tile is hashed on its own and into the whole tensor's checksum while it is in cache.
+  std::vector<std::uint64_t> tiles;
   for (std::uint32_t slot : tensor_slots_) {
     pf::TensorRecord& t = im.tensors[slot];
-    t.checksum = checksum64(im.base + t.offset_bytes, t.size_bytes);
+    t.tile_bytes = tile_bytes_for(static_cast<DType>(t.dtype), t.n_dims, std::span(t.shape, t.n_dims), t.size_bytes);
+    Checksum64 whole;
+    for (std::uint64_t at = 0; at < t.size_bytes; at += t.tile_bytes) {
+      const std::span<const std::byte> tile(reinterpret_cast<const std::byte*>(im.base + t.offset_bytes + at),
+                                            std::min(t.tile_bytes, t.size_bytes - at));
+      whole.update(tile);
+      tiles.push_back(checksum64(tile));
+    }
+    t.checksum = whole.digest();
     t.record_checksum = tensor_record_checksum(t);
   }
   Pool::Impl::Lock lock(im);
   check_owner_locked();
+  if (!tiles.empty()) {
+    const std::uint64_t bytes = tiles.size() * sizeof(std::uint64_t);
+    auto offset = im.allocate_locked(bytes);
+    if (!offset) {
+      throw OutOfMemory(
+          fmt::format("{}: no room for the {}-byte tile table of model '{}'", im.where(), bytes, name_));
+    }
+    std::memcpy(im.base + *offset, tiles.data(), bytes);
+    m.tiles_offset = *offset;
+    m.tiles_bytes = bytes;
+    m.tiles_checksum = checksum64(tiles.data(), bytes);
+  }
   if (m.metadata_bytes > 0) {
     m.metadata_checksum = checksum64(im.base + m.metadata_offset, m.metadata_bytes);
   }

@@ -1,4 +1,4 @@
-// The on-pool structures of format version 1. Private to src/ (and to tests that corrupt
+// The on-pool structures of format version 2. Private to src/ (and to tests that corrupt
 // pools on purpose). Everything is plain data at fixed offsets; fields written after
 // creation by more than one process are accessed through std::atomic_ref.
 #pragma once
@@ -84,6 +84,9 @@ struct ModelRecord {
   std::uint32_t epoch;  // fences loaders: set at begin_model, checked before every write
   std::uint64_t tensor_bytes;
   std::uint64_t metadata_offset, metadata_bytes, metadata_checksum;
+  // The TensorTiling's checksums: for each tensor in ordinal order, one XXH3-64 per tile
+  // (TensorRecord::tile_bytes). Written at seal.
+  std::uint64_t tiles_offset, tiles_bytes, tiles_checksum;
   std::uint64_t record_checksum;
 };
 
@@ -98,6 +101,7 @@ struct TensorRecord {
   std::uint64_t offset_bytes, size_bytes, checksum;
   std::uint32_t model_slot_copy;
   std::uint32_t ordinal;  // position within the model
+  std::uint64_t tile_bytes;  // the TensorTiling: whole rows, the last tile may be shorter
   std::uint64_t record_checksum;
 };
 

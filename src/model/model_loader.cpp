@@ -1,5 +1,7 @@
 #include "xlshare/model/model_loader.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
@@ -83,6 +85,11 @@ void check_same_model(const Pool& primary, const ModelView& view, const Pool& re
     if (p.checksum != r.checksum) {
       throw differ(fmt::format("tensor '{}' differs in its checksum ({:016x}, not {:016x})", p.name, r.checksum,
                                p.checksum));
+    }
+    if (p.tile_bytes != r.tile_bytes ||
+        !std::ranges::equal(p.tile_checksums(), r.tile_checksums())) {
+      throw differ(fmt::format("tensor '{}' differs in its tiles ({} bytes each, not {})", p.name, r.tile_bytes,
+                               p.tile_bytes));
     }
   }
 }

@@ -46,6 +46,7 @@ class EngineTest : public ::testing::Test {
   }
   EngineConfig config() const {
     EngineConfig c;
+    c.placement = Placement::kCopy;  // the near-cache path (a GPU's); in place has its own tests
     c.pool_uri = uri_;
     c.link_preset = "none";
     return c;

@@ -10,12 +10,14 @@
 #include <filesystem>
 #include <thread>
 #include <fstream>
+#include <set>
 
 #include "model/model_support.hpp"
 #include "support/test_support.hpp"
 #include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
+#include "xlshare/memory/checksum.hpp"
 #include "xlshare/memory/cxl_emulator.hpp"
 #include "xlshare/memory/link_pacer.hpp"
 #include "xlshare/memory/pool.hpp"
@@ -244,6 +246,129 @@ TEST_F(InPlace, APoisonedRangeIsReadFromTheReplica) {
   InferenceEngine alone(c);
   alone.attach_model("m");
   EXPECT_THROW((void)run(alone), PoolError);
+}
+
+// --- the TensorTiling: computed at load, read at attach, verified per tile ----------------
+
+// A vocabulary large enough that the token embedding has many tiles: 4096 rows of 256 bytes,
+// 256 rows (64 KiB) a tile.
+SyntheticModel wide_vocab_model() { return create_sample_transformer_model(64, 2, 4, 2, 160, 4096, 93); }
+
+TEST(TensorTiling, TilesAreWholeRowsAndTheirChecksumsAreTheCatalogs) {
+  const std::string uri = "shm://" + test::unique_name("tiling");
+  test::BackendGuard guard(uri);
+  EngineConfig c;
+  c.pool_uri = uri;
+  InferenceEngine(c).register_model(wide_vocab_model(), "m");
+  auto pool = Pool::attach(open_backend(uri));
+  const auto view = pool->model("m");
+  std::size_t tiled = 0;
+  for (const TensorInfo& t : view->tensors()) {
+    ASSERT_GT(t.tile_bytes, 0u) << t.name;
+    if (t.tile_bytes != t.size_bytes) {
+      EXPECT_EQ(t.tile_bytes % t.row_bytes(), 0u) << t.name << ": tiles of whole rows";
+      EXPECT_LE(t.tile_bytes, std::max(kTileTargetBytes, t.row_bytes())) << t.name;
+      ++tiled;
+    }
+    const auto sums = t.tile_checksums();
+    ASSERT_EQ(sums.size(), (t.size_bytes + t.tile_bytes - 1) / t.tile_bytes) << t.name;
+    const auto bytes = pool->view(t);
+    for (std::size_t k = 0; k < sums.size(); ++k) {
+      const std::uint64_t at = k * t.tile_bytes;
+      EXPECT_EQ(checksum64(bytes.subspan(at, std::min(t.tile_bytes, t.size_bytes - at))), sums[k]) << t.name << " " << k;
+    }
+  }
+  EXPECT_EQ(view->at("token_embd.weight").tile_checksums().size(), 16u);
+  EXPECT_GT(tiled, 1u);
+}
+
+class WideVocab : public ::testing::Test {
+ protected:
+  WideVocab() : uri_("shm://" + test::unique_name("wide")), guard_(uri_) {
+    EngineConfig c;
+    c.pool_uri = uri_;
+    InferenceEngine(c).register_model(wide_vocab_model(), "m");
+    auto pool = Pool::attach(open_backend(uri_));
+    const auto view = pool->model("m");
+    embd_ = view->at("token_embd.weight");
+    total_bytes_ = view->total_bytes();
+  }
+  EngineConfig config() const {
+    EngineConfig c;
+    c.pool_uri = uri_;
+    c.link_preset = "cxl-x8";
+    c.cache_bytes = 0;
+    c.scrub_bytes_per_s = 0;  // the test runs the passes
+    return c;
+  }
+  // The embedding tiles holding rows `tokens`.
+  std::set<std::uint64_t> tiles_of(const std::vector<std::int32_t>& tokens) const {
+    std::set<std::uint64_t> out;
+    for (auto t : tokens) out.insert(static_cast<std::uint64_t>(t) * embd_.row_bytes() / embd_.tile_bytes);
+    return out;
+  }
+  std::string uri_;
+  test::BackendGuard guard_;
+  TensorInfo embd_;
+  std::uint64_t total_bytes_ = 0;
+  // Rows in tiles 0 and 9 only.
+  const std::vector<std::int32_t> prompt_ = {3, 17, 2400, 2401};
+};
+
+TEST_F(WideVocab, InPlaceVerifiesAndScrubsOnlyTheEmbeddingTilesItReads) {
+  InferenceEngine engine(config());  // in place: the default on a host backend
+  engine.attach_model("m");
+  const auto out = engine.generate(prompt_, 3);
+  auto w = engine.stats().workers[0];
+  ASSERT_EQ(w.placement, "in-place");
+  const std::uint64_t others = total_bytes_ - embd_.size_bytes;
+  std::vector<std::int32_t> read = prompt_;
+  read.insert(read.end(), out.begin(), out.end());
+  EXPECT_GE(w.scrub.verify_bytes, others + tiles_of(prompt_).size() * embd_.tile_bytes);
+  EXPECT_LE(w.scrub.verify_bytes, others + tiles_of(read).size() * embd_.tile_bytes);
+  EXPECT_LT(w.scrub.verify_bytes, total_bytes_);
+  // A scrub re-checks what was verified, not the tiles no lookup touched.
+  EXPECT_EQ(engine.scrub_now(), 0u);
+  w = engine.stats().workers[0];
+  EXPECT_EQ(w.scrub.bytes_scrubbed, w.scrub.verify_bytes);
+}
+
+TEST_F(WideVocab, ADamagedEmbeddingRowFailsOnlyTheRequestsThatReadIt) {
+  std::vector<std::int32_t> want;
+  {
+    InferenceEngine clean(config());
+    clean.attach_model("m");
+    want = clean.generate(prompt_, 3);
+  }
+  // A row of the first tile the request does not read is damaged.
+  std::vector<std::int32_t> read = prompt_;
+  read.insert(read.end(), want.begin(), want.end());
+  const auto used = tiles_of(read);
+  const std::uint64_t rows_per_tile = embd_.tile_bytes / embd_.row_bytes();
+  std::uint64_t tile = 0;
+  while (used.contains(tile)) ++tile;
+  ASSERT_LT(tile, 16u);
+  const auto damaged = static_cast<std::int32_t>(tile * rows_per_tile + 10);
+  const std::uint64_t at = embd_.offset_bytes + static_cast<std::uint64_t>(damaged) * embd_.row_bytes() + 5;
+  {
+    const int fd = ::open(("/dev/shm/" + uri_.substr(6)).c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    unsigned char b = 0;
+    ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(at)), 1);
+    b ^= 0x5a;
+    ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(at)), 1);
+    ::close(fd);
+  }
+  InferenceEngine engine(config());
+  engine.attach_model("m");
+  EXPECT_EQ(engine.generate(prompt_, 3), want);
+  EXPECT_EQ(engine.stats().workers[0].scrub.mismatches, 0u);
+  try {
+    (void)engine.generate(std::vector<std::int32_t>{damaged}, 1);
+    ADD_FAILURE() << "computed on a damaged embedding row";
+  } catch (const PoolError& e) {
+    EXPECT_NE(std::string(e.what()).find("token_embd.weight"), std::string::npos) << e.what();
+  }
 }
 
 // --- the reservation accounting, against the timing model on a fake clock ----------------

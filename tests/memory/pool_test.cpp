@@ -292,6 +292,24 @@ TEST_F(PoolTest, RefusesACatalogThatLiesConsistently) {
   expect_model_refused("m", "outside the data area");
 }
 
+TEST_F(PoolTest, RefusesATileTableThatFailsItsChecksum) {
+  std::uint64_t tiles_offset = 0;
+  {
+    auto pool = create();
+    write_model(*pool, "m", 2);
+    const auto m = pool->model("m");
+    ASSERT_EQ(m->at("t0").tile_checksums().size(), 1u);
+    const std::uint64_t record = pool->layout().models_offset + m->slot() * sizeof(pf::ModelRecord);
+    std::ifstream f(path_, std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(record + offsetof(pf::ModelRecord, tiles_offset)));
+    f.read(reinterpret_cast<char*>(&tiles_offset), sizeof tiles_offset);
+  }
+  ASSERT_GT(tiles_offset, 0u);
+  const std::uint64_t wrong = 0x1234;
+  poke(tiles_offset, &wrong, sizeof wrong);
+  expect_model_refused("m", "tile table fails its checksum");
+}
+
 TEST_F(PoolTest, SaysWhichPageSizeItsMappingGot) {
   auto pool = create();
   write_model(*pool, "m", 2);

@@ -39,6 +39,7 @@ class Faults : public ::testing::Test {
   }
   EngineConfig config() const {
     EngineConfig c;
+    c.placement = Placement::kCopy;  // the near-cache path (a GPU's); in place has its own tests
     c.pool_uri = uri_;
     c.link_preset = "none";
     c.cache_bytes = model_bytes_ / 8;

@@ -394,7 +394,7 @@ TEST_F(Demo, ServesAndRemovesItsPool) {
 
 TEST_F(Demo, AFailedWorkerIsOneErrorNoTableAndNoPoolLeft) {
   // 1% of this model is a few KiB: less than one block's tensors, so every worker fails.
-  auto r = demo("--workers 2 --tokens 2 --cache-fraction 0.01");
+  auto r = demo("--workers 2 --tokens 2 --cache-fraction 0.01 --placement copy");
   EXPECT_EQ(r.status, 1) << r.out;  // not 141 (SIGPIPE), nor -1 (killed)
   const auto at = r.out.find("xlshare: error: worker ");
   ASSERT_NE(at, std::string::npos) << r.out;

@@ -110,7 +110,7 @@ struct EngineArgs {
   unsigned threads = 1;
   bool no_verify = false;
   std::string replica;
-  std::string placement = "copy";
+  std::string placement;  // empty: the backend's default (in-place on host memory)
   std::string scrub_rate = "256M";
 
   void add(CLI::App* app, bool pool_required) {
@@ -118,8 +118,8 @@ struct EngineArgs {
     if (pool_required) p->required();
     app->add_option("--placement", placement,
                     "copy: a near cache filled over the link (a GPU's HBM); in-place: compute from the pool "
-                    "mapping, paced on the link, --cache being the hot set")
-        ->capture_default_str()
+                    "mapping, paced on the link, --cache being the hot set (default: in-place wherever the CPU can "
+                    "load from the pool, which is every backend but a remote one)")
         ->check(CLI::IsMember({"copy", "in-place", "in_place"}));
     app->add_option("--scrub-rate", scrub_rate,
                     "bytes per second the background Scrubber re-verifies of weights read in place, e.g. 256M; 0: off")
@@ -143,7 +143,7 @@ struct EngineArgs {
   EngineConfig config() const {
     EngineConfig c;
     c.pool_uri = pool;
-    c.placement = parse_placement(placement);
+    if (!placement.empty()) c.placement = parse_placement(placement);
     c.scrub_bytes_per_s = parse_bytes(scrub_rate);
     c.cache_bytes = parse_bytes(cache);
     c.link_preset = preset;

@@ -106,6 +106,7 @@ class TransferEngine {
     FetchKind kind;
     std::span<std::byte> buffer;
     std::uint64_t done_bytes = 0;
+    std::uint64_t checked_bytes = 0;  // verified tile by tile, as the chunks land
     std::uint64_t start_ns = 0;
     bool on_replica = false;
     unsigned rereads = 0;

@@ -38,8 +38,10 @@ struct EngineConfig {
   std::uint64_t pool_bytes = 0;
   /// How workers use far memory: Placement::kCopy (a near cache filled over the link, the
   /// model of a GPU) or Placement::kInPlace (a CPU worker computes from the pool mapping,
-  /// paced on the link; cache_bytes is then its HotSet). Default kCopy.
-  Placement placement = Placement::kCopy;
+  /// paced on the link; cache_bytes is then its HotSet). Unset: default_placement() of the
+  /// pool's backend, which is kInPlace on every host backend (shm, file, dax, numa), or
+  /// kCopy when prefetch_policy or eviction_policy_factory is set (they steer the copy path).
+  std::optional<Placement> placement;
   /// Near memory per worker in bytes; 0: no cache (compute from the pool mapping).
   /// With kInPlace: the HotSet's budget. Default 256 MiB.
   std::uint64_t cache_bytes = 256ull << 20;

@@ -17,6 +17,13 @@ namespace xlshare {
 
 enum class Placement : std::uint8_t { kCopy, kInPlace };
 
+class MemoryBackend;
+
+/// The placement a worker on `backend` gets unless told otherwise: in_place where the CPU
+/// can load from the pool's mapping (MemoryBackend::is_host(): shm, file, dax, numa, and the
+/// emulator over any of them), copy where it cannot.
+Placement default_placement(const MemoryBackend& backend) noexcept;
+
 /// "copy" or "in-place".
 const char* to_string(Placement placement) noexcept;
 /// "copy", "in-place" (or "in_place"). @throws ConfigError naming the known placements.

@@ -2,17 +2,22 @@
 // read-only mapping, no near cache), kept verified.
 //
 // Reading a mapping copies nothing, so nothing checks the bytes on the way as the
-// TransferEngine does for the cached path. Two checks stand in for it:
-//   * first use: a VerifiedMapping hashes every tensor (XXH3-64 against the catalog
-//     checksum) before compute may read it: all of them when it is built (Verify::kNow),
-//     or each on its first use (Verify::kOnFirstUse, the in-place placement, where attach
-//     must not cost O(model bytes); a verifier thread then runs ahead of compute). A tensor that fails is
-//     served from the replica pool's copy when that copy verifies; otherwise construction
-//     fails with a PoolError naming the pool, the model and the tensor.
-//   * the Scrubber re-hashes the tensors in use in the background at a bounded byte rate,
-//     so that bytes changed after attach (a stray write, a failing device) are found within
-//     one pass. A tensor found changed switches to the replica's copy when that verifies,
-//     else it is marked failed: every later acquire of it throws instead of answering wrong.
+// TransferEngine does for the cached path. Two checks stand in for it, both per tile of the
+// TensorTiling (the tile checksums the pool stored when the model was sealed):
+//   * first use: a VerifiedMapping hashes each tile (XXH3-64 against its catalog checksum)
+//     before compute may read it: every tile when it is built (Verify::kNow), or each on
+//     first use (Verify::kOnFirstUse, the in-place placement, where attach must not cost
+//     O(model bytes); a verifier thread then runs ahead of compute). A whole tensor is
+//     verified tile by tile; a lookup of a few embedding rows verifies only their tiles, so
+//     the rest of the table is never touched (nor counted in the process's memory). A
+//     tensor with a tile that fails is served from the replica pool's copy when that copy
+//     verifies whole; otherwise it is failed: its use throws a PoolError naming the pool,
+//     the model and the tensor.
+//   * the Scrubber re-hashes the verified tiles in the background at a bounded byte rate,
+//     so that bytes changed after they were verified (a stray write, a failing device) are
+//     found within one pass. A tensor found changed switches to the replica's copy when that
+//     verifies, else it is marked failed: every later acquire of it throws instead of
+//     answering wrong. Tiles never used are not scrubbed: their first use verifies them.
 // Switching is race-free with compute: each tensor's source is one atomic that compute
 // reads when it acquires the tensor. `epoch()` changes at every switch or failure, so that
 // a request that ran across one can be run again on verified weights.
@@ -67,11 +72,25 @@ class VerifiedMapping {
 
   std::size_t size() const noexcept { return entries_.size(); }
   const ModelView& view() const noexcept { return *view_; }
-  /// Verifies tensor `index` unless it already was (or waits for the thread verifying it).
-  /// @throws PoolError when it has no verified copy. Thread-safe; cold after the first call.
-  void ensure_verified(std::size_t index);
+  /// Verifies every tile of tensor `index` not verified yet (waiting for those another
+  /// thread is verifying). @throws PoolError when it has no verified copy. Thread-safe; one
+  /// atomic load once the tensor is verified.
+  void ensure_verified(std::size_t index) { ensure_verified(index, 0, UINT64_MAX); }
+  /// The same for the tiles that hold bytes [offset, offset + bytes) of tensor `index` only.
+  void ensure_verified(std::size_t index, std::uint64_t offset, std::uint64_t bytes);
+  /// Whether every tile of `index` is verified.
   bool verified(std::size_t index) const noexcept {
     return index < entries_.size() && entries_[index].verified.load(std::memory_order_acquire) == kVerified;
+  }
+  /// The TensorTiling of `index`: tile size, count, whether tile `tile` is verified, and its
+  /// catalog checksum.
+  std::uint64_t tile_bytes(std::size_t index) const noexcept { return entries_[index].tile_bytes; }
+  std::size_t tile_count(std::size_t index) const noexcept { return entries_[index].tile_sums.size(); }
+  bool tile_verified(std::size_t index, std::size_t tile) const noexcept {
+    return entries_[index].tiles[tile].load(std::memory_order_acquire) == kVerified;
+  }
+  std::uint64_t tile_checksum(std::size_t index, std::size_t tile) const noexcept {
+    return entries_[index].tile_sums[tile];
   }
   /// Asks the kernel to map the pages of `index`'s current copy now (Pool::prefault), so
   /// the first reads of it take no page faults. Never throws.
@@ -117,9 +136,20 @@ class VerifiedMapping {
   struct Entry {
     std::span<const std::byte> primary, replica;
     std::uint64_t checksum = 0;
+    std::uint64_t tile_bytes = 0;
+    std::span<const std::uint64_t> tile_sums;       // the catalog's, one per tile
+    std::vector<std::atomic<std::uint8_t>> tiles;   // each tile's first-use state
+    std::size_t pending = 0;                        // tiles not verified yet (under mu_)
     std::atomic<std::uint8_t> source{0};
-    std::atomic<std::uint8_t> verified{kUnverified};
+    std::atomic<std::uint8_t> verified{kUnverified};  // every tile verified
   };
+  // Tile `tile` of `e` verified: counts it, under mu_.
+  void tile_done_locked(Entry& e, std::size_t tile);
+  // Copy `from` of `index` failed a check: switch to the replica's copy when it verifies
+  // whole (every tile then counts as verified), else mark the tensor failed with the reason
+  // `failure(replica_checked)` gives. Nothing when the tensor no longer reads from `from`.
+  template <class Reason>
+  void switch_or_fail_locked(std::size_t index, Source from, Reason&& failure);
   const Pool& primary_;
   const Pool* replica_;
   std::shared_ptr<const ModelView> view_, replica_view_;
@@ -144,7 +174,7 @@ class Scrubber {
   Scrubber(const Scrubber&) = delete;
   Scrubber& operator=(const Scrubber&) = delete;
 
-  /// One whole pass now, on the calling thread, unpaced: on return every tensor in use has
+  /// One whole pass now, on the calling thread, unpaced: on return every verified tile has
   /// been re-verified (and switched or failed as needed). Returns the mismatches found.
   std::uint64_t scrub_now();
   ScrubStats stats() const noexcept;

@@ -16,6 +16,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <mutex>
 
 #include "xlshare/cache/device_cache.hpp"
@@ -33,8 +34,11 @@ using PrefetchPolicyFactory = std::function<std::unique_ptr<PrefetchPolicy>()>;
 using EvictionPolicyFactory = std::function<std::unique_ptr<EvictionPolicy>(const Schedule&)>;
 
 struct WorkerOptions {
-  /// Copy through a near cache (the default here) or compute from the pool in place.
-  Placement placement = Placement::kCopy;
+  /// Copy through a near cache or compute from the pool in place. Unset:
+  /// default_placement() of the primary pool's backend (in place on every host backend),
+  /// or copy when prefetch_factory or eviction_factory is set (they steer the copy path's
+  /// cache; with kInPlace they are a ConfigError).
+  std::optional<Placement> placement;
   /// Near memory per worker in bytes. kCopy: the DeviceCache (0: no cache, compute from the
   /// pool mapping without link emulation). kInPlace: the HotSet's budget (0: none).
   std::uint64_t cache_bytes = 0;
@@ -42,9 +46,10 @@ struct WorkerOptions {
   std::string eviction_policy = "lru";
   /// Copy threads of the TransferEngine. Default 2.
   unsigned prefetch_threads = 2;
-  /// LookaheadPolicy's k (kInPlace: steps that need the link whose time is reserved ahead);
-  /// ignored when prefetch_factory is set. Default 2.
-  std::size_t lookahead = 2;
+  /// LookaheadPolicy's k (kCopy; default 2), or the steps that need the link whose time is
+  /// reserved ahead (kInPlace; default 4: a reservation costs no memory). The copy policy's
+  /// k is ignored when prefetch_factory is set.
+  std::optional<std::size_t> lookahead;
   /// Verify every tensor's checksum on arrival. Default true.
   bool verify_checksums = true;
   /// Executor threads. Default 1.

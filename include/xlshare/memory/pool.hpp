@@ -76,8 +76,33 @@ struct TensorInfo {
   std::uint64_t offset_bytes = 0;  ///< absolute offset of the bytes in the backend
   std::uint64_t size_bytes = 0;
   std::uint64_t checksum = 0;  ///< XXH3-64 of the bytes
+  /// The TensorTiling, fixed when the model was sealed: the bytes are cut into tiles of
+  /// `tile_bytes` (whole rows; the last tile may be shorter), each with its XXH3-64 in
+  /// `tile_checksums()` (entries [tile_first, tile_first + tile_count) of the model's
+  /// table, shared by every copy of the info). Pieces of the cache and in-place
+  /// verification are made of whole tiles, so nothing at attach hashes the model.
+  std::uint64_t tile_bytes = 0;
+  std::shared_ptr<const std::vector<std::uint64_t>> tile_table;
+  std::size_t tile_first = 0, tile_count = 0;
+  std::span<const std::uint64_t> tile_checksums() const noexcept {
+    if (!tile_table || tile_first > tile_table->size() || tile_count > tile_table->size() - tile_first) return {};
+    return std::span<const std::uint64_t>(*tile_table).subspan(tile_first, tile_count);
+  }
   std::uint64_t n_elements() const noexcept;
+  /// Bytes of one row (shape[0] elements; the whole tensor for one dimension).
+  std::uint64_t row_bytes() const noexcept;
+  /// Rows (the product of shape[1..]; 1 for one dimension).
+  std::uint64_t rows() const noexcept;
 };
+
+/// The TensorTiling's target tile size: tiles hold as many whole rows as fit (at least one).
+/// Small enough that verifying the tiles of a few embedding rows touches little beyond
+/// them, large enough that the table is 1/8192 of the model.
+inline constexpr std::uint64_t kTileTargetBytes = 64 * 1024;
+/// The tile size the TensorTiling gives a tensor of this dtype and shape (size_bytes when it
+/// has one dimension or its rows are not whole blocks).
+std::uint64_t tile_bytes_for(DType dtype, std::uint32_t n_dims, std::span<const std::uint64_t> shape,
+                             std::uint64_t size_bytes) noexcept;
 
 /// One sealed model: its tensors (in load order) and its metadata blob.
 class ModelView {
@@ -248,7 +273,7 @@ class Pool {
   Layout layout() const noexcept;
 
   /// The current on-pool format version.
-  static constexpr std::uint32_t kFormatVersion = 1;
+  static constexpr std::uint32_t kFormatVersion = 2;
 
   class Impl;
 
