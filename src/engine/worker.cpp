@@ -509,7 +509,12 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
                                                StepResidency::kOneTensorAtATime);
     weights_ = std::make_unique<CachedWeights>(*prefetcher_, std::move(keys), std::move(rows_per_piece));
   }
-  executor_ = std::make_unique<Executor>(model, *weights_, ExecutorOptions{options.compute_threads});
+  // Copy: idle compute threads sleep at once, so the transfer threads get the cores (the
+  // copies are the bottleneck there); in place nothing else needs them between steps.
+  ExecutorOptions eo;
+  eo.threads = options.compute_threads;
+  eo.spin_us = options.spin_us.value_or(in_place || options.cache_bytes == 0 ? 200 : 0);
+  executor_ = std::make_unique<Executor>(model, *weights_, eo);
 }
 
 Worker::~Worker() {

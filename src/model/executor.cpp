@@ -1,10 +1,13 @@
 #include "xlshare/model/executor.hpp"
 
+#include "model/compute_team.hpp"
+
 #include <Eigen/Dense>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -123,9 +126,12 @@ void WeightProvider::read_rows(std::size_t index, const TensorDesc& desc, std::s
 
 // --- Executor ---------------------------------------------------------------------------
 
+Executor::~Executor() = default;
+
 Executor::Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOptions options)
     : model_(model), weights_(weights), options_(options) {
   if (options_.threads == 0) options_.threads = 1;
+  team_ = std::make_unique<ComputeTeam>(options_.threads, options_.spin_us);
   const auto& c = model_.config();
   inv_freq_.resize(c.head_dim / 2);
   for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
@@ -147,14 +153,13 @@ constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels
 // y[i][r] = sum_k W[r][k] * x[i][k] for i < n <= kMaxFusedRows, converting W from its
 // stored type as it is read (no scratch copy): the decode path, bound by memory bandwidth.
 void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t cols, const float* x, std::size_t n,
-                float* y, int threads) {
+                float* y, ComputeTeam& team) {
   const std::size_t rb = row_bytes(dtype, cols);
-#pragma omp parallel num_threads(threads)
-  {
+  team.run([&](unsigned t, unsigned members) {
     thread_local std::vector<float> row;
     if (row.size() < cols) row.resize(cols);
-#pragma omp for schedule(static)
-    for (std::size_t r = 0; r < rows; ++r) {
+    const auto [r_begin, r_end] = ComputeTeam::static_range(rows, t, members);
+    for (std::size_t r = r_begin; r < r_end; ++r) {
       const std::byte* wr = w + r * rb;
       float acc_s[kMaxFusedRows] = {};
       std::size_t k0 = 0;
@@ -196,7 +201,7 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       }
       for (std::size_t i = 0; i < n; ++i) y[i * rows + r] = acc_s[i];
     }
-  }
+  });
 }
 
 }  // namespace
@@ -205,47 +210,42 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
                       std::size_t n, float* y) {
   Eigen::Map<const RowMat> X(x, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(cols));
   Eigen::Map<RowMat> Y(y, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(rows));
-  const int threads = static_cast<int>(options_.threads);
+  const std::size_t threads = team_->size();
   const std::size_t rb = row_bytes(dtype, cols);
   if (dtype == DType::kF32) {
     const auto* W = reinterpret_cast<const float*>(w.data());
-    const std::size_t per = (rows + static_cast<std::size_t>(threads) - 1) / static_cast<std::size_t>(threads);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int t = 0; t < threads; ++t) {
-      const std::size_t r0 = std::min(rows, static_cast<std::size_t>(t) * per);
-      const std::size_t r1 = std::min(rows, r0 + per);
-      if (r0 >= r1) continue;
+    team_->run([&](unsigned t, unsigned members) {
+      const auto [r0, r1] = ComputeTeam::static_range(rows, t, members);
+      if (r0 >= r1) return;
       Eigen::Map<const RowMat> Wt(W + r0 * cols, static_cast<Eigen::Index>(r1 - r0), static_cast<Eigen::Index>(cols));
       Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() = X * Wt.transpose();
-    }
+    });
     return;
   }
   if (n <= kMaxFusedRows) {
-    fused_gemv(dtype, w.data(), rows, cols, x, n, y, threads);
+    fused_gemv(dtype, w.data(), rows, cols, x, n, y, *team_);
     return;
   }
   // Converted in tiles of rows as they are used: large tiles (up to 2 MiB of F32) keep the
   // GEMMs efficient, and at least two tiles per thread keep the threads balanced.
   const std::size_t by_bytes = std::max<std::size_t>(1, (512u * 1024) / std::max<std::size_t>(cols, 1));
-  const std::size_t by_threads = std::max<std::size_t>(1, (rows + 2 * static_cast<std::size_t>(threads) - 1) /
-                                                              (2 * static_cast<std::size_t>(threads)));
+  const std::size_t by_threads = std::max<std::size_t>(1, (rows + 2 * threads - 1) / (2 * threads));
   const std::size_t tile = std::min(by_bytes, by_threads);
   const std::size_t tiles = (rows + tile - 1) / tile;
-#pragma omp parallel num_threads(threads)
-  {
+  team_->run([&](unsigned t, unsigned members) {
     // Per-thread scratch that outlives the call: no allocation (and no page faults) per
     // matmul once warm.
     thread_local std::vector<float> buf;
     if (buf.size() < tile * cols) buf.resize(tile * cols);
-#pragma omp for schedule(static)
-    for (std::size_t ti = 0; ti < tiles; ++ti) {
+    const auto [ti_begin, ti_end] = ComputeTeam::static_range(tiles, t, members);
+    for (std::size_t ti = ti_begin; ti < ti_end; ++ti) {
       const std::size_t r0 = ti * tile;
       const std::size_t r1 = std::min(rows, r0 + tile);
       to_f32(dtype, w.data() + r0 * rb, buf.data(), (r1 - r0) * cols);
       Eigen::Map<const RowMat> Wt(buf.data(), static_cast<Eigen::Index>(r1 - r0), static_cast<Eigen::Index>(cols));
       Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() = X * Wt.transpose();
     }
-  }
+  });
 }
 
 void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x, std::size_t n,
@@ -367,7 +367,6 @@ void Executor::forward_batch(std::span<Segment> segments) {
     }
   };
 
-  const int threads = static_cast<int>(options_.threads);
   const std::size_t work = segments.size() * H;  // (segment, head) pairs of attention
   for (std::size_t l = 0; l < c.n_layers; ++l) {
     const LlamaModel::Layer& L = model_.layer(l);
@@ -389,8 +388,10 @@ void Executor::forward_batch(std::span<Segment> segments) {
       std::copy_n(k.data() + first_row[s] * kv_dim, rows * kv_dim, K + std::size_t{kv.size_} * kv_dim);
       std::copy_n(v.data() + first_row[s] * kv_dim, rows * kv_dim, V + std::size_t{kv.size_} * kv_dim);
     }
-#pragma omp parallel for num_threads(threads) schedule(dynamic)
-    for (std::size_t item = 0; item < work; ++item) {
+    std::atomic<std::size_t> next_item{0};  // a dynamic schedule: heads differ in cost
+    team_->run([&](unsigned, unsigned) {
+    for (std::size_t item = next_item.fetch_add(1, std::memory_order_relaxed); item < work;
+         item = next_item.fetch_add(1, std::memory_order_relaxed)) {
       const std::size_t s = item / H, h = item % H, g = h / group;
       const Segment& seg = segments[s];
       const std::size_t rows = seg.tokens.size();
@@ -421,6 +422,7 @@ void Executor::forward_batch(std::span<Segment> segments) {
                                        static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
       Oh.noalias() = S * Vg;
     }
+    });
     matmul_weight(L.wo, dim, q_dim, att.data(), n, tmp.data());
     for (std::size_t i = 0; i < n * dim; ++i) x[i] += tmp[i];
     {

@@ -1,7 +1,13 @@
 // The Eigen forward pass against a naive double reference, against itself (prefill vs
 // decode, GGUF vs safetensors, stored dtypes), and against llama.cpp (the shared oracle).
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <vector>
+
+#include "model/compute_team.hpp"
 #include "model/model_support.hpp"
 #include "model/reference_forward.hpp"
 #include "xlshare/error.hpp"
@@ -37,6 +43,63 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExecutorShapes,
                                            Shape{96, 3, 6, 2, 200, 300},    // GQA 3:1, non-power-of-two
                                            Shape{48, 1, 3, 1, 100, 97},     // MQA, odd vocab
                                            Shape{128, 2, 8, 2, 344, 512}));
+
+// --- ComputeTeam: the Executor's own threads ------------------------------------------
+
+TEST(ComputeTeam, EveryMemberRunsEveryStepOnceSpinningOrSleeping) {
+  for (std::uint32_t spin_us : {0u, 50u}) {
+    ComputeTeam team(3, spin_us);
+    std::vector<std::atomic<int>> runs(3);
+    for (int step = 0; step < 5000; ++step) {
+      team.run([&](unsigned t, unsigned n) {
+        EXPECT_EQ(n, 3u);
+        runs[t].fetch_add(1, std::memory_order_relaxed);
+      });
+      // Run returned: every member's share of this step is done.
+      ASSERT_EQ(runs[0].load() + runs[1].load() + runs[2].load(), 3 * (step + 1)) << spin_us;
+    }
+  }
+}
+
+TEST(ComputeTeam, SplitsRowsAsAStaticSchedule) {
+  std::vector<int> owner(10, -1);
+  for (unsigned t = 0; t < 3; ++t) {
+    const auto [b, e] = ComputeTeam::static_range(10, t, 3);
+    for (std::size_t r = b; r < e; ++r) owner[r] = static_cast<int>(t);
+  }
+  EXPECT_EQ(owner, (std::vector<int>{0, 0, 0, 0, 1, 1, 1, 1, 2, 2}));
+  EXPECT_EQ(ComputeTeam::static_range(2, 2, 3), (std::pair<std::size_t, std::size_t>{2, 2}));
+}
+
+TEST(ComputeTeam, SleepingOrSpinningAndAForkedChildGiveTheSameNumbers) {
+  const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 5);
+  const auto tokens = test::some_tokens(256, 6, 2);
+  std::vector<TensorDesc> descs;
+  std::vector<std::span<const std::byte>> spans;
+  for (std::size_t i = 0; i < m.specs.size(); ++i) {
+    descs.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
+    spans.push_back(std::as_bytes(std::span(m.data[i])));
+  }
+  LlamaModel model(m.config, descs);
+  SpanWeights weights(spans);
+  const auto run = [&](Executor& ex) {
+    KvCache kv(m.config, 64);
+    std::vector<float> logits;
+    ex.forward(tokens, kv, logits, true);
+    return logits;
+  };
+  Executor spinning(model, weights, ExecutorOptions{2, 200});
+  Executor sleeping(model, weights, ExecutorOptions{2, 0});
+  const auto want = run(spinning);
+  EXPECT_EQ(run(sleeping), want);
+  // A child of fork() has none of the team's threads: it runs every share itself.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) ::_exit(run(spinning) == want ? 0 : 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
 
 TEST(Executor, TiedEmbeddingsUseTheTokenEmbedding) {
   auto c = test::small_config(64, 2, 4, 2, 160, 256);

@@ -54,6 +54,9 @@ struct WorkerOptions {
   bool verify_checksums = true;
   /// Executor threads. Default 1.
   unsigned compute_threads = 1;
+  /// How long idle compute threads spin before they sleep (ExecutorOptions::spin_us). Unset:
+  /// 0 with a near cache (copy: the transfer threads need the cores), else 200.
+  std::optional<std::uint32_t> spin_us;
   /// Without a cache: bytes per second the background Scrubber re-verifies of the mapped
   /// weights (0: no background scrub; they are still verified once at construction).
   /// Default 256 MiB/s.

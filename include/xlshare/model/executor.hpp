@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <random>
 #include <span>
@@ -129,13 +130,22 @@ class KvCache {
 };
 
 struct ExecutorOptions {
-  /// Compute threads (OpenMP). Default 1.
+  /// Compute threads (the Executor's own team; the caller is one of them). Default 1.
   unsigned threads = 1;
+  /// How long an idle compute thread spins for the next parallel step before it sleeps,
+  /// in microseconds. Spinning starts back-to-back steps at once; sleeping leaves the cores
+  /// to other threads (the copy placement's transfer threads). Default 200.
+  std::uint32_t spin_us = 200;
 };
+
+class ComputeTeam;
 
 class Executor {
  public:
   Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOptions options = {});
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
 
   /// Runs `tokens` at positions kv.size() .. and appends them to `kv`. Writes the logits
   /// of every position (n x vocab, row-major) when `all_logits`, else of the last only.
@@ -168,6 +178,7 @@ class Executor {
   const LlamaModel& model_;
   WeightProvider& weights_;
   ExecutorOptions options_;
+  std::unique_ptr<ComputeTeam> team_;
   std::vector<double> inv_freq_;
   // Activations and conversion buffers, reused across calls: once warm, a forward pass
   // allocates nothing per layer or per token. (One forward at a time per Executor.)

@@ -1,0 +1,105 @@
+#include "model/compute_team.hpp"
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <pthread.h>
+
+#include <chrono>
+#include <climits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace xlshare {
+namespace {
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Raw futexes (Linux): a waiter sleeps only while the word still holds the value it saw.
+void futex_wait(const std::atomic<std::uint32_t>& a, std::uint32_t old) noexcept {
+  ::syscall(SYS_futex, reinterpret_cast<const std::uint32_t*>(&a), FUTEX_WAIT_PRIVATE, old, nullptr, nullptr, 0);
+}
+void futex_wake(std::atomic<std::uint32_t>& a) noexcept {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&a), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) && std::atomic<std::uint32_t>::is_always_lock_free);
+
+// Children of fork() count up; a team started before the fork has no threads there.
+std::atomic<unsigned> g_fork_epoch{0};
+void count_fork() noexcept { g_fork_epoch.fetch_add(1, std::memory_order_relaxed); }
+const bool g_fork_handler = [] { return ::pthread_atfork(nullptr, nullptr, count_fork) == 0; }();
+
+}  // namespace
+
+bool ComputeTeam::forked() const noexcept { return g_fork_epoch.load(std::memory_order_relaxed) != fork_epoch_; }
+
+ComputeTeam::ComputeTeam(unsigned threads, std::uint32_t spin_us)
+    : size_(threads == 0 ? 1 : threads), spin_us_(spin_us), fork_epoch_(g_fork_epoch.load(std::memory_order_relaxed)) {
+  (void)g_fork_handler;
+  threads_.reserve(size_ - 1);
+  for (unsigned t = 1; t < size_; ++t) threads_.emplace_back([this, t] { member(t); });
+}
+
+ComputeTeam::~ComputeTeam() {
+  if (forked()) {
+    // The members do not exist in this process: nothing to join or detach. Their handles
+    // are left alone (destroying a joinable std::thread would terminate).
+    new std::vector<std::thread>(std::move(threads_));  // NOLINT: deliberately leaked
+    return;
+  }
+  stopping_ = true;
+  generation_.fetch_add(1, std::memory_order_release);
+  futex_wake(generation_);
+  for (auto& th : threads_) th.join();
+}
+
+std::uint32_t ComputeTeam::await_change(const std::atomic<std::uint32_t>& a, std::uint32_t old) const noexcept {
+  std::uint32_t now = a.load(std::memory_order_acquire);
+  if (now != old) return now;
+  if (spin_us_ > 0) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+    for (unsigned i = 1;; ++i) {
+      cpu_relax();
+      now = a.load(std::memory_order_acquire);
+      if (now != old) return now;
+      if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
+    }
+  }
+  for (;;) {
+    futex_wait(a, old);  // returns at once when `a` is no longer `old`
+    now = a.load(std::memory_order_acquire);
+    if (now != old) return now;
+  }
+}
+
+void ComputeTeam::run_step(Call call, void* ctx) {
+  call_ = call;
+  ctx_ = ctx;
+  remaining_.store(size_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);  // publishes call_ and ctx_
+  futex_wake(generation_);
+  call(ctx, 0, size_);
+  for (std::uint32_t left = remaining_.load(std::memory_order_acquire); left != 0;) left = await_change(remaining_, left);
+}
+
+void ComputeTeam::member(unsigned t) {
+  std::uint32_t seen = 0;  // not a load: the first step may have been posted before this thread ran
+  for (;;) {
+    seen = await_change(generation_, seen);
+    if (stopping_) return;
+    call_(ctx_, t, size_);
+    if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) futex_wake(remaining_);
+  }
+}
+
+}  // namespace xlshare
