@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
   EngineConfig config;
   config.pool_uri = uri;
   config.link_preset = "none";
+  config.placement = Placement::kCopy;  // cache 0 in copy: every tile verified at attach (the eager form)
   config.cache_bytes = 0;
   config.compute_threads = threads;
   try {

@@ -147,6 +147,9 @@ std::pair<std::vector<ChildReport>, std::vector<ChildMemory>> run_processes(
 EngineConfig base_config(const Setup& s) {
   EngineConfig c;
   c.pool_uri = s.uri;
+  // The near-cache path (a GPU's) unless a row says in place: the default on this host
+  // backend would be in place.
+  c.placement = Placement::kCopy;
   c.link_preset = "cxl-x8";
   c.cache_bytes = s.model_bytes / 4;
   c.max_context = 1024;

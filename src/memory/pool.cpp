@@ -777,8 +777,11 @@ std::string header_problem(const pf::Header& h, std::uint64_t backend_bytes,
                 : "bad magic: this is not an xlshare pool";
   }
   if (h.version != Pool::kFormatVersion) {
-    return fmt::format("format version {}; this build reads version {}", h.version,
-                       Pool::kFormatVersion);
+    // An older xlshare's pool is still ours (its magic says so): it cannot be attached, but
+    // `pool rm --force` may remove it. An unknown version is not ours to touch.
+    if (h.version >= 1 && h.version < Pool::kFormatVersion) *foreign = false;
+    return fmt::format("format version {}{}; this build reads version {}", h.version,
+                       *foreign ? "" : " (an older xlshare's: load the model into a new pool)", Pool::kFormatVersion);
   }
   *foreign = false;
   if (h.header_struct_bytes != sizeof(pf::Header) || h.header_checksum != header_checksum(h)) {

@@ -203,6 +203,35 @@ TEST_F(InPlace, MatchesLlamaCppOnTheOracle) {
   EXPECT_EQ(outputs[0].size(), 8u);
 }
 
+// --- the default placement ----------------------------------------------------------------
+
+TEST_F(InPlace, IsTheDefaultOnAHostBackendAndCopyWithAPolicyOfYourOwn) {
+  EngineConfig c = config();
+  c.placement.reset();
+  {
+    InferenceEngine engine(c);
+    engine.attach_model("m");
+    EXPECT_EQ(run(engine).tokens, want_.tokens);
+    EXPECT_EQ(engine.stats().workers[0].placement, "in-place");
+  }
+  c.cache_bytes = model_bytes_ / 2;
+  c.prefetch_policy = [] { return std::make_unique<LookaheadPolicy>(1); };
+  {
+    InferenceEngine engine(c);
+    engine.attach_model("m");
+    EXPECT_EQ(run(engine).tokens, want_.tokens);
+    EXPECT_EQ(engine.stats().workers[0].placement, "copy") << "a PrefetchPolicy steers the copy path";
+  }
+  c.placement = Placement::kInPlace;
+  InferenceEngine engine(c);
+  try {
+    engine.attach_model("m");
+    ADD_FAILURE() << "a PrefetchPolicy was silently ignored in place";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("kCopy"), std::string::npos) << e.what();
+  }
+}
+
 // --- faults ------------------------------------------------------------------------------
 
 TEST_F(InPlace, AFlippedWeightFailsOverToTheReplicaOnFirstUse) {

@@ -244,6 +244,24 @@ TEST_F(PoolTest, RefusesAnotherFormatVersion) {
   expect_attach_refused("format version 99");
 }
 
+TEST_F(PoolTest, AnOlderFormatIsRefusedButRemovableWithForce) {
+  { auto pool = create(); }
+  auto h = read_header();
+  h.version = Pool::kFormatVersion - 1;
+  h.header_checksum = checksum64(&h, offsetof(pf::Header, header_checksum));
+  poke(0, &h, sizeof h);
+  expect_attach_refused("an older xlshare's");
+  try {
+    remove_pool(uri_);
+    ADD_FAILURE() << "removed without --force";
+  } catch (const PoolError& e) {
+    EXPECT_NE(std::string(e.what()).find("--force"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(backend_exists(uri_));
+  remove_pool(uri_, /*force=*/true);  // ours (the magic says so), unlike version 99 above
+  EXPECT_FALSE(backend_exists(uri_));
+}
+
 TEST_F(PoolTest, RefusesATruncatedBackingFile) {
   { auto pool = create(); write_model(*pool, "m", 2); }
   std::filesystem::resize_file(path_, kPoolBytes / 2);
