@@ -111,47 +111,69 @@ void VerifiedMapping::switch_or_fail_locked(std::size_t index, Source from, Reas
   epoch_.fetch_add(1, std::memory_order_acq_rel);
 }
 
+void VerifiedMapping::verify_tile(std::size_t index, std::size_t tile) {
+  Entry& e = entries_[index];
+  try {
+    const std::uint64_t t0 = now_ns();
+    const auto from = static_cast<Source>(e.source.load(std::memory_order_acquire));
+    const std::span<const std::byte> copy = from == Source::kReplica ? e.replica : e.primary;
+    const std::uint64_t at = tile * e.tile_bytes, n = std::min(e.tile_bytes, copy.size() - at);
+    const bool ok = from == Source::kFailed || checksum64(copy.subspan(at, n)) == e.tile_sums[tile];
+    verify_bytes_.fetch_add(n, std::memory_order_relaxed);
+    {
+      std::lock_guard lock(mu_);
+      if (!ok) {
+        // The copy changed since the model was sealed: the replica's, or nothing.
+        mismatches_.fetch_add(1, std::memory_order_relaxed);
+        switch_or_fail_locked(index, from, [&](bool replica_checked) {
+          const Pool& pool = from == Source::kPrimary ? primary_ : *replica_;
+          return fmt::format("{}: tensor '{}' of model '{}' does not match its checksum{}", pool.uri(),
+                             view_->tensors()[index].name, view_->name(),
+                             replica_checked ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
+                             : replica_ == nullptr ? std::string(" (no replica configured)")
+                                                   : fmt::format(" (the primary's copy in {} failed before)",
+                                                                 primary_.uri()));
+        });
+      }
+      tile_done_locked(e, tile);
+    }
+    verified_cv_.notify_all();
+    verify_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+  } catch (...) {
+    // Out of memory formatting a reason: the tile is unverified again, and whoever waits
+    // for it takes it over instead of waiting for ever.
+    {
+      std::lock_guard lock(mu_);
+      std::uint8_t verifying = kVerifying;
+      e.tiles[tile].compare_exchange_strong(verifying, kUnverified, std::memory_order_acq_rel);
+    }
+    verified_cv_.notify_all();
+    throw;
+  }
+}
+
 void VerifiedMapping::ensure_verified(std::size_t index, std::uint64_t offset, std::uint64_t bytes) {
   if (index >= entries_.size()) throw_failed(index);
   Entry& e = entries_[index];
   if (e.verified.load(std::memory_order_acquire) != kVerified) {
     const std::uint64_t size = e.primary.size();
-    const std::size_t first = static_cast<std::size_t>(std::min(offset, size) / e.tile_bytes);
-    const std::uint64_t end = bytes > size - std::min(offset, size) ? size : offset + bytes;
+    const std::uint64_t begin = std::min(offset, size);
+    const std::uint64_t end = bytes > size - begin ? size : begin + bytes;
+    const std::size_t first = static_cast<std::size_t>(begin / e.tile_bytes);
     const std::size_t last = static_cast<std::size_t>((end + e.tile_bytes - 1) / e.tile_bytes);
     for (std::size_t tile = first; tile < last; ++tile) {
-      std::uint8_t state = e.tiles[tile].load(std::memory_order_acquire);
-      if (state == kVerified) continue;
-      if (state == kUnverified && e.tiles[tile].compare_exchange_strong(state, kVerifying, std::memory_order_acq_rel)) {
-        const std::uint64_t t0 = now_ns();
-        const auto from = static_cast<Source>(e.source.load(std::memory_order_acquire));
-        const std::span<const std::byte> copy = from == Source::kReplica ? e.replica : e.primary;
-        const std::uint64_t at = tile * e.tile_bytes, n = std::min(e.tile_bytes, size - at);
-        const bool ok = from == Source::kFailed || checksum64(copy.subspan(at, n)) == e.tile_sums[tile];
-        verify_bytes_.fetch_add(n, std::memory_order_relaxed);
-        {
-          std::lock_guard lock(mu_);
-          if (!ok) {
-            // The copy changed since the model was sealed: the replica's, or nothing.
-            mismatches_.fetch_add(1, std::memory_order_relaxed);
-            switch_or_fail_locked(index, from, [&](bool replica_checked) {
-              const Pool& pool = from == Source::kPrimary ? primary_ : *replica_;
-              return fmt::format("{}: tensor '{}' of model '{}' does not match its checksum{}", pool.uri(),
-                                 view_->tensors()[index].name, view_->name(),
-                                 replica_checked ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
-                                 : replica_ == nullptr ? std::string(" (no replica configured)")
-                                                       : fmt::format(" (the primary's copy in {} failed before)",
-                                                                     primary_.uri()));
-            });
-          }
-          tile_done_locked(e, tile);
+      for (;;) {
+        std::uint8_t state = e.tiles[tile].load(std::memory_order_acquire);
+        if (state == kVerified) break;
+        if (state == kUnverified &&
+            e.tiles[tile].compare_exchange_strong(state, kVerifying, std::memory_order_acq_rel)) {
+          verify_tile(index, tile);
+          break;
         }
-        verified_cv_.notify_all();
-        verify_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
-      } else {
-        // Another thread is verifying it (the verifier ahead of compute): wait for it.
+        // Another thread is verifying it (the verifier ahead of compute): wait for it, and
+        // take it over if that thread gave up (it threw).
         std::unique_lock lock(mu_);
-        verified_cv_.wait(lock, [&] { return e.tiles[tile].load(std::memory_order_acquire) == kVerified; });
+        verified_cv_.wait(lock, [&] { return e.tiles[tile].load(std::memory_order_acquire) != kVerifying; });
       }
     }
   }

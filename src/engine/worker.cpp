@@ -247,13 +247,16 @@ class Worker::InPlaceWeights final : public WeightProvider {
     check_readable(index);
     const std::uint64_t complete = reserve(index, info.size_bytes);
     if (pacer_) (void)pacer_->wait_until(complete);  // a background copy: not compute's stall
-    std::span<const std::byte> bytes;
-    if (!mapping_.bytes(index, bytes)) return;
+    // The copy read from, fixed once: a mismatch is reported against it, not against a
+    // source the Scrubber may have switched to meanwhile.
+    const VerifiedMapping::Source from = mapping_.source(index);
+    if (from == VerifiedMapping::Source::kFailed) return;
+    const std::span<const std::byte> bytes = mapping_.copy(index, from);
     Tensor& t = tensors_[index];
     Mapping local = allocate_local(bytes.size());
     std::memcpy(local.data(), bytes.data(), bytes.size());
     if (checksum64(std::span<const std::byte>(local.data(), local.size_bytes())) != info.checksum) {
-      mapping_.report_mismatch(index, mapping_.source(index));
+      mapping_.report_mismatch(index, from);
       return;
     }
     t.hot = std::move(local);

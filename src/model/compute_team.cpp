@@ -7,6 +7,9 @@
 #include <pthread.h>
 
 #include <chrono>
+#include <exception>
+#include <mutex>
+#include <utility>
 #include <climits>
 
 #if defined(__x86_64__)
@@ -47,7 +50,19 @@ ComputeTeam::ComputeTeam(unsigned threads, std::uint32_t spin_us)
     : size_(threads == 0 ? 1 : threads), spin_us_(spin_us), fork_epoch_(g_fork_epoch.load(std::memory_order_relaxed)) {
   (void)g_fork_handler;
   threads_.reserve(size_ - 1);
-  for (unsigned t = 1; t < size_; ++t) threads_.emplace_back([this, t] { member(t); });
+  try {
+    for (unsigned t = 1; t < size_; ++t) threads_.emplace_back([this, t] { member(t); });
+  } catch (...) {
+    stop_members();  // those started: a joinable std::thread must not be destroyed
+    throw;
+  }
+}
+
+void ComputeTeam::stop_members() noexcept {
+  stopping_ = true;
+  generation_.fetch_add(1, std::memory_order_release);
+  futex_wake(generation_);
+  for (auto& th : threads_) th.join();
 }
 
 ComputeTeam::~ComputeTeam() {
@@ -57,10 +72,7 @@ ComputeTeam::~ComputeTeam() {
     new std::vector<std::thread>(std::move(threads_));  // NOLINT: deliberately leaked
     return;
   }
-  stopping_ = true;
-  generation_.fetch_add(1, std::memory_order_release);
-  futex_wake(generation_);
-  for (auto& th : threads_) th.join();
+  stop_members();
 }
 
 std::uint32_t ComputeTeam::await_change(const std::atomic<std::uint32_t>& a, std::uint32_t old) const noexcept {
@@ -88,8 +100,18 @@ void ComputeTeam::run_step(Call call, void* ctx) {
   remaining_.store(size_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);  // publishes call_ and ctx_
   futex_wake(generation_);
-  call(ctx, 0, size_);
+  // The members use the caller's frame: wait for them even when this share throws, then
+  // pass on the first exception (a member's too).
+  std::exception_ptr error;
+  try {
+    call(ctx, 0, size_);
+  } catch (...) {
+    error = std::current_exception();
+  }
   for (std::uint32_t left = remaining_.load(std::memory_order_acquire); left != 0;) left = await_change(remaining_, left);
+  if (!error) error = std::exchange(member_error_, nullptr);
+  member_error_ = nullptr;
+  if (error) std::rethrow_exception(error);
 }
 
 void ComputeTeam::member(unsigned t) {
@@ -97,7 +119,12 @@ void ComputeTeam::member(unsigned t) {
   for (;;) {
     seen = await_change(generation_, seen);
     if (stopping_) return;
-    call_(ctx_, t, size_);
+    try {
+      call_(ctx_, t, size_);
+    } catch (...) {
+      std::lock_guard lock(error_mu_);
+      if (!member_error_) member_error_ = std::current_exception();
+    }
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) futex_wake(remaining_);
   }
 }

@@ -8,6 +8,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -22,8 +24,9 @@ class ComputeTeam {
 
   unsigned size() const noexcept { return size_; }
 
-  /// Runs fn(t, size()) for every member t; member 0 on the calling thread. `fn` must not
-  /// throw. One step at a time (the Executor runs one forward at a time).
+  /// Runs fn(t, size()) for every member t; member 0 on the calling thread, and returns when
+  /// every share is done. An exception from any share is rethrown here (the first one),
+  /// after all shares finished. One step at a time (the Executor runs one forward at a time).
   template <class F>
   void run(F&& fn) {
     if (size_ == 1 || forked()) {
@@ -46,6 +49,7 @@ class ComputeTeam {
  private:
   using Call = void (*)(void*, unsigned, unsigned);
   void run_step(Call call, void* ctx);
+  void stop_members() noexcept;
   bool forked() const noexcept;
   void member(unsigned t);
   // Waits until `a` differs from `old`: spins spin_us, then sleeps. Returns the new value.
@@ -58,6 +62,8 @@ class ComputeTeam {
   Call call_ = nullptr;
   void* ctx_ = nullptr;
   bool stopping_ = false;
+  std::mutex error_mu_;
+  std::exception_ptr member_error_;  // the first exception of a member's share this step
   unsigned fork_epoch_ = 0;  // fork()s seen when the members were started
   std::vector<std::thread> threads_;
 };

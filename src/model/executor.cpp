@@ -257,16 +257,26 @@ void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t co
     matmul(w.bytes(), d.dtype, rows, cols, x, n, y);
     return;
   }
-  // Piece p holds rows [p*R, ...): compute those columns of Y, then write them into place.
-  const std::size_t per = (rows + pieces - 1) / pieces;
+  // Pieces hold whole rows in order, as many as their bytes: compute those columns of Y,
+  // then write them into place.
+  const std::size_t rb = row_bytes(d.dtype, cols);
   std::vector<float>& part = buf_.piece;
-  for (std::size_t p = 0; p < pieces; ++p) {
-    const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
-    if (r0 >= r1) break;
+  std::size_t r0 = 0;
+  for (std::size_t p = 0; p < pieces && r0 < rows; ++p) {
     WeightHandle w = weights_.acquire_piece(index, p);
+    const std::size_t piece_rows = rb == 0 ? 0 : w.bytes().size() / rb;
+    if (piece_rows == 0 || piece_rows * rb != w.bytes().size() || piece_rows > rows - r0) {
+      throw ConfigError(fmt::format("tensor '{}': piece {} of {} holds {} bytes, not whole rows within its {} rows",
+                                    d.name, p, pieces, w.bytes().size(), rows));
+    }
+    const std::size_t r1 = r0 + piece_rows;
     sized(part, n * (r1 - r0));
     matmul(w.bytes(), d.dtype, r1 - r0, cols, x, n, part.data());
     for (std::size_t i = 0; i < n; ++i) std::copy_n(part.data() + i * (r1 - r0), r1 - r0, y + i * rows + r0);
+    r0 = r1;
+  }
+  if (r0 != rows) {
+    throw ConfigError(fmt::format("tensor '{}': its {} pieces hold {} of its {} rows", d.name, pieces, r0, rows));
   }
 }
 

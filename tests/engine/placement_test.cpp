@@ -362,6 +362,25 @@ TEST_F(WideVocab, InPlaceVerifiesAndScrubsOnlyTheEmbeddingTilesItReads) {
   EXPECT_EQ(w.scrub.bytes_scrubbed, w.scrub.verify_bytes);
 }
 
+TEST_F(WideVocab, CopyPiecesOfWholeTilesGiveTheResidentNumbers) {
+  // A cache of 1.5 MiB cuts the 1 MiB output head (16 tiles of 256 rows) into pieces of
+  // whole tiles: 1280, 1280, 1280 and 256 rows, not four equal quarters.
+  EngineConfig resident = config();
+  resident.placement = Placement::kCopy;
+  InferenceEngine reference(resident);
+  reference.attach_model("m");
+  const Output want = run(reference);
+  EngineConfig c = config();
+  c.placement = Placement::kCopy;
+  c.cache_bytes = 1536u << 10;
+  InferenceEngine engine(c);
+  engine.attach_model("m");
+  const Output got = run(engine);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.logits, want.logits);
+  EXPECT_GT(engine.stats().workers[0].transfers.completed, 0u);
+}
+
 TEST_F(WideVocab, ADamagedEmbeddingRowFailsOnlyTheRequestsThatReadIt) {
   std::vector<std::int32_t> want;
   {

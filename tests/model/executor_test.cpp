@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "model/compute_team.hpp"
@@ -59,6 +62,27 @@ TEST(ComputeTeam, EveryMemberRunsEveryStepOnceSpinningOrSleeping) {
       ASSERT_EQ(runs[0].load() + runs[1].load() + runs[2].load(), 3 * (step + 1)) << spin_us;
     }
   }
+}
+
+TEST(ComputeTeam, AShareThatThrowsIsRethrownAfterEveryShareFinished) {
+  ComputeTeam team(3, 0);
+  for (unsigned thrower : {0u, 2u}) {
+    std::atomic<int> finished{0};
+    try {
+      team.run([&](unsigned t, unsigned) {
+        if (t == thrower) throw ConfigError("share " + std::to_string(t));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        finished.fetch_add(1);
+      });
+      ADD_FAILURE() << "no exception";
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(std::string(e.what()), "share " + std::to_string(thrower));
+    }
+    EXPECT_EQ(finished.load(), 2) << "run returned while a share was still running";
+  }
+  std::atomic<int> runs{0};
+  team.run([&](unsigned, unsigned) { runs.fetch_add(1); });  // still usable
+  EXPECT_EQ(runs.load(), 3);
 }
 
 TEST(ComputeTeam, SplitsRowsAsAStaticSchedule) {

@@ -143,6 +143,9 @@ class VerifiedMapping {
     std::atomic<std::uint8_t> source{0};
     std::atomic<std::uint8_t> verified{kUnverified};  // every tile verified
   };
+  // Hashes tile `tile` of `index` (its state is kVerifying, set by the caller) and marks it
+  // verified, switching or failing the tensor on a mismatch.
+  void verify_tile(std::size_t index, std::size_t tile);
   // Tile `tile` of `e` verified: counts it, under mu_.
   void tile_done_locked(Entry& e, std::size_t tile);
   // Copy `from` of `index` failed a check: switch to the replica's copy when it verifies

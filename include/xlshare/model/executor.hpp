@@ -83,8 +83,10 @@ class WeightHandle {
 /// (exactly its size_bytes, as stored), valid while the handle lives; it may block, and
 /// throws to abort the forward pass. Optional:
 ///   * `piece_count(index)` / `acquire_piece(index, p)`: a large matrix may be handed out
-///     in P pieces of whole rows — piece p holds rows [p*R, min(rows, (p+1)*R)) with
-///     R = ceil(rows / P). Default: one piece, the whole tensor.
+///     in P pieces of whole rows, in order: piece p holds the rows after piece p-1's, as
+///     many as its bytes (pieces need not be equal; the cache's are whole tiles of the
+///     TensorTiling). Pieces that are not whole rows, or do not add up to the tensor, are a
+///     ConfigError. Default: one piece, the whole tensor.
 ///   * `read_rows(index, rows, dst)`: copy single rows (the token embedding lookup) as
 ///     float32. Default: acquire the tensor and convert the rows.
 ///   * `begin_step(s)` / `end_step(s)`: bracket the model's schedule steps.
