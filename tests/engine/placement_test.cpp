@@ -84,15 +84,7 @@ class InPlace : public ::testing::Test {
     return c;
   }
   // XORs one byte of the primary's backing object at `offset`.
-  void flip(std::uint64_t offset) {
-    const int fd = ::open(("/dev/shm/" + uri_.substr(6)).c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    unsigned char b = 0;
-    ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
-    b ^= 0x5a;
-    ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
-    ::close(fd);
-  }
+  void flip(std::uint64_t offset) { test::flip_byte(uri_, offset, 0x5a); }
   TensorInfo tensor(const std::string& name) { return Pool::attach(open_backend(uri_))->model("m")->at(name); }
 
   SyntheticModel model_ = placement_model();
@@ -398,15 +390,7 @@ TEST_F(WideVocab, ADamagedEmbeddingRowFailsOnlyTheRequestsThatReadIt) {
   ASSERT_LT(tile, 16u);
   const auto damaged = static_cast<std::int32_t>(tile * rows_per_tile + 10);
   const std::uint64_t at = embd_.offset_bytes + static_cast<std::uint64_t>(damaged) * embd_.row_bytes() + 5;
-  {
-    const int fd = ::open(("/dev/shm/" + uri_.substr(6)).c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    unsigned char b = 0;
-    ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(at)), 1);
-    b ^= 0x5a;
-    ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(at)), 1);
-    ::close(fd);
-  }
+  test::flip_byte(uri_, at, 0x5a);
   InferenceEngine engine(config());
   engine.attach_model("m");
   EXPECT_EQ(engine.generate(prompt_, 3), want);

@@ -98,14 +98,9 @@ TEST(ComputeTeam, SplitsRowsAsAStaticSchedule) {
 TEST(ComputeTeam, SleepingOrSpinningAndAForkedChildGiveTheSameNumbers) {
   const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 5);
   const auto tokens = test::some_tokens(256, 6, 2);
-  std::vector<TensorDesc> descs;
-  std::vector<std::span<const std::byte>> spans;
-  for (std::size_t i = 0; i < m.specs.size(); ++i) {
-    descs.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
-    spans.push_back(std::as_bytes(std::span(m.data[i])));
-  }
-  LlamaModel model(m.config, descs);
-  SpanWeights weights(spans);
+  test::InMemoryModel in_memory(m);
+  const LlamaModel& model = in_memory.model;
+  SpanWeights& weights = in_memory.weights;
   const auto run = [&](Executor& ex) {
     KvCache kv(m.config, 64);
     std::vector<float> logits;
@@ -135,14 +130,9 @@ TEST(Executor, TiedEmbeddingsUseTheTokenEmbedding) {
 
 TEST(Executor, RefusesTokensOutsideTheVocabularyAndAFullKvCache) {
   const auto m = make_synthetic_llama(test::small_config(64, 1, 4, 2, 160, 256), 1);
-  std::vector<TensorDesc> descs;
-  std::vector<std::span<const std::byte>> spans;
-  for (std::size_t i = 0; i < m.specs.size(); ++i) {
-    descs.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
-    spans.push_back(std::as_bytes(std::span(m.data[i])));
-  }
-  LlamaModel model(m.config, descs);
-  SpanWeights weights(spans);
+  test::InMemoryModel in_memory(m);
+  const LlamaModel& model = in_memory.model;
+  SpanWeights& weights = in_memory.weights;
   Executor ex(model, weights);
   KvCache kv(m.config, 4);
   std::vector<float> logits;
@@ -271,14 +261,9 @@ namespace {
 
 TEST(Executor, ABatchEqualsEachSequenceAlone) {
   const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 21);
-  std::vector<TensorDesc> descs;
-  std::vector<std::span<const std::byte>> spans;
-  for (std::size_t i = 0; i < m.specs.size(); ++i) {
-    descs.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
-    spans.push_back(std::as_bytes(std::span(m.data[i])));
-  }
-  LlamaModel model(m.config, descs);
-  SpanWeights weights(spans);
+  test::InMemoryModel in_memory(m);
+  const LlamaModel& model = in_memory.model;
+  SpanWeights& weights = in_memory.weights;
   Executor ex(model, weights, ExecutorOptions{2});
   const std::vector<std::vector<std::int32_t>> prompts = {test::some_tokens(256, 5, 1), test::some_tokens(256, 9, 2),
                                                           test::some_tokens(256, 1, 3)};

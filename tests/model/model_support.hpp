@@ -31,18 +31,30 @@ inline LlamaConfig small_config(std::uint32_t dim, std::uint32_t layers, std::ui
   return c;
 }
 
+// A synthetic model held in memory (F32) as an Executor takes it; `m` must outlive it.
+struct InMemoryModel {
+  explicit InMemoryModel(const SyntheticModel& m) : model(m.config, descs(m)), weights(spans(m)) {}
+  static std::vector<TensorDesc> descs(const SyntheticModel& m) {
+    std::vector<TensorDesc> out;
+    for (std::size_t i = 0; i < m.specs.size(); ++i) {
+      out.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
+    }
+    return out;
+  }
+  static std::vector<std::span<const std::byte>> spans(const SyntheticModel& m) {
+    std::vector<std::span<const std::byte>> out;
+    for (const auto& d : m.data) out.push_back(std::as_bytes(std::span(d)));
+    return out;
+  }
+  LlamaModel model;
+  SpanWeights weights;
+};
+
 // Runs a synthetic model held in memory (F32) on `tokens`; returns every position's logits.
 inline std::vector<float> run_in_memory(const SyntheticModel& m, const std::vector<std::int32_t>& tokens,
                                         bool one_at_a_time = false, unsigned threads = 1) {
-  std::vector<TensorDesc> descs;
-  std::vector<std::span<const std::byte>> spans;
-  for (std::size_t i = 0; i < m.specs.size(); ++i) {
-    descs.push_back({m.specs[i].name, DType::kF32, m.specs[i].shape, m.data[i].size() * 4});
-    spans.push_back(std::as_bytes(std::span(m.data[i])));
-  }
-  LlamaModel model(m.config, descs);
-  SpanWeights weights(spans);
-  Executor ex(model, weights, ExecutorOptions{threads});
+  InMemoryModel in_memory(m);
+  Executor ex(in_memory.model, in_memory.weights, ExecutorOptions{threads});
   KvCache kv(m.config, 256);
   std::vector<float> all, logits;
   if (one_at_a_time) {

@@ -19,18 +19,7 @@ namespace {
 // Big enough that a small cache splits the token embedding (1024 x 64 f32: 256 KiB) into pieces.
 SyntheticModel verify_model(std::uint64_t seed = 7) { return create_sample_transformer_model(64, 4, 4, 2, 160, 1024, seed); }
 
-// XORs `mask` into the byte at `offset` of shm://NAME's backing file, /dev/shm/NAME, as a
-// stray writer or a failing device would: every mapping of the pool sees it.
-void flip_byte(const std::string& uri, std::uint64_t offset, std::uint8_t mask) {
-  const std::string path = "/dev/shm/" + uri.substr(std::string("shm://").size());
-  const int fd = ::open(path.c_str(), O_RDWR);
-  ASSERT_GE(fd, 0) << path;
-  unsigned char b = 0;
-  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
-  b ^= mask;
-  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
-  ::close(fd);
-}
+using test::flip_byte;
 
 class ReadVerification : public ::testing::Test {
  protected:

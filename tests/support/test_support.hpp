@@ -1,6 +1,8 @@
 // Helpers shared by the tests: unique names, temporary directories, child processes.
 #pragma once
 
+#include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -107,5 +109,18 @@ class Signal {
  private:
   int fds_[2];
 };
+
+/// XORs `mask` into the byte at `offset` of shm://NAME's backing file, /dev/shm/NAME, as a
+/// stray writer or a failing device would: every mapping of the pool sees it.
+inline void flip_byte(const std::string& uri, std::uint64_t offset, std::uint8_t mask) {
+  const std::string path = "/dev/shm/" + uri.substr(std::string("shm://").size());
+  const int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << path;
+  unsigned char b = 0;
+  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  b ^= mask;
+  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  ::close(fd);
+}
 
 }  // namespace xlshare::test
