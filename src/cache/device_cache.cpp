@@ -109,7 +109,7 @@ void DeviceCache::evict_locked(TensorKey key) noexcept {
   policy_->on_remove(key);
 }
 
-std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse) {
+std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool prefetch, bool may_refuse) {
   for (;;) {
     if (bytes_resident_ + bytes_in_flight_ + bytes <= budget_bytes_) {
       if (auto offset = ExtentAllocator(table()).allocate(bytes)) return arena_ + *offset;
@@ -120,7 +120,7 @@ std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, boo
       const Entry& e = entries_[k];
       // A prefetch never pushes out another prefetch that compute has not used yet: that
       // would throw away link time already spent on something that is about to be needed.
-      if (e.state == EntryState::kResident && e.pins == 0 && !(may_refuse && e.prefetched_unused)) {
+      if (e.state == EntryState::kResident && e.pins == 0 && !(prefetch && e.prefetched_unused)) {
         candidates_.push_back(k);
       }
     }
@@ -145,7 +145,7 @@ std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, Fetc
   if (e.state != EntryState::kAbsent) return std::nullopt;
   std::byte* buffer = nullptr;
   if (kind == FetchKind::kPrefetch) {
-    buffer = make_room_locked(key, bytes, /*may_refuse=*/true);
+    buffer = make_room_locked(key, bytes, /*prefetch=*/true, /*may_refuse=*/true);
     if (buffer == nullptr) {
       ++stats_.prefetches_refused;
       return std::nullopt;
@@ -153,7 +153,10 @@ std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, Fetc
   } else {
     const std::uint64_t t0 = now_ns();
     bool waited = false;
-    while ((buffer = make_room_locked(key, bytes, /*may_refuse=*/false)) == nullptr) {
+    // Compute may be refused while other fetches are in flight: it waits for them to land
+    // (they make candidates) rather than give up what the policy means to keep.
+    while ((buffer = make_room_locked(key, bytes, /*prefetch=*/false, /*may_refuse=*/bytes_in_flight_ > 0)) ==
+           nullptr) {
       waited = true;
       changed_.wait(lock);
       if (e.state != EntryState::kAbsent) {  // another thread fetched it meanwhile

@@ -129,12 +129,47 @@ std::optional<std::size_t> ScheduleAwarePolicy::do_choose_victim(
   return best;
 }
 
-std::unique_ptr<EvictionPolicy> make_eviction_policy(std::string_view name,
-                                                     std::vector<TensorKey> trace, bool cyclic) {
+// --- fixed set ---------------------------------------------------------------------------
+
+FixedSetPolicy::FixedSetPolicy(std::span<const TensorKey> keep) {
+  for (TensorKey k : keep) {
+    if (k >= keep_.size()) keep_.resize(std::size_t{k} + 1, false);
+    keep_[k] = true;
+  }
+}
+
+void FixedSetPolicy::touch(TensorKey key) {
+  if (key >= last_use_.size()) last_use_.resize(std::size_t{key} + 1, 0);
+  last_use_[key] = ++clock_;
+}
+
+std::optional<std::size_t> FixedSetPolicy::do_choose_victim(std::span<const TensorKey> candidates,
+                                                            TensorKey, bool may_refuse) {
+  // The least recently used key outside the set; a kept one only for compute, and only
+  // when every candidate is kept.
+  std::optional<std::size_t> best, best_kept;
+  std::uint64_t oldest = UINT64_MAX, oldest_kept = UINT64_MAX;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const TensorKey k = candidates[i];
+    const std::uint64_t t = k < last_use_.size() ? last_use_[k] : 0;
+    if (kept(k)) {
+      if (t < oldest_kept) oldest_kept = t, best_kept = i;
+    } else if (t < oldest) {
+      oldest = t, best = i;
+    }
+  }
+  if (best) return best;
+  if (may_refuse) return std::nullopt;
+  return best_kept;
+}
+
+std::unique_ptr<EvictionPolicy> make_eviction_policy(std::string_view name, std::vector<TensorKey> trace,
+                                                     bool cyclic, std::span<const TensorKey> keep) {
   if (name == "lru") return std::make_unique<LruPolicy>();
   if (name == "fifo") return std::make_unique<FifoPolicy>();
   if (name == "schedule") return std::make_unique<ScheduleAwarePolicy>(std::move(trace), cyclic);
-  throw ConfigError(fmt::format("unknown eviction policy '{}'; known: lru, fifo, schedule", name));
+  if (name == "fixed") return std::make_unique<FixedSetPolicy>(keep);
+  throw ConfigError(fmt::format("unknown eviction policy '{}'; known: lru, fifo, schedule, fixed", name));
 }
 
 }  // namespace xlshare

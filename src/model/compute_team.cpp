@@ -51,7 +51,7 @@ ComputeTeam::ComputeTeam(unsigned threads, std::uint32_t spin_us)
   (void)g_fork_handler;
   threads_.reserve(size_ - 1);
   try {
-    for (unsigned t = 1; t < size_; ++t) threads_.emplace_back([this, t] { member(t); });
+    for (unsigned t = 1; t < size_; ++t) threads_.emplace_back([this] { member(); });
   } catch (...) {
     stop_members();  // those started: a joinable std::thread must not be destroyed
     throw;
@@ -94,38 +94,52 @@ std::uint32_t ComputeTeam::await_change(const std::atomic<std::uint32_t>& a, std
   }
 }
 
+void ComputeTeam::run_shares(std::uint32_t generation) noexcept {
+  // A claim is a compare-and-swap on (generation, count): a member that wakes late, after
+  // its step ended, claims nothing of the next one (its generation differs), and one that
+  // holds a claim keeps the step's call_ and ctx_ alive (the caller waits for remaining_).
+  std::uint64_t c = claims_.load(std::memory_order_acquire);
+  for (;;) {
+    if (c >> 32 != generation || (c & 0xffffffffu) >= size_) return;
+    if (!claims_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    const auto t = static_cast<unsigned>(c & 0xffffffffu);
+    try {
+      call_(ctx_, t, size_);
+    } catch (...) {
+      std::lock_guard lock(error_mu_);  // before the share counts as finished
+      if (!error_) error_ = std::current_exception();
+    }
+    if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) futex_wake(remaining_);
+    c = claims_.load(std::memory_order_acquire);
+  }
+}
+
 void ComputeTeam::run_step(Call call, void* ctx) {
   call_ = call;
   ctx_ = ctx;
-  remaining_.store(size_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);  // publishes call_ and ctx_
+  remaining_.store(size_, std::memory_order_relaxed);
+  const std::uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
+  claims_.store(std::uint64_t{generation} << 32, std::memory_order_release);  // publishes call_ and ctx_
+  generation_.store(generation, std::memory_order_release);
   futex_wake(generation_);
-  // The members use the caller's frame: wait for them even when this share throws, then
-  // pass on the first exception (a member's too).
-  std::exception_ptr error;
-  try {
-    call(ctx, 0, size_);
-  } catch (...) {
-    error = std::current_exception();
-  }
+  // The shares use the caller's frame: wait for all of them even when one throws, then
+  // pass on the first exception.
+  run_shares(generation);
   for (std::uint32_t left = remaining_.load(std::memory_order_acquire); left != 0;) left = await_change(remaining_, left);
-  if (!error) error = std::exchange(member_error_, nullptr);
-  member_error_ = nullptr;
+  std::exception_ptr error;
+  {
+    std::lock_guard lock(error_mu_);
+    error = std::exchange(error_, nullptr);
+  }
   if (error) std::rethrow_exception(error);
 }
 
-void ComputeTeam::member(unsigned t) {
+void ComputeTeam::member() {
   std::uint32_t seen = 0;  // not a load: the first step may have been posted before this thread ran
   for (;;) {
     seen = await_change(generation_, seen);
     if (stopping_) return;
-    try {
-      call_(ctx_, t, size_);
-    } catch (...) {
-      std::lock_guard lock(error_mu_);
-      if (!member_error_) member_error_ = std::current_exception();
-    }
-    if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) futex_wake(remaining_);
+    run_shares(seen);
   }
 }
 

@@ -1,9 +1,12 @@
 // ComputeTeam: the Executor's own compute threads (instead of OpenMP's). Each parallel step
-// runs fn(t, n) on every member t of n, the caller being member 0, and returns when all are
-// done. Between steps an idle member spins for `spin_us` and then sleeps on a futex:
-// spinning starts back-to-back steps at once (decode runs ~100 steps
-// a token), sleeping gives the cores to whoever else needs them — the copy placement's
-// transfer threads, which OpenMP's spinning barriers starved (measured: docs/results.md).
+// runs fn(t, n) for every share t of n and returns when all are done. The splits are
+// fixed (share t is always the same rows), but a share runs on whichever team thread
+// claims it first, the caller included: a member the OS has not scheduled yet (the copy
+// placement's transfer threads share the cores) does not hold up the step, the caller
+// runs its share too. Between steps an idle member spins for `spin_us` and then sleeps on
+// a futex: spinning starts back-to-back steps at once (decode runs ~100 steps a token),
+// sleeping gives the cores to whoever else needs them — the transfer threads, which
+// OpenMP's spinning barriers starved (measured: docs/results.md).
 #pragma once
 
 #include <atomic>
@@ -24,9 +27,10 @@ class ComputeTeam {
 
   unsigned size() const noexcept { return size_; }
 
-  /// Runs fn(t, size()) for every member t; member 0 on the calling thread, and returns when
-  /// every share is done. An exception from any share is rethrown here (the first one),
-  /// after all shares finished. One step at a time (the Executor runs one forward at a time).
+  /// Runs fn(t, size()) for every share t, each once, on whichever team thread claims it
+  /// (so scratch must be per thread or per share, never per member), and returns when every
+  /// share is done. An exception from any share is rethrown here (the first one), after
+  /// all shares finished. One step at a time (the Executor runs one forward at a time).
   template <class F>
   void run(F&& fn) {
     if (size_ == 1 || forked()) {
@@ -51,19 +55,23 @@ class ComputeTeam {
   void run_step(Call call, void* ctx);
   void stop_members() noexcept;
   bool forked() const noexcept;
-  void member(unsigned t);
+  void member();
+  // Claims and runs shares of step `generation` until none is left; the first exception
+  // of a share goes to error_.
+  void run_shares(std::uint32_t generation) noexcept;
   // Waits until `a` differs from `old`: spins spin_us, then sleeps. Returns the new value.
   std::uint32_t await_change(const std::atomic<std::uint32_t>& a, std::uint32_t old) const noexcept;
 
   const unsigned size_;
   const std::uint32_t spin_us_;
-  std::atomic<std::uint32_t> generation_{0};  // bumped per step (and to stop)
-  std::atomic<std::uint32_t> remaining_{0};   // members still running the step
+  std::atomic<std::uint32_t> generation_{0};  // bumped per step (and to stop): the futex word
+  std::atomic<std::uint64_t> claims_{0};      // the step's generation << 32 | shares claimed
+  std::atomic<std::uint32_t> remaining_{0};   // shares of the step not yet finished
   Call call_ = nullptr;
   void* ctx_ = nullptr;
   bool stopping_ = false;
   std::mutex error_mu_;
-  std::exception_ptr member_error_;  // the first exception of a member's share this step
+  std::exception_ptr error_;  // the first exception of a share this step
   unsigned fork_epoch_ = 0;  // fork()s seen when the members were started
   std::vector<std::thread> threads_;
 };

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <map>
 
@@ -28,6 +29,40 @@ std::vector<TensorKey> Schedule::trace() const {
   std::vector<TensorKey> t;
   for (const auto& s : steps_) t.insert(t.end(), s.keys.begin(), s.keys.end());
   return t;
+}
+
+std::vector<TensorKey> Schedule::fixed_set(std::span<const std::uint64_t> key_bytes, std::uint64_t bytes) const {
+  // Each key counts once, in the first step that uses it.
+  std::vector<bool> seen(key_bytes.size(), false);
+  std::vector<std::vector<TensorKey>> outside(steps_.size());  // by step: largest first
+  std::vector<std::uint64_t> outside_bytes(steps_.size(), 0);
+  for (std::size_t s = 0; s < steps_.size(); ++s) {
+    for (TensorKey k : steps_[s].keys) {
+      if (k >= key_bytes.size() || seen[k]) continue;
+      seen[k] = true;
+      outside[s].push_back(k);
+      outside_bytes[s] += key_bytes[k];
+    }
+    std::stable_sort(outside[s].begin(), outside[s].end(),
+                     [&](TensorKey a, TensorKey b) { return key_bytes[a] > key_bytes[b]; });
+  }
+  std::vector<TensorKey> set;
+  std::uint64_t left = bytes;
+  for (;;) {
+    std::size_t best = steps_.size();
+    for (std::size_t s = 0; s < steps_.size(); ++s) {
+      const bool fits = std::any_of(outside[s].begin(), outside[s].end(),
+                                    [&](TensorKey k) { return key_bytes[k] <= left; });
+      if (fits && (best == steps_.size() || outside_bytes[s] > outside_bytes[best])) best = s;
+    }
+    if (best == steps_.size()) return set;
+    auto& keys = outside[best];
+    const auto it = std::find_if(keys.begin(), keys.end(), [&](TensorKey k) { return key_bytes[k] <= left; });
+    set.push_back(*it);
+    left -= key_bytes[*it];
+    outside_bytes[best] -= key_bytes[*it];
+    keys.erase(it);
+  }
 }
 
 namespace {

@@ -1,5 +1,5 @@
 // Eviction policies through a real DeviceCache: LRU and FIFO orders, pins, and the
-// schedule-aware policy against a brute-force optimum.
+// schedule-aware and fixed-set policies against a brute-force optimum.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -183,10 +183,56 @@ TEST(ScheduleAwarePolicy, RefusesAPrefetchThatWouldEvictSomethingNeededSooner) {
   EXPECT_EQ(raw->stats().refusals, 1u);
 }
 
+TEST(FixedSetPolicy, OnACyclicTraceEveryPassHitsExactlyTheKeptKeysWithinOneOfOpt) {
+  for (std::size_t layers : {5u, 6u, 8u}) {
+    for (std::size_t capacity : {2u, 3u, 4u}) {
+      std::vector<TensorKey> cycle(layers);
+      for (std::size_t i = 0; i < layers; ++i) cycle[i] = static_cast<TensorKey>(i);
+      // Keep capacity - 1 keys (one slot streams the rest), spread over the cycle.
+      std::vector<TensorKey> keep;
+      for (std::size_t i = 0; i + 1 < capacity; ++i) keep.push_back(static_cast<TensorKey>(i * 2));
+      SimCache c(layers, capacity, std::make_unique<FixedSetPolicy>(keep));
+      EXPECT_EQ(c.run(cycle), 0) << "the first pass brings everything in";
+      for (int pass = 0; pass < 3; ++pass) {
+        EXPECT_EQ(c.run(cycle), static_cast<int>(keep.size())) << layers << "/" << capacity << " pass " << pass;
+        for (TensorKey k : keep) EXPECT_EQ(c.cache().state(k), EntryState::kResident) << k;
+      }
+      // OPT, which may change its set as it goes, gets at most one hit more per pass.
+      const int passes = 4;
+      std::vector<TensorKey> trace;
+      for (int r = 0; r < passes; ++r) trace.insert(trace.end(), cycle.begin(), cycle.end());
+      SimCache again(layers, capacity, std::make_unique<FixedSetPolicy>(keep));
+      const int hits = again.run(trace), opt = brute_force_opt(trace, capacity);
+      EXPECT_LE(hits, opt);
+      EXPECT_GE(hits, opt - (passes - 1)) << layers << "/" << capacity;
+    }
+  }
+}
+
+TEST(FixedSetPolicy, APrefetchNeverEvictsAKeptKeyButComputeMayWhenNothingElseCanGo) {
+  auto policy = std::make_unique<FixedSetPolicy>(std::vector<TensorKey>{0, 1});
+  auto* raw = policy.get();
+  EXPECT_TRUE(raw->kept(0) && raw->kept(1));
+  EXPECT_FALSE(raw->kept(2) || raw->kept(100));
+  SimCache c(5, 2, std::move(policy));
+  c.run({0, 1});
+  EXPECT_FALSE(c.cache().begin_fetch(2, FetchKind::kPrefetch)) << "only kept keys could make room";
+  EXPECT_EQ(raw->stats().refusals, 1u);
+  EXPECT_EQ(c.resident(), (std::set<TensorKey>{0, 1}));
+  c.run({0, 2});  // compute: 1 (the least recently used kept key) goes
+  EXPECT_EQ(c.resident(), (std::set<TensorKey>{0, 2}));
+  c.access(1);  // back: 2 goes, being outside the set, though 0 is older
+  EXPECT_EQ(c.resident(), (std::set<TensorKey>{0, 1}));
+}
+
 TEST(EvictionPolicy, SelectableByName) {
   EXPECT_EQ(make_eviction_policy("lru")->name(), "lru");
   EXPECT_EQ(make_eviction_policy("fifo")->name(), "fifo");
   EXPECT_EQ(make_eviction_policy("schedule", {0, 1})->name(), "schedule");
+  EXPECT_EQ(make_eviction_policy("fixed")->name(), "fixed");
+  const TensorKey keep[] = {3};
+  auto fixed = make_eviction_policy("fixed", {}, true, keep);
+  EXPECT_TRUE(dynamic_cast<FixedSetPolicy&>(*fixed).kept(3));
   EXPECT_THROW(make_eviction_policy("random"), ConfigError);
   EXPECT_THROW(make_eviction_policy("schedule"), ConfigError);  // needs the schedule
 }

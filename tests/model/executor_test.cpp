@@ -1,6 +1,8 @@
 // The Eigen forward pass against a naive double reference, against itself (prefill vs
 // decode, GGUF vs safetensors, stored dtypes), and against llama.cpp (the shared oracle).
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,7 +51,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExecutorShapes,
 
 // --- ComputeTeam: the Executor's own threads ------------------------------------------
 
-TEST(ComputeTeam, EveryMemberRunsEveryStepOnceSpinningOrSleeping) {
+TEST(ComputeTeam, EveryShareRunsOnceEachStepSpinningOrSleeping) {
   for (std::uint32_t spin_us : {0u, 50u}) {
     ComputeTeam team(3, spin_us);
     std::vector<std::atomic<int>> runs(3);
@@ -83,6 +85,55 @@ TEST(ComputeTeam, AShareThatThrowsIsRethrownAfterEveryShareFinished) {
   std::atomic<int> runs{0};
   team.run([&](unsigned, unsigned) { runs.fetch_add(1); });  // still usable
   EXPECT_EQ(runs.load(), 3);
+}
+
+// A member held in a signal handler stands for one the OS has not scheduled (its core
+// busy with a transfer thread): the caller runs its share.
+std::atomic<bool> g_held{false}, g_release{false};
+void hold_here(int) {
+  g_held.store(true);
+  while (!g_release.load()) {
+  }
+}
+
+TEST(ComputeTeam, AMemberThatDoesNotRunDoesNotHoldUpTheStep) {
+  ComputeTeam team(2, 0);
+  // Find the member thread: share 0 waits until share 1 runs elsewhere (the caller holds 0).
+  std::atomic<bool> one_started{false};
+  pthread_t member{};
+  team.run([&](unsigned t, unsigned) {
+    if (t == 1) {
+      member = ::pthread_self();
+      one_started.store(true);
+    } else {
+      while (!one_started.load()) {
+      }
+    }
+  });
+  struct sigaction sa {}, old {};
+  sa.sa_handler = hold_here;
+  ASSERT_EQ(::sigaction(SIGUSR1, &sa, &old), 0);
+  g_held = false;
+  g_release = false;
+  ASSERT_EQ(::pthread_kill(member, SIGUSR1), 0);
+  while (!g_held.load()) std::this_thread::yield();
+  for (int step = 0; step < 100; ++step) {
+    std::vector<int> ran(2, 0);
+    std::vector<pthread_t> on(2);
+    team.run([&](unsigned t, unsigned n) {
+      EXPECT_EQ(n, 2u);
+      ++ran[t];
+      on[t] = ::pthread_self();
+    });
+    ASSERT_EQ(ran, (std::vector<int>{1, 1})) << step;
+    EXPECT_TRUE(::pthread_equal(on[0], ::pthread_self()) && ::pthread_equal(on[1], ::pthread_self()));
+  }
+  g_release = true;
+  // Back: the team goes on with both threads, each share once per step.
+  std::atomic<int> runs{0};
+  for (int step = 0; step < 100; ++step) team.run([&](unsigned, unsigned) { runs.fetch_add(1); });
+  EXPECT_EQ(runs.load(), 200);
+  ::sigaction(SIGUSR1, &old, nullptr);
 }
 
 TEST(ComputeTeam, SplitsRowsAsAStaticSchedule) {

@@ -1,6 +1,7 @@
 // The Prefetcher with built-in and user policies over a real pool and emulated link.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "support/pool_fixture.hpp"
@@ -179,6 +180,25 @@ TEST(Schedule, GroupsTransformerTensorsIntoSteps) {
   EXPECT_EQ(s.step(5).keys, (std::vector<TensorKey>{4, 5}));
   EXPECT_EQ(s.next(5), 0u);
   EXPECT_EQ(s.trace().size(), names.size());
+}
+
+TEST(Schedule, AFixedSetFitsItsBytesCountsEachKeyOnceAndEvensOutWhatStreams) {
+  // Step 0: keys 0 (40) and 1 (10); step 1: key 2 (30), key 0 again; step 2: keys 3, 4 (20 each).
+  const Schedule s({{"a", {0, 1}}, {"b", {2, 0}}, {"c", {3, 4}}});
+  const std::vector<std::uint64_t> bytes = {40, 10, 30, 20, 20};
+  EXPECT_TRUE(s.fixed_set(bytes, 0).empty());
+  EXPECT_TRUE(s.fixed_set(bytes, 9).empty()) << "nothing fits";
+  // 60: the heaviest step (c: 40, a: 50) first: a's 40, then c's 20 (c 40 > b 30 > a 10).
+  EXPECT_EQ(s.fixed_set(bytes, 60), (std::vector<TensorKey>{0, 3}));
+  // Everything fits: every key exactly once, key 0 counted in step a only.
+  auto all = s.fixed_set(bytes, 120);
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, (std::vector<TensorKey>{0, 1, 2, 3, 4}));
+  for (std::uint64_t budget = 0; budget <= 130; budget += 5) {
+    std::uint64_t sum = 0;
+    for (TensorKey k : s.fixed_set(bytes, budget)) sum += bytes[k];
+    EXPECT_LE(sum, budget);
+  }
 }
 
 }  // namespace

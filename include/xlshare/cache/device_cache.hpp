@@ -132,7 +132,7 @@ class DeviceCache {
   };
   // Evicts until `bytes` fit in the budget and in one arena hole; returns the buffer, or
   // nullptr when nothing (more) may be evicted.
-  std::byte* make_room_locked(TensorKey key, std::uint64_t bytes, bool may_refuse);
+  std::byte* make_room_locked(TensorKey key, std::uint64_t bytes, bool prefetch, bool may_refuse);
   void evict_locked(TensorKey key) noexcept;
   void release_buffer(TensorKey key) noexcept;
   ExtentTable& table() noexcept { return *reinterpret_cast<ExtentTable*>(table_storage_.data()); }

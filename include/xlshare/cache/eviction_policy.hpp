@@ -5,7 +5,8 @@
 //   * `do_choose_victim(candidates, incoming, may_refuse)` (required): the index in
 //     `candidates` of the entry to evict. `candidates` are the resident, unpinned entries,
 //     never empty. `incoming` is the key the room is for. When `may_refuse` is true (a
-//     prefetch asks, not compute) the policy may return nullopt to say "keeping every
+//     prefetch asks, or compute while other fetches are in flight: it then waits for them
+//     to land and asks again) the policy may return nullopt to say "keeping every
 //     candidate is better than admitting `incoming`"; when false it must pick one.
 //   * `do_on_insert(key)`, `do_on_access(key)`, `do_on_remove(key)` (optional, default
 //     no-op): a fetch began for `key`; compute acquired `key`; `key` left the cache.
@@ -29,7 +30,7 @@ using TensorKey = std::uint32_t;
 /// Counters every policy keeps (through the base class).
 struct EvictionStats {
   std::uint64_t victims_chosen = 0;
-  std::uint64_t refusals = 0;  ///< prefetches the policy refused to make room for
+  std::uint64_t refusals = 0;  ///< requests the policy refused to make room for (see may_refuse)
 };
 
 class EvictionPolicy {
@@ -116,10 +117,38 @@ class ScheduleAwarePolicy final : public EvictionPolicy {
   std::uint64_t cycle_ = 0;     // completed cycles
 };
 
-/// "lru" (default), "fifo", or "schedule" (which needs `trace`).
+/// For a repeating schedule: the keys in `keep` stay once they are resident, the others
+/// are evicted least recently used. On a cyclic access order each pass then misses exactly
+/// the keys outside the set, within one hit per pass of the optimum, where LRU misses every
+/// key once a pass outgrows the cache. The set must leave room for the keys that stream through
+/// (`fixed_set` in schedule.hpp picks one). A prefetch never evicts a kept key (it is
+/// refused instead); compute evicts one only when nothing else can go, not even after the
+/// fetches in flight have landed.
+class FixedSetPolicy final : public EvictionPolicy {
+ public:
+  explicit FixedSetPolicy(std::span<const TensorKey> keep);
+  std::string_view name() const noexcept override { return "fixed"; }
+  bool kept(TensorKey key) const noexcept { return key < keep_.size() && keep_[key]; }
+
+ protected:
+  std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates,
+                                              TensorKey incoming, bool may_refuse) override;
+  void do_on_insert(TensorKey key) override { touch(key); }
+  void do_on_access(TensorKey key) override { touch(key); }
+
+ private:
+  void touch(TensorKey key);
+  std::vector<bool> keep_;
+  std::vector<std::uint64_t> last_use_;
+  std::uint64_t clock_ = 0;
+};
+
+/// "lru", "fifo", "schedule" (which needs `trace`) or "fixed" (which keeps `keep`; with
+/// an empty set it is LRU).
 /// @throws ConfigError for an unknown name.
 std::unique_ptr<EvictionPolicy> make_eviction_policy(std::string_view name,
                                                      std::vector<TensorKey> trace = {},
-                                                     bool cyclic = true);
+                                                     bool cyclic = true,
+                                                     std::span<const TensorKey> keep = {});
 
 }  // namespace xlshare

@@ -52,7 +52,7 @@ struct EngineConfig {
   /// Faults the emulator injects on the primary pool. Default none.
   FaultConfig faults;
   /// Eviction policy by name: "lru" (default), "fifo", "schedule".
-  std::string eviction_policy = "lru";
+  std::string eviction_policy = "fixed";
   /// Transfer threads per worker. Default 2.
   unsigned prefetch_threads = 2;
   /// Steps ahead: the default prefetch policy's k (copy; default 2), or the steps whose link

@@ -43,7 +43,7 @@ struct WorkerOptions {
   /// pool mapping without link emulation). kInPlace: the HotSet's budget (0: none).
   std::uint64_t cache_bytes = 0;
   /// "lru" (default), "fifo" or "schedule"; ignored when eviction_factory is set.
-  std::string eviction_policy = "lru";
+  std::string eviction_policy = "fixed";
   /// Copy threads of the TransferEngine. Default 2.
   unsigned prefetch_threads = 2;
   /// LookaheadPolicy's k (kCopy; default 2), or the steps that need the link whose time is

@@ -32,6 +32,10 @@ class Schedule {
   std::size_t next(std::size_t i) const noexcept;
   /// Every key of one pass, in order: the access trace of one pass.
   std::vector<TensorKey> trace() const;
+  /// A set of keys for FixedSetPolicy of at most `bytes` in all (`key_bytes[k]` is key k's
+  /// size), spread so that what streams through each step is as even as it can be: again
+  /// and again the largest key that fits, from the step with the most bytes still outside.
+  std::vector<TensorKey> fixed_set(std::span<const std::uint64_t> key_bytes, std::uint64_t bytes) const;
 
   /// Groups tensor names into the usual transformer schedule: names containing "blk.N."
   /// or "layers.N." form step "block.N" (in N order), names before the first block
