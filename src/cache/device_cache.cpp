@@ -112,7 +112,10 @@ void DeviceCache::evict_locked(TensorKey key) noexcept {
 std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool prefetch, bool may_refuse) {
   for (;;) {
     if (bytes_resident_ + bytes_in_flight_ + bytes <= budget_bytes_) {
-      if (auto offset = ExtentAllocator(table()).allocate(bytes)) return arena_ + *offset;
+      ExtentAllocator alloc(table());
+      if (auto offset = policy_->long_lived(key) ? alloc.allocate_last(bytes) : alloc.allocate(bytes)) {
+        return arena_ + *offset;
+      }
       // Within budget but no hole is large enough: evict more until one is.
     }
     candidates_.clear();

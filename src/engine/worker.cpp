@@ -448,7 +448,7 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
     const auto tensors = view_->tensors();
     const bool tied = model.config().tie_embeddings;
     // Pieces of at most 1/8 of the cache, so that the part of it the fixed set leaves for
-    // streaming (40%) holds several at once.
+    // streaming holds several at once.
     const std::uint64_t max_piece = std::max<std::uint64_t>(options.cache_bytes / 8, 64 * 1024);
     std::vector<TensorSource> sources;
     std::vector<std::uint64_t> sizes;
@@ -499,12 +499,10 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
       steps.push_back(std::move(s));
     }
     schedule_ = std::make_unique<Schedule>(std::move(steps), model.schedule().repeats());
-    // The default policy for a repeating schedule keeps a fixed set in 60% of the cache and
-    // streams the rest through the other 40% (measured on the bench shape: 50-70% keep,
-    // pieces of 1/4-1/16 of the cache; docs/results.md).
+    // The default policy for a repeating schedule keeps a fixed set and streams the rest.
     std::vector<TensorKey> keep;
     if (options.eviction_policy == "fixed" && schedule_->repeats()) {
-      keep = schedule_->fixed_set(sizes, options.cache_bytes / 10 * 6);
+      keep = schedule_->fixed_set_for_cache(sizes, options.cache_bytes);
     }
     std::unique_ptr<EvictionPolicy> eviction =
         options.eviction_factory

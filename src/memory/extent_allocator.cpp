@@ -63,6 +63,26 @@ std::optional<std::uint64_t> ExtentAllocator::allocate(std::uint64_t bytes) noex
   return std::nullopt;
 }
 
+std::optional<std::uint64_t> ExtentAllocator::allocate_last(std::uint64_t bytes) noexcept {
+  const std::uint64_t need = round_up(bytes);
+  if (need == 0) return std::nullopt;
+  for (std::uint64_t i = table_.count; i-- > 0;) {
+    FreeExtent& e = table_.extents[i];
+    if (e.size_bytes < need) continue;
+    const std::uint64_t offset = e.offset_bytes + e.size_bytes - need;
+    if (e.size_bytes == need) {
+      std::memmove(&table_.extents[i], &table_.extents[i + 1],
+                   (table_.count - i - 1) * sizeof(FreeExtent));
+      --table_.count;
+    } else {
+      e.size_bytes -= need;
+    }
+    table_.bytes_used += need;
+    return offset;
+  }
+  return std::nullopt;
+}
+
 void ExtentAllocator::free(std::uint64_t offset_bytes, std::uint64_t bytes) {
   const std::uint64_t size = round_up(bytes);
   if (size == 0 || offset_bytes % table_.alignment_bytes != 0 ||

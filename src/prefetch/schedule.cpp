@@ -65,6 +65,38 @@ std::vector<TensorKey> Schedule::fixed_set(std::span<const std::uint64_t> key_by
   }
 }
 
+std::uint64_t Schedule::heaviest_step_outside(std::span<const std::uint64_t> key_bytes,
+                                              std::span<const TensorKey> set) const {
+  std::vector<bool> seen(key_bytes.size(), false);
+  for (TensorKey k : set) {
+    if (k < seen.size()) seen[k] = true;
+  }
+  std::uint64_t heaviest = 0;
+  for (const auto& step : steps_) {
+    std::uint64_t outside = 0;
+    for (TensorKey k : step.keys) {
+      if (k >= key_bytes.size() || seen[k]) continue;
+      seen[k] = true;
+      outside += key_bytes[k];
+    }
+    heaviest = std::max(heaviest, outside);
+  }
+  return heaviest;
+}
+
+std::vector<TensorKey> Schedule::fixed_set_for_cache(std::span<const std::uint64_t> key_bytes,
+                                                     std::uint64_t cache_bytes) const {
+  for (std::uint64_t percent = 80; percent > 0; percent -= 5) {
+    auto set = fixed_set(key_bytes, cache_bytes / 100 * percent);
+    std::uint64_t kept = 0;
+    for (TensorKey k : set) kept += key_bytes[k];
+    if (static_cast<double>(cache_bytes - kept) >= 1.4 * static_cast<double>(heaviest_step_outside(key_bytes, set))) {
+      return set;
+    }
+  }
+  return {};
+}
+
 namespace {
 // The N of "blk.N." or "layers.N.", or -1.
 long block_index(std::string_view name) {

@@ -35,6 +35,21 @@ TEST(ExtentAllocator, FirstFitRoundsToAlignment) {
   EXPECT_EQ(a.check(), "");
 }
 
+TEST(ExtentAllocator, LastFitTakesTheEndOfTheHighestExtentThatFits) {
+  Table t(16, 0, 4096 * 10, 4096);
+  ExtentAllocator a(t.table());
+  EXPECT_EQ(a.allocate_last(1), 9u * 4096);
+  EXPECT_EQ(a.allocate_last(2 * 4096), 7u * 4096);
+  EXPECT_EQ(a.allocate(4096), 0u);  // first fit still from the bottom
+  a.free(9 * 4096, 1);              // free: [1, 7) and [9, 10)
+  EXPECT_EQ(a.allocate_last(4096), 9u * 4096);
+  EXPECT_EQ(a.allocate_last(2 * 4096), 5u * 4096);  // the end of [1, 7)
+  EXPECT_EQ(a.allocate_last(5 * 4096), std::nullopt);
+  EXPECT_EQ(a.allocate_last(4 * 4096), 1u * 4096);
+  EXPECT_EQ(a.stats().bytes_free, 0u);
+  EXPECT_EQ(a.check(), "");
+}
+
 TEST(ExtentAllocator, FreeCoalescesWithBothNeighbours) {
   Table t(16, 0, 4096 * 10, 4096);
   ExtentAllocator a(t.table());
@@ -85,10 +100,10 @@ TEST(ExtentAllocator, RandomWorkloadMatchesAModel) {
     const bool do_alloc = live.empty() || (live.size() < kMaxLive && rng() % 100 < 55);
     if (do_alloc) {
       const std::uint64_t bytes = 1 + rng() % (40 * kAlign);
-      const auto got = a.allocate(bytes);
+      const auto got = rng() % 3 == 0 ? a.allocate_last(bytes) : a.allocate(bytes);
       const std::uint64_t units = (bytes + kAlign - 1) / kAlign;
       if (!got) {
-        // First fit fails only when no run of free units is long enough.
+        // First or last fit fails only when no run of free units is long enough.
         std::uint64_t run = 0, best = 0;
         for (bool u : taken) best = std::max(best, run = u ? 0 : run + 1);
         ASSERT_LT(best, units) << "step " << step;

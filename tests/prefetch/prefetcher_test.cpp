@@ -201,5 +201,17 @@ TEST(Schedule, AFixedSetFitsItsBytesCountsEachKeyOnceAndEvensOutWhatStreams) {
   }
 }
 
+TEST(Schedule, TheFixedSetForACacheLeavesRoomForTheHeaviestStepToStream) {
+  const Schedule s({{"a", {0, 1}}, {"b", {2, 0}}, {"c", {3, 4}}});
+  const std::vector<std::uint64_t> bytes = {40, 10, 30, 20, 20};
+  EXPECT_EQ(s.heaviest_step_outside(bytes, {}), 50u);  // a: 40 + 10 (b's key 0 counted in a)
+  const TensorKey zero[] = {0};
+  EXPECT_EQ(s.heaviest_step_outside(bytes, zero), 40u);  // c
+  // A cache of 100: the sets of 80% ... 50% all leave less than 1.4x their heaviest step
+  // outside; 45% keeps key 0 (40), leaving 60 >= 1.4 x 40.
+  EXPECT_EQ(s.fixed_set_for_cache(bytes, 100), (std::vector<TensorKey>{0}));
+  EXPECT_TRUE(s.fixed_set_for_cache(bytes, 10).empty()) << "too small to keep anything";
+}
+
 }  // namespace
 }  // namespace xlshare

@@ -10,6 +10,7 @@
 //     candidate is better than admitting `incoming`"; when false it must pick one.
 //   * `do_on_insert(key)`, `do_on_access(key)`, `do_on_remove(key)` (optional, default
 //     no-op): a fetch began for `key`; compute acquired `key`; `key` left the cache.
+//   * `do_long_lived(key)` (optional, default false): a placement hint, see long_lived().
 // The cache calls every method under its own lock, from any of its threads, so a policy
 // needs no locking of its own. Calls must be cheap: they run on every tensor access.
 #pragma once
@@ -41,6 +42,9 @@ class EvictionPolicy {
   /// (only allowed when `may_refuse`; otherwise the base falls back to candidates[0]).
   std::optional<std::size_t> choose_victim(std::span<const TensorKey> candidates,
                                            TensorKey incoming, bool may_refuse);
+  /// Whether the policy means to keep `key` for long (a hint: the cache places such keys
+  /// apart from the ones streaming through, so these do not fragment its space).
+  bool long_lived(TensorKey key) const noexcept { return do_long_lived(key); }
   void on_insert(TensorKey key) { do_on_insert(key); }
   void on_access(TensorKey key) { do_on_access(key); }
   void on_remove(TensorKey key) { do_on_remove(key); }
@@ -55,6 +59,7 @@ class EvictionPolicy {
   virtual void do_on_insert(TensorKey) {}
   virtual void do_on_access(TensorKey) {}
   virtual void do_on_remove(TensorKey) {}
+  virtual bool do_long_lived(TensorKey) const noexcept { return false; }
 
  private:
   EvictionStats stats_;
@@ -135,6 +140,7 @@ class FixedSetPolicy final : public EvictionPolicy {
                                               TensorKey incoming, bool may_refuse) override;
   void do_on_insert(TensorKey key) override { touch(key); }
   void do_on_access(TensorKey key) override { touch(key); }
+  bool do_long_lived(TensorKey key) const noexcept override { return kept(key); }
 
  private:
   void touch(TensorKey key);

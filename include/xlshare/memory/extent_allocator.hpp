@@ -1,4 +1,4 @@
-// ExtentAllocator: first-fit allocation of byte extents inside a pool's data area.
+// ExtentAllocator: first-fit (or last-fit) allocation of byte extents inside a pool's data area.
 //
 // The allocator keeps no state of its own: its free list is an ExtentTable that lives in
 // the pool (so that every loader process sees the same one), sorted by offset and always
@@ -62,6 +62,10 @@ class ExtentAllocator {
 
   /// First fit. Returns the offset, or nothing when no free extent is large enough.
   std::optional<std::uint64_t> allocate(std::uint64_t bytes) noexcept;
+  /// As allocate(), but last fit: the highest free extent large enough, carved from its
+  /// end. Long-lived extents taken from the top keep them apart from short-lived ones
+  /// taken first fit from the bottom, so that these do not fragment the space in between.
+  std::optional<std::uint64_t> allocate_last(std::uint64_t bytes) noexcept;
 
   /// Returns [offset, offset + round_up(bytes)) to the free list, coalescing with its
   /// neighbours. @throws PoolError if the extent is not wholly allocated (a double free or

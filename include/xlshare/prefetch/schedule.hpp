@@ -36,6 +36,15 @@ class Schedule {
   /// size), spread so that what streams through each step is as even as it can be: again
   /// and again the largest key that fits, from the step with the most bytes still outside.
   std::vector<TensorKey> fixed_set(std::span<const std::uint64_t> key_bytes, std::uint64_t bytes) const;
+  /// The fixed set for a cache of `cache_bytes`: the largest fixed_set of 80%, 75%, ... of
+  /// the cache that leaves the rest at least 1.4x the bytes the heaviest step has outside
+  /// the set, so that the next step streams in while one computes (the rule measured best
+  /// on the bench shape, docs/results.md). Empty when no set leaves that much.
+  std::vector<TensorKey> fixed_set_for_cache(std::span<const std::uint64_t> key_bytes,
+                                             std::uint64_t cache_bytes) const;
+  /// The most bytes any one step needs outside `set` (each key counted in its first step).
+  std::uint64_t heaviest_step_outside(std::span<const std::uint64_t> key_bytes,
+                                      std::span<const TensorKey> set) const;
 
   /// Groups tensor names into the usual transformer schedule: names containing "blk.N."
   /// or "layers.N." form step "block.N" (in N order), names before the first block
