@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
   app.add_option("--pool", uri, "the demo's pool, shm://NAME; must not exist (default: shm://xlshare-demo-PID)");
   app.add_option("--workers", workers, "worker processes")->capture_default_str()->check(integer_in(1, 16));
   app.add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
-  app.add_option("--policy", policy, "eviction policy: lru, fifo, schedule, fixed")->capture_default_str();
+  app.add_option("--policy", policy, "eviction policy: fixed (a fixed set stays, the rest streams), lru, fifo, schedule")->capture_default_str();
   app.add_option("--placement", placement_name,
                  "in-place (default here: workers compute from the pool, --cache-fraction is their hot set) or copy "
                  "(a near cache filled over the link, the model of a GPU)")

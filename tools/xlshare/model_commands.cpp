@@ -129,7 +129,7 @@ struct EngineArgs {
         ->capture_default_str()
         ->check(size_in(0, kMaxCacheBytes));
     app->add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
-    app->add_option("--policy", policy, "eviction policy: lru, fifo, schedule, fixed")->capture_default_str();
+    app->add_option("--policy", policy, "eviction policy: fixed (a fixed set stays, the rest streams), lru, fifo, schedule")->capture_default_str();
     app->add_option("--lookahead", lookahead,
                     "steps ahead: prefetched (copy, default 2) or whose link time is reserved (in-place, default 4)")
         ->check(integer_in(0, kMaxLookahead));

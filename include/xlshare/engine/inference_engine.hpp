@@ -51,7 +51,8 @@ struct EngineConfig {
   std::optional<LinkParams> link;
   /// Faults the emulator injects on the primary pool. Default none.
   FaultConfig faults;
-  /// Eviction policy by name: "lru" (default), "fifo", "schedule".
+  /// Eviction policy by name: "fixed" (default: a fixed set for the repeating schedule), "lru",
+  /// "fifo", "schedule".
   std::string eviction_policy = "fixed";
   /// Transfer threads per worker. Default 2.
   unsigned prefetch_threads = 2;

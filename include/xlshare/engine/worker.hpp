@@ -42,7 +42,7 @@ struct WorkerOptions {
   /// Near memory per worker in bytes. kCopy: the DeviceCache (0: no cache, compute from the
   /// pool mapping without link emulation). kInPlace: the HotSet's budget (0: none).
   std::uint64_t cache_bytes = 0;
-  /// "lru" (default), "fifo" or "schedule"; ignored when eviction_factory is set.
+  /// "fixed" (default), "lru", "fifo" or "schedule"; ignored when eviction_factory is set.
   std::string eviction_policy = "fixed";
   /// Copy threads of the TransferEngine. Default 2.
   unsigned prefetch_threads = 2;
