@@ -86,12 +86,14 @@ std::uint64_t Schedule::heaviest_step_outside(std::span<const std::uint64_t> key
 
 std::vector<TensorKey> Schedule::fixed_set_for_cache(std::span<const std::uint64_t> key_bytes,
                                                      std::uint64_t cache_bytes) const {
-  for (std::uint64_t percent = 80; percent > 0; percent -= 5) {
-    auto set = fixed_set(key_bytes, cache_bytes / 100 * percent);
-    std::uint64_t kept = 0;
-    for (TensorKey k : set) kept += key_bytes[k];
-    if (static_cast<double>(cache_bytes - kept) >= 1.4 * static_cast<double>(heaviest_step_outside(key_bytes, set))) {
-      return set;
+  for (const double room : {1.4, 1.0}) {
+    for (std::uint64_t percent = 80; percent > 0; percent -= 5) {
+      auto set = fixed_set(key_bytes, cache_bytes / 100 * percent + cache_bytes % 100 * percent / 100);
+      std::uint64_t kept = 0;
+      for (TensorKey k : set) kept += key_bytes[k];
+      if (static_cast<double>(cache_bytes - kept) >= room * static_cast<double>(heaviest_step_outside(key_bytes, set))) {
+        return set;
+      }
     }
   }
   return {};

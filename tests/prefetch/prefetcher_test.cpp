@@ -210,6 +210,10 @@ TEST(Schedule, TheFixedSetForACacheLeavesRoomForTheHeaviestStepToStream) {
   // A cache of 100: the sets of 80% ... 50% all leave less than 1.4x their heaviest step
   // outside; 45% keeps key 0 (40), leaving 60 >= 1.4 x 40.
   EXPECT_EQ(s.fixed_set_for_cache(bytes, 100), (std::vector<TensorKey>{0}));
+  // A cache of 70: 40% (28) keeps key 1 (a's 40 does not fit), leaving 60 >= 1.4 x c's 40.
+  EXPECT_EQ(s.fixed_set_for_cache(bytes, 70), (std::vector<TensorKey>{1}));
+  // A cache of 60: no set leaves 1.4x; 45% (27) keeps key 1, leaving 50 >= 1x c's 40.
+  EXPECT_EQ(s.fixed_set_for_cache(bytes, 60), (std::vector<TensorKey>{1}));
   EXPECT_TRUE(s.fixed_set_for_cache(bytes, 10).empty()) << "too small to keep anything";
 }
 

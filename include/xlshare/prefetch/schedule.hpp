@@ -39,7 +39,8 @@ class Schedule {
   /// The fixed set for a cache of `cache_bytes`: the largest fixed_set of 80%, 75%, ... of
   /// the cache that leaves the rest at least 1.4x the bytes the heaviest step has outside
   /// the set, so that the next step streams in while one computes (the rule measured best
-  /// on the bench shape, docs/results.md). Empty when no set leaves that much.
+  /// on the bench shape, docs/results.md); failing that (a small cache), the largest that
+  /// leaves 1x; empty when none does.
   std::vector<TensorKey> fixed_set_for_cache(std::span<const std::uint64_t> key_bytes,
                                              std::uint64_t cache_bytes) const;
   /// The most bytes any one step needs outside `set` (each key counted in its first step).
