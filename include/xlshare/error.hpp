@@ -53,6 +53,13 @@ class InjectedFault : public Error {
   using Error::Error;
 };
 
+/// A policy of the user's (an EvictionPolicy or PrefetchPolicy hook) threw: the request
+/// that ran into it fails with the hook's message; the worker and the cache stay usable.
+class PolicyError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// Formats errno as "what: strerror (errno N)".
 std::string errno_message(const std::string& what, int errnum);
 

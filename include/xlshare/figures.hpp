@@ -1,5 +1,6 @@
-// The measured figures of DESIGN.md, as one plain snapshot. Every benchmark reports these
-// names with these definitions.
+// The measured figures of DESIGN.md. A worker keeps running totals (Counters); every figure
+// is derived from two snapshots of them by one function (figures_between), so a request's
+// figures, a worker's and a benchmark's share these names and these definitions.
 #pragma once
 
 #include <cstdint>
@@ -32,5 +33,27 @@ struct Figures {
 
   std::string to_json() const;
 };
+
+/// Running totals of one worker (or one cache, transfer engine and prefetcher).
+struct Counters {
+  std::uint64_t acquires = 0;  ///< tensor acquisitions by compute
+  std::uint64_t ready = 0;     ///< ... that found the tensor resident and complete
+  std::uint64_t reused = 0;    ///< ... served by bytes resident from an earlier use
+  std::uint64_t stall_ns = 0;  ///< time compute waited for tensors
+  std::uint64_t busy_ns = 0;   ///< time the link was busy
+  std::uint64_t link_bytes = 0;
+  std::uint64_t bytes_prefetched = 0;
+  std::uint64_t bytes_prefetched_used = 0;  ///< prefetched bytes acquired before eviction
+  std::uint64_t retries = 0;
+  std::uint64_t failovers = 0;
+  std::uint64_t checksum_mismatches = 0;
+};
+
+/// Every figure over the window between two snapshots (`before` = {}: since the start).
+/// With no acquisition in the window ready_rate is 1 (nothing waited) and reuse_rate 0
+/// (nothing was served again); with no link time overlap is 1 (nothing to hide); with
+/// nothing prefetched prefetch_accuracy is 0. prefetch_accuracy is capped at 1: bytes
+/// prefetched before a window and used in it would push one window's ratio above.
+Figures figures_between(const Counters& before, const Counters& after) noexcept;
 
 }  // namespace xlshare

@@ -271,4 +271,9 @@ std::string DeviceCache::check() const {
   return {};
 }
 
+std::string DeviceCache::take_policy_error() noexcept {
+  std::lock_guard lock(mu_);
+  return policy_->take_error();
+}
+
 }  // namespace xlshare

@@ -8,10 +8,21 @@
 
 namespace xlshare {
 
+void EvictionPolicy::note_error(const char* what) noexcept {
+  failed_.store(true, std::memory_order_release);
+  if (!error_.empty()) return;
+  try {
+    error_ = fmt::format("eviction policy '{}' threw: {}", name(), what);
+  } catch (...) {
+    // No memory for the message: the fallback below still keeps the cache consistent.
+  }
+}
+
 std::optional<std::size_t> EvictionPolicy::choose_victim(std::span<const TensorKey> candidates,
-                                                         TensorKey incoming, bool may_refuse) {
+                                                         TensorKey incoming, bool may_refuse) noexcept {
   if (candidates.empty()) return std::nullopt;
-  auto choice = do_choose_victim(candidates, incoming, may_refuse);
+  std::optional<std::size_t> choice;
+  guard([&] { choice = do_choose_victim(candidates, incoming, may_refuse); });
   if (!choice || *choice >= candidates.size()) {
     if (may_refuse) {
       ++stats_.refusals;

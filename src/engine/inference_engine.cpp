@@ -20,22 +20,15 @@ double ms_since(SteadyClock::time_point t0) {
   return std::chrono::duration<double, std::milli>(SteadyClock::now() - t0).count();
 }
 
-void fill_rates(InferenceResult& r, const WorkerCounters& a, const WorkerCounters& b) {
-  const std::uint64_t acquires = b.acquires - a.acquires;
-  r.ready_rate = acquires ? static_cast<double>(b.ready - a.ready) / static_cast<double>(acquires) : 1.0;
-  r.reuse_rate = acquires ? static_cast<double>(b.reused - a.reused) / static_cast<double>(acquires) : 1.0;
-  r.stall_ms = static_cast<double>(b.stall_ns - a.stall_ns) / 1e6;
-  r.link_bytes = b.link_bytes - a.link_bytes;
-  const double busy = static_cast<double>(b.busy_ns - a.busy_ns);
-  r.link_gbps = busy > 0 ? static_cast<double>(r.link_bytes) / busy : 0.0;
-  r.overlap = busy > 0 ? std::clamp(1.0 - static_cast<double>(b.stall_ns - a.stall_ns) / busy, 0.0, 1.0) : 1.0;
-  const std::uint64_t prefetched = b.bytes_prefetched - a.bytes_prefetched;
-  // Bytes prefetched before this request and used in it can make the ratio of one window
-  // exceed 1; it is a fraction, so it is capped there.
-  r.prefetch_accuracy =
-      prefetched ? std::min(1.0, static_cast<double>(b.bytes_prefetched_used - a.bytes_prefetched_used) /
-                                     static_cast<double>(prefetched))
-                 : 0.0;
+void fill_rates(InferenceResult& r, const Counters& a, const Counters& b) {
+  const Figures f = figures_between(a, b);
+  r.ready_rate = f.ready_rate;
+  r.reuse_rate = f.reuse_rate;
+  r.stall_ms = f.stall_ms;
+  r.link_bytes = f.link_bytes;
+  r.link_gbps = f.link_gbps;
+  r.overlap = f.overlap;
+  r.prefetch_accuracy = f.prefetch_accuracy;
 }
 
 // Pool size for a model of `bytes` in `tensors` tensors.
@@ -238,7 +231,7 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<
   unsigned index = 0;
   Worker& worker = take_worker(lock, index);
   const auto t0 = SteadyClock::now();
-  const WorkerCounters before = worker.counters();
+  const Counters before = worker.counters();
   const LlamaConfig& c = model_->config();
 
   for (const auto& r : requests) {
@@ -313,7 +306,7 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<
                                   config_.pool_uri, view_->name(), kAttempts));
     }
   }
-  const WorkerCounters after = worker.counters();
+  const Counters after = worker.counters();
   const double latency = ms_since(t0);
   for (std::size_t i = 0; i < requests.size(); ++i) {
     results[i].id = requests[i].id;

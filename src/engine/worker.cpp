@@ -197,8 +197,8 @@ class Worker::InPlaceWeights final : public WeightProvider {
   std::uint64_t hot_bytes() const noexcept { return hot_bytes_.load(std::memory_order_acquire); }
   std::uint64_t hot_target_bytes() const noexcept { return hot_target_bytes_; }
 
-  WorkerCounters counters() const noexcept {
-    WorkerCounters c;
+  Counters counters() const noexcept {
+    Counters c;
     c.acquires = acquires_.load(std::memory_order_relaxed);
     c.ready = ready_.load(std::memory_order_relaxed);
     c.reused = hot_acquires_.load(std::memory_order_relaxed);
@@ -500,13 +500,16 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
     }
     schedule_ = std::make_unique<Schedule>(std::move(steps), model.schedule().repeats());
     // The default policy for a repeating schedule keeps a fixed set and streams the rest.
+    std::vector<std::string> key_tensors;
+    key_tensors.reserve(sources.size());
+    for (const auto& src : sources) key_tensors.push_back(src.primary.name);
     std::vector<TensorKey> keep;
     if (options.eviction_policy == "fixed" && schedule_->repeats()) {
       keep = schedule_->fixed_set_for_cache(sizes, options.cache_bytes);
     }
     std::unique_ptr<EvictionPolicy> eviction =
         options.eviction_factory
-            ? options.eviction_factory(*schedule_)
+            ? options.eviction_factory(CacheKeys{*schedule_, sizes, key_tensors, options.cache_bytes})
             : make_eviction_policy(options.eviction_policy, schedule_->trace(), schedule_->repeats(), keep);
     cache_ = std::make_unique<DeviceCache>(options.cache_bytes, sizes, std::move(eviction));
     TransferConfig tc;
@@ -540,47 +543,16 @@ Worker::~Worker() {
   cache_.reset();
 }
 
-Figures Worker::figures() const {
-  if (prefetcher_) return prefetcher_->figures();
-  if (in_place_ != nullptr) {
-    const WorkerCounters c = in_place_->counters();
-    Figures f;
-    f.acquires = c.acquires;
-    f.ready_rate = c.acquires ? static_cast<double>(c.ready) / static_cast<double>(c.acquires) : 0.0;
-    f.reuse_rate = c.acquires ? static_cast<double>(c.reused) / static_cast<double>(c.acquires) : 0.0;
-    f.stall_ms = static_cast<double>(c.stall_ns) / 1e6;
-    f.link_bytes = c.link_bytes;
-    f.transfer_ms = static_cast<double>(c.busy_ns) / 1e6;
-    f.link_gbps = c.busy_ns ? static_cast<double>(c.link_bytes) / static_cast<double>(c.busy_ns) : 0.0;
-    f.overlap = c.busy_ns ? std::max(0.0, 1.0 - static_cast<double>(c.stall_ns) / static_cast<double>(c.busy_ns)) : 0.0;
-    f.failovers = c.failovers;
-    return f;
-  }
-  return Figures{};
-}
+Figures Worker::figures() const { return figures_between({}, counters()); }
 
 std::uint64_t Worker::hot_set_bytes() const noexcept { return in_place_ != nullptr ? in_place_->hot_bytes() : 0; }
 std::uint64_t Worker::hot_set_target_bytes() const noexcept {
   return in_place_ != nullptr ? in_place_->hot_target_bytes() : 0;
 }
 
-WorkerCounters Worker::counters() const {
-  WorkerCounters c;
+Counters Worker::counters() const {
   if (in_place_ != nullptr) return in_place_->counters();
-  if (!cache_) return c;
-  const CacheStats s = cache_->stats();
-  const TransferStats t = transfers_->stats();
-  c.acquires = s.acquires;
-  c.ready = s.acquires_ready;
-  c.reused = s.acquires_reused;
-  c.stall_ns = prefetcher_->stall_ns();
-  c.link_bytes = t.link_bytes;
-  c.retries = t.retries;
-  c.failovers = t.failovers;
-  c.busy_ns = t.busy_ns;
-  c.bytes_prefetched = s.bytes_prefetched;
-  c.bytes_prefetched_used = s.bytes_prefetched_used;
-  return c;
+  return prefetcher_ ? prefetcher_->counters() : Counters{};
 }
 
 std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> Worker::cache_trace() const {

@@ -13,26 +13,45 @@ Prefetcher::Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy>
     : schedule_(schedule), policy_(std::move(policy)), engine_(engine), cache_(cache) {
   if (!policy_) throw ConfigError("prefetcher: no prefetch policy");
   for (const auto& step : schedule_.steps()) {
+    std::uint64_t pinned = 0;
     if (residency == StepResidency::kWholeStep) {
       cache_.check_fits(step.keys, fmt::format("step '{}'", step.name));
+      for (TensorKey k : step.keys) pinned += cache_.key_bytes(k);
     } else {
-      for (TensorKey k : step.keys) cache_.check_fits(std::span(&k, 1), fmt::format("a tensor of step '{}'", step.name));
+      for (TensorKey k : step.keys) {
+        cache_.check_fits(std::span(&k, 1), fmt::format("a tensor of step '{}'", step.name));
+        pinned = std::max(pinned, cache_.key_bytes(k));
+      }
     }
+    pinned_bytes_.push_back(pinned);
   }
   policy_->on_model_loaded(schedule_);
 }
 
 void Prefetcher::begin_step(std::size_t step) {
-  policy_->on_step_begin(step);
-  const PrefetchContext ctx{schedule_, step, cache_, cache_.budget_bytes()};
-  for (TensorKey k : policy_->plan(ctx)) {
+  // The plan may use the budget less what compute holds of the step about to run.
+  const std::uint64_t pinned = step < pinned_bytes_.size() ? pinned_bytes_[step] : 0;
+  const PrefetchContext ctx{schedule_, step, cache_, cache_.budget_bytes() - std::min(pinned, cache_.budget_bytes())};
+  std::span<const TensorKey> plan;
+  call_policy([&] {
+    policy_->on_step_begin(step);
+    plan = policy_->plan(ctx);
+  });
+  for (TensorKey k : plan) {
     if (!engine_.prefetch(k)) break;  // no room now: the rest would not fit either
   }
+}
+
+void Prefetcher::throw_if_policy_failed() {
+  if (!cache_.policy().failed()) return;
+  std::string what = cache_.take_policy_error();
+  if (!what.empty()) throw PolicyError(what);
 }
 
 DeviceCache::Lease Prefetcher::acquire(TensorKey key) {
   bool ready = false;
   auto lease = cache_.acquire(key, &ready);
+  throw_if_policy_failed();
   if (lease && ready) return lease;
   const auto t0 = std::chrono::steady_clock::now();
   for (int attempt = 0; !lease && attempt < 2; ++attempt) {
@@ -41,6 +60,7 @@ DeviceCache::Lease Prefetcher::acquire(TensorKey key) {
   }
   stall_ns_ += static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+  throw_if_policy_failed();
   if (!lease) {
     std::string reason = engine_.failure_reason(key);
     throw InjectedFault(reason.empty() ? fmt::format("tensor key {} could not be fetched", key) : reason);
@@ -48,29 +68,28 @@ DeviceCache::Lease Prefetcher::acquire(TensorKey key) {
   return lease;
 }
 
-void Prefetcher::end_step(std::size_t step) { policy_->on_step_end(step); }
+void Prefetcher::end_step(std::size_t step) {
+  call_policy([&] { policy_->on_step_end(step); });
+}
 
-Figures Prefetcher::figures() const {
+Counters Prefetcher::counters() const {
   const CacheStats c = cache_.stats();
   const TransferStats t = engine_.stats();
-  Figures f;
-  f.acquires = c.acquires;
-  const double n = static_cast<double>(std::max<std::uint64_t>(c.acquires, 1));
-  f.ready_rate = static_cast<double>(c.acquires_ready) / n;
-  f.reuse_rate = static_cast<double>(c.acquires_reused) / n;
-  f.prefetch_accuracy = c.bytes_prefetched ? static_cast<double>(c.bytes_prefetched_used) /
-                                                 static_cast<double>(c.bytes_prefetched)
-                                           : 0.0;
-  f.stall_ms = static_cast<double>(stall_ns_) / 1e6;
-  f.transfer_ms = static_cast<double>(t.busy_ns) / 1e6;
-  f.overlap = t.busy_ns ? std::clamp(1.0 - static_cast<double>(stall_ns_) / static_cast<double>(t.busy_ns), 0.0, 1.0)
-                        : 1.0;
-  f.link_bytes = t.link_bytes;
-  f.link_gbps = t.link_gbps();
-  f.retries = t.retries;
-  f.failovers = t.failovers;
-  f.checksum_mismatches = t.checksum_mismatches;
-  return f;
+  Counters n;
+  n.acquires = c.acquires;
+  n.ready = c.acquires_ready;
+  n.reused = c.acquires_reused;
+  n.stall_ns = stall_ns_;
+  n.busy_ns = t.busy_ns;
+  n.link_bytes = t.link_bytes;
+  n.bytes_prefetched = c.bytes_prefetched;
+  n.bytes_prefetched_used = c.bytes_prefetched_used;
+  n.retries = t.retries;
+  n.failovers = t.failovers;
+  n.checksum_mismatches = t.checksum_mismatches;
+  return n;
 }
+
+Figures Prefetcher::figures() const { return figures_between({}, counters()); }
 
 }  // namespace xlshare

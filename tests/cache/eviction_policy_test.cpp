@@ -145,13 +145,22 @@ TEST(ScheduleAwarePolicy, MatchesBruteForceOptOnRandomTraces) {
   }
 }
 
+// Keys 0 .. layers-1 in order (one pass), and `passes` of them one after another.
+std::vector<TensorKey> one_pass(std::size_t layers) {
+  std::vector<TensorKey> cycle(layers);
+  for (std::size_t i = 0; i < layers; ++i) cycle[i] = static_cast<TensorKey>(i);
+  return cycle;
+}
+std::vector<TensorKey> passes_of(const std::vector<TensorKey>& cycle, int passes) {
+  std::vector<TensorKey> trace;
+  for (int r = 0; r < passes; ++r) trace.insert(trace.end(), cycle.begin(), cycle.end());
+  return trace;
+}
+
 TEST(ScheduleAwarePolicy, MatchesOptOnCyclicLayerTracesWhereLruGetsNothing) {
   for (std::size_t layers : {5u, 6u, 8u}) {
     for (std::size_t capacity : {2u, 3u, 4u}) {
-      std::vector<TensorKey> cycle(layers);
-      for (std::size_t i = 0; i < layers; ++i) cycle[i] = static_cast<TensorKey>(i);
-      std::vector<TensorKey> trace;
-      for (int r = 0; r < 3; ++r) trace.insert(trace.end(), cycle.begin(), cycle.end());
+      const std::vector<TensorKey> cycle = one_pass(layers), trace = passes_of(cycle, 3);
 
       SimCache opt(layers, capacity, std::make_unique<ScheduleAwarePolicy>(cycle, /*cyclic=*/true));
       const int schedule_hits = opt.run(trace);
@@ -186,8 +195,7 @@ TEST(ScheduleAwarePolicy, RefusesAPrefetchThatWouldEvictSomethingNeededSooner) {
 TEST(FixedSetPolicy, OnACyclicTraceEveryPassHitsExactlyTheKeptKeysWithinOneOfOpt) {
   for (std::size_t layers : {5u, 6u, 8u}) {
     for (std::size_t capacity : {2u, 3u, 4u}) {
-      std::vector<TensorKey> cycle(layers);
-      for (std::size_t i = 0; i < layers; ++i) cycle[i] = static_cast<TensorKey>(i);
+      const std::vector<TensorKey> cycle = one_pass(layers);
       // Keep capacity - 1 keys (one slot streams the rest), spread over the cycle.
       std::vector<TensorKey> keep;
       for (std::size_t i = 0; i + 1 < capacity; ++i) keep.push_back(static_cast<TensorKey>(i * 2));
@@ -199,8 +207,7 @@ TEST(FixedSetPolicy, OnACyclicTraceEveryPassHitsExactlyTheKeptKeysWithinOneOfOpt
       }
       // OPT, which may change its set as it goes, gets at most one hit more per pass.
       const int passes = 4;
-      std::vector<TensorKey> trace;
-      for (int r = 0; r < passes; ++r) trace.insert(trace.end(), cycle.begin(), cycle.end());
+      const std::vector<TensorKey> trace = passes_of(cycle, passes);
       SimCache again(layers, capacity, std::make_unique<FixedSetPolicy>(keep));
       const int hits = again.run(trace), opt = brute_force_opt(trace, capacity);
       EXPECT_LE(hits, opt);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <stdexcept>
 
 #include "model/model_support.hpp"
 #include "xlshare/engine/inference_engine.hpp"
@@ -116,6 +117,76 @@ TEST_F(EngineTest, TheDefaultPolicyKeepsAFixedSetThatEveryDecodePassHitsWhereLru
   // Of the 12 passes (a prompt, 11 decode steps) all but the first read only what lies
   // outside the set; the set takes 55% of this cache (at least a quarter, say).
   EXPECT_LT(a.result.link_bytes, b.result.link_bytes - 11 * c.cache_bytes / 4);
+}
+
+// Policies of the user's that throw once, on their `when`-th call.
+class ThrowingEviction final : public EvictionPolicy {
+ public:
+  explicit ThrowingEviction(int when) : when_(when) {}
+  std::string_view name() const noexcept override { return "throws-once"; }
+
+ protected:
+  std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates, TensorKey incoming,
+                                              bool may_refuse) override {
+    if (++calls_ == when_) throw std::runtime_error("victim hook broke");
+    return lru_.choose_victim(candidates, incoming, may_refuse);
+  }
+  void do_on_insert(TensorKey k) override { lru_.on_insert(k); }
+  void do_on_access(TensorKey k) override { lru_.on_access(k); }
+
+ private:
+  int when_, calls_ = 0;
+  LruPolicy lru_;
+};
+
+class ThrowingPrefetch final : public PrefetchPolicy {
+ public:
+  explicit ThrowingPrefetch(int when) : when_(when) {}
+  std::string_view name() const noexcept override { return "plans-badly"; }
+
+ protected:
+  void do_plan(const PrefetchContext& ctx, std::vector<TensorKey>& out) override {
+    if (++calls_ == when_) throw std::runtime_error("plan hook broke");
+    const auto plan = lookahead_.plan(ctx);
+    out.assign(plan.begin(), plan.end());
+  }
+
+ private:
+  int when_, calls_ = 0;
+  LookaheadPolicy lookahead_{2};
+};
+
+TEST_F(EngineTest, AUserPolicyThatThrowsFailsOnlyItsRequest) {
+  EngineConfig resident = config();
+  resident.cache_bytes = 0;
+  InferenceEngine reference(resident);
+  reference.attach_model("m");
+  const Output want = run(reference);
+
+  for (const bool eviction : {true, false}) {
+    EngineConfig c = config();
+    c.cache_bytes = model_bytes_ / 4;
+    if (eviction) {
+      c.eviction_policy_factory = [](const CacheKeys&) { return std::make_unique<ThrowingEviction>(5); };
+    } else {
+      c.prefetch_policy = [] { return std::make_unique<ThrowingPrefetch>(5); };
+    }
+    InferenceEngine engine(c);
+    engine.attach_model("m");
+    try {
+      run(engine);
+      ADD_FAILURE() << "the policy's exception was lost";
+    } catch (const PolicyError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(eviction ? "throws-once" : "plans-badly"), std::string::npos) << what;
+      EXPECT_NE(what.find("hook broke"), std::string::npos) << what;
+    }
+    // The process, the engine and the cache go on: the next request is right.
+    const Output again = run(engine);
+    EXPECT_EQ(again.tokens, want.tokens) << (eviction ? "eviction" : "prefetch");
+    EXPECT_LT(test::relative_error(again.logits, want.logits), 1e-6);
+    EXPECT_EQ(engine.stats().workers.size(), 1u);
+  }
 }
 
 TEST_F(EngineTest, TheEmulatedLinkAndTheReplicaGiveTheSameAnswers) {

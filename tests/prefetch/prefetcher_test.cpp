@@ -26,7 +26,9 @@ class RecordingPolicy final : public PrefetchPolicy {
   void do_plan(const PrefetchContext& ctx, std::vector<TensorKey>& out) override {
     calls.push_back(fmt::format("plan:{}", ctx.step));
     steps_planned.push_back(ctx.step);
-    EXPECT_EQ(ctx.budget_bytes, ctx.cache.budget_bytes());
+    // The budget less what compute holds of the step about to run (its one tensor, key = step).
+    EXPECT_EQ(ctx.budget_bytes, ctx.cache.budget_bytes() - ctx.cache.key_bytes(static_cast<TensorKey>(ctx.step)));
+    EXPECT_GT(ctx.cache.key_bytes(static_cast<TensorKey>(ctx.step)), 0u);
     const std::size_t target = ctx.schedule.next(ctx.schedule.next(ctx.step));
     if (target < ctx.schedule.size()) {
       for (TensorKey k : ctx.schedule.step(target).keys) out.push_back(k);
@@ -215,6 +217,33 @@ TEST(Schedule, TheFixedSetForACacheLeavesRoomForTheHeaviestStepToStream) {
   // A cache of 60: no set leaves 1.4x; 45% (27) keeps key 1, leaving 50 >= 1x c's 40.
   EXPECT_EQ(s.fixed_set_for_cache(bytes, 60), (std::vector<TensorKey>{1}));
   EXPECT_TRUE(s.fixed_set_for_cache(bytes, 10).empty()) << "too small to keep anything";
+}
+
+TEST(Figures, EveryFigureFromTwoSnapshotsWithOneDefinition) {
+  Counters a, b;
+  Figures f = figures_between(a, b);
+  EXPECT_EQ(f.acquires, 0u);
+  EXPECT_EQ(f.ready_rate, 1.0) << "nothing acquired: nothing waited";
+  EXPECT_EQ(f.reuse_rate, 0.0) << "nothing acquired: nothing served again";
+  EXPECT_EQ(f.overlap, 1.0) << "no link time: nothing to hide";
+  EXPECT_EQ(f.prefetch_accuracy, 0.0);
+  a = {10, 5, 2, 1'000'000, 4'000'000, 1000, 100, 50, 1, 0, 0};
+  b = {30, 20, 12, 3'000'000, 12'000'000, 9000, 300, 350, 4, 1, 2};
+  f = figures_between(a, b);
+  EXPECT_EQ(f.acquires, 20u);
+  EXPECT_DOUBLE_EQ(f.ready_rate, 15.0 / 20);
+  EXPECT_DOUBLE_EQ(f.reuse_rate, 10.0 / 20);
+  EXPECT_DOUBLE_EQ(f.stall_ms, 2.0);
+  EXPECT_DOUBLE_EQ(f.transfer_ms, 8.0);
+  EXPECT_DOUBLE_EQ(f.overlap, 1.0 - 2.0 / 8.0);
+  EXPECT_EQ(f.link_bytes, 8000u);
+  EXPECT_DOUBLE_EQ(f.link_gbps, 8000.0 / 8'000'000);
+  EXPECT_EQ(f.prefetch_accuracy, 1.0) << "300 used of 200 prefetched in the window: capped";
+  EXPECT_EQ(f.retries, 3u);
+  EXPECT_EQ(f.failovers, 1u);
+  EXPECT_EQ(f.checksum_mismatches, 2u);
+  b.stall_ns = 20'000'000;  // more stall than link time: no overlap, not a negative one
+  EXPECT_EQ(figures_between(a, b).overlap, 0.0);
 }
 
 }  // namespace

@@ -120,6 +120,9 @@ class DeviceCache {
   EvictionPolicy& policy() noexcept { return *policy_; }
   /// Checks the invariants (budget held, byte counts match states). Empty when sound.
   std::string check() const;
+  /// The message of the first exception the eviction policy threw since the last call
+  /// (the policy kept the cache consistent by falling back), or empty.
+  std::string take_policy_error() noexcept;
 
  private:
   struct Entry {

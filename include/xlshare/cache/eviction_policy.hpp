@@ -15,12 +15,15 @@
 // needs no locking of its own. Calls must be cheap: they run on every tensor access.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace xlshare {
@@ -40,14 +43,31 @@ class EvictionPolicy {
 
   /// The entry to evict (an index into `candidates`), or nullopt when the policy refuses
   /// (only allowed when `may_refuse`; otherwise the base falls back to candidates[0]).
+  /// A hook that throws is caught here (the cache calls these from noexcept paths and
+  /// from its transfer threads): the call falls back as above, and the exception's
+  /// message waits in take_error() for the request to fail with it.
   std::optional<std::size_t> choose_victim(std::span<const TensorKey> candidates,
-                                           TensorKey incoming, bool may_refuse);
+                                           TensorKey incoming, bool may_refuse) noexcept;
   /// Whether the policy means to keep `key` for long (a hint: the cache places such keys
   /// apart from the ones streaming through, so these do not fragment its space).
   bool long_lived(TensorKey key) const noexcept { return do_long_lived(key); }
-  void on_insert(TensorKey key) { do_on_insert(key); }
-  void on_access(TensorKey key) { do_on_access(key); }
-  void on_remove(TensorKey key) { do_on_remove(key); }
+  void on_insert(TensorKey key) noexcept {
+    guard([&] { do_on_insert(key); });
+  }
+  void on_access(TensorKey key) noexcept {
+    guard([&] { do_on_access(key); });
+  }
+  void on_remove(TensorKey key) noexcept {
+    guard([&] { do_on_remove(key); });
+  }
+  /// Whether a hook threw since the last take_error() (cheap: any thread, no lock).
+  bool failed() const noexcept { return failed_.load(std::memory_order_acquire); }
+  /// The message of the first exception a hook threw since the last call, or empty.
+  /// Under the same lock as the hooks (the cache's: DeviceCache::take_policy_error).
+  std::string take_error() noexcept {
+    failed_.store(false, std::memory_order_release);
+    return std::exchange(error_, {});
+  }
 
   /// "lru", "fifo", "schedule", or a user policy's name.
   virtual std::string_view name() const noexcept = 0;
@@ -62,7 +82,21 @@ class EvictionPolicy {
   virtual bool do_long_lived(TensorKey) const noexcept { return false; }
 
  private:
+  template <class F>
+  void guard(F&& hook) noexcept {
+    try {
+      hook();
+    } catch (const std::exception& e) {
+      note_error(e.what());
+    } catch (...) {
+      note_error("an exception that is not a std::exception");
+    }
+  }
+  void note_error(const char* what) noexcept;
+
   EvictionStats stats_;
+  std::string error_;
+  std::atomic<bool> failed_{false};
 };
 
 /// Least recently used (by acquire; a fetch counts as a use). The default.

@@ -16,8 +16,10 @@
 
 #include <functional>
 #include <memory>
-#include <optional>
 #include <mutex>
+#include <optional>
+#include <span>
+#include <string>
 
 #include "xlshare/cache/device_cache.hpp"
 #include "xlshare/cache/transfer_engine.hpp"
@@ -30,8 +32,19 @@
 
 namespace xlshare {
 
+/// What an EvictionPolicy is made for: the keys of one worker's near cache. Large matrices
+/// are cut into pieces of whole rows, one key each; `key_tensors[k]` names what key k
+/// holds ("blk.3.ffn_up.weight", or "output.weight#2" for a piece), `key_bytes[k]` its
+/// size, and `schedule` orders the keys as compute acquires them. Valid during the call.
+struct CacheKeys {
+  const Schedule& schedule;
+  std::span<const std::uint64_t> key_bytes;
+  std::span<const std::string> key_tensors;
+  std::uint64_t cache_bytes;  ///< the cache's budget
+};
+
 using PrefetchPolicyFactory = std::function<std::unique_ptr<PrefetchPolicy>()>;
-using EvictionPolicyFactory = std::function<std::unique_ptr<EvictionPolicy>(const Schedule&)>;
+using EvictionPolicyFactory = std::function<std::unique_ptr<EvictionPolicy>(const CacheKeys&)>;
 
 struct WorkerOptions {
   /// Copy through a near cache or compute from the pool in place. Unset:
@@ -65,12 +78,6 @@ struct WorkerOptions {
   EvictionPolicyFactory eviction_factory;
 };
 
-/// Plain counters of one worker, for per-request deltas.
-struct WorkerCounters {
-  std::uint64_t acquires = 0, ready = 0, reused = 0, stall_ns = 0, link_bytes = 0, retries = 0, failovers = 0;
-  std::uint64_t busy_ns = 0, bytes_prefetched = 0, bytes_prefetched_used = 0;
-};
-
 class Worker {
  public:
   /// `share`: a worker built on the same pools and model whose verified mapping and
@@ -94,7 +101,7 @@ class Worker {
   std::uint64_t hot_set_target_bytes() const noexcept;
 
   Figures figures() const;
-  WorkerCounters counters() const;
+  Counters counters() const;
   CacheStats cache_stats() const;
   /// One pass of the cache keys compute acquires, and each key's bytes (empty without a
   /// cache): for simulating policies on the real trace.

@@ -31,8 +31,9 @@ struct PrefetchContext {
   const Schedule& schedule;
   std::size_t step;            ///< the step about to run
   const DeviceCache& cache;    ///< to ask state(key), key_bytes(key), bytes_free()
-  std::uint64_t budget_bytes;  ///< most bytes the plan may bring in (the cache budget less
-                               ///< what the current step needs pinned)
+  std::uint64_t budget_bytes;  ///< most bytes the plan may bring in: the cache budget less
+                               ///< what compute holds at once of the step about to run (all
+                               ///< its tensors, or its largest when it holds one at a time)
 };
 
 struct PrefetchStats {
