@@ -95,8 +95,11 @@ void policy_table(int passes) {
   std::vector<TensorKey> cycle(kBlocks);
   for (std::size_t i = 0; i < kBlocks; ++i) cycle[i] = static_cast<TensorKey>(i);
   fmt::print("### (a) reuse_rate against cache size, layer-cyclic trace of a 12-block model\n\n");
-  fmt::print("Cache size in whole blocks (a block is one cache unit); reuse over passes 2..{}.\n\n", passes);
-  fmt::print("| cache (% of model) | blocks | lru | fifo | schedule | OPT bound |\n|---|---|---|---|---|---|\n");
+  fmt::print("Cache size in whole blocks (a block is one cache unit); reuse over passes 2..{}.\n\n",
+             passes);
+  fmt::print(
+      "| cache (% of model) | blocks | lru | fifo | schedule | OPT bound "
+      "|\n|---|---|---|---|---|---|\n");
   for (int pct : {10, 20, 30, 40, 50, 60, 70, 80, 90, 100}) {
     const std::size_t cap = std::max<std::size_t>(1, kBlocks * static_cast<std::size_t>(pct) / 100);
     fmt::print("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", pct, cap,
@@ -131,7 +134,8 @@ Model make_model(std::uint64_t dim, std::uint64_t ffn) {
       const std::uint64_t shape[] = {ffn_out ? ffn : dim, ffn_in ? ffn : dim};
       auto bytes = w.add_tensor(fmt::format("blk.{}.{}", b, name), DType::kF32, shape);
       auto* f = reinterpret_cast<float*>(bytes.data());
-      for (std::uint64_t i = 0; i < bytes.size() / 4; ++i) f[i] = static_cast<float>(rng() % 2001) * 1e-3f - 1.0f;
+      for (std::uint64_t i = 0; i < bytes.size() / 4; ++i)
+        f[i] = static_cast<float>(rng() % 2001) * 1e-3f - 1.0f;
     }
   }
   w.seal();
@@ -155,7 +159,8 @@ struct LookaheadResult {
   double stall_ms, overlap, ms_per_token, link_gbps, transfer_ms, compute_ms;
 };
 
-LookaheadResult run_lookahead(const Model& m, const std::string& preset, std::size_t k, int tokens) {
+LookaheadResult run_lookahead(const Model& m, const std::string& preset, std::size_t k,
+                              int tokens) {
   EmulatorOptions o;
   o.link = link_preset(preset);
   o.check_host_rate = false;
@@ -190,7 +195,8 @@ LookaheadResult run_lookahead(const Model& m, const std::string& preset, std::si
       prefetcher.end_step(s);
     }
   }
-  const double total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double total_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   engine.wait_idle();
   if (sink == 12345.678f) fmt::print(" ");
   const Figures f = prefetcher.figures();
@@ -207,12 +213,18 @@ void lookahead_table(bool quick, int repeats) {
   const std::uint64_t dim = quick ? 256 : 768, ffn = quick ? 704 : 2048;
   const int tokens = quick ? 2 : 4;
   Model m = make_model(dim, ffn);
-  fmt::print("### (b) stall and overlap against lookahead, decode (one token = one pass over 12 blocks)\n\n");
-  fmt::print("Model: 12 blocks, dim {}, ffn {}, F32 ({:.0f} MiB); cache 1/4 of the model, LRU; 2 transfer\n"
-             "threads; compute = a matrix-vector product over every weight of the block; {} tokens per\n"
-             "run; medians of {} runs.\n\n",
-             dim, ffn, 12.0 * (4 * dim * dim + 3 * dim * ffn) * 4 / (1 << 20), tokens, repeats);
-  fmt::print("| preset | lookahead | stall ms/token | overlap | ms/token | compute ms/token | link busy ms/token | link GB/s |\n");
+  fmt::print(
+      "### (b) stall and overlap against lookahead, decode (one token = one pass over 12 "
+      "blocks)\n\n");
+  fmt::print(
+      "Model: 12 blocks, dim {}, ffn {}, F32 ({:.0f} MiB); cache 1/4 of the model, LRU; 2 "
+      "transfer\n"
+      "threads; compute = a matrix-vector product over every weight of the block; {} tokens per\n"
+      "run; medians of {} runs.\n\n",
+      dim, ffn, 12.0 * (4 * dim * dim + 3 * dim * ffn) * 4 / (1 << 20), tokens, repeats);
+  fmt::print(
+      "| preset | lookahead | stall ms/token | overlap | ms/token | compute ms/token | link busy "
+      "ms/token | link GB/s |\n");
   fmt::print("|---|---|---|---|---|---|---|---|\n");
   for (const char* preset : {"cxl-x8", "cxl-x16", "cxl-switched"}) {
     for (std::size_t k : {0u, 1u, 2u, 4u}) {
@@ -226,8 +238,9 @@ void lookahead_table(bool quick, int repeats) {
         busy.push_back(res.transfer_ms / tokens);
         compute.push_back(res.compute_ms / tokens);
       }
-      fmt::print("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f} |\n", preset, k, median(stall),
-                 median(overlap), median(ms), median(compute), median(busy), median(gbps));
+      fmt::print("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f} |\n", preset, k,
+                 median(stall), median(overlap), median(ms), median(compute), median(busy),
+                 median(gbps));
     }
   }
   fmt::print("\n");
@@ -241,7 +254,8 @@ int main(int argc, char** argv) {
   bool quick = false;
   int repeats = 3;
   app.add_flag("--quick", quick, "small model, one run: a smoke test");
-  app.add_option("--repeats", repeats, "runs per lookahead configuration (median reported)")->check(CLI::Range(1, 50));
+  app.add_option("--repeats", repeats, "runs per lookahead configuration (median reported)")
+      ->check(CLI::Range(1, 50));
   CLI11_PARSE(app, argc, argv);
   if (quick) repeats = 1;
   try {

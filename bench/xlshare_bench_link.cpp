@@ -99,8 +99,8 @@ void read_region(benchmark::State& state, xlshare::MemoryBackend& b) {
     }
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kRegion));
-  state.counters["GBps"] = benchmark::Counter(static_cast<double>(state.iterations() * kRegion) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  state.counters["GBps"] = benchmark::Counter(
+      static_cast<double>(state.iterations() * kRegion) / 1e9, benchmark::Counter::kIsRate);
 }
 
 void BM_Backend(benchmark::State& state, const std::string& kind) {
@@ -113,15 +113,16 @@ void BM_Emulated(benchmark::State& state, const std::string& preset) {
   read_region(state, emu);
   state.counters["configured_GBps"] =
       benchmark::Counter(emu.link_params().bandwidth_gbps, benchmark::Counter::kAvgThreads);
-  state.counters["late_chunks"] =
-      benchmark::Counter(static_cast<double>(emu.stats().late_chunks), benchmark::Counter::kAvgThreads);
+  state.counters["late_chunks"] = benchmark::Counter(static_cast<double>(emu.stats().late_chunks),
+                                                     benchmark::Counter::kAvgThreads);
 }
 
 // One thread: 512 MiB of source through a 128 MiB destination ring (both far beyond the
 // caches), as a copy worker moves a token's weights into its near cache.
 enum class HostWork { kCopy, kHashCopiedTile, kCopyAndHash };
 void BM_HostCopy(benchmark::State& state, HostWork work) {
-  constexpr std::size_t kSource = 512u << 20, kRing = 128u << 20, kChunk = 256u << 10, kTile = 64u << 10;
+  constexpr std::size_t kSource = 512u << 20, kRing = 128u << 20, kChunk = 256u << 10,
+                        kTile = 64u << 10;
   static std::vector<std::byte> source(kSource, std::byte{1}), ring(kRing, std::byte{2});
   std::uint64_t sink = 0;
   for (auto _ : state) {
@@ -129,25 +130,48 @@ void BM_HostCopy(benchmark::State& state, HostWork work) {
       std::byte* dst = ring.data() + at % kRing;
       if (work != HostWork::kHashCopiedTile) std::memcpy(dst, source.data() + at, kChunk);
       if (work == HostWork::kCopy) continue;
-      for (std::size_t t = 0; t < kChunk; t += kTile) sink += xlshare::checksum64(std::span<const std::byte>(dst + t, kTile));
+      for (std::size_t t = 0; t < kChunk; t += kTile)
+        sink += xlshare::checksum64(std::span<const std::byte>(dst + t, kTile));
     }
   }
   benchmark::DoNotOptimize(sink);
-  state.counters["GBps"] = benchmark::Counter(static_cast<double>(state.iterations() * kSource) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  state.counters["GBps"] = benchmark::Counter(
+      static_cast<double>(state.iterations() * kSource) / 1e9, benchmark::Counter::kIsRate);
 }
 
 }  // namespace
 
 BENCHMARK_CAPTURE(BM_HostCopy, copy, HostWork::kCopy)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_HostCopy, hash_copied_tiles, HostWork::kHashCopiedTile)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_HostCopy, copy_and_hash, HostWork::kCopyAndHash)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Backend, shm, std::string("shm"))->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Backend, file, std::string("file"))->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Backend, numa0, std::string("numa"))->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Emulated, none, std::string("none"))->ThreadRange(1, 4)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Emulated, cxl_x8, std::string("cxl-x8"))->ThreadRange(1, 4)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Emulated, cxl_x16, std::string("cxl-x16"))->ThreadRange(1, 4)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Emulated, cxl_switched, std::string("cxl-switched"))->ThreadRange(1, 4)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_HostCopy, hash_copied_tiles, HostWork::kHashCopiedTile)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_HostCopy, copy_and_hash, HostWork::kCopyAndHash)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Backend, shm, std::string("shm"))
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Backend, file, std::string("file"))
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Backend, numa0, std::string("numa"))
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Emulated, none, std::string("none"))
+    ->ThreadRange(1, 4)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Emulated, cxl_x8, std::string("cxl-x8"))
+    ->ThreadRange(1, 4)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Emulated, cxl_x16, std::string("cxl-x16"))
+    ->ThreadRange(1, 4)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Emulated, cxl_switched, std::string("cxl-switched"))
+    ->ThreadRange(1, 4)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

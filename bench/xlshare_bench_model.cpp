@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
   CLI::App app{"xlshare executor benchmark (weights resident)"};
   int repeats = 3;
   bool quick = false;
-  app.add_option("--repeats", repeats, "runs per figure (median reported)")->check(CLI::Range(1, 50));
+  app.add_option("--repeats", repeats, "runs per figure (median reported)")
+      ->check(CLI::Range(1, 50));
   app.add_flag("--quick", quick, "a small model, one run: a smoke test");
   CLI11_PARSE(app, argc, argv);
   if (quick) repeats = 1;
@@ -80,7 +81,8 @@ int main(int argc, char** argv) {
       std::vector<float> logits;
       for (int p : prefills) {
         std::vector<std::int32_t> tokens(static_cast<std::size_t>(p));
-        for (int i = 0; i < p; ++i) tokens[static_cast<std::size_t>(i)] = (i * 7919) % static_cast<int>(c.vocab);
+        for (int i = 0; i < p; ++i)
+          tokens[static_cast<std::size_t>(i)] = (i * 7919) % static_cast<int>(c.vocab);
         std::vector<double> rates;
         for (int rep = 0; rep < repeats; ++rep) {
           KvCache kv(c, 1024);
@@ -99,7 +101,8 @@ int main(int argc, char** argv) {
         const auto t0 = Clock::now();
         for (int i = 0; i < decode_n; ++i) {
           ex.forward(std::span(&next, 1), kv, logits, false);
-          next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+          next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) -
+                                           logits.begin());
         }
         rates.push_back(decode_n / std::chrono::duration<double>(Clock::now() - t0).count());
       }

@@ -20,10 +20,10 @@
 //
 // Without --model the bench shape is written to a temporary GGUF: dim 768, 12 layers,
 // ffn 2048, vocab 32000, F32 (about 512 MiB).
-#include <CLI/CLI.hpp>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -36,8 +36,8 @@
 
 #include <fmt/format.h>
 
-#include "bench_shape.hpp"
 #include <nlohmann/json.hpp>
+#include "bench_shape.hpp"
 
 #include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/error.hpp"
@@ -108,11 +108,14 @@ void measure_engine(InferenceEngine& e, std::uint32_t vocab, int decode_n, ModeR
   r.decode_tok_s.push_back(decode_n / (std::max(decode_ms, 1e-3) / 1e3));
   r.stall_ms.push_back(after.stall_ms - before.stall_ms);
   const double link_ms = after.transfer_ms - before.transfer_ms;
-  r.link_gbps.push_back(link_ms > 0 ? static_cast<double>(after.link_bytes - before.link_bytes) / (link_ms * 1e6) : 0.0);
+  r.link_gbps.push_back(link_ms > 0 ? static_cast<double>(after.link_bytes - before.link_bytes) /
+                                          (link_ms * 1e6)
+                                    : 0.0);
 }
 
 // Prefill and decode with every weight in private memory.
-void measure_resident(const LlamaModel& model, WeightProvider& weights, unsigned threads, int decode_n, ModeResult& r) {
+void measure_resident(const LlamaModel& model, WeightProvider& weights, unsigned threads,
+                      int decode_n, ModeResult& r) {
   Executor ex(model, weights, ExecutorOptions{threads});
   const auto& c = model.config();
   std::vector<float> logits;
@@ -133,7 +136,8 @@ void measure_resident(const LlamaModel& model, WeightProvider& weights, unsigned
   const auto t0 = WallClock::now();
   for (int i = 0; i < decode_n; ++i) {
     ex.forward(std::span(&next, 1), kv, logits, false);
-    next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    next =
+        static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   }
   r.decode_tok_s.push_back(decode_n / (ms_since(t0) / 1e3));
   r.stall_ms.push_back(0.0);
@@ -157,8 +161,9 @@ PrivateWeights read_private(const ModelFile& f) {
 
 // --- the child modes: a fresh process each ----------------------------------------------
 
-int child_first_token(const std::string& mode, const std::string& pool, const std::string& model_file,
-                      const std::string& preset, double fraction, unsigned threads) {
+int child_first_token(const std::string& mode, const std::string& pool,
+                      const std::string& model_file, const std::string& preset, double fraction,
+                      unsigned threads) {
   const auto t0 = WallClock::now();
   double first_token_ms = 0;  // taken before anything is torn down
   if (mode == "resident") {
@@ -232,11 +237,13 @@ double run_child(const std::vector<std::string>& args) {
   }
   std::string text;
   char buf[256];
-  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;)
+    text.append(buf, static_cast<std::size_t>(n));
   ::close(out[0]);
   int status = 0;
   ::waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw Error(fmt::format("child {} failed", args.front()));
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw Error(fmt::format("child {} failed", args.front()));
   return std::stod(text);
 }
 
@@ -250,12 +257,15 @@ int main(int argc, char** argv) {
   double scrub_mib_s = 256;
   int repeats = 3;
   bool json = false, quick = false;
-  app.add_option("--model", model_file, "GGUF file or Hugging Face directory (default: the bench shape)");
-  app.add_option("--cache-fraction", fraction, "cache (copy) and hot set (in_place) as a fraction of the model")
+  app.add_option("--model", model_file,
+                 "GGUF file or Hugging Face directory (default: the bench shape)");
+  app.add_option("--cache-fraction", fraction,
+                 "cache (copy) and hot set (in_place) as a fraction of the model")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--preset", preset, "emulated link preset")->capture_default_str();
   app.add_option("--threads", threads, "compute threads")->check(CLI::Range(1u, 256u));
-  app.add_option("--repeats", repeats, "runs per figure (median reported)")->check(CLI::Range(1, 50));
+  app.add_option("--repeats", repeats, "runs per figure (median reported)")
+      ->check(CLI::Range(1, 50));
   app.add_option("--scrub-rate", scrub_mib_s, "in_place: the Scrubber's MiB/s (0: off)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1e6));
@@ -306,7 +316,8 @@ int main(int argc, char** argv) {
       load_ms.push_back(ms_since(t0));
     }
     std::map<std::string, ModeResult> modes;
-    const std::uint64_t budget = static_cast<std::uint64_t>(fraction * static_cast<double>(model_bytes));
+    const std::uint64_t budget =
+        static_cast<std::uint64_t>(fraction * static_cast<double>(model_bytes));
     for (int r = 0; r < repeats; ++r) {
       floor_ms.push_back(run_child({"--child", "floor", "--child-pool", uri}));
       {
@@ -329,9 +340,9 @@ int main(int argc, char** argv) {
       }
       for (const char* name : {"resident", "in_place", "copy"}) {
         modes[name].attach_first_token_ms.push_back(run_child(
-            {"--child", name == std::string("in_place") ? "in-place" : name, "--child-pool", uri, "--model",
-             model_file, "--preset", preset, "--cache-fraction", fmt::format("{}", fraction), "--threads",
-             std::to_string(threads)}));
+            {"--child", name == std::string("in_place") ? "in-place" : name, "--child-pool", uri,
+             "--model", model_file, "--preset", preset, "--cache-fraction",
+             fmt::format("{}", fraction), "--threads", std::to_string(threads)}));
       }
     }
     if (json) {
@@ -347,18 +358,25 @@ int main(int argc, char** argv) {
       for (const auto& [name, m] : modes) j["modes"][name] = m.to_json();
       fmt::print("{}\n", j.dump(2));
     } else {
-      fmt::print("model {} MiB, preset {}, cache/hot set {:.2f} of the model, {} threads, median of {}\n\n",
-                 model_bytes >> 20, preset, fraction, threads, repeats);
-      fmt::print("| placement | prefill 128 tok/s | decode tg{} tok/s | stall ms | link GB/s | attach → first token ms |\n",
-                 decode_n);
+      fmt::print(
+          "model {} MiB, preset {}, cache/hot set {:.2f} of the model, {} threads, median of "
+          "{}\n\n",
+          model_bytes >> 20, preset, fraction, threads, repeats);
+      fmt::print(
+          "| placement | prefill 128 tok/s | decode tg{} tok/s | stall ms | link GB/s | attach → "
+          "first token ms |\n",
+          decode_n);
       fmt::print("|---|---|---|---|---|---|\n");
       for (const char* name : {"resident", "in_place", "copy"}) {
         const ModeResult& m = modes[name];
-        fmt::print("| {} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.0f} |\n", name, median(m.prefill_tok_s),
-                   median(m.decode_tok_s), median(m.stall_ms), median(m.link_gbps), median(m.attach_first_token_ms));
+        fmt::print("| {} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.0f} |\n", name,
+                   median(m.prefill_tok_s), median(m.decode_tok_s), median(m.stall_ms),
+                   median(m.link_gbps), median(m.attach_first_token_ms));
       }
-      fmt::print("\nread floor (a new process reads every weight byte once): {:.0f} ms; load from the file: {:.0f} ms\n",
-                 median(floor_ms), median(load_ms));
+      fmt::print(
+          "\nread floor (a new process reads every weight byte once): {:.0f} ms; load from the "
+          "file: {:.0f} ms\n",
+          median(floor_ms), median(load_ms));
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "xlshare: error: {}\n", e.what());

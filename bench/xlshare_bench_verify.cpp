@@ -12,8 +12,8 @@
 //     64 / 256 (the default) / 1024 MiB/s, with the scrubber thread's CPU share.
 // Both cores are shared by compute and the scrubber here: on a bigger host the scrubber's
 // share of a core is the figure to read.
-#include <CLI/CLI.hpp>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
   unsigned threads = 2;
   std::string dtype_name = "f32";
   bool quick = false;
-  app.add_option("--repeats", repeats, "runs per figure (median reported)")->check(CLI::Range(1, 50));
+  app.add_option("--repeats", repeats, "runs per figure (median reported)")
+      ->check(CLI::Range(1, 50));
   app.add_option("--threads", threads, "compute threads")->check(CLI::Range(1u, 256u));
   app.add_option("--dtype", dtype_name, "weight dtype")->check(CLI::IsMember({"f32", "f16"}));
   app.add_flag("--quick", quick, "a small model, one run: a smoke test");
@@ -67,7 +68,8 @@ int main(int argc, char** argv) {
   EngineConfig config;
   config.pool_uri = uri;
   config.link_preset = "none";
-  config.placement = Placement::kCopy;  // cache 0 in copy: every tile verified at attach (the eager form)
+  config.placement =
+      Placement::kCopy;  // cache 0 in copy: every tile verified at attach (the eager form)
   config.cache_bytes = 0;
   config.compute_threads = threads;
   try {
@@ -84,20 +86,23 @@ int main(int argc, char** argv) {
       const ScrubStats s = e.stats().workers[0].scrub;
       model_bytes = s.verify_bytes;
       verify_s.push_back(static_cast<double>(s.verify_ns) / 1e9);
-      verify_gbps.push_back(s.verify_ns ? static_cast<double>(s.verify_bytes) / static_cast<double>(s.verify_ns) : 0);
+      verify_gbps.push_back(
+          s.verify_ns ? static_cast<double>(s.verify_bytes) / static_cast<double>(s.verify_ns) : 0);
       const auto t1 = WallClock::now();
       e.scrub_now();
       rehash_gbps.push_back(static_cast<double>(s.verify_bytes) / 1e9 / seconds_since(t1));
     }
-    fmt::print("model: {} MiB ({}), {} compute threads, median of {} runs\n\n",
-               model_bytes >> 20, dtype_name, threads, repeats);
-    fmt::print("| attach (cache 0) | first-use verification | its rate | re-hash of the mapped model |\n");
+    fmt::print("model: {} MiB ({}), {} compute threads, median of {} runs\n\n", model_bytes >> 20,
+               dtype_name, threads, repeats);
+    fmt::print(
+        "| attach (cache 0) | first-use verification | its rate | re-hash of the mapped model |\n");
     fmt::print("|---|---|---|---|\n");
     fmt::print("| {:.0f} ms | {:.0f} ms | {:.1f} GB/s | {:.1f} GB/s |\n\n", median(attach_s) * 1e3,
                median(verify_s) * 1e3, median(verify_gbps), median(rehash_gbps));
 
-    fmt::print("| scrubber | decode (tg{}) tok/s | scrubber CPU (share of one core) | scrubbed MiB/s |\n",
-               decode_n);
+    fmt::print(
+        "| scrubber | decode (tg{}) tok/s | scrubber CPU (share of one core) | scrubbed MiB/s |\n",
+        decode_n);
     fmt::print("|---|---|---|---|\n");
     for (std::uint64_t mib : {0ull, 64ull, 256ull, 1024ull}) {
       config.scrub_bytes_per_s = mib << 20;
@@ -117,10 +122,14 @@ int main(int argc, char** argv) {
       }
       const ScrubStats s = e.stats().workers[0].scrub;
       const double wall = static_cast<double>(s.wall_ns) / 1e9;
-      fmt::print("| {} | {} | {} | {} |\n", mib == 0 ? std::string("off") : fmt::format("{} MiB/s", mib),
-                 rates.empty() ? std::string("—") : fmt::format("{:.1f}", median(rates)),
-                 s.wall_ns ? fmt::format("{:.1f}%", 100.0 * static_cast<double>(s.cpu_ns) / static_cast<double>(s.wall_ns)) : "—",
-                 wall > 0 ? fmt::format("{:.0f}", static_cast<double>(s.bytes_scrubbed) / 1048576.0 / wall) : "—");
+      fmt::print(
+          "| {} | {} | {} | {} |\n", mib == 0 ? std::string("off") : fmt::format("{} MiB/s", mib),
+          rates.empty() ? std::string("—") : fmt::format("{:.1f}", median(rates)),
+          s.wall_ns ? fmt::format("{:.1f}%", 100.0 * static_cast<double>(s.cpu_ns) /
+                                                 static_cast<double>(s.wall_ns))
+                    : "—",
+          wall > 0 ? fmt::format("{:.0f}", static_cast<double>(s.bytes_scrubbed) / 1048576.0 / wall)
+                   : "—");
     }
   } catch (const std::exception& e) {
     if (backend_exists(uri)) remove_backend(uri);

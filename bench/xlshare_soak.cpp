@@ -86,10 +86,16 @@ int main(int argc, char** argv) {
   int workers = 2;
   double seconds = 5;
   double transient = 0.02, flips = 0.01;
-  app.add_option("--workers", workers, "worker processes")->capture_default_str()->check(CLI::Range(1, 32));
-  app.add_option("--seconds", seconds, "how long the workers serve")->capture_default_str()->check(CLI::Range(1.0, 86400.0));
-  app.add_option("--transient-rate", transient, "transient link error probability per transfer")->capture_default_str();
-  app.add_option("--bit-flip-rate", flips, "silent bit flip probability per transfer")->capture_default_str();
+  app.add_option("--workers", workers, "worker processes")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 32));
+  app.add_option("--seconds", seconds, "how long the workers serve")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 86400.0));
+  app.add_option("--transient-rate", transient, "transient link error probability per transfer")
+      ->capture_default_str();
+  app.add_option("--bit-flip-rate", flips, "silent bit flip probability per transfer")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   const std::string prefix = fmt::format("xlshare-soak-{}", ::getpid());
@@ -113,7 +119,8 @@ int main(int argc, char** argv) {
       reference.attach_model("soak");
       for (std::uint32_t i = 0; i < 6; ++i) {
         std::vector<std::int32_t> p;
-        for (std::uint32_t k = 0; k < 4 + i; ++k) p.push_back(static_cast<std::int32_t>((i * 131 + k * 17) % 1024));
+        for (std::uint32_t k = 0; k < 4 + i; ++k)
+          p.push_back(static_cast<std::int32_t>((i * 131 + k * 17) % 1024));
         prompts.push_back(p);
         answers.push_back(reference.generate(p, 6));
       }
@@ -155,7 +162,8 @@ int main(int argc, char** argv) {
               fmt::print(stderr, "worker {}: request {}: {}\n", w, i, e.what());
             }
             ++r.requests;
-            if (std::chrono::duration<double>(SteadyClock::now() - last_sample).count() >= 1.0 || i == 0) {
+            if (std::chrono::duration<double>(SteadyClock::now() - last_sample).count() >= 1.0 ||
+                i == 0) {
               last_sample = SteadyClock::now();
               t.push_back(elapsed);
               rss.push_back(static_cast<double>(rss_kb()));
@@ -168,8 +176,9 @@ int main(int argc, char** argv) {
         r.fds_after = count_fds();
         // Slope after warm-up: the last two thirds of the samples.
         const std::size_t from = t.size() / 3;
-        r.rss_slope_kb_per_s = slope(std::vector<double>(t.begin() + static_cast<long>(from), t.end()),
-                                     std::vector<double>(rss.begin() + static_cast<long>(from), rss.end()));
+        r.rss_slope_kb_per_s =
+            slope(std::vector<double>(t.begin() + static_cast<long>(from), t.end()),
+                  std::vector<double>(rss.begin() + static_cast<long>(from), rss.end()));
         r.rss_first_kb = rss.empty() ? 0 : rss[from < rss.size() ? from : 0];
         r.rss_last_kb = rss.empty() ? 0 : rss.back();
         (void)!::write(fds[1], &r, sizeof r);
@@ -179,8 +188,9 @@ int main(int argc, char** argv) {
       children.push_back({pid, fds[0]});
     }
     std::uint64_t total = 0, wrong = 0, errors = 0, lost = 0;
-    fmt::print("{:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>10} {:>10} {:>14} {:>9}\n", "worker", "requests", "wrong", "errors",
-               "retries", "mismatch", "RSS MiB", "RSS end", "slope KiB/s", "fds +/-");
+    fmt::print("{:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>10} {:>10} {:>14} {:>9}\n", "worker",
+               "requests", "wrong", "errors", "retries", "mismatch", "RSS MiB", "RSS end",
+               "slope KiB/s", "fds +/-");
     for (std::size_t i = 0; i < children.size(); ++i) {
       WorkerResult r;
       const bool got = ::read(children[i].second, &r, sizeof r) == static_cast<ssize_t>(sizeof r);
@@ -195,20 +205,24 @@ int main(int argc, char** argv) {
       total += r.requests;
       wrong += r.wrong;
       errors += r.errors;
-      fmt::print("{:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>10.1f} {:>10.1f} {:>14.2f} {:>9}\n", i, r.requests, r.wrong,
-                 r.errors, r.retries, r.checksum_mismatches, r.rss_first_kb / 1024, r.rss_last_kb / 1024,
-                 r.rss_slope_kb_per_s, static_cast<long>(r.fds_after) - static_cast<long>(r.fds_before));
+      fmt::print("{:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>10.1f} {:>10.1f} {:>14.2f} {:>9}\n", i,
+                 r.requests, r.wrong, r.errors, r.retries, r.checksum_mismatches,
+                 r.rss_first_kb / 1024, r.rss_last_kb / 1024, r.rss_slope_kb_per_s,
+                 static_cast<long>(r.fds_after) - static_cast<long>(r.fds_before));
       if (r.fds_after != r.fds_before) {
-        fmt::print("worker {} leaked {} file descriptors\n", i, static_cast<long>(r.fds_after) - static_cast<long>(r.fds_before));
+        fmt::print("worker {} leaked {} file descriptors\n", i,
+                   static_cast<long>(r.fds_after) - static_cast<long>(r.fds_before));
         rc = 1;
       }
     }
     remove_backend(uri);
     const auto left = shm_objects(prefix);
     const std::size_t fds_end = count_fds();
-    fmt::print("\n{} requests by {} workers in {:.0f} s: {} wrong, {} failed, {} workers lost; shm objects left: {}; "
-               "parent fds {} -> {}\n",
-               total, workers, seconds, wrong, errors, lost, left.size(), fds_start, fds_end);
+    fmt::print(
+        "\n{} requests by {} workers in {:.0f} s: {} wrong, {} failed, {} workers lost; shm "
+        "objects left: {}; "
+        "parent fds {} -> {}\n",
+        total, workers, seconds, wrong, errors, lost, left.size(), fds_start, fds_end);
     if (wrong || errors || lost || !left.empty() || fds_end != fds_start || total == 0) rc = 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "xlshare_soak: error: {}\n", e.what());

@@ -50,7 +50,8 @@ class AdaptiveLookahead final : public xlshare::PrefetchPolicy {
 xlshare::EngineStats run(const std::string& uri, xlshare::PrefetchPolicyFactory factory) {
   xlshare::EngineConfig config;
   config.pool_uri = uri;
-  config.link = xlshare::LinkParams{.bandwidth_gbps = 2.0, .latency_ns = 600, .overhead_ns = 0, .chunk_bytes = 256 * 1024};
+  config.link = xlshare::LinkParams{
+      .bandwidth_gbps = 2.0, .latency_ns = 600, .overhead_ns = 0, .chunk_bytes = 256 * 1024};
   config.cache_bytes = 6u << 20;  // about a quarter of the model
   config.prefetch_policy = std::move(factory);
   xlshare::InferenceEngine engine(config);
@@ -79,11 +80,12 @@ int main() {
     });
     const auto& b = baseline.workers[0].figures;
     const auto& a = adaptive.workers[0].figures;
-    fmt::print("{:<22} {:>10} {:>10} {:>10} {:>9}\n", "policy", "stall ms", "ready", "overlap", "accuracy");
-    fmt::print("{:<22} {:>10.2f} {:>10.2f} {:>10.2f} {:>9.2f}\n", "on demand (k=0)", b.stall_ms, b.ready_rate, b.overlap,
-               b.prefetch_accuracy);
-    fmt::print("{:<22} {:>10.2f} {:>10.2f} {:>10.2f} {:>9.2f}\n", "adaptive-lookahead", a.stall_ms, a.ready_rate,
-               a.overlap, a.prefetch_accuracy);
+    fmt::print("{:<22} {:>10} {:>10} {:>10} {:>9}\n", "policy", "stall ms", "ready", "overlap",
+               "accuracy");
+    fmt::print("{:<22} {:>10.2f} {:>10.2f} {:>10.2f} {:>9.2f}\n", "on demand (k=0)", b.stall_ms,
+               b.ready_rate, b.overlap, b.prefetch_accuracy);
+    fmt::print("{:<22} {:>10.2f} {:>10.2f} {:>10.2f} {:>9.2f}\n", "adaptive-lookahead", a.stall_ms,
+               a.ready_rate, a.overlap, a.prefetch_accuracy);
     xlshare::remove_backend(uri);
     return a.acquires == b.acquires && raw != nullptr ? 0 : 1;
   } catch (const std::exception& e) {

@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
   try {
     {  // the loader: once
       xlshare::InferenceEngine loader(config);
-      loader.register_model(xlshare::create_sample_transformer_model(256, 8, 8, 4, 688, 1024, 3), "shared");
+      loader.register_model(xlshare::create_sample_transformer_model(256, 8, 8, 4, 688, 1024, 3),
+                            "shared");
     }
     std::vector<pid_t> pids;
     for (int w = 0; w < workers; ++w) {
@@ -38,8 +39,9 @@ int main(int argc, char** argv) {
           const auto tokens = engine.generate(std::vector<std::int32_t>{3, 1, 4, 1, 5}, 8);
           const auto mem = xlshare::read_proc_memory(::getpid()).value_or(xlshare::ProcMemory{});
           const auto s = engine.stats();
-          fmt::print("worker {} (pid {}): {} tokens, first {}, link {:.1f} MiB, PSS {:.1f} MiB\n", w, ::getpid(),
-                     tokens.size(), tokens.front(), s.workers[0].transfers.link_bytes / 1048576.0, mem.pss / 1048576.0);
+          fmt::print("worker {} (pid {}): {} tokens, first {}, link {:.1f} MiB, PSS {:.1f} MiB\n",
+                     w, ::getpid(), tokens.size(), tokens.front(),
+                     s.workers[0].transfers.link_bytes / 1048576.0, mem.pss / 1048576.0);
           std::fflush(stdout);
           ::_exit(0);
         } catch (const std::exception& e) {

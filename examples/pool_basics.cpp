@@ -34,8 +34,8 @@ int main() {
     const xlshare::TensorInfo t = pool->find_tensor("tiny/weight");
     std::vector<std::byte> near(t.size_bytes);
     if (pool->read(t, 0, near) != xlshare::ReadStatus::kOk) return 1;
-    fmt::print("read {} bytes of tiny/weight ({}x{} f32); checksum {}\n", near.size(),
-               t.shape[0], t.shape[1], pool->verify(t) ? "ok" : "MISMATCH");
+    fmt::print("read {} bytes of tiny/weight ({}x{} f32); checksum {}\n", near.size(), t.shape[0],
+               t.shape[1], pool->verify(t) ? "ok" : "MISMATCH");
   } catch (const std::exception& e) {
     fmt::print(stderr, "pool_basics: {}\n", e.what());
     xlshare::remove_backend(uri);

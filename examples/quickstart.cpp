@@ -13,14 +13,15 @@
 int main() {
   xlshare::EngineConfig config;
   config.pool_uri = fmt::format("shm://quickstart-{}", ::getpid());
-  config.link_preset = "cxl-x8";     // a CXL 2.0 x8 memory expander
-  config.cache_bytes = 8u << 20;     // 8 MiB of "HBM" per worker
+  config.link_preset = "cxl-x8";  // a CXL 2.0 x8 memory expander
+  config.cache_bytes = 8u << 20;  // 8 MiB of "HBM" per worker
   config.eviction_policy = "schedule";
   config.lookahead = 2;
   try {
     xlshare::InferenceEngine engine(config);
     // A custom model: dim 256, 6 layers, 8 heads (4 kv heads), ffn 688, vocab 1024.
-    const auto model = xlshare::create_sample_transformer_model(256, 6, 8, 4, 688, 1024, /*seed=*/7);
+    const auto model =
+        xlshare::create_sample_transformer_model(256, 6, 8, 4, 688, 1024, /*seed=*/7);
     engine.register_model(model, "custom");  // loaded once; a second call finds it
     engine.attach_model("custom");
 
@@ -33,9 +34,11 @@ int main() {
     std::string tokens;
     for (auto t : result.output_tokens) tokens += fmt::format("{} ", t);
     fmt::print("generated: {}\n", tokens);
-    fmt::print("latency {:.1f} ms, ready_rate {:.2f}, reuse_rate {:.2f}, stall {:.2f} ms, link {:.1f} MiB\n",
-               result.latency_ms, result.ready_rate, result.reuse_rate, result.stall_ms,
-               static_cast<double>(result.link_bytes) / (1 << 20));
+    fmt::print(
+        "latency {:.1f} ms, ready_rate {:.2f}, reuse_rate {:.2f}, stall {:.2f} ms, link {:.1f} "
+        "MiB\n",
+        result.latency_ms, result.ready_rate, result.reuse_rate, result.stall_ms,
+        static_cast<double>(result.link_bytes) / (1 << 20));
     fmt::print("{}\n", engine.stats().to_json());
   } catch (const std::exception& e) {
     fmt::print(stderr, "quickstart: {}\n", e.what());

@@ -9,7 +9,7 @@ packages=(
   libeigen3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libxxhash-dev libnuma-dev libcli11-dev
-  clang libclang-rt-14-dev libomp-dev
+  clang libclang-rt-14-dev clang-format
   gnuplot-nox
 )
 

@@ -31,11 +31,11 @@
 
 #include <fmt/format.h>
 
-#include "xlshare/option_checks.hpp"  // tools/xlshare: the CLI's option checks
 #include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/checksum.hpp"
+#include "xlshare/option_checks.hpp"  // tools/xlshare: the CLI's option checks
 #include "xlshare/proc_memory.hpp"
 
 namespace {
@@ -125,23 +125,36 @@ int main(int argc, char** argv) {
   std::size_t tokens = 16;
   std::optional<std::size_t> lookahead;
   bool keep = false;
-  app.add_option("--model", model_path, "GGUF file or Hugging Face directory (default: a synthetic Llama)");
-  app.add_option("--pool", uri, "the demo's pool, shm://NAME; must not exist (default: shm://xlshare-demo-PID)");
-  app.add_option("--workers", workers, "worker processes")->capture_default_str()->check(integer_in(1, 16));
-  app.add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
-  app.add_option("--policy", policy, "eviction policy: fixed (a fixed set stays, the rest streams), lru, fifo, schedule")->capture_default_str();
+  app.add_option("--model", model_path,
+                 "GGUF file or Hugging Face directory (default: a synthetic Llama)");
+  app.add_option("--pool", uri,
+                 "the demo's pool, shm://NAME; must not exist (default: shm://xlshare-demo-PID)");
+  app.add_option("--workers", workers, "worker processes")
+      ->capture_default_str()
+      ->check(integer_in(1, 16));
+  app.add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")
+      ->capture_default_str();
+  app.add_option(
+         "--policy", policy,
+         "eviction policy: fixed (a fixed set stays, the rest streams), lru, fifo, schedule")
+      ->capture_default_str();
   app.add_option("--placement", placement_name,
-                 "in-place (default here: workers compute from the pool, --cache-fraction is their hot set) or copy "
+                 "in-place (default here: workers compute from the pool, --cache-fraction is their "
+                 "hot set) or copy "
                  "(a near cache filled over the link, the model of a GPU)")
       ->check(CLI::IsMember({"copy", "in-place", "in_place"}));
-  app.add_option("--lookahead", lookahead, "steps ahead: prefetched (copy, default 2) or reserved (in-place, default 4)")
+  app.add_option("--lookahead", lookahead,
+                 "steps ahead: prefetched (copy, default 2) or reserved (in-place, default 4)")
       ->check(integer_in(0, 1024));
   app.add_option("--cache-fraction", cache_fraction,
-                 "near memory per worker, as a fraction of the model: the hot set (in-place) or the cache (copy)")
+                 "near memory per worker, as a fraction of the model: the hot set (in-place) or "
+                 "the cache (copy)")
       ->capture_default_str()
       ->check(real_in(0.01, 1.0));
   // The engine's default context (1024) less the 8-token prompt.
-  app.add_option("--tokens", tokens, "tokens each worker generates")->capture_default_str()->check(integer_in(1, 1016));
+  app.add_option("--tokens", tokens, "tokens each worker generates")
+      ->capture_default_str()
+      ->check(integer_in(1, 1016));
   app.add_flag("--keep", keep, "leave the pool in place");
   try {
     app.parse(argc, argv);
@@ -159,10 +172,12 @@ int main(int argc, char** argv) {
   try {
     const auto parsed = xlshare::parse_backend_uri(uri);
     if (parsed.scheme != xlshare::BackendUri::Scheme::kShm) {
-      return fail(fmt::format("--pool {}: the demo needs a shm://NAME pool (it measures /dev/shm/NAME)", uri));
+      return fail(fmt::format(
+          "--pool {}: the demo needs a shm://NAME pool (it measures /dev/shm/NAME)", uri));
     }
     if (xlshare::backend_exists(uri)) {
-      return fail(fmt::format("--pool {}: already exists; the demo makes and removes its own pool", uri));
+      return fail(
+          fmt::format("--pool {}: already exists; the demo makes and removes its own pool", uri));
     }
   } catch (const std::exception& e) {
     return fail(e.what());
@@ -222,7 +237,8 @@ int main(int argc, char** argv) {
       if (model_path.empty()) {
         const auto m = xlshare::create_sample_transformer_model(512, 8, 8, 4, 1376, 8000, 42);
         loader.register_model(m, "demo");
-        source = "synthetic Llama (dim 512, 8 layers, 8 heads, 4 kv heads, ffn 1376, vocab 8000, F32)";
+        source =
+            "synthetic Llama (dim 512, 8 layers, 8 heads, 4 kv heads, ffn 1376, vocab 8000, F32)";
       } else {
         loader.register_model(model_path, "demo");
         source = model_path;
@@ -238,20 +254,25 @@ int main(int argc, char** argv) {
       model_bytes = view->total_bytes();
       vocab = xlshare::LlamaModel::from_pool(*view).config().vocab;
     }
-    config.cache_bytes = static_cast<std::uint64_t>(static_cast<double>(model_bytes) * cache_fraction);
+    config.cache_bytes =
+        static_cast<std::uint64_t>(static_cast<double>(model_bytes) * cache_fraction);
     const auto link = xlshare::link_preset(preset);
-    fmt::print("xlshare demo\n  model  {} — {:.1f} MiB, loaded into {} once in {:.0f} ms\n", source, mib(model_bytes), uri,
-               load_ms);
+    fmt::print("xlshare demo\n  model  {} — {:.1f} MiB, loaded into {} once in {:.0f} ms\n", source,
+               mib(model_bytes), uri, load_ms);
     fmt::print("  link   {} ({} GB/s, {} ns; this host copies {:.1f} GB/s per thread)\n", preset,
                link.bandwidth_gbps, link.latency_ns, xlshare::CxlEmulator::host_copy_gbps());
     const xlshare::Placement placement = config.placement.value_or(xlshare::Placement::kInPlace);
     if (placement == xlshare::Placement::kInPlace) {
-      fmt::print("  {} worker processes, each computing in place from the pool with a {:.1f} MiB hot set ({:.0f}% of "
-                 "the model), lookahead {}\n\n",
-                 workers, mib(config.cache_bytes), cache_fraction * 100, lookahead.value_or(4));
+      fmt::print(
+          "  {} worker processes, each computing in place from the pool with a {:.1f} MiB hot set "
+          "({:.0f}% of "
+          "the model), lookahead {}\n\n",
+          workers, mib(config.cache_bytes), cache_fraction * 100, lookahead.value_or(4));
     } else {
-      fmt::print("  {} worker processes, each with a {:.1f} MiB cache ({:.0f}% of the model), {} eviction, lookahead {}\n\n",
-                 workers, mib(config.cache_bytes), cache_fraction * 100, policy, lookahead.value_or(2));
+      fmt::print(
+          "  {} worker processes, each with a {:.1f} MiB cache ({:.0f}% of the model), {} "
+          "eviction, lookahead {}\n\n",
+          workers, mib(config.cache_bytes), cache_fraction * 100, policy, lookahead.value_or(2));
     }
     std::fflush(stdout);  // the header shows while the workers run
 
@@ -309,7 +330,8 @@ int main(int argc, char** argv) {
           r.stall_ms = res.stall_ms;
           r.link_bytes = res.link_bytes;
           r.tokens = res.output_tokens.size();
-          r.output_hash = xlshare::checksum64(res.output_tokens.data(), res.output_tokens.size() * 4);
+          r.output_hash =
+              xlshare::checksum64(res.output_tokens.data(), res.output_tokens.size() * 4);
           r.ok = 1;
         } catch (const std::exception& e) {
           fmt::format_to_n(r.error, sizeof r.error - 1, "{}", e.what());
@@ -330,7 +352,8 @@ int main(int argc, char** argv) {
     }
     std::vector<Report> reports(children.size());
     std::vector<bool> reported(children.size());
-    for (std::size_t i = 0; i < children.size(); ++i) reported[i] = read_report(children[i].report_fd, reports[i]);
+    for (std::size_t i = 0; i < children.size(); ++i)
+      reported[i] = read_report(children[i].report_fd, reports[i]);
     std::vector<pid_t> pids;
     std::size_t n_failed = 0, first_failed = children.size();
     for (std::size_t i = 0; i < children.size(); ++i) {
@@ -344,28 +367,34 @@ int main(int argc, char** argv) {
     if (n_failed > 0) {
       const std::size_t i = first_failed;
       const auto statuses = release_and_reap();
-      const std::string why =
-          reported[i] ? std::string(reports[i].error) : "died before reporting (" + describe_exit(statuses[i]) + ")";
-      return fail(fmt::format("worker {} (pid {}) failed: {}{}", i, pids[i], why,
-                              n_failed > 1 ? fmt::format(" ({} of {} workers failed)", n_failed, pids.size()) : ""));
+      const std::string why = reported[i]
+                                  ? std::string(reports[i].error)
+                                  : "died before reporting (" + describe_exit(statuses[i]) + ")";
+      return fail(fmt::format(
+          "worker {} (pid {}) failed: {}{}", i, pids[i], why,
+          n_failed > 1 ? fmt::format(" ({} of {} workers failed)", n_failed, pids.size()) : ""));
     }
 
     // 3. Measure while every worker is attached.
-    fmt::print("{:>6} {:>7} {:>9} {:>10} {:>7} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9}\n", "worker", "pid", "attach ms",
-               "latency ms", "tok/s", "ready", "reuse", "stall ms", "link MiB", "PSS MiB", "pool PSS");
+    fmt::print("{:>6} {:>7} {:>9} {:>10} {:>7} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9}\n", "worker",
+               "pid", "attach ms", "latency ms", "tok/s", "ready", "reuse", "stall ms", "link MiB",
+               "PSS MiB", "pool PSS");
     std::uint64_t pss_total = 0, pool_pss_total = 0;
     bool identical = true;
     for (std::size_t i = 0; i < children.size(); ++i) {
       const Report& r = reports[i];
       const auto proc = xlshare::read_proc_memory(children[i].pid).value_or(xlshare::ProcMemory{});
-      const auto mapped = xlshare::read_mapping_memory(children[i].pid, shm_path).value_or(xlshare::ProcMemory{});
+      const auto mapped =
+          xlshare::read_mapping_memory(children[i].pid, shm_path).value_or(xlshare::ProcMemory{});
       pss_total += proc.pss;
       pool_pss_total += mapped.pss;
       identical = identical && r.output_hash == reports[0].output_hash;
-      fmt::print("{:>6} {:>7} {:>9.1f} {:>10.1f} {:>7.1f} {:>6.2f} {:>6.2f} {:>8.1f} {:>9.1f} {:>8.1f} {:>9.1f}\n", i,
-                 children[i].pid, r.attach_ms, r.latency_ms,
-                 r.latency_ms > 0 ? 1000.0 * static_cast<double>(r.tokens) / r.latency_ms : 0.0, r.ready, r.reuse,
-                 r.stall_ms, mib(r.link_bytes), mib(proc.pss), mib(mapped.pss));
+      fmt::print(
+          "{:>6} {:>7} {:>9.1f} {:>10.1f} {:>7.1f} {:>6.2f} {:>6.2f} {:>8.1f} {:>9.1f} {:>8.1f} "
+          "{:>9.1f}\n",
+          i, children[i].pid, r.attach_ms, r.latency_ms,
+          r.latency_ms > 0 ? 1000.0 * static_cast<double>(r.tokens) / r.latency_ms : 0.0, r.ready,
+          r.reuse, r.stall_ms, mib(r.link_bytes), mib(proc.pss), mib(mapped.pss));
     }
     const auto statuses = release_and_reap();
     for (std::size_t i = 0; i < statuses.size(); ++i) {
@@ -375,10 +404,14 @@ int main(int argc, char** argv) {
       }
     }
     const double copies = static_cast<double>(workers) * static_cast<double>(model_bytes);
-    fmt::print("\nmemory: the {} workers together {:.1f} MiB PSS ({:.1f} MiB of it the shared pool);\n", workers,
-               mib(pss_total), mib(pool_pss_total));
-    fmt::print("        {} private copies of the weights alone would be {:.1f} MiB: memory_efficiency {:.2f}x\n",
-               workers, copies / (1 << 20), copies / static_cast<double>(std::max<std::uint64_t>(pss_total, 1)));
+    fmt::print(
+        "\nmemory: the {} workers together {:.1f} MiB PSS ({:.1f} MiB of it the shared pool);\n",
+        workers, mib(pss_total), mib(pool_pss_total));
+    fmt::print(
+        "        {} private copies of the weights alone would be {:.1f} MiB: memory_efficiency "
+        "{:.2f}x\n",
+        workers, copies / (1 << 20),
+        copies / static_cast<double>(std::max<std::uint64_t>(pss_total, 1)));
     if (!identical) return fail("the workers generated different tokens from the same prompt");
     fmt::print("outputs: every worker generated the same tokens\n");
   } catch (const std::exception& e) {

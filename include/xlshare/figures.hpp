@@ -9,7 +9,7 @@
 namespace xlshare {
 
 struct Figures {
-  std::uint64_t acquires = 0;     ///< tensor acquisitions by compute
+  std::uint64_t acquires = 0;  ///< tensor acquisitions by compute
   /// Acquisitions that found the tensor resident and complete (no wait).
   double ready_rate = 0.0;
   /// Acquisitions served by bytes already resident from an earlier use (no link transfer
@@ -27,8 +27,8 @@ struct Figures {
   double link_gbps = 0.0;
   /// Time the link was busy, in ms (the transfer time of `overlap`).
   double transfer_ms = 0.0;
-  std::uint64_t retries = 0;        ///< transient faults retried
-  std::uint64_t failovers = 0;      ///< reads served by the replica pool
+  std::uint64_t retries = 0;    ///< transient faults retried
+  std::uint64_t failovers = 0;  ///< reads served by the replica pool
   std::uint64_t checksum_mismatches = 0;
 
   std::string to_json() const;

@@ -3,10 +3,10 @@
 // processes mapping it, so the PSS of all workers summed is the memory they use together.
 #pragma once
 
+#include <sys/types.h>
 #include <cstdint>
 #include <optional>
 #include <string_view>
-#include <sys/types.h>
 
 namespace xlshare {
 

@@ -25,10 +25,12 @@ DeviceCache::DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> 
   stats_.budget_bytes = budget_bytes_;
   // One arena for the whole budget, sub-allocated first-fit: the cache's memory is exactly
   // its budget (plus per-tensor rounding), allocated once, as a GPU would cudaMalloc it.
-  arena_bytes_ = (budget_bytes_ + kArenaAlign - 1) / kArenaAlign * kArenaAlign + kArenaAlign * (key_bytes_.size() + 1);
+  arena_bytes_ = (budget_bytes_ + kArenaAlign - 1) / kArenaAlign * kArenaAlign +
+                 kArenaAlign * (key_bytes_.size() + 1);
   arena_ = memory_.allocate(arena_bytes_);
   if (arena_ == nullptr) {
-    throw OutOfMemory(fmt::format("device cache: {} memory could not provide the {} byte arena", memory_.name(), arena_bytes_));
+    throw OutOfMemory(fmt::format("device cache: {} memory could not provide the {} byte arena",
+                                  memory_.name(), arena_bytes_));
   }
   const std::uint64_t capacity = key_bytes_.size() + 2;
   table_storage_.resize(ExtentTable::bytes_for(capacity) / sizeof(std::uint64_t) + 1);
@@ -109,11 +111,13 @@ void DeviceCache::evict_locked(TensorKey key) noexcept {
   policy_->on_remove(key);
 }
 
-std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool prefetch, bool may_refuse) {
+std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, bool prefetch,
+                                         bool may_refuse) {
   for (;;) {
     if (bytes_resident_ + bytes_in_flight_ + bytes <= budget_bytes_) {
       ExtentAllocator alloc(table());
-      if (auto offset = policy_->long_lived(key) ? alloc.allocate_last(bytes) : alloc.allocate(bytes)) {
+      if (auto offset =
+              policy_->long_lived(key) ? alloc.allocate_last(bytes) : alloc.allocate(bytes)) {
         return arena_ + *offset;
       }
       // Within budget but no hole is large enough: evict more until one is.
@@ -136,7 +140,8 @@ std::byte* DeviceCache::make_room_locked(TensorKey key, std::uint64_t bytes, boo
 
 std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, FetchKind kind) {
   if (key >= entries_.size()) {
-    throw ConfigError(fmt::format("device cache: tensor key {} out of range ({} keys)", key, entries_.size()));
+    throw ConfigError(
+        fmt::format("device cache: tensor key {} out of range ({} keys)", key, entries_.size()));
   }
   const std::uint64_t bytes = key_bytes_[key];
   if (bytes > budget_bytes_) {
@@ -158,8 +163,8 @@ std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, Fetc
     bool waited = false;
     // Compute may be refused while other fetches are in flight: it waits for them to land
     // (they make candidates) rather than give up what the policy means to keep.
-    while ((buffer = make_room_locked(key, bytes, /*prefetch=*/false, /*may_refuse=*/bytes_in_flight_ > 0)) ==
-           nullptr) {
+    while ((buffer = make_room_locked(key, bytes, /*prefetch=*/false,
+                                      /*may_refuse=*/bytes_in_flight_ > 0)) == nullptr) {
       waited = true;
       changed_.wait(lock);
       if (e.state != EntryState::kAbsent) {  // another thread fetched it meanwhile
@@ -221,7 +226,8 @@ void DeviceCache::check_fits(std::span<const TensorKey> keys, std::string_view w
   std::uint64_t total = 0;
   std::vector<bool> seen(key_bytes_.size(), false);
   for (TensorKey k : keys) {
-    if (k >= key_bytes_.size()) throw ConfigError(fmt::format("{}: tensor key {} out of range", what, k));
+    if (k >= key_bytes_.size())
+      throw ConfigError(fmt::format("{}: tensor key {} out of range", what, k));
     if (!seen[k]) total += key_bytes_[k];
     seen[k] = true;
   }
@@ -258,11 +264,15 @@ std::string DeviceCache::check() const {
     const Entry& e = entries_[k];
     if (e.state == EntryState::kResident) resident += key_bytes_[k];
     if (e.state == EntryState::kInFlight) in_flight += key_bytes_[k];
-    if ((e.state == EntryState::kAbsent) != (e.buffer == nullptr)) return fmt::format("entry {} buffer/state mismatch", k);
-    if (e.state != EntryState::kResident && e.pins != 0) return fmt::format("entry {} pinned but not resident", k);
+    if ((e.state == EntryState::kAbsent) != (e.buffer == nullptr))
+      return fmt::format("entry {} buffer/state mismatch", k);
+    if (e.state != EntryState::kResident && e.pins != 0)
+      return fmt::format("entry {} pinned but not resident", k);
   }
-  if (resident != bytes_resident_ || in_flight != bytes_in_flight_) return "byte counts do not match entries";
-  if (auto problem = ExtentAllocator(const_cast<DeviceCache*>(this)->table()).check(); !problem.empty()) {
+  if (resident != bytes_resident_ || in_flight != bytes_in_flight_)
+    return "byte counts do not match entries";
+  if (auto problem = ExtentAllocator(const_cast<DeviceCache*>(this)->table()).check();
+      !problem.empty()) {
     return "arena: " + problem;
   }
   if (resident + in_flight > budget_bytes_) {

@@ -19,7 +19,8 @@ void EvictionPolicy::note_error(const char* what) noexcept {
 }
 
 std::optional<std::size_t> EvictionPolicy::choose_victim(std::span<const TensorKey> candidates,
-                                                         TensorKey incoming, bool may_refuse) noexcept {
+                                                         TensorKey incoming,
+                                                         bool may_refuse) noexcept {
   if (candidates.empty()) return std::nullopt;
   std::optional<std::size_t> choice;
   guard([&] { choice = do_choose_victim(candidates, incoming, may_refuse); });
@@ -174,13 +175,15 @@ std::optional<std::size_t> FixedSetPolicy::do_choose_victim(std::span<const Tens
   return best_kept;
 }
 
-std::unique_ptr<EvictionPolicy> make_eviction_policy(std::string_view name, std::vector<TensorKey> trace,
-                                                     bool cyclic, std::span<const TensorKey> keep) {
+std::unique_ptr<EvictionPolicy> make_eviction_policy(std::string_view name,
+                                                     std::vector<TensorKey> trace, bool cyclic,
+                                                     std::span<const TensorKey> keep) {
   if (name == "lru") return std::make_unique<LruPolicy>();
   if (name == "fifo") return std::make_unique<FifoPolicy>();
   if (name == "schedule") return std::make_unique<ScheduleAwarePolicy>(std::move(trace), cyclic);
   if (name == "fixed") return std::make_unique<FixedSetPolicy>(keep);
-  throw ConfigError(fmt::format("unknown eviction policy '{}'; known: lru, fifo, schedule, fixed", name));
+  throw ConfigError(
+      fmt::format("unknown eviction policy '{}'; known: lru, fifo, schedule, fixed", name));
 }
 
 }  // namespace xlshare

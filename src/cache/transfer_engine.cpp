@@ -6,8 +6,8 @@
 #include <chrono>
 
 #include "xlshare/error.hpp"
-#include "xlshare/memory/clock.hpp"
 #include "xlshare/memory/checksum.hpp"
+#include "xlshare/memory/clock.hpp"
 
 namespace xlshare {
 namespace {
@@ -28,16 +28,19 @@ TransferEngine::TransferEngine(Pool& primary, Pool* replica, std::vector<TensorS
   }
   for (TensorKey k = 0; k < sources_.size(); ++k) {
     if (sources_[k].primary.size_bytes != cache_.key_bytes(k)) {
-      throw ConfigError(fmt::format("transfer engine: tensor '{}' is {} bytes in the pool, {} in the cache",
-                                    sources_[k].primary.name, sources_[k].primary.size_bytes,
-                                    cache_.key_bytes(k)));
+      throw ConfigError(fmt::format(
+          "transfer engine: tensor '{}' is {} bytes in the pool, {} in the cache",
+          sources_[k].primary.name, sources_[k].primary.size_bytes, cache_.key_bytes(k)));
     }
-    if (sources_[k].replica && (replica_ == nullptr || sources_[k].replica->size_bytes != sources_[k].primary.size_bytes)) {
-      throw ConfigError(fmt::format("transfer engine: tensor '{}' has a replica that does not match",
-                                    sources_[k].primary.name));
+    if (sources_[k].replica && (replica_ == nullptr || sources_[k].replica->size_bytes !=
+                                                           sources_[k].primary.size_bytes)) {
+      throw ConfigError(
+          fmt::format("transfer engine: tensor '{}' has a replica that does not match",
+                      sources_[k].primary.name));
     }
   }
-  if (config_.threads == 0 || config_.threads > 64) throw ConfigError("transfer engine: threads must be 1..64");
+  if (config_.threads == 0 || config_.threads > 64)
+    throw ConfigError("transfer engine: threads must be 1..64");
   if (config_.chunk_bytes == 0) throw ConfigError("transfer engine: chunk_bytes must be > 0");
   threads_.reserve(config_.threads);
   for (unsigned i = 0; i < config_.threads; ++i) threads_.emplace_back([this] { run(); });
@@ -81,7 +84,8 @@ void TransferEngine::demand(TensorKey key) {
 
 void TransferEngine::wait_idle() {
   std::unique_lock lock(mu_);
-  idle_.wait(lock, [&] { return running_ == 0 && demand_queue_.empty() && prefetch_queue_.empty(); });
+  idle_.wait(lock,
+             [&] { return running_ == 0 && demand_queue_.empty() && prefetch_queue_.empty(); });
 }
 
 std::string TransferEngine::failure_reason(TensorKey key) const {
@@ -108,7 +112,8 @@ void TransferEngine::mark_busy(bool starting) noexcept {
 void TransferEngine::run() noexcept {
   std::unique_lock lock(mu_);
   for (;;) {
-    work_.wait(lock, [&] { return stopping_ || !demand_queue_.empty() || !prefetch_queue_.empty(); });
+    work_.wait(lock,
+               [&] { return stopping_ || !demand_queue_.empty() || !prefetch_queue_.empty(); });
     if (stopping_) return;
     auto& q = !demand_queue_.empty() ? demand_queue_ : prefetch_queue_;
     Request r = q.front();
@@ -128,7 +133,9 @@ void TransferEngine::run() noexcept {
       const bool tiled = config_.verify_checksums && info.tile_bytes > 0 &&
                          tiles.size() == (info.size_bytes + info.tile_bytes - 1) / info.tile_bytes;
       const std::uint64_t chunk =
-          tiled ? std::max<std::uint64_t>(config_.chunk_bytes / info.tile_bytes, 1) * info.tile_bytes : config_.chunk_bytes;
+          tiled
+              ? std::max<std::uint64_t>(config_.chunk_bytes / info.tile_bytes, 1) * info.tile_bytes
+              : config_.chunk_bytes;
       bool mismatch = false;
       while (r.done_bytes < r.buffer.size()) {
         const std::uint64_t n = std::min(chunk, r.buffer.size() - r.done_bytes);
@@ -142,7 +149,8 @@ void TransferEngine::run() noexcept {
           // read_chunk may have moved to the replica: its tiles are the same model's.
           for (; r.checked_bytes < r.done_bytes; r.checked_bytes += info.tile_bytes) {
             const std::uint64_t len = std::min(info.tile_bytes, r.buffer.size() - r.checked_bytes);
-            if (checksum64(r.buffer.subspan(r.checked_bytes, len)) != tiles[r.checked_bytes / info.tile_bytes]) {
+            if (checksum64(r.buffer.subspan(r.checked_bytes, len)) !=
+                tiles[r.checked_bytes / info.tile_bytes]) {
               mismatch = true;
               break;
             }
@@ -177,9 +185,10 @@ void TransferEngine::run() noexcept {
         ++stats_.failovers;
       } else {
         ok = false;
-        reason = fmt::format("tensor '{}' in pool {}: checksum mismatch after {} re-reads{}", info.name,
-                             (r.on_replica ? *replica_ : primary_).uri(), config_.max_rereads,
-                             sources_[r.key].replica ? " and the replica" : " (no replica configured)");
+        reason =
+            fmt::format("tensor '{}' in pool {}: checksum mismatch after {} re-reads{}", info.name,
+                        (r.on_replica ? *replica_ : primary_).uri(), config_.max_rereads,
+                        sources_[r.key].replica ? " and the replica" : " (no replica configured)");
         break;
       }
       r.done_bytes = 0;

@@ -8,18 +8,12 @@ namespace xlshare {
 
 std::string Figures::to_json() const {
   const nlohmann::json j = {
-      {"acquires", acquires},
-      {"ready_rate", ready_rate},
-      {"reuse_rate", reuse_rate},
-      {"prefetch_accuracy", prefetch_accuracy},
-      {"stall_ms", stall_ms},
-      {"overlap", overlap},
-      {"link_bytes", link_bytes},
-      {"link_gbps", link_gbps},
-      {"transfer_ms", transfer_ms},
-      {"retries", retries},
-      {"failovers", failovers},
-      {"checksum_mismatches", checksum_mismatches},
+      {"acquires", acquires},       {"ready_rate", ready_rate},
+      {"reuse_rate", reuse_rate},   {"prefetch_accuracy", prefetch_accuracy},
+      {"stall_ms", stall_ms},       {"overlap", overlap},
+      {"link_bytes", link_bytes},   {"link_gbps", link_gbps},
+      {"transfer_ms", transfer_ms}, {"retries", retries},
+      {"failovers", failovers},     {"checksum_mismatches", checksum_mismatches},
   };
   return j.dump();
 }
@@ -32,9 +26,10 @@ Figures figures_between(const Counters& a, const Counters& b) noexcept {
   f.reuse_rate = f.acquires ? static_cast<double>(b.reused - a.reused) / n : 0.0;
   const std::uint64_t prefetched = b.bytes_prefetched - a.bytes_prefetched;
   f.prefetch_accuracy =
-      prefetched ? std::min(1.0, static_cast<double>(b.bytes_prefetched_used - a.bytes_prefetched_used) /
-                                     static_cast<double>(prefetched))
-                 : 0.0;
+      prefetched
+          ? std::min(1.0, static_cast<double>(b.bytes_prefetched_used - a.bytes_prefetched_used) /
+                              static_cast<double>(prefetched))
+          : 0.0;
   const auto stall = static_cast<double>(b.stall_ns - a.stall_ns);
   const auto busy = static_cast<double>(b.busy_ns - a.busy_ns);
   f.stall_ms = stall / 1e6;

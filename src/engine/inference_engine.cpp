@@ -38,8 +38,9 @@ std::uint64_t pool_size_for(std::uint64_t bytes, std::size_t tensors) {
 
 }  // namespace
 
-SyntheticModel create_sample_transformer_model(std::uint32_t dim, std::uint32_t n_layers, std::uint32_t n_heads,
-                                               std::uint32_t n_kv_heads, std::uint32_t ffn_dim, std::uint32_t vocab,
+SyntheticModel create_sample_transformer_model(std::uint32_t dim, std::uint32_t n_layers,
+                                               std::uint32_t n_heads, std::uint32_t n_kv_heads,
+                                               std::uint32_t ffn_dim, std::uint32_t vocab,
                                                std::uint64_t seed) {
   LlamaConfig c;
   c.dim = dim;
@@ -100,7 +101,8 @@ std::string EngineStats::to_json() const {
 }
 
 InferenceEngine::InferenceEngine(EngineConfig config) : config_(std::move(config)) {
-  if (config_.workers == 0 || config_.workers > 64) throw ConfigError("engine: workers must be 1..64");
+  if (config_.workers == 0 || config_.workers > 64)
+    throw ConfigError("engine: workers must be 1..64");
   if (config_.prefetch_threads == 0) throw ConfigError("engine: prefetch_threads must be > 0");
   if (config_.compute_threads == 0) throw ConfigError("engine: compute_threads must be > 0");
   if (config_.max_context == 0) throw ConfigError("engine: max_context must be > 0");
@@ -135,7 +137,8 @@ bool InferenceEngine::register_model(const std::filesystem::path& file, const st
     return true;
   }
   const ModelFile f = open_model_file(file);
-  const std::uint64_t size = config_.pool_bytes ? config_.pool_bytes : pool_size_for(f.total_bytes(), f.tensors.size());
+  const std::uint64_t size =
+      config_.pool_bytes ? config_.pool_bytes : pool_size_for(f.total_bytes(), f.tensors.size());
   auto pool = create_pool(config_.pool_uri, size);  // crash-safe: renamed into place
   try {
     load_model_into_pool(f, *pool, name, progress);
@@ -147,7 +150,8 @@ bool InferenceEngine::register_model(const std::filesystem::path& file, const st
   return true;
 }
 
-bool InferenceEngine::register_model(const SyntheticModel& model, const std::string& name, DType dtype) {
+bool InferenceEngine::register_model(const SyntheticModel& model, const std::string& name,
+                                     DType dtype) {
   std::unique_ptr<Pool> pool;
   if (backend_exists(config_.pool_uri)) {
     pool = Pool::attach(open_backend(config_.pool_uri), PoolRole::kWriter);
@@ -157,8 +161,9 @@ bool InferenceEngine::register_model(const SyntheticModel& model, const std::str
   } else {
     std::uint64_t bytes = 0;
     for (const auto& d : model.data) bytes += d.size() * 4;
-    pool = create_pool(config_.pool_uri,
-                       config_.pool_bytes ? config_.pool_bytes : pool_size_for(bytes, model.specs.size()));
+    pool = create_pool(config_.pool_uri, config_.pool_bytes
+                                             ? config_.pool_bytes
+                                             : pool_size_for(bytes, model.specs.size()));
   }
   ModelWriter w = pool->begin_model(name);
   std::vector<TensorDesc> descs;
@@ -194,8 +199,8 @@ void InferenceEngine::attach_model(const std::string& name) {
   wo.eviction_factory = config_.eviction_policy_factory;
   for (unsigned i = 0; i < config_.workers; ++i) {
     // Without a cache the workers share one verified mapping: verified once per process.
-    workers_.push_back(
-        std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo, i > 0 ? workers_[0].get() : nullptr));
+    workers_.push_back(std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo,
+                                                i > 0 ? workers_[0].get() : nullptr));
   }
   requests_.assign(config_.workers, 0);
   tokens_.assign(config_.workers, 0);
@@ -224,7 +229,8 @@ InferenceResult InferenceEngine::inference(const InferenceRequest& request) {
   return std::move(results.front());
 }
 
-std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<InferenceRequest>& requests) {
+std::vector<InferenceResult> InferenceEngine::batch_inference(
+    const std::vector<InferenceRequest>& requests) {
   std::vector<InferenceResult> results(requests.size());
   if (requests.empty()) return results;
   std::unique_lock<std::mutex> lock;
@@ -266,7 +272,11 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<
     tokens = 0;
     for (const auto& r : requests) {
       const std::size_t need = r.prompt.size() + r.max_new_tokens;
-      live.push_back(Live{KvCache(c, static_cast<std::uint32_t>(need)), {}, {}, std::mt19937_64(r.sampling.seed), false});
+      live.push_back(Live{KvCache(c, static_cast<std::uint32_t>(need)),
+                          {},
+                          {},
+                          std::mt19937_64(r.sampling.seed),
+                          false});
     }
     // Prefill every prompt together.
     segments.clear();
@@ -302,15 +312,17 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<
     if (worker.weights_epoch() == epoch) break;
     worker.check_weights();
     if (attempt == kAttempts) {
-      throw PoolError(fmt::format("{}: the weights of model '{}' kept changing during {} attempts of a request",
-                                  config_.pool_uri, view_->name(), kAttempts));
+      throw PoolError(
+          fmt::format("{}: the weights of model '{}' kept changing during {} attempts of a request",
+                      config_.pool_uri, view_->name(), kAttempts));
     }
   }
   const Counters after = worker.counters();
   const double latency = ms_since(t0);
   for (std::size_t i = 0; i < requests.size(); ++i) {
     results[i].id = requests[i].id;
-    if (requests[i].return_logits && requests[i].max_new_tokens == 0) results[i].last_logits = live[i].logits;
+    if (requests[i].return_logits && requests[i].max_new_tokens == 0)
+      results[i].last_logits = live[i].logits;
     results[i].latency_ms = latency;
     results[i].worker = index;
     fill_rates(results[i], before, after);
@@ -323,7 +335,8 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(const std::vector<
   return results;
 }
 
-std::vector<std::int32_t> InferenceEngine::generate(std::span<const std::int32_t> prompt, std::size_t n,
+std::vector<std::int32_t> InferenceEngine::generate(std::span<const std::int32_t> prompt,
+                                                    std::size_t n,
                                                     const SamplingOptions& sampling) {
   InferenceRequest r;
   r.id = "generate";
@@ -337,7 +350,9 @@ std::uint64_t InferenceEngine::scrub_now() {
   std::uint64_t found = 0;
   std::vector<const Scrubber*> done;  // workers share one: one pass each
   for (auto& w : workers_) {
-    if (w->scrubber() == nullptr || std::find(done.begin(), done.end(), w->scrubber()) != done.end()) continue;
+    if (w->scrubber() == nullptr ||
+        std::find(done.begin(), done.end(), w->scrubber()) != done.end())
+      continue;
     done.push_back(w->scrubber());
     found += w->scrub_now();
   }

@@ -18,7 +18,8 @@ std::uint64_t now_ns() noexcept { return MonotonicClock::instance().now_ns(); }
 std::uint64_t thread_cpu_ns() noexcept {
   timespec ts{};
   ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+         static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
 // Bytes hashed between two looks at the pacing clock and the stop flag.
@@ -33,8 +34,9 @@ constexpr std::uint64_t kIdleNs = 100'000'000;
 
 }  // namespace
 
-VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const ModelView> view, const Pool* replica,
-                                 std::shared_ptr<const ModelView> replica_view, Verify verify)
+VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const ModelView> view,
+                                 const Pool* replica, std::shared_ptr<const ModelView> replica_view,
+                                 Verify verify)
     : primary_(primary),
       replica_(replica),
       view_(std::move(view)),
@@ -42,12 +44,14 @@ VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const Mode
       entries_(view_->tensors().size()),
       reasons_(entries_.size()) {
   if ((replica_ == nullptr) != (replica_view_ == nullptr)) {
-    throw ConfigError("verified mapping: a replica pool needs the replica's model view, and the other way round");
+    throw ConfigError(
+        "verified mapping: a replica pool needs the replica's model view, and the other way round");
   }
   const auto tensors = view_->tensors();
   if (replica_view_ && replica_view_->tensors().size() != tensors.size()) {
-    throw PoolError(fmt::format("replica pool {} holds a different model '{}': {} tensors, not {}", replica_->uri(),
-                                replica_view_->name(), replica_view_->tensors().size(), tensors.size()));
+    throw PoolError(fmt::format("replica pool {} holds a different model '{}': {} tensors, not {}",
+                                replica_->uri(), replica_view_->name(),
+                                replica_view_->tensors().size(), tensors.size()));
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const TensorInfo& t = tensors[i];
@@ -55,14 +59,15 @@ VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const Mode
     e.checksum = t.checksum;
     e.primary = primary_.view(t);
     if (e.primary.size() != t.size_bytes) {
-      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' lies outside the pool mapping", primary_.uri(), t.name,
-                                  view_->name()));
+      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' lies outside the pool mapping",
+                                  primary_.uri(), t.name, view_->name()));
     }
     e.tile_bytes = t.tile_bytes;
     e.tile_sums = t.tile_checksums();
-    if (e.tile_bytes == 0 || e.tile_sums.size() != (t.size_bytes + e.tile_bytes - 1) / e.tile_bytes) {
-      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' has no valid tiling", primary_.uri(), t.name,
-                                  view_->name()));
+    if (e.tile_bytes == 0 ||
+        e.tile_sums.size() != (t.size_bytes + e.tile_bytes - 1) / e.tile_bytes) {
+      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' has no valid tiling",
+                                  primary_.uri(), t.name, view_->name()));
     }
     e.tiles = std::vector<std::atomic<std::uint8_t>>(e.tile_sums.size());
     e.pending = e.tile_sums.size();
@@ -70,10 +75,12 @@ VerifiedMapping::VerifiedMapping(const Pool& primary, std::shared_ptr<const Mode
     if (replica_view_) {
       const TensorInfo& r = replica_view_->tensors()[i];
       e.replica = replica_->view(r);
-      if (e.replica.size() != t.size_bytes || r.checksum != t.checksum || r.tile_bytes != t.tile_bytes ||
+      if (e.replica.size() != t.size_bytes || r.checksum != t.checksum ||
+          r.tile_bytes != t.tile_bytes ||
           !std::ranges::equal(r.tile_checksums(), t.tile_checksums())) {
-        throw PoolError(fmt::format("replica pool {} holds a different model '{}': tensor '{}' differs", replica_->uri(),
-                                    replica_view_->name(), t.name));
+        throw PoolError(
+            fmt::format("replica pool {} holds a different model '{}': tensor '{}' differs",
+                        replica_->uri(), replica_view_->name(), t.name));
       }
     }
   }
@@ -97,7 +104,8 @@ void VerifiedMapping::switch_or_fail_locked(std::size_t index, Source from, Reas
     verify_bytes_.fetch_add(e.replica.size(), std::memory_order_relaxed);
     if (checksum64(e.replica) == e.checksum) {
       e.source.store(static_cast<std::uint8_t>(Source::kReplica), std::memory_order_release);
-      for (std::size_t k = 0; k < e.tiles.size(); ++k) e.tiles[k].store(kVerified, std::memory_order_release);
+      for (std::size_t k = 0; k < e.tiles.size(); ++k)
+        e.tiles[k].store(kVerified, std::memory_order_release);
       e.pending = 0;
       e.verified.store(kVerified, std::memory_order_release);
       failovers_.fetch_add(1, std::memory_order_relaxed);
@@ -127,12 +135,13 @@ void VerifiedMapping::verify_tile(std::size_t index, std::size_t tile) {
         mismatches_.fetch_add(1, std::memory_order_relaxed);
         switch_or_fail_locked(index, from, [&](bool replica_checked) {
           const Pool& pool = from == Source::kPrimary ? primary_ : *replica_;
-          return fmt::format("{}: tensor '{}' of model '{}' does not match its checksum{}", pool.uri(),
-                             view_->tensors()[index].name, view_->name(),
-                             replica_checked ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
-                             : replica_ == nullptr ? std::string(" (no replica configured)")
-                                                   : fmt::format(" (the primary's copy in {} failed before)",
-                                                                 primary_.uri()));
+          return fmt::format(
+              "{}: tensor '{}' of model '{}' does not match its checksum{}", pool.uri(),
+              view_->tensors()[index].name, view_->name(),
+              replica_checked ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
+              : replica_ == nullptr
+                  ? std::string(" (no replica configured)")
+                  : fmt::format(" (the primary's copy in {} failed before)", primary_.uri()));
         });
       }
       tile_done_locked(e, tile);
@@ -152,7 +161,8 @@ void VerifiedMapping::verify_tile(std::size_t index, std::size_t tile) {
   }
 }
 
-void VerifiedMapping::ensure_verified(std::size_t index, std::uint64_t offset, std::uint64_t bytes) {
+void VerifiedMapping::ensure_verified(std::size_t index, std::uint64_t offset,
+                                      std::uint64_t bytes) {
   if (index >= entries_.size()) throw_failed(index);
   Entry& e = entries_[index];
   if (e.verified.load(std::memory_order_acquire) != kVerified) {
@@ -173,17 +183,20 @@ void VerifiedMapping::ensure_verified(std::size_t index, std::uint64_t offset, s
         // Another thread is verifying it (the verifier ahead of compute): wait for it, and
         // take it over if that thread gave up (it threw).
         std::unique_lock lock(mu_);
-        verified_cv_.wait(lock, [&] { return e.tiles[tile].load(std::memory_order_acquire) != kVerifying; });
+        verified_cv_.wait(
+            lock, [&] { return e.tiles[tile].load(std::memory_order_acquire) != kVerifying; });
       }
     }
   }
-  if (e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kFailed)) throw_failed(index);
+  if (e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kFailed))
+    throw_failed(index);
 }
 
 void VerifiedMapping::prefault(std::size_t index) const noexcept {
   if (index >= entries_.size()) return;
   const Entry& e = entries_[index];
-  const bool replica = e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kReplica);
+  const bool replica =
+      e.source.load(std::memory_order_acquire) == static_cast<std::uint8_t>(Source::kReplica);
   prefault_pages(replica ? e.replica : e.primary);
 }
 
@@ -192,9 +205,10 @@ void VerifiedMapping::fail_over(std::size_t index, std::string_view why) {
   {
     std::lock_guard lock(mu_);
     switch_or_fail_locked(index, Source::kPrimary, [&](bool replica_checked) {
-      return fmt::format("{}: tensor '{}' of model '{}': {}{}", primary_.uri(), view_->tensors()[index].name,
-                         view_->name(), why,
-                         replica_checked ? ", and the replica's copy does not verify" : "; no replica configured");
+      return fmt::format(
+          "{}: tensor '{}' of model '{}': {}{}", primary_.uri(), view_->tensors()[index].name,
+          view_->name(), why,
+          replica_checked ? ", and the replica's copy does not verify" : "; no replica configured");
     });
   }
   verified_cv_.notify_all();
@@ -203,9 +217,12 @@ void VerifiedMapping::fail_over(std::size_t index, std::string_view why) {
 std::span<const std::byte> VerifiedMapping::copy(std::size_t index, Source from) const noexcept {
   if (index >= entries_.size()) return {};
   switch (from) {
-    case Source::kPrimary: return entries_[index].primary;
-    case Source::kReplica: return entries_[index].replica;
-    case Source::kFailed: break;
+    case Source::kPrimary:
+      return entries_[index].primary;
+    case Source::kReplica:
+      return entries_[index].replica;
+    case Source::kFailed:
+      break;
   }
   return {};
 }
@@ -216,10 +233,12 @@ void VerifiedMapping::throw_failed(std::size_t index) const {
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       if (!reasons_[i].empty()) throw PoolError(reasons_[i]);
     }
-    throw PoolError(fmt::format("{}: model '{}' has a tensor with no verified copy", primary_.uri(), view_->name()));
+    throw PoolError(fmt::format("{}: model '{}' has a tensor with no verified copy", primary_.uri(),
+                                view_->name()));
   }
   if (index >= entries_.size()) {
-    throw ConfigError(fmt::format("model '{}': no tensor {} (it has {})", view_->name(), index, entries_.size()));
+    throw ConfigError(
+        fmt::format("model '{}': no tensor {} (it has {})", view_->name(), index, entries_.size()));
   }
   if (!reasons_[index].empty()) throw PoolError(reasons_[index]);
   throw PoolError(fmt::format("{}: tensor '{}' of model '{}' has no verified copy", primary_.uri(),
@@ -230,16 +249,19 @@ void VerifiedMapping::report_mismatch(std::size_t index, Source from) {
   if (index >= entries_.size() || from == Source::kFailed) return;
   {
     std::lock_guard lock(mu_);
-    if (entries_[index].source.load(std::memory_order_acquire) != static_cast<std::uint8_t>(from)) return;
+    if (entries_[index].source.load(std::memory_order_acquire) != static_cast<std::uint8_t>(from))
+      return;
     mismatches_.fetch_add(1, std::memory_order_relaxed);
     switch_or_fail_locked(index, from, [&](bool replica_checked) {
       const Pool& pool = from == Source::kPrimary ? primary_ : *replica_;
       return fmt::format(
-          "{}: tensor '{}' of model '{}' changed after it was verified (its checksum no longer matches){}", pool.uri(),
-          view_->tensors()[index].name, view_->name(),
-          replica_checked            ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
-          : replica_ == nullptr      ? std::string("; no replica configured")
-                                     : fmt::format(", and the primary's copy in {} failed before", primary_.uri()));
+          "{}: tensor '{}' of model '{}' changed after it was verified (its checksum no longer "
+          "matches){}",
+          pool.uri(), view_->tensors()[index].name, view_->name(),
+          replica_checked ? fmt::format(", nor does the replica's copy in {}", replica_->uri())
+          : replica_ == nullptr
+              ? std::string("; no replica configured")
+              : fmt::format(", and the primary's copy in {} failed before", primary_.uri()));
     });
   }
   verified_cv_.notify_all();

@@ -3,9 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -25,11 +25,13 @@ namespace xlshare {
 // only the pieces holding the prompt's rows.
 class Worker::CachedWeights final : public WeightProvider {
  public:
-  CachedWeights(Prefetcher& p, std::vector<std::vector<TensorKey>> keys, std::vector<std::size_t> rows_per_piece)
+  CachedWeights(Prefetcher& p, std::vector<std::vector<TensorKey>> keys,
+                std::vector<std::size_t> rows_per_piece)
       : prefetcher_(p), keys_(std::move(keys)), rows_per_piece_(std::move(rows_per_piece)) {}
   WeightHandle acquire(std::size_t index) override {
     if (keys_.at(index).size() != 1) {
-      throw ConfigError(fmt::format("tensor {} is held in {} pieces; acquire it piece by piece", index, keys_[index].size()));
+      throw ConfigError(fmt::format("tensor {} is held in {} pieces; acquire it piece by piece",
+                                    index, keys_[index].size()));
     }
     return WeightHandle(prefetcher_.acquire(keys_[index][0]));
   }
@@ -37,7 +39,8 @@ class Worker::CachedWeights final : public WeightProvider {
   WeightHandle acquire_piece(std::size_t index, std::size_t piece) override {
     return WeightHandle(prefetcher_.acquire(keys_.at(index).at(piece)));
   }
-  void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows, float* dst) override {
+  void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows,
+                 float* dst) override {
     const std::size_t cols = desc.shape[0];
     const std::size_t rb = row_bytes(desc.dtype, cols);
     const std::size_t per = rows_per_piece_.at(index);
@@ -45,7 +48,8 @@ class Worker::CachedWeights final : public WeightProvider {
     std::vector<std::size_t>& order = order_;  // reused: no allocation per token
     order.resize(rows.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return rows[a] < rows[b]; });
+    std::sort(order.begin(), order.end(),
+              [&](std::size_t a, std::size_t b) { return rows[a] < rows[b]; });
     DeviceCache::Lease lease;
     std::size_t held = SIZE_MAX;
     for (std::size_t i : order) {
@@ -94,10 +98,17 @@ class Worker::InPlaceWeights final : public WeightProvider {
  public:
   InPlaceWeights(VerifiedMapping& mapping, const LlamaModel& model, CxlEmulator* primary_link,
                  CxlEmulator* replica_link, std::uint64_t hot_budget_bytes, std::size_t lookahead)
-      : mapping_(mapping), model_(model), emulator_(primary_link), lookahead_(lookahead),
+      : mapping_(mapping),
+        model_(model),
+        emulator_(primary_link),
+        lookahead_(lookahead),
         tensors_(mapping.size()) {
-    if (primary_link) pacer_.emplace(primary_link->shared_link(), primary_link->link_params(), primary_link->clock());
-    if (replica_link) replica_pacer_.emplace(replica_link->shared_link(), replica_link->link_params(), replica_link->clock());
+    if (primary_link)
+      pacer_.emplace(primary_link->shared_link(), primary_link->link_params(),
+                     primary_link->clock());
+    if (replica_link)
+      replica_pacer_.emplace(replica_link->shared_link(), replica_link->link_params(),
+                             replica_link->clock());
     const auto& steps = model.schedule().steps();
     for (std::size_t s = 0; s < steps.size(); ++s) {
       std::vector<std::size_t> keys;
@@ -135,7 +146,8 @@ class Worker::InPlaceWeights final : public WeightProvider {
     }
     mapping_.ensure_verified(index);
     check_readable(index);
-    const std::uint64_t complete = t.reserved ? t.complete_ns : reserve(index, mapping_.view().tensors()[index].size_bytes);
+    const std::uint64_t complete =
+        t.reserved ? t.complete_ns : reserve(index, mapping_.view().tensors()[index].size_bytes);
     t.reserved = false;
     wait(complete);
     std::span<const std::byte> bytes;
@@ -143,7 +155,8 @@ class Worker::InPlaceWeights final : public WeightProvider {
     return WeightHandle(bytes);
   }
 
-  void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows, float* dst) override {
+  void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows,
+                 float* dst) override {
     const std::size_t cols = desc.shape[0];
     const std::size_t rb = row_bytes(desc.dtype, cols);
     Tensor& t = tensors_.at(index);
@@ -154,12 +167,14 @@ class Worker::InPlaceWeights final : public WeightProvider {
       hot_acquires_.fetch_add(1, std::memory_order_relaxed);
       bytes = std::span<const std::byte>(t.hot.data(), t.hot.size_bytes());
     } else {
-      for (std::uint32_t row : rows) mapping_.ensure_verified(index, std::uint64_t{row} * rb, rb);  // their tiles only
+      for (std::uint32_t row : rows)
+        mapping_.ensure_verified(index, std::uint64_t{row} * rb, rb);  // their tiles only
       check_readable(index);
       wait(reserve(index, rows.size() * rb, /*urgent=*/true));  // only the rows cross the link
       if (!mapping_.bytes(index, bytes)) mapping_.throw_failed(index);
     }
-    for (std::size_t i = 0; i < rows.size(); ++i) to_f32(desc.dtype, bytes.data() + rows[i] * rb, dst + i * cols, cols);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      to_f32(desc.dtype, bytes.data() + rows[i] * rb, dst + i * cols, cols);
   }
 
   // The first pass is over (the first token's forward): the HotSet may be copied now.
@@ -211,10 +226,10 @@ class Worker::InPlaceWeights final : public WeightProvider {
 
  private:
   struct Tensor {
-    Mapping hot;                       // the HotSet's local copy, once hot_ready
+    Mapping hot;                         // the HotSet's local copy, once hot_ready
     std::atomic<bool> hot_ready{false};  // published by the verifier thread
-    bool reserved = false;             // a reservation made ahead and not yet used
-    std::uint64_t complete_ns = 0;     // ... and when its bytes are usable
+    bool reserved = false;               // a reservation made ahead and not yet used
+    std::uint64_t complete_ns = 0;       // ... and when its bytes are usable
   };
 
   // For a cyclic schedule any fixed set saves the same link bytes per pass; the largest
@@ -227,8 +242,9 @@ class Worker::InPlaceWeights final : public WeightProvider {
       if (i == model_.token_embd() && !model_.config().tie_embeddings) continue;
       order.push_back(i);
     }
-    std::stable_sort(order.begin(), order.end(),
-                     [&](std::size_t a, std::size_t b) { return infos[a].size_bytes > infos[b].size_bytes; });
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return infos[a].size_bytes > infos[b].size_bytes;
+    });
     std::uint64_t planned = 0;
     for (std::size_t i : order) {
       if (infos[i].size_bytes > budget - planned) continue;
@@ -334,7 +350,9 @@ class Worker::InPlaceWeights final : public WeightProvider {
     if (!pacer || !pacer->paced()) return 0;
     link_bytes_.fetch_add(bytes, std::memory_order_relaxed);
     const double gbps = pacer->params().bandwidth_gbps;
-    if (gbps > 0) link_ns_.fetch_add(static_cast<std::uint64_t>(static_cast<double>(bytes) / gbps), std::memory_order_relaxed);
+    if (gbps > 0)
+      link_ns_.fetch_add(static_cast<std::uint64_t>(static_cast<double>(bytes) / gbps),
+                         std::memory_order_relaxed);
     return urgent ? pacer->reserve_urgent(bytes) : pacer->reserve(bytes);
   }
 
@@ -357,7 +375,8 @@ class Worker::InPlaceWeights final : public WeightProvider {
   std::vector<std::size_t> hot_plan_;
   std::uint64_t hot_target_bytes_ = 0;
   std::atomic<std::uint64_t> hot_bytes_{0};
-  std::atomic<std::uint64_t> acquires_{0}, ready_{0}, hot_acquires_{0}, stall_ns_{0}, link_bytes_{0}, link_ns_{0};
+  std::atomic<std::uint64_t> acquires_{0}, ready_{0}, hot_acquires_{0}, stall_ns_{0},
+      link_bytes_{0}, link_ns_{0};
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable wake_;
@@ -384,8 +403,8 @@ namespace {
 // The bytes of rows [r0, r1) of `t` as a TensorInfo of their own, with their tiles' checksums
 // (r0 is a multiple of `tile_rows`). The whole piece's checksum is not known (0): a transfer
 // checks it tile by tile.
-TensorInfo piece_of(const TensorInfo& t, std::size_t r0, std::size_t r1, std::size_t row_bytes_, std::size_t p,
-                    std::size_t tile_rows) {
+TensorInfo piece_of(const TensorInfo& t, std::size_t r0, std::size_t r1, std::size_t row_bytes_,
+                    std::size_t p, std::size_t tile_rows) {
   TensorInfo piece = t;
   piece.name = fmt::format("{}#{}", t.name, p);
   piece.offset_bytes = t.offset_bytes + r0 * row_bytes_;
@@ -402,18 +421,22 @@ TensorInfo piece_of(const TensorInfo& t, std::size_t r0, std::size_t r1, std::si
 
 }  // namespace
 
-Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view, const LlamaModel& model,
-               const WorkerOptions& options, const Worker* share)
+Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view,
+               const LlamaModel& model, const WorkerOptions& options, const Worker* share)
     : view_(std::move(view)) {
   // A user's PrefetchPolicy or EvictionPolicy steers the copy path's near cache: given one,
   // the default is copy, and asking for in place as well is a contradiction, not ignored.
   const bool user_policy = options.prefetch_factory || options.eviction_factory;
-  const bool in_place = options.placement.value_or(user_policy ? Placement::kCopy : default_placement(primary.backend())) ==
-                        Placement::kInPlace;
+  const bool in_place =
+      options.placement.value_or(user_policy
+                                     ? Placement::kCopy
+                                     : default_placement(primary.backend())) == Placement::kInPlace;
   if (in_place && user_policy) {
     throw ConfigError(
-        "a PrefetchPolicy or EvictionPolicy drives the copy placement's near cache; in place, reservations run "
-        "`lookahead` steps ahead and the HotSet is fixed: use Placement::kCopy with a policy of your own");
+        "a PrefetchPolicy or EvictionPolicy drives the copy placement's near cache; in place, "
+        "reservations run "
+        "`lookahead` steps ahead and the HotSet is fixed: use Placement::kCopy with a policy of "
+        "your own");
   }
   if ((options.cache_bytes == 0 || in_place) && share != nullptr && share->mapping_) {
     mapping_ = share->mapping_;
@@ -427,19 +450,22 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
   if (in_place) {
     if (!mapping_) {
       // Attach reads only the catalog: each tensor is verified on its first use.
-      mapping_ = std::make_shared<VerifiedMapping>(primary, view_, replica_view_ ? replica : nullptr, replica_view_,
-                                                   VerifiedMapping::Verify::kOnFirstUse);
+      mapping_ =
+          std::make_shared<VerifiedMapping>(primary, view_, replica_view_ ? replica : nullptr,
+                                            replica_view_, VerifiedMapping::Verify::kOnFirstUse);
       scrubber_ = std::make_shared<Scrubber>(mapping_, options.scrub_bytes_per_s);
     }
     auto* primary_link = dynamic_cast<CxlEmulator*>(&primary.backend());
-    auto* replica_link = replica != nullptr ? dynamic_cast<CxlEmulator*>(&replica->backend()) : nullptr;
-    auto w = std::make_unique<InPlaceWeights>(*mapping_, model, primary_link, replica_link, options.cache_bytes,
-                                              options.lookahead.value_or(4));
+    auto* replica_link =
+        replica != nullptr ? dynamic_cast<CxlEmulator*>(&replica->backend()) : nullptr;
+    auto w = std::make_unique<InPlaceWeights>(*mapping_, model, primary_link, replica_link,
+                                              options.cache_bytes, options.lookahead.value_or(4));
     in_place_ = w.get();
     weights_ = std::move(w);
   } else if (options.cache_bytes == 0) {
     if (!mapping_) {
-      mapping_ = std::make_shared<VerifiedMapping>(primary, view_, replica_view_ ? replica : nullptr, replica_view_);
+      mapping_ = std::make_shared<VerifiedMapping>(
+          primary, view_, replica_view_ ? replica : nullptr, replica_view_);
       scrubber_ = std::make_shared<Scrubber>(mapping_, options.scrub_bytes_per_s);
     }
     weights_ = std::make_unique<MappedWeights>(*mapping_);
@@ -458,9 +484,11 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
       const TensorInfo& t = tensors[i];
       const TensorInfo* rt = replica_view ? &replica_view->at(t.name) : nullptr;
       const bool embedding = i == model.token_embd();
-      const std::uint64_t limit = embedding && !tied ? std::min<std::uint64_t>(max_piece, 1u << 20) : max_piece;
+      const std::uint64_t limit =
+          embedding && !tied ? std::min<std::uint64_t>(max_piece, 1u << 20) : max_piece;
       std::size_t pieces = 1;
-      if (t.n_dims == 2 && t.size_bytes > limit) pieces = static_cast<std::size_t>((t.size_bytes + limit - 1) / limit);
+      if (t.n_dims == 2 && t.size_bytes > limit)
+        pieces = static_cast<std::size_t>((t.size_bytes + limit - 1) / limit);
       const std::size_t rows = t.n_dims == 2 ? t.shape[1] : 1;
       pieces = std::min(pieces, rows);
       if (pieces == 1) {
@@ -475,8 +503,10 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
       // transfer and is read from the replica (the same model, checked above); the others
       // stay on the primary.
       const std::size_t rb = static_cast<std::size_t>(t.row_bytes());
-      const std::size_t tile_rows = std::max<std::size_t>(1, static_cast<std::size_t>(t.tile_bytes / rb));
-      const std::size_t per = std::max(tile_rows, (rows + pieces - 1) / pieces / tile_rows * tile_rows);
+      const std::size_t tile_rows =
+          std::max<std::size_t>(1, static_cast<std::size_t>(t.tile_bytes / rb));
+      const std::size_t per =
+          std::max(tile_rows, (rows + pieces - 1) / pieces / tile_rows * tile_rows);
       rows_per_piece[i] = per;
       for (std::size_t p = 0; p * per < rows; ++p) {
         const std::size_t r0 = p * per, r1 = std::min(rows, r0 + per);
@@ -508,20 +538,24 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
       keep = schedule_->fixed_set_for_cache(sizes, options.cache_bytes);
     }
     std::unique_ptr<EvictionPolicy> eviction =
-        options.eviction_factory
-            ? options.eviction_factory(CacheKeys{*schedule_, sizes, key_tensors, options.cache_bytes})
-            : make_eviction_policy(options.eviction_policy, schedule_->trace(), schedule_->repeats(), keep);
+        options.eviction_factory ? options.eviction_factory(CacheKeys{
+                                       *schedule_, sizes, key_tensors, options.cache_bytes})
+                                 : make_eviction_policy(options.eviction_policy, schedule_->trace(),
+                                                        schedule_->repeats(), keep);
     cache_ = std::make_unique<DeviceCache>(options.cache_bytes, sizes, std::move(eviction));
     TransferConfig tc;
     tc.threads = options.prefetch_threads;
     tc.verify_checksums = options.verify_checksums;
-    transfers_ = std::make_unique<TransferEngine>(primary, replica, std::move(sources), *cache_, tc);
+    transfers_ =
+        std::make_unique<TransferEngine>(primary, replica, std::move(sources), *cache_, tc);
     std::unique_ptr<PrefetchPolicy> prefetch =
-        options.prefetch_factory ? options.prefetch_factory() : std::make_unique<LookaheadPolicy>(options.lookahead.value_or(2));
+        options.prefetch_factory ? options.prefetch_factory()
+                                 : std::make_unique<LookaheadPolicy>(options.lookahead.value_or(2));
     // The Executor holds one weight (piece) at a time.
-    prefetcher_ = std::make_unique<Prefetcher>(*schedule_, std::move(prefetch), *transfers_, *cache_,
-                                               StepResidency::kOneTensorAtATime);
-    weights_ = std::make_unique<CachedWeights>(*prefetcher_, std::move(keys), std::move(rows_per_piece));
+    prefetcher_ = std::make_unique<Prefetcher>(*schedule_, std::move(prefetch), *transfers_,
+                                               *cache_, StepResidency::kOneTensorAtATime);
+    weights_ =
+        std::make_unique<CachedWeights>(*prefetcher_, std::move(keys), std::move(rows_per_piece));
   }
   // Copy: idle compute threads sleep at once, so the transfer threads get the cores (the
   // copies are the bottleneck there); in place nothing else needs them between steps.
@@ -545,7 +579,9 @@ Worker::~Worker() {
 
 Figures Worker::figures() const { return figures_between({}, counters()); }
 
-std::uint64_t Worker::hot_set_bytes() const noexcept { return in_place_ != nullptr ? in_place_->hot_bytes() : 0; }
+std::uint64_t Worker::hot_set_bytes() const noexcept {
+  return in_place_ != nullptr ? in_place_->hot_bytes() : 0;
+}
 std::uint64_t Worker::hot_set_target_bytes() const noexcept {
   return in_place_ != nullptr ? in_place_->hot_target_bytes() : 0;
 }
@@ -563,9 +599,13 @@ std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> Worker::cache_trac
 }
 
 CacheStats Worker::cache_stats() const { return cache_ ? cache_->stats() : CacheStats{}; }
-TransferStats Worker::transfer_stats() const { return transfers_ ? transfers_->stats() : TransferStats{}; }
+TransferStats Worker::transfer_stats() const {
+  return transfers_ ? transfers_->stats() : TransferStats{};
+}
 
 std::uint64_t Worker::scrub_now() { return scrubber_ ? scrubber_->scrub_now() : 0; }
-ScrubStats Worker::scrub_stats() const noexcept { return scrubber_ ? scrubber_->stats() : ScrubStats{}; }
+ScrubStats Worker::scrub_stats() const noexcept {
+  return scrubber_ ? scrubber_->stats() : ScrubStats{};
+}
 
 }  // namespace xlshare

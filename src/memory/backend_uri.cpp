@@ -16,7 +16,8 @@ namespace {
 
 void check_path(std::string_view uri, std::string_view path) {
   if (path.empty() || path.front() != '/') {
-    throw ConfigError(fmt::format("'{}': the path must be absolute (three slashes: file:///path)", uri));
+    throw ConfigError(
+        fmt::format("'{}': the path must be absolute (three slashes: file:///path)", uri));
   }
   if (path.find('\0') != std::string_view::npos) {
     throw ConfigError(fmt::format("'{}': the path holds a NUL byte", uri));
@@ -27,7 +28,8 @@ void check_path(std::string_view uri, std::string_view path) {
     if (part == "..") throw ConfigError(fmt::format("'{}': the path may not contain '..'", uri));
     pos = next;
   }
-  if (path.size() > 4096) throw ConfigError(fmt::format("'{}...': the path is too long", uri.substr(0, 40)));
+  if (path.size() > 4096)
+    throw ConfigError(fmt::format("'{}...': the path is too long", uri.substr(0, 40)));
 }
 
 void check_name(std::string_view uri, std::string_view name) {
@@ -45,9 +47,10 @@ BackendUri parse_backend_uri(std::string_view uri) {
   out.text = std::string(uri);
   const auto sep = uri.find("://");
   if (sep == std::string_view::npos) {
-    throw ConfigError(fmt::format(
-        "'{}' is not a pool URI; use shm://NAME, dax:///dev/daxX.Y, file:///PATH or numa://NODE/NAME",
-        uri));
+    throw ConfigError(
+        fmt::format("'{}' is not a pool URI; use shm://NAME, dax:///dev/daxX.Y, file:///PATH or "
+                    "numa://NODE/NAME",
+                    uri));
   }
   const std::string_view scheme = uri.substr(0, sep);
   const std::string_view rest = uri.substr(sep + 3);
@@ -79,7 +82,8 @@ BackendUri parse_backend_uri(std::string_view uri) {
     check_name(uri, rest.substr(slash + 1));
     out.target = std::string(rest.substr(slash + 1));
   } else {
-    throw ConfigError(fmt::format("'{}': unknown scheme '{}'; use shm, dax, file or numa", uri, scheme));
+    throw ConfigError(
+        fmt::format("'{}': unknown scheme '{}'; use shm, dax, file or numa", uri, scheme));
   }
   return out;
 }
@@ -88,8 +92,10 @@ std::unique_ptr<MemoryBackend> create_backend(std::string_view uri, std::uint64_
                                               const BackendOptions& options) {
   const BackendUri u = parse_backend_uri(uri);
   switch (u.scheme) {
-    case BackendUri::Scheme::kShm: return SharedMemoryBackend::create(u.target, size_bytes, options);
-    case BackendUri::Scheme::kFile: return DaxBackend::create_file(u.target, size_bytes, options);
+    case BackendUri::Scheme::kShm:
+      return SharedMemoryBackend::create(u.target, size_bytes, options);
+    case BackendUri::Scheme::kFile:
+      return DaxBackend::create_file(u.target, size_bytes, options);
     case BackendUri::Scheme::kNuma:
       return NumaBackend::create(u.numa_node, u.target, size_bytes, options);
     case BackendUri::Scheme::kDax: {
@@ -107,10 +113,14 @@ std::unique_ptr<MemoryBackend> create_backend(std::string_view uri, std::uint64_
 std::unique_ptr<MemoryBackend> open_backend(std::string_view uri, const BackendOptions& options) {
   const BackendUri u = parse_backend_uri(uri);
   switch (u.scheme) {
-    case BackendUri::Scheme::kShm: return SharedMemoryBackend::open(u.target, options);
-    case BackendUri::Scheme::kFile: return DaxBackend::open_file(u.target, options);
-    case BackendUri::Scheme::kNuma: return NumaBackend::open(u.numa_node, u.target, options);
-    case BackendUri::Scheme::kDax: return DaxBackend::open_device(u.target, options);
+    case BackendUri::Scheme::kShm:
+      return SharedMemoryBackend::open(u.target, options);
+    case BackendUri::Scheme::kFile:
+      return DaxBackend::open_file(u.target, options);
+    case BackendUri::Scheme::kNuma:
+      return NumaBackend::open(u.numa_node, u.target, options);
+    case BackendUri::Scheme::kDax:
+      return DaxBackend::open_device(u.target, options);
   }
   throw ConfigError(fmt::format("'{}': unhandled scheme", uri));
 }
@@ -119,13 +129,16 @@ void remove_backend(std::string_view uri) {
   const BackendUri u = parse_backend_uri(uri);
   switch (u.scheme) {
     case BackendUri::Scheme::kShm:
-    case BackendUri::Scheme::kNuma: SharedMemoryBackend::remove(u.target); return;
+    case BackendUri::Scheme::kNuma:
+      SharedMemoryBackend::remove(u.target);
+      return;
     case BackendUri::Scheme::kFile:
-      if (::unlink(u.target.c_str()) != 0) throw BackendError(errno_message(std::string(uri) + ": remove", errno));
+      if (::unlink(u.target.c_str()) != 0)
+        throw BackendError(errno_message(std::string(uri) + ": remove", errno));
       return;
     case BackendUri::Scheme::kDax:
-      throw BackendError(fmt::format("{}: a devdax device cannot be removed; erase its pool instead",
-                                     uri));
+      throw BackendError(
+          fmt::format("{}: a devdax device cannot be removed; erase its pool instead", uri));
   }
 }
 
@@ -133,9 +146,11 @@ bool backend_exists(std::string_view uri) {
   const BackendUri u = parse_backend_uri(uri);
   switch (u.scheme) {
     case BackendUri::Scheme::kShm:
-    case BackendUri::Scheme::kNuma: return SharedMemoryBackend::exists(u.target);
+    case BackendUri::Scheme::kNuma:
+      return SharedMemoryBackend::exists(u.target);
     case BackendUri::Scheme::kFile:
-    case BackendUri::Scheme::kDax: return ::access(u.target.c_str(), F_OK) == 0;
+    case BackendUri::Scheme::kDax:
+      return ::access(u.target.c_str(), F_OK) == 0;
   }
   return false;
 }

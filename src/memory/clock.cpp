@@ -3,12 +3,10 @@
 #include <sched.h>
 #include <time.h>
 
-
 namespace xlshare {
 namespace {
 
 constexpr std::uint64_t kSpinBelowNs = 60'000;  // nanosleep overshoots by tens of µs
-
 
 }  // namespace
 

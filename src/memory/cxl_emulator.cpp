@@ -8,8 +8,8 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "xlshare/error.hpp"
 
@@ -35,7 +35,8 @@ constexpr std::uint64_t mix(std::uint64_t x) noexcept {
   return x ^ (x >> 31);
 }
 
-std::uint64_t decision_hash(std::uint64_t seed, std::uint64_t sequence, std::uint64_t salt) noexcept {
+std::uint64_t decision_hash(std::uint64_t seed, std::uint64_t sequence,
+                            std::uint64_t salt) noexcept {
   return mix(seed ^ mix(sequence ^ mix(salt)));
 }
 
@@ -54,8 +55,8 @@ double measure_host_copy_gbps() {
     const auto t0 = std::chrono::steady_clock::now();
     std::memcpy(dst.data(), src.data(), kBytes);
     const auto t1 = std::chrono::steady_clock::now();
-    const double ns = static_cast<double>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+    const double ns =
+        static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
     if (ns > 0) best = std::max(best, static_cast<double>(kBytes) / ns);
   }
   return best;
@@ -86,7 +87,8 @@ ChunkTiming reserve_chunk(LinkState& link, const LinkParams& p, std::uint64_t no
     if (free_ns.compare_exchange_weak(observed, t.link_free_ns, std::memory_order_acq_rel,
                                       std::memory_order_acquire)) {
       if (foreign) link_field(link.clock_clamps_total).fetch_add(1, std::memory_order_relaxed);
-      link_field(link.busy_ns_total).fetch_add(t.link_free_ns - t.start_ns, std::memory_order_relaxed);
+      link_field(link.busy_ns_total)
+          .fetch_add(t.link_free_ns - t.start_ns, std::memory_order_relaxed);
       return t;
     }
   }
@@ -94,11 +96,16 @@ ChunkTiming reserve_chunk(LinkState& link, const LinkParams& p, std::uint64_t no
 
 std::string EmulatorStats::to_json() const {
   const nlohmann::json j = {
-      {"transfers", transfers},         {"bytes", bytes},
-      {"read_ns", read_ns},             {"transient_errors", transient_errors},
-      {"poisoned_reads", poisoned_reads}, {"bit_flips", bit_flips},
-      {"offline_reads", offline_reads}, {"late_chunks", late_chunks},
-      {"configured_gbps", configured_gbps}, {"achieved_gbps", achieved_gbps},
+      {"transfers", transfers},
+      {"bytes", bytes},
+      {"read_ns", read_ns},
+      {"transient_errors", transient_errors},
+      {"poisoned_reads", poisoned_reads},
+      {"bit_flips", bit_flips},
+      {"offline_reads", offline_reads},
+      {"late_chunks", late_chunks},
+      {"configured_gbps", configured_gbps},
+      {"achieved_gbps", achieved_gbps},
       {"host_copy_gbps", host_copy_gbps},
   };
   return j.dump();
@@ -124,7 +131,8 @@ CxlEmulator::CxlEmulator(std::unique_ptr<MemoryBackend> inner, EmulatorOptions o
   const FaultConfig& f = options_.faults;
   for (double rate : {f.transient_error_rate, f.bit_flip_rate}) {
     if (!std::isfinite(rate) || rate < 0.0 || rate > 1.0) {
-      throw ConfigError(fmt::format("{}: fault probability {} is not in [0, 1]", inner_->uri(), rate));
+      throw ConfigError(
+          fmt::format("{}: fault probability {} is not in [0, 1]", inner_->uri(), rate));
     }
   }
   if (options_.check_host_rate) {
@@ -213,7 +221,9 @@ ReadStatus CxlEmulator::do_read(std::uint64_t offset_bytes, std::span<std::byte>
 
 bool CxlEmulator::poisoned(std::uint64_t offset_bytes, std::uint64_t length_bytes) const noexcept {
   for (const ByteRange& r : options_.faults.poisoned_ranges) {
-    if (offset_bytes < r.offset_bytes + r.length_bytes && r.offset_bytes < offset_bytes + length_bytes) return true;
+    if (offset_bytes < r.offset_bytes + r.length_bytes &&
+        r.offset_bytes < offset_bytes + length_bytes)
+      return true;
   }
   return false;
 }
@@ -229,7 +239,8 @@ EmulatorStats CxlEmulator::stats() const noexcept {
   s.offline_reads = offline_reads_.load(std::memory_order_relaxed);
   s.late_chunks = late_chunks_.load(std::memory_order_relaxed);
   s.configured_gbps = options_.link.bandwidth_gbps;
-  s.achieved_gbps = s.read_ns > 0 ? static_cast<double>(s.bytes) / static_cast<double>(s.read_ns) : 0.0;
+  s.achieved_gbps =
+      s.read_ns > 0 ? static_cast<double>(s.bytes) / static_cast<double>(s.read_ns) : 0.0;
   s.host_copy_gbps = host_copy_gbps_;
   return s;
 }

@@ -22,7 +22,8 @@ bool is_power_of_two(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 // Reads one unsigned integer (decimal, or hex with 0x) from a sysfs attribute file.
 std::uint64_t read_sysfs_u64(const std::filesystem::path& file) {
   std::ifstream in(file);
-  if (!in) throw BackendError(fmt::format("{}: cannot read (is this a devdax device?)", file.string()));
+  if (!in)
+    throw BackendError(fmt::format("{}: cannot read (is this a devdax device?)", file.string()));
   std::string text;
   std::getline(in, text, '\0');
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
@@ -66,8 +67,10 @@ DevDaxGeometry read_devdax_geometry(std::string_view sysfs_root, std::string_vie
 
 DaxBackend::DaxBackend(std::unique_ptr<FdRegion> region, bool is_devdax)
     : region_(std::move(region)), is_devdax_(is_devdax) {
-  if (!is_devdax_) set_read_view(region_->map_read_view());
-  else set_read_view(region_->map(*this, 0, region_->size_bytes(), Access::kReadOnly));
+  if (!is_devdax_)
+    set_read_view(region_->map_read_view());
+  else
+    set_read_view(region_->map(*this, 0, region_->size_bytes(), Access::kReadOnly));
 }
 
 DaxBackend::~DaxBackend() = default;
@@ -86,8 +89,8 @@ std::unique_ptr<DaxBackend> DaxBackend::open_device(std::string_view path,
     throw BackendError(uri + ": not a character device (use file:// for a file on an fsdax mount)");
   }
   if (st.st_uid != ::geteuid() && !options.allow_foreign_owner) {
-    throw BackendError(fmt::format("{}: owned by uid {}, not by this user; refusing it", uri,
-                                   st.st_uid));
+    throw BackendError(
+        fmt::format("{}: owned by uid {}, not by this user; refusing it", uri, st.st_uid));
   }
   if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) < geometry.size_bytes) {
     throw BackendError(fmt::format("{}: the stand-in file holds {} bytes but sysfs says {}", uri,
@@ -103,8 +106,8 @@ std::unique_ptr<DaxBackend> DaxBackend::create_file(std::string_view path, std::
                                                     const BackendOptions& options) {
   const std::string uri = fmt::format("file://{}", path);
   const std::string p(path);
-  detail::UniqueFd fd(::open(p.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC,
-                             static_cast<mode_t>(options.mode)));
+  detail::UniqueFd fd(
+      ::open(p.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, static_cast<mode_t>(options.mode)));
   if (!fd) {
     if (errno == EEXIST) throw BackendError(uri + ": already exists");
     throw BackendError(errno_message(uri + ": create", errno));

@@ -19,9 +19,9 @@ void ExtentAllocator::init(ExtentTable& table, std::uint64_t capacity, std::uint
                            std::uint64_t end_bytes, std::uint64_t alignment_bytes) {
   if (!is_pow2(alignment_bytes) || begin_bytes % alignment_bytes != 0 ||
       end_bytes % alignment_bytes != 0 || end_bytes < begin_bytes || capacity < 2) {
-    throw ConfigError(fmt::format(
-        "extent allocator: bad range [{}, {}) for alignment {} and capacity {}", begin_bytes,
-        end_bytes, alignment_bytes, capacity));
+    throw ConfigError(
+        fmt::format("extent allocator: bad range [{}, {}) for alignment {} and capacity {}",
+                    begin_bytes, end_bytes, alignment_bytes, capacity));
   }
   table.capacity = capacity;
   table.begin_bytes = begin_bytes;
@@ -95,15 +95,16 @@ void ExtentAllocator::free(std::uint64_t offset_bytes, std::uint64_t bytes) {
   std::uint64_t i = 0;
   while (i < table_.count && table_.extents[i].offset_bytes <= offset_bytes) ++i;
   const std::uint64_t end = offset_bytes + size;
-  const bool touches_prev = i > 0 && table_.extents[i - 1].offset_bytes +
-                                             table_.extents[i - 1].size_bytes >= offset_bytes;
+  const bool touches_prev =
+      i > 0 &&
+      table_.extents[i - 1].offset_bytes + table_.extents[i - 1].size_bytes >= offset_bytes;
   const bool touches_next = i < table_.count && table_.extents[i].offset_bytes <= end;
-  if ((i > 0 && table_.extents[i - 1].offset_bytes + table_.extents[i - 1].size_bytes >
-                    offset_bytes) ||
+  if ((i > 0 &&
+       table_.extents[i - 1].offset_bytes + table_.extents[i - 1].size_bytes > offset_bytes) ||
       (i < table_.count && table_.extents[i].offset_bytes < end)) {
-    throw PoolError(fmt::format(
-        "extent allocator: cannot free [{}, +{}): part of it is already free", offset_bytes,
-        bytes));
+    throw PoolError(
+        fmt::format("extent allocator: cannot free [{}, +{}): part of it is already free",
+                    offset_bytes, bytes));
   }
   if (touches_prev && touches_next) {
     table_.extents[i - 1].size_bytes += size + table_.extents[i].size_bytes;
@@ -131,8 +132,9 @@ void ExtentAllocator::free(std::uint64_t offset_bytes, std::uint64_t bytes) {
 void ExtentAllocator::rebuild(std::span<const FreeExtent> allocated) {
   std::vector<FreeExtent> used(allocated.begin(), allocated.end());
   for (auto& e : used) e.size_bytes = round_up(e.size_bytes);
-  std::sort(used.begin(), used.end(),
-            [](const FreeExtent& a, const FreeExtent& b) { return a.offset_bytes < b.offset_bytes; });
+  std::sort(used.begin(), used.end(), [](const FreeExtent& a, const FreeExtent& b) {
+    return a.offset_bytes < b.offset_bytes;
+  });
   std::uint64_t cursor = table_.begin_bytes;
   std::uint64_t count = 0, bytes_used = 0;
   for (const auto& e : used) {

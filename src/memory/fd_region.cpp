@@ -96,7 +96,8 @@ void size_new_object(int fd, const std::string& uri, std::uint64_t size_bytes, b
     throw BackendError(fmt::format("{}: size {} bytes is too large", uri, size_bytes));
   }
   if (::ftruncate(fd, static_cast<off_t>(size_bytes)) != 0) {
-    throw BackendError(errno_message(fmt::format("{}: resize to {} bytes", uri, size_bytes), errno));
+    throw BackendError(
+        errno_message(fmt::format("{}: resize to {} bytes", uri, size_bytes), errno));
   }
   if (reserve) {
     const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size_bytes));

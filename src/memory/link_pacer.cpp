@@ -33,7 +33,8 @@ std::uint64_t LinkPacer::reserve_urgent(std::uint64_t bytes) noexcept {
   for (;;) {
     const bool foreign = observed > now && observed - now > kMaxLinkAheadNs;
     const std::uint64_t base = foreign || observed < now ? now : observed;
-    if (free_ns.compare_exchange_weak(observed, base + occupancy, std::memory_order_acq_rel, std::memory_order_acquire)) {
+    if (free_ns.compare_exchange_weak(observed, base + occupancy, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
       if (foreign) link_field(link_->clock_clamps_total).fetch_add(1, std::memory_order_relaxed);
       break;
     }

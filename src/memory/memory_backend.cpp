@@ -15,11 +15,16 @@ namespace xlshare {
 
 const char* to_string(ReadStatus s) noexcept {
   switch (s) {
-    case ReadStatus::kOk: return "ok";
-    case ReadStatus::kTransientError: return "transient error";
-    case ReadStatus::kPoisoned: return "poisoned";
-    case ReadStatus::kOffline: return "offline";
-    case ReadStatus::kOutOfRange: return "out of range";
+    case ReadStatus::kOk:
+      return "ok";
+    case ReadStatus::kTransientError:
+      return "transient error";
+    case ReadStatus::kPoisoned:
+      return "poisoned";
+    case ReadStatus::kOffline:
+      return "offline";
+    case ReadStatus::kOutOfRange:
+      return "out of range";
   }
   return "unknown";
 }
@@ -53,8 +58,10 @@ ReadStatus MemoryBackend::do_read(std::uint64_t offset_bytes, std::span<std::byt
 
 Mapping allocate_local(std::size_t bytes) {
   if (bytes == 0) return Mapping();
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  if (p == MAP_FAILED) throw OutOfMemory(errno_message(fmt::format("local memory of {} bytes", bytes), errno));
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED)
+    throw OutOfMemory(errno_message(fmt::format("local memory of {} bytes", bytes), errno));
   return Mapping(p, bytes);
 }
 

@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <numa.h>
 #include <numaif.h>
-#include <sys/stat.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -25,8 +25,8 @@ std::string numa_uri(int node, std::string_view name) {
 
 void require_node(int node, std::string_view name) {
   if (numa_available() < 0) {
-    throw ConfigError(fmt::format("{}: this kernel or machine has no NUMA support",
-                                  numa_uri(node, name)));
+    throw ConfigError(
+        fmt::format("{}: this kernel or machine has no NUMA support", numa_uri(node, name)));
   }
   if (!NumaBackend::node_available(node)) {
     throw ConfigError(fmt::format("{}: NUMA node {} does not exist or has no memory (nodes 0..{})",
@@ -37,8 +37,8 @@ void require_node(int node, std::string_view name) {
 // Sets the shared memory policy of the whole object to MPOL_BIND(node).
 void bind_to_node(void* address, std::size_t length, int node, const std::string& uri) {
   const unsigned long max_node = static_cast<unsigned long>(numa_max_node()) + 1;
-  std::vector<unsigned long> mask((max_node + 8 * sizeof(unsigned long) - 1) /
-                                  (8 * sizeof(unsigned long)), 0UL);
+  std::vector<unsigned long> mask(
+      (max_node + 8 * sizeof(unsigned long) - 1) / (8 * sizeof(unsigned long)), 0UL);
   mask[static_cast<std::size_t>(node) / (8 * sizeof(unsigned long))] |=
       1UL << (static_cast<std::size_t>(node) % (8 * sizeof(unsigned long)));
   if (::mbind(address, length, MPOL_BIND, mask.data(), max_node + 1, MPOL_MF_STRICT) != 0) {
@@ -84,8 +84,8 @@ std::unique_ptr<NumaBackend> NumaBackend::create(int node, std::string_view name
     auto region = std::make_unique<FdRegion>(uri, std::move(fd), size_bytes, page_size_bytes(),
                                              /*writable=*/true, /*try_map_sync=*/false);
     {
-      const std::uint64_t mapped = (size_bytes + page_size_bytes() - 1) / page_size_bytes() *
-                                   page_size_bytes();
+      const std::uint64_t mapped =
+          (size_bytes + page_size_bytes() - 1) / page_size_bytes() * page_size_bytes();
       void* address = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, region->fd(), 0);
       if (address == MAP_FAILED) throw BackendError(errno_message(uri + ": mmap", errno));
       Mapping whole(address, mapped);
@@ -125,7 +125,8 @@ std::unique_ptr<NumaBackend> NumaBackend::open(int node, std::string_view name,
 
 int NumaBackend::node_of_page(std::uint64_t offset_bytes) const noexcept {
   if (offset_bytes >= size_bytes()) return -1;
-  void* page = const_cast<std::byte*>(read_view()) + offset_bytes / page_size_bytes() * page_size_bytes();
+  void* page =
+      const_cast<std::byte*>(read_view()) + offset_bytes / page_size_bytes() * page_size_bytes();
   // Fault the page into this process's view first: move_pages reports -ENOENT for a page
   // that is resident in the object but not yet mapped here.
   (void)*static_cast<volatile const std::byte*>(page);

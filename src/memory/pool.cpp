@@ -1,14 +1,14 @@
 #include "xlshare/memory/pool.hpp"
 
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -80,24 +80,25 @@ std::optional<std::string> read_name(const char (&field)[N]) {
 
 void validate_model_name(std::string_view name) {
   if (name.empty() || name.size() >= pf::kModelNameBytes) {
-    throw ConfigError(fmt::format("model name '{}' must be 1..{} bytes", name,
-                                  pf::kModelNameBytes - 1));
+    throw ConfigError(
+        fmt::format("model name '{}' must be 1..{} bytes", name, pf::kModelNameBytes - 1));
   }
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '.' || c == '_' || c == '-';
     if (!ok) {
-      throw ConfigError(fmt::format(
-          "model name '{}' has a character outside [A-Za-z0-9._-]", name));
+      throw ConfigError(
+          fmt::format("model name '{}' has a character outside [A-Za-z0-9._-]", name));
     }
   }
-  if (name == "." || name == "..") throw ConfigError(fmt::format("model name '{}' is reserved", name));
+  if (name == "." || name == "..")
+    throw ConfigError(fmt::format("model name '{}' is reserved", name));
 }
 
 void validate_tensor_name(std::string_view name) {
   if (name.empty() || name.size() >= pf::kTensorNameBytes) {
-    throw ConfigError(fmt::format("tensor name '{}' must be 1..{} bytes", name,
-                                  pf::kTensorNameBytes - 1));
+    throw ConfigError(
+        fmt::format("tensor name '{}' must be 1..{} bytes", name, pf::kTensorNameBytes - 1));
   }
   for (char c : name) {
     if (static_cast<unsigned char>(c) < 0x21 || static_cast<unsigned char>(c) > 0x7e) {
@@ -167,9 +168,12 @@ std::string describe_process(std::int32_t pid, std::uint32_t pid_ns) {
   }
   switch (process_state(pid)) {
     case 'T':
-    case 't': return fmt::format("pid {} (stopped)", pid);
-    case '?': return fmt::format("pid {}", pid);
-    default: return fmt::format("pid {} (running)", pid);
+    case 't':
+      return fmt::format("pid {} (stopped)", pid);
+    case '?':
+      return fmt::format("pid {}", pid);
+    default:
+      return fmt::format("pid {} (running)", pid);
   }
 }
 
@@ -177,7 +181,8 @@ std::atomic<std::uint64_t> g_lock_timeout_ms{10'000};
 
 // The smaps entry of the mapping at `base`: its KernelPageSize, and the bytes of it mapped
 // with PMD-sized pages (ShmemPmdMapped, FilePmdMapped, AnonHugePages). Zero when unreadable.
-void mapping_page_sizes(const void* base, std::uint64_t& page_bytes, std::uint64_t& huge_bytes) noexcept {
+void mapping_page_sizes(const void* base, std::uint64_t& page_bytes,
+                        std::uint64_t& huge_bytes) noexcept {
   page_bytes = huge_bytes = 0;
   try {
     std::ifstream in("/proc/self/smaps");
@@ -186,7 +191,8 @@ void mapping_page_sizes(const void* base, std::uint64_t& page_bytes, std::uint64
     const auto address = reinterpret_cast<std::uintptr_t>(base);
     while (std::getline(in, line)) {
       unsigned long long lo = 0, hi = 0;
-      if (std::sscanf(line.c_str(), "%llx-%llx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      if (std::sscanf(line.c_str(), "%llx-%llx ", &lo, &hi) == 2 &&
+          line.find(':') > line.find(' ')) {
         if (ours) return;  // the next mapping: done
         ours = address >= lo && address < hi;
         continue;
@@ -194,7 +200,8 @@ void mapping_page_sizes(const void* base, std::uint64_t& page_bytes, std::uint64
       if (!ours) continue;
       unsigned long long kib = 0;
       if (std::sscanf(line.c_str(), "KernelPageSize: %llu kB", &kib) == 1) page_bytes = kib * 1024;
-      for (const char* key : {"ShmemPmdMapped: %llu kB", "FilePmdMapped: %llu kB", "AnonHugePages: %llu kB"}) {
+      for (const char* key :
+           {"ShmemPmdMapped: %llu kB", "FilePmdMapped: %llu kB", "AnonHugePages: %llu kB"}) {
         if (std::sscanf(line.c_str(), key, &kib) == 1) huge_bytes += kib * 1024;
       }
     }
@@ -220,7 +227,9 @@ std::uint64_t boot_id_hash() noexcept {
 void set_pool_lock_timeout_ms(std::uint64_t timeout_ms) noexcept {
   g_lock_timeout_ms.store(timeout_ms == 0 ? 1 : timeout_ms, std::memory_order_relaxed);
 }
-std::uint64_t pool_lock_timeout_ms() noexcept { return g_lock_timeout_ms.load(std::memory_order_relaxed); }
+std::uint64_t pool_lock_timeout_ms() noexcept {
+  return g_lock_timeout_ms.load(std::memory_order_relaxed);
+}
 
 std::uint64_t TensorInfo::n_elements() const noexcept {
   std::uint64_t n = 1;
@@ -239,7 +248,8 @@ std::uint64_t TensorInfo::row_bytes() const noexcept {
   return r == 0 ? size_bytes : size_bytes / r;
 }
 
-std::uint64_t tile_bytes_for(DType dtype, std::uint32_t n_dims, std::span<const std::uint64_t> shape,
+std::uint64_t tile_bytes_for(DType dtype, std::uint32_t n_dims,
+                             std::span<const std::uint64_t> shape,
                              std::uint64_t size_bytes) noexcept {
   if (n_dims < 2 || shape.empty() || size_bytes == 0) return size_bytes;
   const auto row = dtype_bytes(dtype, shape[0]);
@@ -270,12 +280,10 @@ std::string PoolStats::to_json() const {
   j["models_loading"] = models_loading;
   j["tensors"] = tensors;
   j["attached_processes"] = attached_processes;
-  j["extents"] = {{"bytes_total", extents.bytes_total},
-                  {"bytes_used", extents.bytes_used},
-                  {"bytes_free", extents.bytes_free},
-                  {"largest_free_extent", extents.largest_free_extent},
-                  {"free_extents", extents.free_extents},
-                  {"fragmentation", extents.fragmentation}};
+  j["extents"] = {
+      {"bytes_total", extents.bytes_total},   {"bytes_used", extents.bytes_used},
+      {"bytes_free", extents.bytes_free},     {"largest_free_extent", extents.largest_free_extent},
+      {"free_extents", extents.free_extents}, {"fragmentation", extents.fragmentation}};
   j["link"] = {{"bytes", link_bytes},
                {"transfers", link_transfers},
                {"busy_ns", link_busy_ns},
@@ -293,8 +301,8 @@ class Pool::Impl {
   std::unique_ptr<MemoryBackend> backend;
   PoolRole role = PoolRole::kReader;
   std::string uri;
-  Mapping whole;    // the whole pool: RW for writers, RO for readers
-  Mapping control_map;  // readers: the control region, RW
+  Mapping whole;                                 // the whole pool: RW for writers, RO for readers
+  Mapping control_map;                           // readers: the control region, RW
   std::unique_ptr<pf::Control> private_control;  // readers of a read-only backend
   const pf::Header* header = nullptr;
   pf::Header* header_rw = nullptr;  // writers only
@@ -425,13 +433,15 @@ class Pool::Impl {
         }
         pthread_mutex_consistent(mutex);
       } else if (rc != 0) {
-        throw PoolError(errno_message(fmt::format("{}: cannot take the catalog lock", impl_.where()), rc));
+        throw PoolError(
+            errno_message(fmt::format("{}: cannot take the catalog lock", impl_.where()), rc));
       }
       pf::Control& c = *impl_.control;
       aref(c.lock_holder_ns).store(impl_.my_pid_ns, std::memory_order_relaxed);
       aref(c.lock_holder_start_ticks).store(impl_.my_start_ticks, std::memory_order_relaxed);
-      aref(c.lock_holder_pid).store(impl_.my_pid != 0 ? impl_.my_pid : static_cast<std::int32_t>(::getpid()),
-                                    std::memory_order_release);
+      aref(c.lock_holder_pid)
+          .store(impl_.my_pid != 0 ? impl_.my_pid : static_cast<std::int32_t>(::getpid()),
+                 std::memory_order_release);
     }
     ~Lock() {
       aref(impl_.control->lock_holder_pid).store(0, std::memory_order_release);
@@ -468,7 +478,8 @@ class Pool::Impl {
       if (bytes == 0 || !in_data(offset, bytes)) return;
       const std::uint64_t a = lay.alignment_bytes;
       const std::uint64_t begin = offset / a * a;
-      const std::uint64_t end = std::min(round_up(offset + bytes, a), lay.data_offset + lay.data_bytes);
+      const std::uint64_t end =
+          std::min(round_up(offset + bytes, a), lay.data_offset + lay.data_bytes);
       used.push_back({begin, end - begin});
     };
     for (std::uint32_t i = 0; i < lay.max_tensors; ++i) {
@@ -481,11 +492,13 @@ class Pool::Impl {
       add(models[m].metadata_offset, models[m].metadata_bytes);
       add(models[m].tiles_offset, models[m].tiles_bytes);
     }
-    std::sort(used.begin(), used.end(),
-              [](const FreeExtent& a, const FreeExtent& b) { return a.offset_bytes < b.offset_bytes; });
+    std::sort(used.begin(), used.end(), [](const FreeExtent& a, const FreeExtent& b) {
+      return a.offset_bytes < b.offset_bytes;
+    });
     std::vector<FreeExtent> merged;
     for (const auto& e : used) {
-      if (!merged.empty() && e.offset_bytes <= merged.back().offset_bytes + merged.back().size_bytes) {
+      if (!merged.empty() &&
+          e.offset_bytes <= merged.back().offset_bytes + merged.back().size_bytes) {
         const std::uint64_t end = std::max(merged.back().offset_bytes + merged.back().size_bytes,
                                            e.offset_bytes + e.size_bytes);
         merged.back().size_bytes = end - merged.back().offset_bytes;
@@ -520,9 +533,10 @@ class Pool::Impl {
       if (!offset) return std::nullopt;
       const std::uint64_t rounded = ExtentAllocator(*extents).round_up(bytes);
       if (!overlaps_live_extent_locked(*offset, rounded)) return offset;
-      spdlog::warn("{}: the free-extent table handed out [{}, +{}), which a catalog record holds; "
-                   "rebuilding the table from the catalog",
-                   where(), *offset, rounded);
+      spdlog::warn(
+          "{}: the free-extent table handed out [{}, +{}), which a catalog record holds; "
+          "rebuilding the table from the catalog",
+          where(), *offset, rounded);
       rebuild_extents_locked();
     }
     corrupt("the free-extent table keeps handing out allocated bytes");
@@ -572,9 +586,11 @@ class Pool::Impl {
     LinkState& link = control->link;
     std::uint64_t stored = link_field(link.boot_id_hash).load(std::memory_order_acquire);
     if (stored == mine) return;
-    if (link_field(link.boot_id_hash).compare_exchange_strong(stored, mine, std::memory_order_acq_rel)) {
+    if (link_field(link.boot_id_hash)
+            .compare_exchange_strong(stored, mine, std::memory_order_acq_rel)) {
       if (stored != 0) {
-        spdlog::info("{}: the pool's link times come from another boot; resetting the link clock", where());
+        spdlog::info("{}: the pool's link times come from another boot; resetting the link clock",
+                     where());
       }
       link_field(link.link_free_ns).store(0, std::memory_order_release);
     }
@@ -585,7 +601,8 @@ class Pool::Impl {
     return process_alive(m.owner_pid, m.owner_start_ticks, m.owner_pid_ns);
   }
   bool owned_by_me(const pf::ModelRecord& m) const {
-    return m.owner_pid == my_pid && m.owner_pid_ns == my_pid_ns && m.owner_start_ticks == my_start_ticks;
+    return m.owner_pid == my_pid && m.owner_pid_ns == my_pid_ns &&
+           m.owner_start_ticks == my_start_ticks;
   }
 
   // -- reading the catalog -------------------------------------------------------------
@@ -668,14 +685,15 @@ class Pool::Impl {
       info.name = *tname;
       info.dtype = static_cast<DType>(t.dtype);
       info.n_dims = t.n_dims;
-      for (std::uint32_t d = 0; d < kMaxTensorDims; ++d) info.shape[d] = d < t.n_dims ? t.shape[d] : 1;
+      for (std::uint32_t d = 0; d < kMaxTensorDims; ++d)
+        info.shape[d] = d < t.n_dims ? t.shape[d] : 1;
       info.offset_bytes = t.offset_bytes;
       info.size_bytes = t.size_bytes;
       info.checksum = t.checksum;
       if (t.tile_bytes == 0 || t.tile_bytes > t.size_bytes ||
           (t.tile_bytes != t.size_bytes && t.tile_bytes % info.row_bytes() != 0)) {
-        corrupt(fmt::format("{} has tiles of {} bytes, not whole rows of its {} bytes", label, t.tile_bytes,
-                            t.size_bytes));
+        corrupt(fmt::format("{} has tiles of {} bytes, not whole rows of its {} bytes", label,
+                            t.tile_bytes, t.size_bytes));
       }
       info.tile_bytes = t.tile_bytes;
       ++count;
@@ -692,13 +710,16 @@ class Pool::Impl {
     std::uint64_t total = 0;
     for (const auto& t : found) {
       by_offset.push_back(&t);
-      if (!names.insert(t.name).second) corrupt(fmt::format("model '{}' has two tensors named '{}'", *name, t.name));
+      if (!names.insert(t.name).second)
+        corrupt(fmt::format("model '{}' has two tensors named '{}'", *name, t.name));
       total += t.size_bytes;
     }
-    std::sort(by_offset.begin(), by_offset.end(),
-              [](const TensorInfo* a, const TensorInfo* b) { return a->offset_bytes < b->offset_bytes; });
+    std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+      return a->offset_bytes < b->offset_bytes;
+    });
     for (std::size_t i = 1; i < by_offset.size(); ++i) {
-      if (by_offset[i - 1]->offset_bytes + by_offset[i - 1]->size_bytes > by_offset[i]->offset_bytes) {
+      if (by_offset[i - 1]->offset_bytes + by_offset[i - 1]->size_bytes >
+          by_offset[i]->offset_bytes) {
         corrupt(fmt::format("model '{}': tensors '{}' and '{}' overlap", *name,
                             by_offset[i - 1]->name, by_offset[i]->name));
       }
@@ -706,9 +727,11 @@ class Pool::Impl {
     // The TensorTiling's table: exactly one checksum per tile of every tensor, in order.
     std::uint64_t tiles = 0;
     for (const auto& t : found) tiles += (t.size_bytes + t.tile_bytes - 1) / t.tile_bytes;
-    if (tiles > UINT64_MAX / 8 || m.tiles_bytes != tiles * 8 || (tiles > 0 && !in_data(m.tiles_offset, m.tiles_bytes))) {
-      corrupt(fmt::format("model '{}' has a tile table of {} bytes at offset {}; its tensors have {} tiles", *name,
-                          m.tiles_bytes, m.tiles_offset, tiles));
+    if (tiles > UINT64_MAX / 8 || m.tiles_bytes != tiles * 8 ||
+        (tiles > 0 && !in_data(m.tiles_offset, m.tiles_bytes))) {
+      corrupt(fmt::format(
+          "model '{}' has a tile table of {} bytes at offset {}; its tensors have {} tiles", *name,
+          m.tiles_bytes, m.tiles_offset, tiles));
     }
     auto table = std::make_shared<std::vector<std::uint64_t>>(tiles);
     if (tiles > 0) std::memcpy(table->data(), base + m.tiles_offset, m.tiles_bytes);
@@ -749,7 +772,8 @@ struct Geometry {
       models_offset, tensors_offset, extents_offset, extent_capacity, data_offset;
 };
 
-Geometry plan_geometry(std::uint64_t alignment, std::uint32_t max_models, std::uint32_t max_tensors) {
+Geometry plan_geometry(std::uint64_t alignment, std::uint32_t max_models,
+                       std::uint32_t max_tensors) {
   Geometry g{};
   g.alignment = alignment;
   g.control_offset = round_up(sizeof(pf::Header), alignment);
@@ -781,7 +805,8 @@ std::string header_problem(const pf::Header& h, std::uint64_t backend_bytes,
     // `pool rm --force` may remove it. An unknown version is not ours to touch.
     if (h.version >= 1 && h.version < Pool::kFormatVersion) *foreign = false;
     return fmt::format("format version {}{}; this build reads version {}", h.version,
-                       *foreign ? "" : " (an older xlshare's: load the model into a new pool)", Pool::kFormatVersion);
+                       *foreign ? "" : " (an older xlshare's: load the model into a new pool)",
+                       Pool::kFormatVersion);
   }
   *foreign = false;
   if (h.header_struct_bytes != sizeof(pf::Header) || h.header_checksum != header_checksum(h)) {
@@ -799,9 +824,11 @@ std::string header_problem(const pf::Header& h, std::uint64_t backend_bytes,
   const bool geometry_ok = [&] {
     if (!is_pow2(h.alignment_bytes) || h.alignment_bytes % backend_align != 0) return false;
     if (h.max_models == 0 || h.max_models > pf::kMaxModels || h.max_tensors == 0 ||
-        h.max_tensors > (1u << 24)) return false;
+        h.max_tensors > (1u << 24))
+      return false;
     if (h.model_record_bytes != sizeof(pf::ModelRecord) ||
-        h.tensor_record_bytes != sizeof(pf::TensorRecord)) return false;
+        h.tensor_record_bytes != sizeof(pf::TensorRecord))
+      return false;
     const Geometry g = plan_geometry(h.alignment_bytes, h.max_models, h.max_tensors);
     return g.control_offset == h.control_offset && g.control_bytes == h.control_bytes &&
            g.catalog_offset == h.catalog_offset && g.catalog_bytes == h.catalog_bytes &&
@@ -810,7 +837,8 @@ std::string header_problem(const pf::Header& h, std::uint64_t backend_bytes,
            g.data_offset == h.data_offset && h.data_offset <= h.pool_bytes &&
            h.data_bytes <= h.pool_bytes - h.data_offset && h.data_bytes % h.alignment_bytes == 0;
   }();
-  if (!geometry_ok) return std::string("the header describes an impossible layout: the header is corrupted");
+  if (!geometry_ok)
+    return std::string("the header describes an impossible layout: the header is corrupted");
   return {};
 }
 
@@ -819,7 +847,8 @@ std::string header_problem(const pf::Header& h, std::uint64_t backend_bytes,
 Pool::Pool(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Pool::~Pool() = default;
 
-std::unique_ptr<Pool> Pool::create(std::unique_ptr<MemoryBackend> backend, const PoolOptions& options) {
+std::unique_ptr<Pool> Pool::create(std::unique_ptr<MemoryBackend> backend,
+                                   const PoolOptions& options) {
   if (!backend) throw ConfigError("Pool::create: no backend");
   const std::string uri = backend->uri();
   if (!backend->is_writable()) {
@@ -898,10 +927,21 @@ std::unique_ptr<Pool> Pool::create(std::unique_ptr<MemoryBackend> backend, const
   impl->tensors = reinterpret_cast<pf::TensorRecord*>(base + g.tensors_offset);
   impl->extents = extents;
   impl->base = base;
-  impl->lay = Layout{pool_bytes, alignment, g.control_offset, g.control_bytes, g.catalog_offset,
-                     g.catalog_bytes, g.models_offset, g.tensors_offset, g.extents_offset,
-                     g.data_offset, usable - g.data_offset, options.max_models,
-                     options.max_tensors, sizeof(pf::ModelRecord), sizeof(pf::TensorRecord)};
+  impl->lay = Layout{pool_bytes,
+                     alignment,
+                     g.control_offset,
+                     g.control_bytes,
+                     g.catalog_offset,
+                     g.catalog_bytes,
+                     g.models_offset,
+                     g.tensors_offset,
+                     g.extents_offset,
+                     g.data_offset,
+                     usable - g.data_offset,
+                     options.max_models,
+                     options.max_tensors,
+                     sizeof(pf::ModelRecord),
+                     sizeof(pf::TensorRecord)};
   impl->extent_capacity = g.extent_capacity;
   impl->quarantined.assign(options.max_models, std::string());
   impl->reset_link_clock_if_other_boot();
@@ -946,7 +986,8 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
   impl->uri = uri;
   impl->role = role;
   const std::uint64_t mapped = h.data_offset + h.data_bytes;
-  impl->whole = backend->map(0, mapped, role == PoolRole::kWriter ? Access::kReadWrite : Access::kReadOnly);
+  impl->whole =
+      backend->map(0, mapped, role == PoolRole::kWriter ? Access::kReadWrite : Access::kReadOnly);
   std::byte* base = impl->whole.data();
   impl->base = base;
   impl->header = reinterpret_cast<const pf::Header*>(base);
@@ -957,19 +998,23 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
     impl->control_map = backend->map(h.control_offset, h.control_bytes, Access::kReadWrite);
     impl->control = reinterpret_cast<pf::Control*>(impl->control_map.data());
   } else {
-    spdlog::warn("pool {}: opened read-only; this process's link traffic is not shared with "
-                 "other attachers",
-                 uri);
+    spdlog::warn(
+        "pool {}: opened read-only; this process's link traffic is not shared with "
+        "other attachers",
+        uri);
     impl->private_control = std::make_unique<pf::Control>();
     impl->control = impl->private_control.get();
   }
-  impl->models = const_cast<pf::ModelRecord*>(reinterpret_cast<const pf::ModelRecord*>(base + h.models_offset));
-  impl->tensors = const_cast<pf::TensorRecord*>(reinterpret_cast<const pf::TensorRecord*>(base + h.tensors_offset));
-  impl->extents = const_cast<ExtentTable*>(reinterpret_cast<const ExtentTable*>(base + h.extents_offset));
-  impl->lay = Layout{h.pool_bytes, h.alignment_bytes, h.control_offset, h.control_bytes,
-                     h.catalog_offset, h.catalog_bytes, h.models_offset, h.tensors_offset,
-                     h.extents_offset, h.data_offset, h.data_bytes, h.max_models,
-                     h.max_tensors, h.model_record_bytes, h.tensor_record_bytes};
+  impl->models = const_cast<pf::ModelRecord*>(
+      reinterpret_cast<const pf::ModelRecord*>(base + h.models_offset));
+  impl->tensors = const_cast<pf::TensorRecord*>(
+      reinterpret_cast<const pf::TensorRecord*>(base + h.tensors_offset));
+  impl->extents =
+      const_cast<ExtentTable*>(reinterpret_cast<const ExtentTable*>(base + h.extents_offset));
+  impl->lay = Layout{h.pool_bytes,     h.alignment_bytes,    h.control_offset,     h.control_bytes,
+                     h.catalog_offset, h.catalog_bytes,      h.models_offset,      h.tensors_offset,
+                     h.extents_offset, h.data_offset,        h.data_bytes,         h.max_models,
+                     h.max_tensors,    h.model_record_bytes, h.tensor_record_bytes};
   impl->extent_capacity = h.extent_capacity;
   // Every sealed model must validate before anything of it is trusted. One that does not
   // is quarantined: refused by name, listed as corrupted, droppable by reclaim or remove;
@@ -1046,8 +1091,8 @@ ModelWriter Pool::begin_model(std::string_view name) {
     writer.epoch_ = m.epoch;
     return writer;
   }
-  throw OutOfMemory(fmt::format("{}: the catalog holds {} models and is full", im.where(),
-                                im.lay.max_models));
+  throw OutOfMemory(
+      fmt::format("{}: the catalog holds {} models and is full", im.where(), im.lay.max_models));
 }
 
 void Pool::remove_model(std::string_view name, bool force) {
@@ -1157,8 +1202,8 @@ std::shared_ptr<const ModelView> Pool::model(std::string_view name) {
   const pf::ModelRecord& m = im.models[*slot];
   const std::uint64_t s = aload(m.state);
   if (*slot < im.quarantined.size() && !im.quarantined[*slot].empty()) {
-    throw PoolError(fmt::format("{}: model '{}' is quarantined: {}", im.where(), name,
-                                im.quarantined[*slot]));
+    throw PoolError(
+        fmt::format("{}: model '{}' is quarantined: {}", im.where(), name, im.quarantined[*slot]));
   }
   if (s == pf::kModelLoading) {
     const bool alive = im.owner_alive(m);
@@ -1233,13 +1278,15 @@ PoolStats Pool::stats(bool read_mapping) const {
   for (std::uint32_t i = 0; i < pf::kAttachSlots; ++i) {
     const auto& slot = im.control->slots[i];
     const std::int32_t pid = aload(slot.pid);
-    if (pid > 0 && process_alive(pid, aload(slot.start_ticks), aload(slot.pid_ns))) ++s.attached_processes;
+    if (pid > 0 && process_alive(pid, aload(slot.start_ticks), aload(slot.pid_ns)))
+      ++s.attached_processes;
   }
   // Readers never validated the allocator's table (only writers use it): read it only when
   // its shape matches the header, so a corrupted table cannot send stats() out of bounds.
   const ExtentTable& t = *im.extents;
   const std::uint64_t capacity = aload(t.capacity), count = aload(t.count);
-  if (capacity == im.extent_capacity && count <= capacity) s.extents = ExtentAllocator(*im.extents).stats();
+  if (capacity == im.extent_capacity && count <= capacity)
+    s.extents = ExtentAllocator(*im.extents).stats();
   LinkState& link = im.control->link;
   s.link_bytes = link_field(link.bytes_total).load();
   s.link_transfers = link_field(link.transfers_total).load();
@@ -1279,9 +1326,10 @@ void ModelWriter::check_owner_locked() {
   pool_ = nullptr;  // nothing left to abandon: the record is not ours any more
   tensor_slots_.clear();
   tensor_names_.clear();
-  throw PoolError(fmt::format("{}: model '{}' was removed while this process was loading it "
-                              "(forced removal or reclaim); loading stopped",
-                              im.where(), name_));
+  throw PoolError(
+      fmt::format("{}: model '{}' was removed while this process was loading it "
+                  "(forced removal or reclaim); loading stopped",
+                  im.where(), name_));
 }
 
 std::span<std::byte> ModelWriter::add_tensor(std::string_view name, DType dtype,
@@ -1298,13 +1346,14 @@ std::span<std::byte> ModelWriter::add_tensor(std::string_view name, DType dtype,
   }
   std::uint64_t n = 1;
   for (auto d : shape) {
-    if (d == 0 || n > UINT64_MAX / d) throw ConfigError(fmt::format("tensor '{}': bad shape", name));
+    if (d == 0 || n > UINT64_MAX / d)
+      throw ConfigError(fmt::format("tensor '{}': bad shape", name));
     n *= d;
   }
   const auto bytes = dtype_bytes(dtype, n);
   if (!bytes) {
-    throw ConfigError(fmt::format("tensor '{}': {} elements are not whole {} blocks", name, n,
-                                  to_string(dtype)));
+    throw ConfigError(
+        fmt::format("tensor '{}': {} elements are not whole {} blocks", name, n, to_string(dtype)));
   }
   for (const auto& existing : tensor_names_) {
     if (existing == name) {
@@ -1368,8 +1417,8 @@ void ModelWriter::set_metadata(std::string_view metadata) {
   if (metadata.empty()) return;
   auto offset = im.allocate_locked(metadata.size());
   if (!offset) {
-    throw OutOfMemory(fmt::format("{}: no room for {} bytes of metadata of model '{}'",
-                                  im.where(), metadata.size(), name_));
+    throw OutOfMemory(fmt::format("{}: no room for {} bytes of metadata of model '{}'", im.where(),
+                                  metadata.size(), name_));
   }
   std::memcpy(im.base + *offset, metadata.data(), metadata.size());
   m.metadata_offset = *offset;
@@ -1389,11 +1438,13 @@ void ModelWriter::seal() {
   std::vector<std::uint64_t> tiles;
   for (std::uint32_t slot : tensor_slots_) {
     pf::TensorRecord& t = im.tensors[slot];
-    t.tile_bytes = tile_bytes_for(static_cast<DType>(t.dtype), t.n_dims, std::span(t.shape, t.n_dims), t.size_bytes);
+    t.tile_bytes = tile_bytes_for(static_cast<DType>(t.dtype), t.n_dims,
+                                  std::span(t.shape, t.n_dims), t.size_bytes);
     Checksum64 whole;
     for (std::uint64_t at = 0; at < t.size_bytes; at += t.tile_bytes) {
-      const std::span<const std::byte> tile(reinterpret_cast<const std::byte*>(im.base + t.offset_bytes + at),
-                                            std::min(t.tile_bytes, t.size_bytes - at));
+      const std::span<const std::byte> tile(
+          reinterpret_cast<const std::byte*>(im.base + t.offset_bytes + at),
+          std::min(t.tile_bytes, t.size_bytes - at));
       whole.update(tile);
       tiles.push_back(checksum64(tile));
     }
@@ -1406,8 +1457,8 @@ void ModelWriter::seal() {
     const std::uint64_t bytes = tiles.size() * sizeof(std::uint64_t);
     auto offset = im.allocate_locked(bytes);
     if (!offset) {
-      throw OutOfMemory(
-          fmt::format("{}: no room for the {}-byte tile table of model '{}'", im.where(), bytes, name_));
+      throw OutOfMemory(fmt::format("{}: no room for the {}-byte tile table of model '{}'",
+                                    im.where(), bytes, name_));
     }
     std::memcpy(im.base + *offset, tiles.data(), bytes);
     m.tiles_offset = *offset;
@@ -1432,7 +1483,8 @@ void ModelWriter::abandon() noexcept {
     Pool::Impl::Lock lock(im);
     pf::ModelRecord& m = im.models[slot_];
     const std::uint64_t state = aload(m.state);
-    if ((state == pf::kModelLoading || state == pf::kModelFenced) && im.owned_by_me(m) && m.epoch == epoch_) {
+    if ((state == pf::kModelLoading || state == pf::kModelFenced) && im.owned_by_me(m) &&
+        m.epoch == epoch_) {
       im.free_model_locked(slot_);
     }
   } catch (const std::exception& e) {
@@ -1440,7 +1492,6 @@ void ModelWriter::abandon() noexcept {
   }
   pool_ = nullptr;
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Creating and removing pools by URI
@@ -1455,12 +1506,14 @@ struct ObjectPath {
 std::optional<ObjectPath> object_path(const BackendUri& u) {
   switch (u.scheme) {
     case BackendUri::Scheme::kShm:
-    case BackendUri::Scheme::kNuma: return ObjectPath{"/dev/shm", u.target};
+    case BackendUri::Scheme::kNuma:
+      return ObjectPath{"/dev/shm", u.target};
     case BackendUri::Scheme::kFile: {
       const auto slash = u.target.rfind('/');
       return ObjectPath{slash == 0 ? "/" : u.target.substr(0, slash), u.target.substr(slash + 1)};
     }
-    case BackendUri::Scheme::kDax: return std::nullopt;
+    case BackendUri::Scheme::kDax:
+      return std::nullopt;
   }
   return std::nullopt;
 }
@@ -1472,9 +1525,12 @@ std::string creation_prefix(const std::string& name) {
 
 std::string with_target(const BackendUri& u, const std::string& dir, const std::string& name) {
   switch (u.scheme) {
-    case BackendUri::Scheme::kShm: return "shm://" + name;
-    case BackendUri::Scheme::kNuma: return fmt::format("numa://{}/{}", u.numa_node, name);
-    default: return "file://" + (dir == "/" ? "" : dir) + "/" + name;
+    case BackendUri::Scheme::kShm:
+      return "shm://" + name;
+    case BackendUri::Scheme::kNuma:
+      return fmt::format("numa://{}/{}", u.numa_node, name);
+    default:
+      return "file://" + (dir == "/" ? "" : dir) + "/" + name;
   }
 }
 
@@ -1488,9 +1544,12 @@ std::uint32_t remove_dead_creations(const ObjectPath& where) {
     if (file.rfind(prefix, 0) != 0) continue;
     unsigned long long ns = 0, pid = 0, ticks = 0, n = 0;
     char tail = 0;
-    if (std::sscanf(file.c_str() + prefix.size(), "%llu-%llu-%llu-%llu%c", &ns, &pid, &ticks, &n, &tail) != 4) continue;
+    if (std::sscanf(file.c_str() + prefix.size(), "%llu-%llu-%llu-%llu%c", &ns, &pid, &ticks, &n,
+                    &tail) != 4)
+      continue;
     if (pid == 0 || pid > INT32_MAX || ns > UINT32_MAX) continue;
-    if (process_alive(static_cast<std::int32_t>(pid), ticks, static_cast<std::uint32_t>(ns))) continue;
+    if (process_alive(static_cast<std::int32_t>(pid), ticks, static_cast<std::uint32_t>(ns)))
+      continue;
     spdlog::info("removing {}/{}, left by a pool creator (pid {}) that died", where.dir, file, pid);
     if (::unlink(entry.path().c_str()) == 0) ++removed;
   }
@@ -1500,12 +1559,14 @@ std::uint32_t remove_dead_creations(const ObjectPath& where) {
 }  // namespace
 
 std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes,
-                                  const PoolOptions& options, const BackendOptions& backend_options) {
+                                  const PoolOptions& options,
+                                  const BackendOptions& backend_options) {
   const BackendUri u = parse_backend_uri(uri);
   const auto where = object_path(u);
   if (!where) return Pool::create(create_backend(uri, size_bytes, backend_options), options);
   if (backend_exists(uri)) {
-    throw BackendError(fmt::format("{}: already exists (remove it with `xlshare pool rm {}`)", uri, uri));
+    throw BackendError(
+        fmt::format("{}: already exists (remove it with `xlshare pool rm {}`)", uri, uri));
   }
   remove_dead_creations(*where);
   const auto pid = static_cast<std::int32_t>(::getpid());
@@ -1521,10 +1582,12 @@ std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes
     auto backend = create_backend(temp_uri, size_bytes, backend_options);
     created = true;
     (void)Pool::create(std::move(backend), options);
-    if (::renameat2(AT_FDCWD, temp_path.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) != 0) {
+    if (::renameat2(AT_FDCWD, temp_path.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) !=
+        0) {
       const int err = errno;
       if (err == EEXIST) {
-        throw BackendError(fmt::format("{}: already exists (created meanwhile by another process)", uri));
+        throw BackendError(
+            fmt::format("{}: already exists (created meanwhile by another process)", uri));
       }
       // A file system without RENAME_NOREPLACE: link(2) never replaces either.
       if (err != EINVAL || ::link(temp_path.c_str(), final_path.c_str()) != 0) {
@@ -1542,7 +1605,8 @@ std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes
 void remove_pool(std::string_view uri, bool force) {
   const BackendUri u = parse_backend_uri(uri);
   // What creators of this name killed mid-create left behind goes first: it is ours.
-  if (const auto where = object_path(u); where && remove_dead_creations(*where) > 0 && !backend_exists(uri)) {
+  if (const auto where = object_path(u);
+      where && remove_dead_creations(*where) > 0 && !backend_exists(uri)) {
     return;
   }
   BackendOptions read_only;
@@ -1550,9 +1614,10 @@ void remove_pool(std::string_view uri, bool force) {
   auto backend = open_backend(uri, read_only);
   const std::uint64_t bytes = backend->size_bytes(), align = backend->alignment_bytes();
   if (bytes < sizeof(pf::Header) || bytes < align) {
-    throw PoolError(fmt::format("{}: not an xlshare pool ({} bytes, too small for a pool header); "
-                                "refusing to remove it",
-                                uri, bytes));
+    throw PoolError(
+        fmt::format("{}: not an xlshare pool ({} bytes, too small for a pool header); "
+                    "refusing to remove it",
+                    uri, bytes));
   }
   pf::Header h;
   {
@@ -1562,12 +1627,14 @@ void remove_pool(std::string_view uri, bool force) {
   bool foreign = false;
   const std::string problem = header_problem(h, bytes, align, &foreign);
   if (foreign) {
-    throw PoolError(fmt::format("{}: not an xlshare pool ({}); refusing to remove it", uri, problem));
+    throw PoolError(
+        fmt::format("{}: not an xlshare pool ({}); refusing to remove it", uri, problem));
   }
   if (!problem.empty() && !force) {
-    throw PoolError(fmt::format("{}: {}; its attach slots cannot be read, so attachment cannot be "
-                                "ruled out (--force removes it anyway)",
-                                uri, problem));
+    throw PoolError(
+        fmt::format("{}: {}; its attach slots cannot be read, so attachment cannot be "
+                    "ruled out (--force removes it anyway)",
+                    uri, problem));
   }
   if (problem.empty() && !force) {
     // Read the attach slots and model owners without attaching: a full slot table is still
@@ -1579,11 +1646,13 @@ void remove_pool(std::string_view uri, bool force) {
       const std::int32_t pid = aload(slot.pid);
       if (pid == 0) continue;
       if (pid < 0 || process_alive(pid, aload(slot.start_ticks), aload(slot.pid_ns))) {
-        holders.push_back(pid < 0 ? std::string("a slot being freed") : describe_process(pid, aload(slot.pid_ns)));
+        holders.push_back(pid < 0 ? std::string("a slot being freed")
+                                  : describe_process(pid, aload(slot.pid_ns)));
       }
     }
     Mapping catalog = backend->map(h.catalog_offset, h.catalog_bytes, Access::kReadOnly);
-    const auto* records = reinterpret_cast<const pf::ModelRecord*>(catalog.data() + (h.models_offset - h.catalog_offset));
+    const auto* records = reinterpret_cast<const pf::ModelRecord*>(
+        catalog.data() + (h.models_offset - h.catalog_offset));
     for (std::uint32_t i = 0; i < h.max_models; ++i) {
       const pf::ModelRecord& m = records[i];
       const std::uint64_t s = aload(m.state);
@@ -1595,9 +1664,10 @@ void remove_pool(std::string_view uri, bool force) {
     }
     if (!holders.empty()) {
       std::string named;
-      for (std::size_t i = 0; i < holders.size() && i < 4; ++i) named += (i ? "; " : "") + holders[i];
-      throw PoolError(fmt::format("{}: {} process(es) may be using the pool ({}{}); use --force", uri,
-                                  holders.size(), named, holders.size() > 4 ? "; ..." : ""));
+      for (std::size_t i = 0; i < holders.size() && i < 4; ++i)
+        named += (i ? "; " : "") + holders[i];
+      throw PoolError(fmt::format("{}: {} process(es) may be using the pool ({}{}); use --force",
+                                  uri, holders.size(), named, holders.size() > 4 ? "; ..." : ""));
     }
   }
   backend.reset();

@@ -100,7 +100,7 @@ struct TensorRecord {
   std::uint64_t shape[4];
   std::uint64_t offset_bytes, size_bytes, checksum;
   std::uint32_t model_slot_copy;
-  std::uint32_t ordinal;  // position within the model
+  std::uint32_t ordinal;     // position within the model
   std::uint64_t tile_bytes;  // the TensorTiling: whole rows, the last tile may be shorter
   std::uint64_t record_checksum;
 };

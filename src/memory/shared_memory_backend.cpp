@@ -20,7 +20,8 @@ void SharedMemoryBackend::validate_name(std::string_view name) {
                                   name.substr(0, 32), name.size(), kMaxNameBytes));
   }
   if (name.front() == '.' || name.find("..") != std::string_view::npos) {
-    throw ConfigError(fmt::format("shared memory name '{}' must not start with '.' or contain '..'", name));
+    throw ConfigError(
+        fmt::format("shared memory name '{}' must not start with '.' or contain '..'", name));
   }
   for (const char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -56,8 +57,8 @@ std::unique_ptr<SharedMemoryBackend> SharedMemoryBackend::create(std::string_vie
                                  static_cast<mode_t>(options.mode)));
   if (!fd) {
     if (errno == EEXIST) {
-      throw BackendError(fmt::format("{}: already exists (remove it with `xlshare pool rm {}`)",
-                                     uri, uri));
+      throw BackendError(
+          fmt::format("{}: already exists (remove it with `xlshare pool rm {}`)", uri, uri));
     }
     throw BackendError(errno_message(uri + ": create", errno));
   }

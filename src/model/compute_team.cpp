@@ -7,10 +7,10 @@
 #include <pthread.h>
 
 #include <chrono>
+#include <climits>
 #include <exception>
 #include <mutex>
 #include <utility>
-#include <climits>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -29,13 +29,16 @@ inline void cpu_relax() noexcept {
 
 // Raw futexes (Linux): a waiter sleeps only while the word still holds the value it saw.
 void futex_wait(const std::atomic<std::uint32_t>& a, std::uint32_t old) noexcept {
-  ::syscall(SYS_futex, reinterpret_cast<const std::uint32_t*>(&a), FUTEX_WAIT_PRIVATE, old, nullptr, nullptr, 0);
+  ::syscall(SYS_futex, reinterpret_cast<const std::uint32_t*>(&a), FUTEX_WAIT_PRIVATE, old, nullptr,
+            nullptr, 0);
 }
 void futex_wake(std::atomic<std::uint32_t>& a) noexcept {
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&a), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&a), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+            nullptr, 0);
 }
 
-static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) && std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+              std::atomic<std::uint32_t>::is_always_lock_free);
 
 // Children of fork() count up; a team started before the fork has no threads there.
 std::atomic<unsigned> g_fork_epoch{0};
@@ -44,10 +47,14 @@ const bool g_fork_handler = [] { return ::pthread_atfork(nullptr, nullptr, count
 
 }  // namespace
 
-bool ComputeTeam::forked() const noexcept { return g_fork_epoch.load(std::memory_order_relaxed) != fork_epoch_; }
+bool ComputeTeam::forked() const noexcept {
+  return g_fork_epoch.load(std::memory_order_relaxed) != fork_epoch_;
+}
 
 ComputeTeam::ComputeTeam(unsigned threads, std::uint32_t spin_us)
-    : size_(threads == 0 ? 1 : threads), spin_us_(spin_us), fork_epoch_(g_fork_epoch.load(std::memory_order_relaxed)) {
+    : size_(threads == 0 ? 1 : threads),
+      spin_us_(spin_us),
+      fork_epoch_(g_fork_epoch.load(std::memory_order_relaxed)) {
   (void)g_fork_handler;
   threads_.reserve(size_ - 1);
   try {
@@ -75,7 +82,8 @@ ComputeTeam::~ComputeTeam() {
   stop_members();
 }
 
-std::uint32_t ComputeTeam::await_change(const std::atomic<std::uint32_t>& a, std::uint32_t old) const noexcept {
+std::uint32_t ComputeTeam::await_change(const std::atomic<std::uint32_t>& a,
+                                        std::uint32_t old) const noexcept {
   std::uint32_t now = a.load(std::memory_order_acquire);
   if (now != old) return now;
   if (spin_us_ > 0) {
@@ -101,7 +109,9 @@ void ComputeTeam::run_shares(std::uint32_t generation) noexcept {
   std::uint64_t c = claims_.load(std::memory_order_acquire);
   for (;;) {
     if (c >> 32 != generation || (c & 0xffffffffu) >= size_) return;
-    if (!claims_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    if (!claims_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
+      continue;
     const auto t = static_cast<unsigned>(c & 0xffffffffu);
     try {
       call_(ctx_, t, size_);
@@ -119,13 +129,15 @@ void ComputeTeam::run_step(Call call, void* ctx) {
   ctx_ = ctx;
   remaining_.store(size_, std::memory_order_relaxed);
   const std::uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
-  claims_.store(std::uint64_t{generation} << 32, std::memory_order_release);  // publishes call_ and ctx_
+  claims_.store(std::uint64_t{generation} << 32,
+                std::memory_order_release);  // publishes call_ and ctx_
   generation_.store(generation, std::memory_order_release);
   futex_wake(generation_);
   // The shares use the caller's frame: wait for all of them even when one throws, then
   // pass on the first exception.
   run_shares(generation);
-  for (std::uint32_t left = remaining_.load(std::memory_order_acquire); left != 0;) left = await_change(remaining_, left);
+  for (std::uint32_t left = remaining_.load(std::memory_order_acquire); left != 0;)
+    left = await_change(remaining_, left);
   std::exception_ptr error;
   {
     std::lock_guard lock(error_mu_);

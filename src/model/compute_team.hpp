@@ -44,7 +44,8 @@ class ComputeTeam {
 
   /// Rows [begin, end) of `count` split as OpenMP's static schedule splits them: contiguous,
   /// ceil(count / n) each.
-  static std::pair<std::size_t, std::size_t> static_range(std::size_t count, unsigned t, unsigned n) noexcept {
+  static std::pair<std::size_t, std::size_t> static_range(std::size_t count, unsigned t,
+                                                          unsigned n) noexcept {
     const std::size_t per = (count + n - 1) / n;
     const std::size_t begin = std::min(count, per * t);
     return {begin, std::min(count, begin + per)};
@@ -72,7 +73,7 @@ class ComputeTeam {
   bool stopping_ = false;
   std::mutex error_mu_;
   std::exception_ptr error_;  // the first exception of a share this step
-  unsigned fork_epoch_ = 0;  // fork()s seen when the members were started
+  unsigned fork_epoch_ = 0;   // fork()s seen when the members were started
   std::vector<std::thread> threads_;
 };
 

@@ -43,7 +43,8 @@ std::uint16_t f32_to_f16(float f) noexcept {
   std::memcpy(&x, &f, sizeof x);
   const std::uint32_t sign = (x >> 16) & 0x8000u;
   const std::uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
+  if (abs >= 0x7f800000u)
+    return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
   if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow
   if (abs < 0x38800000u) {  // a half subnormal (or zero): q * 2^-24, rounded to even
     const auto q = static_cast<std::uint32_t>(std::nearbyint(std::ldexp(std::fabs(f), 24)));
@@ -118,7 +119,8 @@ void to_f32(DType type, const std::byte* src, float* dst, std::size_t n) noexcep
       }
       return;
     case DType::kU8:
-      for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(std::to_integer<std::uint8_t>(src[i]));
+      for (std::size_t i = 0; i < n; ++i)
+        dst[i] = static_cast<float>(std::to_integer<std::uint8_t>(src[i]));
       return;
   }
 }
@@ -153,7 +155,8 @@ void from_f32(DType type, const float* src, std::byte* dst, std::size_t n) noexc
       }
       return;
     case DType::kU8:
-      for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<std::byte>(static_cast<std::uint8_t>(src[i]));
+      for (std::size_t i = 0; i < n; ++i)
+        dst[i] = static_cast<std::byte>(static_cast<std::uint8_t>(src[i]));
       return;
   }
 }

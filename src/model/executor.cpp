@@ -2,8 +2,8 @@
 
 #include "model/compute_team.hpp"
 
-#include <Eigen/Dense>
 #include <fmt/format.h>
+#include <Eigen/Dense>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -36,17 +36,21 @@ LlamaModel::LlamaModel(LlamaConfig config, std::vector<TensorDesc> tensors, std:
   for (std::size_t i = 0; i < tensors_.size(); ++i) index[tensors_[i].name] = i;
   auto find = [&](const TensorSpec& spec) -> std::size_t {
     auto it = index.find(spec.name);
-    if (it == index.end()) throw FormatError(fmt::format("{}: missing tensor '{}'", where, spec.name));
+    if (it == index.end())
+      throw FormatError(fmt::format("{}: missing tensor '{}'", where, spec.name));
     const TensorDesc& t = tensors_[it->second];
-    if (t.shape != spec.shape) throw FormatError(fmt::format("{}: tensor '{}' has the wrong shape", where, spec.name));
+    if (t.shape != spec.shape)
+      throw FormatError(fmt::format("{}: tensor '{}' has the wrong shape", where, spec.name));
     std::uint64_t n = 1;
     for (auto d : t.shape) n *= d;
     const auto bytes = dtype_bytes(t.dtype, n);
     if (!bytes || *bytes != t.size_bytes || t.dtype == DType::kI32 || t.dtype == DType::kU8) {
-      throw FormatError(fmt::format("{}: tensor '{}' has an unusable dtype or size", where, spec.name));
+      throw FormatError(
+          fmt::format("{}: tensor '{}' has an unusable dtype or size", where, spec.name));
     }
     if (t.dtype == DType::kQ8_0 && t.shape[0] % 32 != 0) {
-      throw FormatError(fmt::format("{}: tensor '{}': Q8_0 rows must be whole blocks", where, spec.name));
+      throw FormatError(
+          fmt::format("{}: tensor '{}': Q8_0 rows must be whole blocks", where, spec.name));
     }
     return it->second;
   };
@@ -57,10 +61,11 @@ LlamaModel::LlamaModel(LlamaConfig config, std::vector<TensorDesc> tensors, std:
   output_ = config_.tie_embeddings ? token_embd_ : by_name("output.weight");
   for (std::uint32_t l = 0; l < config_.n_layers; ++l) {
     const std::string p = fmt::format("blk.{}.", l);
-    layers_.push_back(Layer{by_name(p + "attn_norm.weight"), by_name(p + "attn_q.weight"), by_name(p + "attn_k.weight"),
-                            by_name(p + "attn_v.weight"), by_name(p + "attn_output.weight"),
-                            by_name(p + "ffn_norm.weight"), by_name(p + "ffn_gate.weight"),
-                            by_name(p + "ffn_up.weight"), by_name(p + "ffn_down.weight")});
+    layers_.push_back(Layer{by_name(p + "attn_norm.weight"), by_name(p + "attn_q.weight"),
+                            by_name(p + "attn_k.weight"), by_name(p + "attn_v.weight"),
+                            by_name(p + "attn_output.weight"), by_name(p + "ffn_norm.weight"),
+                            by_name(p + "ffn_gate.weight"), by_name(p + "ffn_up.weight"),
+                            by_name(p + "ffn_down.weight")});
   }
   std::vector<std::string> names;
   for (const auto& t : tensors_) names.push_back(t.name);
@@ -68,14 +73,17 @@ LlamaModel::LlamaModel(LlamaConfig config, std::vector<TensorDesc> tensors, std:
   // The executor relies on this order: embedding, block.0 .. block.L-1, head.
   if (schedule_.size() != config_.n_layers + 2 || schedule_.step(0).name != "embedding" ||
       schedule_.step(config_.n_layers + 1).name != "head") {
-    throw FormatError(fmt::format("{}: tensors do not form embedding, {} blocks and a head", where, config_.n_layers));
+    throw FormatError(fmt::format("{}: tensors do not form embedding, {} blocks and a head", where,
+                                  config_.n_layers));
   }
 }
 
 LlamaModel LlamaModel::from_file(const ModelFile& file) {
   std::vector<TensorDesc> t;
   for (const auto& f : file.tensors) {
-    t.push_back({f.name, f.dtype, std::vector<std::uint64_t>(f.shape.begin(), f.shape.begin() + f.n_dims), f.size_bytes});
+    t.push_back({f.name, f.dtype,
+                 std::vector<std::uint64_t>(f.shape.begin(), f.shape.begin() + f.n_dims),
+                 f.size_bytes});
   }
   return LlamaModel(file.config, std::move(t), file.path.string());
 }
@@ -92,7 +100,8 @@ LlamaModel LlamaModel::from_pool(const ModelView& view) {
   const LlamaConfig config = LlamaConfig::from_json(config_json, where);
   std::vector<TensorDesc> t;
   for (const auto& info : view.tensors()) {
-    t.push_back({info.name, info.dtype, std::vector<std::uint64_t>(info.shape.begin(), info.shape.begin() + info.n_dims),
+    t.push_back({info.name, info.dtype,
+                 std::vector<std::uint64_t>(info.shape.begin(), info.shape.begin() + info.n_dims),
                  info.size_bytes});
   }
   return LlamaModel(config, std::move(t), where);
@@ -116,12 +125,13 @@ KvCache::KvCache(const LlamaConfig& c, std::uint32_t capacity_tokens)
 
 // --- WeightProvider ---------------------------------------------------------------------
 
-void WeightProvider::read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows,
-                               float* dst) {
+void WeightProvider::read_rows(std::size_t index, const TensorDesc& desc,
+                               std::span<const std::uint32_t> rows, float* dst) {
   const std::size_t cols = desc.shape[0];
   const std::size_t rb = row_bytes(desc.dtype, cols);
   WeightHandle w = acquire(index);
-  for (std::size_t i = 0; i < rows.size(); ++i) to_f32(desc.dtype, w.bytes().data() + rows[i] * rb, dst + i * cols, cols);
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    to_f32(desc.dtype, w.bytes().data() + rows[i] * rb, dst + i * cols, cols);
 }
 
 // --- Executor ---------------------------------------------------------------------------
@@ -135,10 +145,10 @@ Executor::Executor(const LlamaModel& model, WeightProvider& weights, ExecutorOpt
   const auto& c = model_.config();
   inv_freq_.resize(c.head_dim / 2);
   for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
-    inv_freq_[i] = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+    inv_freq_[i] =
+        std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
   }
 }
-
 
 namespace {
 
@@ -152,8 +162,8 @@ constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels
 
 // y[i][r] = sum_k W[r][k] * x[i][k] for i < n <= kMaxFusedRows, converting W from its
 // stored type as it is read (no scratch copy): the decode path, bound by memory bandwidth.
-void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t cols, const float* x, std::size_t n,
-                float* y, ComputeTeam& team) {
+void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t cols, const float* x,
+                std::size_t n, float* y, ComputeTeam& team) {
   const std::size_t rb = row_bytes(dtype, cols);
   team.run([&](unsigned t, unsigned members) {
     thread_local std::vector<float> row;
@@ -170,10 +180,12 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
         const auto* h = reinterpret_cast<const std::uint16_t*>(wr);
         for (; k0 + 16 <= cols; k0 += 16) {
           const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0));
-          const __m512 wv = dtype == DType::kF16
-                                ? _mm512_cvtph_ps(raw)
-                                : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-          for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
+          const __m512 wv =
+              dtype == DType::kF16
+                  ? _mm512_cvtph_ps(raw)
+                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+          for (std::size_t i = 0; i < n; ++i)
+            acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
         }
       } else if (dtype == DType::kQ8_0) {
         for (std::size_t b = 0; b < cols / 32; ++b, k0 += 32) {
@@ -181,8 +193,10 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
           std::memcpy(&blk, wr + b * sizeof(BlockQ8_0), sizeof blk);
           const __m512 d = _mm512_set1_ps(f16_to_f32(blk.d));
           const __m128i* q = reinterpret_cast<const __m128i*>(blk.qs);
-          const __m512 w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))));
-          const __m512 w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))));
+          const __m512 w0 =
+              _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))));
+          const __m512 w1 =
+              _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))));
           for (std::size_t i = 0; i < n; ++i) {
             acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
             acc[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + k0 + 16), acc[i]);
@@ -206,8 +220,8 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
 
 }  // namespace
 
-void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols, const float* x,
-                      std::size_t n, float* y) {
+void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols,
+                      const float* x, std::size_t n, float* y) {
   Eigen::Map<const RowMat> X(x, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(cols));
   Eigen::Map<RowMat> Y(y, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(rows));
   const std::size_t threads = team_->size();
@@ -217,8 +231,10 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
     team_->run([&](unsigned t, unsigned members) {
       const auto [r0, r1] = ComputeTeam::static_range(rows, t, members);
       if (r0 >= r1) return;
-      Eigen::Map<const RowMat> Wt(W + r0 * cols, static_cast<Eigen::Index>(r1 - r0), static_cast<Eigen::Index>(cols));
-      Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() = X * Wt.transpose();
+      Eigen::Map<const RowMat> Wt(W + r0 * cols, static_cast<Eigen::Index>(r1 - r0),
+                                  static_cast<Eigen::Index>(cols));
+      Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() =
+          X * Wt.transpose();
     });
     return;
   }
@@ -228,7 +244,8 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
   }
   // Converted in tiles of rows as they are used: large tiles (up to 2 MiB of F32) keep the
   // GEMMs efficient, and at least two tiles per thread keep the threads balanced.
-  const std::size_t by_bytes = std::max<std::size_t>(1, (512u * 1024) / std::max<std::size_t>(cols, 1));
+  const std::size_t by_bytes =
+      std::max<std::size_t>(1, (512u * 1024) / std::max<std::size_t>(cols, 1));
   const std::size_t by_threads = std::max<std::size_t>(1, (rows + 2 * threads - 1) / (2 * threads));
   const std::size_t tile = std::min(by_bytes, by_threads);
   const std::size_t tiles = (rows + tile - 1) / tile;
@@ -242,14 +259,16 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
       const std::size_t r0 = ti * tile;
       const std::size_t r1 = std::min(rows, r0 + tile);
       to_f32(dtype, w.data() + r0 * rb, buf.data(), (r1 - r0) * cols);
-      Eigen::Map<const RowMat> Wt(buf.data(), static_cast<Eigen::Index>(r1 - r0), static_cast<Eigen::Index>(cols));
-      Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() = X * Wt.transpose();
+      Eigen::Map<const RowMat> Wt(buf.data(), static_cast<Eigen::Index>(r1 - r0),
+                                  static_cast<Eigen::Index>(cols));
+      Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() =
+          X * Wt.transpose();
     }
   });
 }
 
-void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x, std::size_t n,
-                             float* y) {
+void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x,
+                             std::size_t n, float* y) {
   const TensorDesc& d = model_.tensors()[index];
   const std::size_t pieces = std::max<std::size_t>(1, std::min(weights_.piece_count(index), rows));
   if (pieces == 1) {
@@ -266,21 +285,25 @@ void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t co
     WeightHandle w = weights_.acquire_piece(index, p);
     const std::size_t piece_rows = rb == 0 ? 0 : w.bytes().size() / rb;
     if (piece_rows == 0 || piece_rows * rb != w.bytes().size() || piece_rows > rows - r0) {
-      throw ConfigError(fmt::format("tensor '{}': piece {} of {} holds {} bytes, not whole rows within its {} rows",
-                                    d.name, p, pieces, w.bytes().size(), rows));
+      throw ConfigError(fmt::format(
+          "tensor '{}': piece {} of {} holds {} bytes, not whole rows within its {} rows", d.name,
+          p, pieces, w.bytes().size(), rows));
     }
     const std::size_t r1 = r0 + piece_rows;
     sized(part, n * (r1 - r0));
     matmul(w.bytes(), d.dtype, r1 - r0, cols, x, n, part.data());
-    for (std::size_t i = 0; i < n; ++i) std::copy_n(part.data() + i * (r1 - r0), r1 - r0, y + i * rows + r0);
+    for (std::size_t i = 0; i < n; ++i)
+      std::copy_n(part.data() + i * (r1 - r0), r1 - r0, y + i * rows + r0);
     r0 = r1;
   }
   if (r0 != rows) {
-    throw ConfigError(fmt::format("tensor '{}': its {} pieces hold {} of its {} rows", d.name, pieces, r0, rows));
+    throw ConfigError(
+        fmt::format("tensor '{}': its {} pieces hold {} of its {} rows", d.name, pieces, r0, rows));
   }
 }
 
-void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n, float* y) {
+void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n,
+                        float* y) {
   const std::size_t dim = model_.config().dim;
   std::vector<float>& weight = sized(buf_.norm_weight, dim);
   to_f32(dtype, w.data(), weight.data(), dim);
@@ -294,7 +317,8 @@ void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtyp
   }
 }
 
-void Executor::forward(std::span<const std::int32_t> tokens, KvCache& kv, std::vector<float>& logits, bool all_logits) {
+void Executor::forward(std::span<const std::int32_t> tokens, KvCache& kv,
+                       std::vector<float>& logits, bool all_logits) {
   Segment segment{tokens, &kv, all_logits, &logits};
   forward_batch(std::span(&segment, 1));
 }
@@ -305,17 +329,19 @@ void Executor::forward_batch(std::span<Segment> segments) {
   std::size_t n = 0;
   for (std::size_t s = 0; s < segments.size(); ++s) {
     const Segment& seg = segments[s];
-    if (seg.kv == nullptr || seg.logits == nullptr) throw ConfigError("forward: a segment lacks its KV cache or logits");
+    if (seg.kv == nullptr || seg.logits == nullptr)
+      throw ConfigError("forward: a segment lacks its KV cache or logits");
     for (std::size_t o = 0; o < s; ++o) {
       if (segments[o].kv == seg.kv) throw ConfigError("forward: two segments share one KV cache");
     }
     if (seg.kv->size_ + seg.tokens.size() > seg.kv->capacity_) {
-      throw ConfigError(fmt::format("KV cache full: {} + {} tokens exceed its {}", seg.kv->size_, seg.tokens.size(),
-                                    seg.kv->capacity_));
+      throw ConfigError(fmt::format("KV cache full: {} + {} tokens exceed its {}", seg.kv->size_,
+                                    seg.tokens.size(), seg.kv->capacity_));
     }
     for (auto t : seg.tokens) {
       if (t < 0 || static_cast<std::uint32_t>(t) >= c.vocab) {
-        throw ConfigError(fmt::format("token {} is outside the vocabulary (0..{})", t, c.vocab - 1));
+        throw ConfigError(
+            fmt::format("token {} is outside the vocabulary (0..{})", t, c.vocab - 1));
       }
     }
     n += seg.tokens.size();
@@ -368,7 +394,8 @@ void Executor::forward_batch(std::span<Segment> segments) {
         float* p = rows + r * stride + h * hd;
         for (std::size_t j = 0; j < hd / 2; ++j) {
           const double theta = pos * inv_freq_[j];
-          const float cs = static_cast<float>(std::cos(theta)), sn = static_cast<float>(std::sin(theta));
+          const float cs = static_cast<float>(std::cos(theta)),
+                      sn = static_cast<float>(std::sin(theta));
           const float a = p[2 * j], b = p[2 * j + 1];
           p[2 * j] = a * cs - b * sn;
           p[2 * j + 1] = a * sn + b * cs;
@@ -395,43 +422,50 @@ void Executor::forward_batch(std::span<Segment> segments) {
       const std::size_t rows = segments[s].tokens.size();
       float* K = kv.k_.data() + l * std::size_t{kv.capacity_} * kv_dim;
       float* V = kv.v_.data() + l * std::size_t{kv.capacity_} * kv_dim;
-      std::copy_n(k.data() + first_row[s] * kv_dim, rows * kv_dim, K + std::size_t{kv.size_} * kv_dim);
-      std::copy_n(v.data() + first_row[s] * kv_dim, rows * kv_dim, V + std::size_t{kv.size_} * kv_dim);
+      std::copy_n(k.data() + first_row[s] * kv_dim, rows * kv_dim,
+                  K + std::size_t{kv.size_} * kv_dim);
+      std::copy_n(v.data() + first_row[s] * kv_dim, rows * kv_dim,
+                  V + std::size_t{kv.size_} * kv_dim);
     }
     std::atomic<std::size_t> next_item{0};  // a dynamic schedule: heads differ in cost
     team_->run([&](unsigned, unsigned) {
-    for (std::size_t item = next_item.fetch_add(1, std::memory_order_relaxed); item < work;
-         item = next_item.fetch_add(1, std::memory_order_relaxed)) {
-      const std::size_t s = item / H, h = item % H, g = h / group;
-      const Segment& seg = segments[s];
-      const std::size_t rows = seg.tokens.size();
-      if (rows == 0) continue;
-      const std::size_t p0 = seg.kv->size_, T = p0 + rows;
-      const float* K = seg.kv->k_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
-      const float* V = seg.kv->v_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
-      Eigen::Map<const RowMat, 0, Stride> Qh(q.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
-                                             static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
-      Eigen::Map<const RowMat, 0, Stride> Kg(K + g * hd, static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(hd),
-                                             Stride(static_cast<Eigen::Index>(kv_dim)));
-      Eigen::Map<const RowMat, 0, Stride> Vg(V + g * hd, static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(hd),
-                                             Stride(static_cast<Eigen::Index>(kv_dim)));
-      RowMat S = (Qh * Kg.transpose()) * scale;
-      for (std::size_t i = 0; i < rows; ++i) {
-        const std::size_t visible = p0 + i + 1;  // causal: positions 0 .. p0+i
-        float m = -std::numeric_limits<float>::infinity();
-        for (std::size_t j = 0; j < visible; ++j) m = std::max(m, S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)));
-        double sum = 0;
-        for (std::size_t j = 0; j < T; ++j) {
-          float& e = S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j));
-          e = j < visible ? std::exp(e - m) : 0.0f;
-          sum += e;
+      for (std::size_t item = next_item.fetch_add(1, std::memory_order_relaxed); item < work;
+           item = next_item.fetch_add(1, std::memory_order_relaxed)) {
+        const std::size_t s = item / H, h = item % H, g = h / group;
+        const Segment& seg = segments[s];
+        const std::size_t rows = seg.tokens.size();
+        if (rows == 0) continue;
+        const std::size_t p0 = seg.kv->size_, T = p0 + rows;
+        const float* K = seg.kv->k_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
+        const float* V = seg.kv->v_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
+        Eigen::Map<const RowMat, 0, Stride> Qh(
+            q.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
+            static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
+        Eigen::Map<const RowMat, 0, Stride> Kg(K + g * hd, static_cast<Eigen::Index>(T),
+                                               static_cast<Eigen::Index>(hd),
+                                               Stride(static_cast<Eigen::Index>(kv_dim)));
+        Eigen::Map<const RowMat, 0, Stride> Vg(V + g * hd, static_cast<Eigen::Index>(T),
+                                               static_cast<Eigen::Index>(hd),
+                                               Stride(static_cast<Eigen::Index>(kv_dim)));
+        RowMat S = (Qh * Kg.transpose()) * scale;
+        for (std::size_t i = 0; i < rows; ++i) {
+          const std::size_t visible = p0 + i + 1;  // causal: positions 0 .. p0+i
+          float m = -std::numeric_limits<float>::infinity();
+          for (std::size_t j = 0; j < visible; ++j)
+            m = std::max(m, S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)));
+          double sum = 0;
+          for (std::size_t j = 0; j < T; ++j) {
+            float& e = S(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j));
+            e = j < visible ? std::exp(e - m) : 0.0f;
+            sum += e;
+          }
+          S.row(static_cast<Eigen::Index>(i)) *= static_cast<float>(1.0 / sum);
         }
-        S.row(static_cast<Eigen::Index>(i)) *= static_cast<float>(1.0 / sum);
+        Eigen::Map<RowMat, 0, Stride> Oh(
+            att.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
+            static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
+        Oh.noalias() = S * Vg;
       }
-      Eigen::Map<RowMat, 0, Stride> Oh(att.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
-                                       static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
-      Oh.noalias() = S * Vg;
-    }
     });
     matmul_weight(L.wo, dim, q_dim, att.data(), n, tmp.data());
     for (std::size_t i = 0; i < n * dim; ++i) x[i] += tmp[i];
@@ -456,12 +490,14 @@ void Executor::forward_batch(std::span<Segment> segments) {
   for (std::size_t s = 0; s < segments.size(); ++s) {
     const std::size_t rows = segments[s].tokens.size();
     if (rows == 0) continue;
-    for (std::size_t i = segments[s].all_logits ? 0 : rows - 1; i < rows; ++i) wanted.push_back(first_row[s] + i);
+    for (std::size_t i = segments[s].all_logits ? 0 : rows - 1; i < rows; ++i)
+      wanted.push_back(first_row[s] + i);
   }
   weights_.begin_step(c.n_layers + 1);
   std::vector<float>& picked = sized(buf_.picked, wanted.size() * dim);
   std::vector<float>& out = sized(buf_.out, wanted.size() * c.vocab);
-  for (std::size_t i = 0; i < wanted.size(); ++i) std::copy_n(x.data() + wanted[i] * dim, dim, picked.data() + i * dim);
+  for (std::size_t i = 0; i < wanted.size(); ++i)
+    std::copy_n(x.data() + wanted[i] * dim, dim, picked.data() + i * dim);
   {
     WeightHandle w = weights_.acquire(model_.output_norm());
     rms_norm(picked.data(), w.bytes(), desc(model_.output_norm()).dtype, wanted.size(), xn.data());
@@ -471,22 +507,26 @@ void Executor::forward_batch(std::span<Segment> segments) {
   std::size_t next = 0;
   for (auto& seg : segments) {
     const std::size_t rows = seg.tokens.empty() ? 0 : (seg.all_logits ? seg.tokens.size() : 1);
-    seg.logits->assign(out.begin() + static_cast<long>(next * c.vocab), out.begin() + static_cast<long>((next + rows) * c.vocab));
+    seg.logits->assign(out.begin() + static_cast<long>(next * c.vocab),
+                       out.begin() + static_cast<long>((next + rows) * c.vocab));
     next += rows;
   }
 }
 
 // --- sampling ---------------------------------------------------------------------------
 
-std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& o, std::mt19937_64& rng) {
+std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& o,
+                          std::mt19937_64& rng) {
   if (logits.empty()) throw ConfigError("sample_token: no logits");
   if (o.temperature <= 0.0f) {
-    return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) -
+                                     logits.begin());
   }
   std::vector<std::int32_t> idx(logits.size());
   std::iota(idx.begin(), idx.end(), 0);
   std::sort(idx.begin(), idx.end(), [&](std::int32_t a, std::int32_t b) {
-    return logits[static_cast<std::size_t>(a)] > logits[static_cast<std::size_t>(b)] || (logits[static_cast<std::size_t>(a)] == logits[static_cast<std::size_t>(b)] && a < b);
+    return logits[static_cast<std::size_t>(a)] > logits[static_cast<std::size_t>(b)] ||
+           (logits[static_cast<std::size_t>(a)] == logits[static_cast<std::size_t>(b)] && a < b);
   });
   std::size_t keep = idx.size();
   if (o.top_k > 0) keep = std::min<std::size_t>(keep, o.top_k);

@@ -10,26 +10,42 @@
 namespace xlshare {
 
 void LlamaConfig::validate(const std::string& where) const {
-  auto bad = [&](const std::string& what) { throw FormatError(fmt::format("{}: {}", where, what)); };
+  auto bad = [&](const std::string& what) {
+    throw FormatError(fmt::format("{}: {}", where, what));
+  };
   if (dim == 0 || dim > (1u << 16)) bad(fmt::format("embedding length {} is not in 1..65536", dim));
-  if (n_layers == 0 || n_layers > 1024) bad(fmt::format("block count {} is not in 1..1024", n_layers));
+  if (n_layers == 0 || n_layers > 1024)
+    bad(fmt::format("block count {} is not in 1..1024", n_layers));
   if (n_heads == 0 || n_heads > 1024) bad(fmt::format("head count {} is not in 1..1024", n_heads));
   if (n_kv_heads == 0 || n_kv_heads > n_heads || n_heads % n_kv_heads != 0) {
     bad(fmt::format("kv head count {} does not divide head count {}", n_kv_heads, n_heads));
   }
-  if (head_dim == 0 || head_dim % 2 != 0 || head_dim > 1024) bad(fmt::format("head dim {} is not an even number in 2..1024", head_dim));
-  if (ffn_dim == 0 || ffn_dim > (1u << 18)) bad(fmt::format("feed-forward length {} is not in 1..262144", ffn_dim));
-  if (vocab == 0 || vocab > (1u << 22)) bad(fmt::format("vocabulary size {} is not in 1..4194304", vocab));
-  if (context == 0 || context > (1u << 20)) bad(fmt::format("context length {} is not in 1..1048576", context));
-  if (!std::isfinite(rope_theta) || rope_theta <= 1.0) bad(fmt::format("rope theta {} is not > 1", rope_theta));
-  if (!std::isfinite(norm_eps) || norm_eps <= 0.0 || norm_eps > 1.0) bad(fmt::format("norm epsilon {} is not in (0, 1]", norm_eps));
+  if (head_dim == 0 || head_dim % 2 != 0 || head_dim > 1024)
+    bad(fmt::format("head dim {} is not an even number in 2..1024", head_dim));
+  if (ffn_dim == 0 || ffn_dim > (1u << 18))
+    bad(fmt::format("feed-forward length {} is not in 1..262144", ffn_dim));
+  if (vocab == 0 || vocab > (1u << 22))
+    bad(fmt::format("vocabulary size {} is not in 1..4194304", vocab));
+  if (context == 0 || context > (1u << 20))
+    bad(fmt::format("context length {} is not in 1..1048576", context));
+  if (!std::isfinite(rope_theta) || rope_theta <= 1.0)
+    bad(fmt::format("rope theta {} is not > 1", rope_theta));
+  if (!std::isfinite(norm_eps) || norm_eps <= 0.0 || norm_eps > 1.0)
+    bad(fmt::format("norm epsilon {} is not in (0, 1]", norm_eps));
 }
 
 std::string LlamaConfig::to_json() const {
-  const nlohmann::json j = {{"dim", dim},           {"n_layers", n_layers},   {"n_heads", n_heads},
-                            {"n_kv_heads", n_kv_heads}, {"head_dim", head_dim}, {"ffn_dim", ffn_dim},
-                            {"vocab", vocab},       {"context", context},     {"rope_theta", rope_theta},
-                            {"norm_eps", norm_eps}, {"tie_embeddings", tie_embeddings}};
+  const nlohmann::json j = {{"dim", dim},
+                            {"n_layers", n_layers},
+                            {"n_heads", n_heads},
+                            {"n_kv_heads", n_kv_heads},
+                            {"head_dim", head_dim},
+                            {"ffn_dim", ffn_dim},
+                            {"vocab", vocab},
+                            {"context", context},
+                            {"rope_theta", rope_theta},
+                            {"norm_eps", norm_eps},
+                            {"tie_embeddings", tie_embeddings}};
   return j.dump();
 }
 

@@ -55,7 +55,8 @@ OpenFile open_file(const fs::path& path) {
     throw BackendError(errno_message(path.string() + ": open", errno));
   }
   struct stat st {};
-  if (::fstat(f.fd.get(), &st) != 0) throw BackendError(errno_message(path.string() + ": fstat", errno));
+  if (::fstat(f.fd.get(), &st) != 0)
+    throw BackendError(errno_message(path.string() + ": fstat", errno));
   if (!S_ISREG(st.st_mode)) fail(path, "not a regular file");
   f.size = static_cast<std::uint64_t>(st.st_size);
   return f;
@@ -65,7 +66,8 @@ OpenFile open_file(const fs::path& path) {
 bool pread_all(int fd, std::uint64_t offset, std::span<std::byte> dst) {
   std::size_t done = 0;
   while (done < dst.size()) {
-    const ssize_t n = ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    const ssize_t n =
+        ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return false;
@@ -85,8 +87,8 @@ class HeaderReader {
 
   void read(void* dst, std::uint64_t n, const char* what) {
     if (n > remaining()) {
-      fail(path_, fmt::format("truncated: {} needs {} bytes at offset {}, the file has {} left", what, n, pos_,
-                              remaining()));
+      fail(path_, fmt::format("truncated: {} needs {} bytes at offset {}, the file has {} left",
+                              what, n, pos_, remaining()));
     }
     auto* out = static_cast<std::byte*>(dst);
     while (n > 0) {
@@ -107,14 +109,17 @@ class HeaderReader {
   }
   std::string string(const char* what, std::uint64_t max_bytes) {
     const auto n = scalar<std::uint64_t>(what);
-    if (n > remaining()) fail(path_, fmt::format("{} claims {} bytes but only {} remain", what, n, remaining()));
-    if (n > max_bytes) fail(path_, fmt::format("{} is {} bytes long (at most {} accepted)", what, n, max_bytes));
+    if (n > remaining())
+      fail(path_, fmt::format("{} claims {} bytes but only {} remain", what, n, remaining()));
+    if (n > max_bytes)
+      fail(path_, fmt::format("{} is {} bytes long (at most {} accepted)", what, n, max_bytes));
     std::string s(n, '\0');
     read(s.data(), n, what);
     return s;
   }
   void skip(std::uint64_t n, const char* what) {
-    if (n > remaining()) fail(path_, fmt::format("truncated: {} needs {} bytes, {} remain", what, n, remaining()));
+    if (n > remaining())
+      fail(path_, fmt::format("truncated: {} needs {} bytes, {} remain", what, n, remaining()));
     const std::uint64_t buffered = buf_len_ - buf_pos_;
     if (n <= buffered) {
       buf_pos_ += n;
@@ -145,31 +150,35 @@ std::uint64_t checked_bytes(const fs::path& path, const std::string& tensor, DTy
   std::uint64_t n = 1;
   for (std::uint32_t d = 0; d < n_dims; ++d) {
     if (shape[d] == 0) fail(path, fmt::format("tensor '{}': dimension {} is 0", tensor, d));
-    if (n > UINT64_MAX / shape[d]) fail(path, fmt::format("tensor '{}': element count overflows", tensor));
+    if (n > UINT64_MAX / shape[d])
+      fail(path, fmt::format("tensor '{}': element count overflows", tensor));
     n *= shape[d];
   }
   const auto bytes = dtype_bytes(dtype, n);
   if (!bytes) {
-    fail(path, fmt::format("tensor '{}': {} elements are not a whole number of {} blocks", tensor, n,
-                           to_string(dtype)));
+    fail(path, fmt::format("tensor '{}': {} elements are not a whole number of {} blocks", tensor,
+                           n, to_string(dtype)));
   }
   return *bytes;
 }
 
 // Every tensor's bytes lie inside the file and no two overlap.
-void check_extents(const fs::path& path, std::vector<const FileTensor*> tensors, std::uint64_t begin,
-                   std::uint64_t end) {
+void check_extents(const fs::path& path, std::vector<const FileTensor*> tensors,
+                   std::uint64_t begin, std::uint64_t end) {
   for (const auto* t : tensors) {
     if (t->offset_bytes < begin || t->offset_bytes > end || t->size_bytes > end - t->offset_bytes) {
-      fail(path, fmt::format("tensor '{}': its data [{}, +{}) lies outside the file's data ({} bytes)",
-                             t->source_name, t->offset_bytes, t->size_bytes, end));
+      fail(path,
+           fmt::format("tensor '{}': its data [{}, +{}) lies outside the file's data ({} bytes)",
+                       t->source_name, t->offset_bytes, t->size_bytes, end));
     }
   }
-  std::sort(tensors.begin(), tensors.end(),
-            [](const FileTensor* a, const FileTensor* b) { return a->offset_bytes < b->offset_bytes; });
+  std::sort(tensors.begin(), tensors.end(), [](const FileTensor* a, const FileTensor* b) {
+    return a->offset_bytes < b->offset_bytes;
+  });
   for (std::size_t i = 1; i < tensors.size(); ++i) {
     if (tensors[i - 1]->offset_bytes + tensors[i - 1]->size_bytes > tensors[i]->offset_bytes) {
-      fail(path, fmt::format("tensors '{}' and '{}' overlap", tensors[i - 1]->source_name, tensors[i]->source_name));
+      fail(path, fmt::format("tensors '{}' and '{}' overlap", tensors[i - 1]->source_name,
+                             tensors[i]->source_name));
     }
   }
 }
@@ -187,8 +196,10 @@ std::vector<FileTensor> select_tensors(const fs::path& path, const LlamaConfig& 
     if (!same) {
       std::string want, got;
       for (auto d : spec.shape) want += fmt::format("{}{}", want.empty() ? "" : " x ", d);
-      for (std::uint32_t d = 0; d < t.n_dims; ++d) got += fmt::format("{}{}", d ? " x " : "", t.shape[d]);
-      fail(path, fmt::format("tensor '{}' has shape [{}]; the model config needs [{}]", t.source_name, got, want));
+      for (std::uint32_t d = 0; d < t.n_dims; ++d)
+        got += fmt::format("{}{}", d ? " x " : "", t.shape[d]);
+      fail(path, fmt::format("tensor '{}' has shape [{}]; the model config needs [{}]",
+                             t.source_name, got, want));
     }
     out.push_back(t);
   }
@@ -198,45 +209,86 @@ std::vector<FileTensor> select_tensors(const fs::path& path, const LlamaConfig& 
 // --- GGUF --------------------------------------------------------------------------------
 
 enum GgufType : std::uint32_t {
-  kU8 = 0, kI8, kU16, kI16, kU32, kI32, kF32, kBool, kString, kArray, kU64, kI64, kF64,
+  kU8 = 0,
+  kI8,
+  kU16,
+  kI16,
+  kU32,
+  kI32,
+  kF32,
+  kBool,
+  kString,
+  kArray,
+  kU64,
+  kI64,
+  kF64,
 };
 
 using GgufValue = std::variant<std::uint64_t, std::int64_t, double, bool, std::string>;
 
 std::uint64_t scalar_size(std::uint32_t type) {
   switch (type) {
-    case kU8: case kI8: case kBool: return 1;
-    case kU16: case kI16: return 2;
-    case kU32: case kI32: case kF32: return 4;
-    case kU64: case kI64: case kF64: return 8;
-    default: return 0;
+    case kU8:
+    case kI8:
+    case kBool:
+      return 1;
+    case kU16:
+    case kI16:
+      return 2;
+    case kU32:
+    case kI32:
+    case kF32:
+      return 4;
+    case kU64:
+    case kI64:
+    case kF64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
 GgufValue read_scalar(HeaderReader& r, std::uint32_t type) {
   switch (type) {
-    case kU8: return std::uint64_t{r.scalar<std::uint8_t>("a value")};
-    case kI8: return std::int64_t{r.scalar<std::int8_t>("a value")};
-    case kU16: return std::uint64_t{r.scalar<std::uint16_t>("a value")};
-    case kI16: return std::int64_t{r.scalar<std::int16_t>("a value")};
-    case kU32: return std::uint64_t{r.scalar<std::uint32_t>("a value")};
-    case kI32: return std::int64_t{r.scalar<std::int32_t>("a value")};
-    case kF32: return double{r.scalar<float>("a value")};
-    case kBool: return r.scalar<std::uint8_t>("a value") != 0;
-    case kU64: return r.scalar<std::uint64_t>("a value");
-    case kI64: return r.scalar<std::int64_t>("a value");
-    case kF64: return r.scalar<double>("a value");
-    default: return std::uint64_t{0};
+    case kU8:
+      return std::uint64_t{r.scalar<std::uint8_t>("a value")};
+    case kI8:
+      return std::int64_t{r.scalar<std::int8_t>("a value")};
+    case kU16:
+      return std::uint64_t{r.scalar<std::uint16_t>("a value")};
+    case kI16:
+      return std::int64_t{r.scalar<std::int16_t>("a value")};
+    case kU32:
+      return std::uint64_t{r.scalar<std::uint32_t>("a value")};
+    case kI32:
+      return std::int64_t{r.scalar<std::int32_t>("a value")};
+    case kF32:
+      return double{r.scalar<float>("a value")};
+    case kBool:
+      return r.scalar<std::uint8_t>("a value") != 0;
+    case kU64:
+      return r.scalar<std::uint64_t>("a value");
+    case kI64:
+      return r.scalar<std::int64_t>("a value");
+    case kF64:
+      return r.scalar<double>("a value");
+    default:
+      return std::uint64_t{0};
   }
 }
 
 std::optional<DType> ggml_type(std::uint32_t t) {
   switch (t) {
-    case 0: return DType::kF32;
-    case 1: return DType::kF16;
-    case 8: return DType::kQ8_0;
-    case 30: return DType::kBF16;
-    default: return std::nullopt;
+    case 0:
+      return DType::kF32;
+    case 1:
+      return DType::kF16;
+    case 8:
+      return DType::kQ8_0;
+    case 30:
+      return DType::kBF16;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -247,12 +299,14 @@ ModelFile open_gguf(const fs::path& path) {
   r.read(magic, 4, "the magic");
   if (std::memcmp(magic, "GGUF", 4) != 0) fail(path, "not a GGUF file (bad magic)");
   const auto version = r.scalar<std::uint32_t>("the version");
-  if (version != 2 && version != 3) fail(path, fmt::format("GGUF version {} is not supported (2 and 3 are)", version));
+  if (version != 2 && version != 3)
+    fail(path, fmt::format("GGUF version {} is not supported (2 and 3 are)", version));
   const auto n_tensors = r.scalar<std::uint64_t>("the tensor count");
   const auto n_kv = r.scalar<std::uint64_t>("the key-value count");
   // The smallest key-value pair is 13 bytes and the smallest tensor info 25: a count the
   // rest of the file cannot hold is a lie.
-  if (n_kv > r.remaining() / 13) fail(path, fmt::format("claims {} key-value pairs; the file cannot hold them", n_kv));
+  if (n_kv > r.remaining() / 13)
+    fail(path, fmt::format("claims {} key-value pairs; the file cannot hold them", n_kv));
   if (n_tensors > r.remaining() / 25 || n_tensors > (1u << 20)) {
     fail(path, fmt::format("claims {} tensors; the file cannot hold them", n_tensors));
   }
@@ -267,7 +321,9 @@ ModelFile open_gguf(const fs::path& path) {
       const auto elem = r.scalar<std::uint32_t>("an array type");
       const auto n = r.scalar<std::uint64_t>("an array length");
       if (elem == kString) {
-        if (n > r.remaining() / 8) fail(path, fmt::format("array '{}' claims {} strings; the file cannot hold them", key, n));
+        if (n > r.remaining() / 8)
+          fail(path,
+               fmt::format("array '{}' claims {} strings; the file cannot hold them", key, n));
         for (std::uint64_t k = 0; k < n; ++k) {
           const auto len = r.scalar<std::uint64_t>("a string length");
           r.skip(len, "a string");
@@ -275,7 +331,9 @@ ModelFile open_gguf(const fs::path& path) {
       } else {
         const std::uint64_t size = scalar_size(elem);
         if (size == 0) fail(path, fmt::format("array '{}' has unknown element type {}", key, elem));
-        if (n > r.remaining() / size) fail(path, fmt::format("array '{}' claims {} elements; the file cannot hold them", key, n));
+        if (n > r.remaining() / size)
+          fail(path,
+               fmt::format("array '{}' claims {} elements; the file cannot hold them", key, n));
         r.skip(n * size, "an array");
       }
     } else if (scalar_size(type) != 0) {
@@ -301,17 +359,24 @@ ModelFile open_gguf(const fs::path& path) {
     t.name = r.string("a tensor name", 1024);
     t.source_name = t.name;
     t.n_dims = r.scalar<std::uint32_t>("a tensor's dimension count");
-    if (t.n_dims < 1 || t.n_dims > 4) fail(path, fmt::format("tensor '{}' has {} dimensions (1..4 supported)", t.name, t.n_dims));
-    for (std::uint32_t d = 0; d < t.n_dims; ++d) t.shape[d] = r.scalar<std::uint64_t>("a tensor dimension");
+    if (t.n_dims < 1 || t.n_dims > 4)
+      fail(path, fmt::format("tensor '{}' has {} dimensions (1..4 supported)", t.name, t.n_dims));
+    for (std::uint32_t d = 0; d < t.n_dims; ++d)
+      t.shape[d] = r.scalar<std::uint64_t>("a tensor dimension");
     const auto type = r.scalar<std::uint32_t>("a tensor type");
     const auto dtype = ggml_type(type);
     if (!dtype) {
-      fail(path, fmt::format("tensor '{}' has ggml type {}, which xlshare does not support (F32, F16, BF16, Q8_0)",
-                             t.name, type));
+      fail(
+          path,
+          fmt::format(
+              "tensor '{}' has ggml type {}, which xlshare does not support (F32, F16, BF16, Q8_0)",
+              t.name, type));
     }
     t.dtype = *dtype;
     t.offset_bytes = r.scalar<std::uint64_t>("a tensor offset");
-    if (t.offset_bytes % alignment != 0) fail(path, fmt::format("tensor '{}': offset {} is not aligned to {}", t.name, t.offset_bytes, alignment));
+    if (t.offset_bytes % alignment != 0)
+      fail(path, fmt::format("tensor '{}': offset {} is not aligned to {}", t.name, t.offset_bytes,
+                             alignment));
     t.size_bytes = checked_bytes(path, t.name, t.dtype, t.shape, t.n_dims);
     t.path = path;
     if (by_name.count(t.name)) fail(path, fmt::format("tensor '{}' appears twice", t.name));
@@ -322,7 +387,8 @@ ModelFile open_gguf(const fs::path& path) {
   if (data_start > f.size) fail(path, "truncated: the data section is missing");
   for (auto& t : all) {
     if (t.offset_bytes > f.size - data_start) {
-      fail(path, fmt::format("tensor '{}': offset {} lies past the end of the file", t.name, t.offset_bytes));
+      fail(path, fmt::format("tensor '{}': offset {} lies past the end of the file", t.name,
+                             t.offset_bytes));
     }
     t.offset_bytes += data_start;
     by_name[t.name].offset_bytes = t.offset_bytes;
@@ -339,7 +405,8 @@ ModelFile open_gguf(const fs::path& path) {
       fail(path, fmt::format("missing key '{}'", key));
     }
     if (const auto* u = std::get_if<std::uint64_t>(&it->second)) return *u;
-    if (const auto* s = std::get_if<std::int64_t>(&it->second); s && *s >= 0) return static_cast<std::uint64_t>(*s);
+    if (const auto* s = std::get_if<std::int64_t>(&it->second); s && *s >= 0)
+      return static_cast<std::uint64_t>(*s);
     fail(path, fmt::format("key '{}' is not an unsigned integer", key));
   };
   auto get_f = [&](const std::string& key, double fallback) -> double {
@@ -349,7 +416,8 @@ ModelFile open_gguf(const fs::path& path) {
     fail(path, fmt::format("key '{}' is not a number", key));
   };
   auto arch = kv.find("general.architecture");
-  if (arch == kv.end() || !std::holds_alternative<std::string>(arch->second)) fail(path, "missing key 'general.architecture'");
+  if (arch == kv.end() || !std::holds_alternative<std::string>(arch->second))
+    fail(path, "missing key 'general.architecture'");
   const std::string a = std::get<std::string>(arch->second);
   if (a != "llama") fail(path, fmt::format("architecture '{}' is not supported (llama is)", a));
   auto clamp32 = [&](std::uint64_t v, const char* key) -> std::uint32_t {
@@ -359,11 +427,16 @@ ModelFile open_gguf(const fs::path& path) {
   LlamaConfig c;
   c.dim = clamp32(get_u("llama.embedding_length", std::nullopt), "llama.embedding_length");
   c.n_layers = clamp32(get_u("llama.block_count", std::nullopt), "llama.block_count");
-  c.n_heads = clamp32(get_u("llama.attention.head_count", std::nullopt), "llama.attention.head_count");
-  c.n_kv_heads = clamp32(get_u("llama.attention.head_count_kv", c.n_heads), "llama.attention.head_count_kv");
-  c.ffn_dim = clamp32(get_u("llama.feed_forward_length", std::nullopt), "llama.feed_forward_length");
-  c.context = clamp32(std::min<std::uint64_t>(get_u("llama.context_length", 2048), 1u << 20), "llama.context_length");
-  c.head_dim = clamp32(get_u("llama.rope.dimension_count", c.n_heads ? c.dim / c.n_heads : 0), "llama.rope.dimension_count");
+  c.n_heads =
+      clamp32(get_u("llama.attention.head_count", std::nullopt), "llama.attention.head_count");
+  c.n_kv_heads =
+      clamp32(get_u("llama.attention.head_count_kv", c.n_heads), "llama.attention.head_count_kv");
+  c.ffn_dim =
+      clamp32(get_u("llama.feed_forward_length", std::nullopt), "llama.feed_forward_length");
+  c.context = clamp32(std::min<std::uint64_t>(get_u("llama.context_length", 2048), 1u << 20),
+                      "llama.context_length");
+  c.head_dim = clamp32(get_u("llama.rope.dimension_count", c.n_heads ? c.dim / c.n_heads : 0),
+                       "llama.rope.dimension_count");
   c.rope_theta = get_f("llama.rope.freq_base", 10000.0);
   c.norm_eps = get_f("llama.attention.layer_norm_rms_epsilon", 1e-5);
   auto embd = by_name.find("token_embd.weight");
@@ -395,11 +468,16 @@ void read_safetensors_header(const fs::path& path, std::map<std::string, FileTen
   const OpenFile f = open_file(path);
   if (f.size < 8) fail(path, "truncated: shorter than the 8-byte header length");
   std::uint64_t header_len = 0;
-  if (!pread_all(f.fd.get(), 0, std::as_writable_bytes(std::span(&header_len, 1)))) fail(path, "read error");
-  if (header_len > f.size - 8) fail(path, fmt::format("header length {} is larger than the file ({} bytes)", header_len, f.size));
-  if (header_len > (100u << 20)) fail(path, fmt::format("header length {} is absurd (over 100 MiB)", header_len));
+  if (!pread_all(f.fd.get(), 0, std::as_writable_bytes(std::span(&header_len, 1))))
+    fail(path, "read error");
+  if (header_len > f.size - 8)
+    fail(path,
+         fmt::format("header length {} is larger than the file ({} bytes)", header_len, f.size));
+  if (header_len > (100u << 20))
+    fail(path, fmt::format("header length {} is absurd (over 100 MiB)", header_len));
   std::string header(header_len, '\0');
-  if (!pread_all(f.fd.get(), 8, std::as_writable_bytes(std::span(header.data(), header.size())))) fail(path, "read error");
+  if (!pread_all(f.fd.get(), 8, std::as_writable_bytes(std::span(header.data(), header.size()))))
+    fail(path, "read error");
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(header);
@@ -414,19 +492,24 @@ void read_safetensors_header(const fs::path& path, std::map<std::string, FileTen
     if (it.key() == "__metadata__") continue;
     const std::string& name = it.key();
     const auto& v = it.value();
-    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
+        !v.contains("data_offsets")) {
       fail(path, fmt::format("tensor '{}': entry lacks dtype, shape or data_offsets", name));
     }
-    if (!v["dtype"].is_string()) fail(path, fmt::format("tensor '{}': dtype is not a string", name));
+    if (!v["dtype"].is_string())
+      fail(path, fmt::format("tensor '{}': dtype is not a string", name));
     const auto dtype = safetensors_dtype(v["dtype"].get<std::string>());
     if (!dtype) {
-      fail(path, fmt::format("tensor '{}' has dtype {}, which xlshare does not support (F32, F16, BF16)", name,
-                             v["dtype"].get<std::string>()));
+      fail(path,
+           fmt::format("tensor '{}' has dtype {}, which xlshare does not support (F32, F16, BF16)",
+                       name, v["dtype"].get<std::string>()));
     }
     const auto& shape = v["shape"];
     const auto& offs = v["data_offsets"];
-    if (!shape.is_array() || shape.empty() || shape.size() > 4) fail(path, fmt::format("tensor '{}': shape must have 1..4 dimensions", name));
-    if (!offs.is_array() || offs.size() != 2 || !offs[0].is_number_unsigned() || !offs[1].is_number_unsigned()) {
+    if (!shape.is_array() || shape.empty() || shape.size() > 4)
+      fail(path, fmt::format("tensor '{}': shape must have 1..4 dimensions", name));
+    if (!offs.is_array() || offs.size() != 2 || !offs[0].is_number_unsigned() ||
+        !offs[1].is_number_unsigned()) {
       fail(path, fmt::format("tensor '{}': data_offsets must be two unsigned integers", name));
     }
     FileTensor t;
@@ -435,17 +518,19 @@ void read_safetensors_header(const fs::path& path, std::map<std::string, FileTen
     t.dtype = *dtype;
     t.n_dims = static_cast<std::uint32_t>(shape.size());
     for (std::size_t d = 0; d < shape.size(); ++d) {
-      if (!shape[d].is_number_unsigned()) fail(path, fmt::format("tensor '{}': shape holds a non-integer", name));
+      if (!shape[d].is_number_unsigned())
+        fail(path, fmt::format("tensor '{}': shape holds a non-integer", name));
       t.shape[shape.size() - 1 - d] = shape[d].get<std::uint64_t>();  // fastest-varying first
     }
     t.size_bytes = checked_bytes(path, name, t.dtype, t.shape, t.n_dims);
     const auto begin = offs[0].get<std::uint64_t>(), end = offs[1].get<std::uint64_t>();
     if (begin > end || end > data_size) {
-      fail(path, fmt::format("tensor '{}': data_offsets [{}, {}) lie outside the data ({} bytes)", name, begin, end, data_size));
+      fail(path, fmt::format("tensor '{}': data_offsets [{}, {}) lie outside the data ({} bytes)",
+                             name, begin, end, data_size));
     }
     if (end - begin != t.size_bytes) {
-      fail(path, fmt::format("tensor '{}': its data is {} bytes but its shape and dtype need {}", name, end - begin,
-                             t.size_bytes));
+      fail(path, fmt::format("tensor '{}': its data is {} bytes but its shape and dtype need {}",
+                             name, end - begin, t.size_bytes));
     }
     t.offset_bytes = data_start + begin;
     t.path = path;
@@ -473,17 +558,20 @@ LlamaConfig read_hf_config(const fs::path& file) {
       known = known || a == "LlamaForCausalLM" || a == "MistralForCausalLM";
     }
     if (!known) fail(file, "architectures must include LlamaForCausalLM or MistralForCausalLM");
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) fail(file, "rope_scaling is not supported");
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+      fail(file, "rope_scaling is not supported");
     LlamaConfig c;
     c.dim = j.at("hidden_size").get<std::uint32_t>();
     c.n_layers = j.at("num_hidden_layers").get<std::uint32_t>();
     c.n_heads = j.at("num_attention_heads").get<std::uint32_t>();
     c.n_kv_heads = j.value("num_key_value_heads", c.n_heads);
-    c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null() ? j["head_dim"].get<std::uint32_t>()
-                                                                     : (c.n_heads ? c.dim / c.n_heads : 0);
+    c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null()
+                     ? j["head_dim"].get<std::uint32_t>()
+                     : (c.n_heads ? c.dim / c.n_heads : 0);
     c.ffn_dim = j.at("intermediate_size").get<std::uint32_t>();
     c.vocab = j.at("vocab_size").get<std::uint32_t>();
-    c.context = static_cast<std::uint32_t>(std::min<std::uint64_t>(j.value("max_position_embeddings", 2048u), 1u << 20));
+    c.context = static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(j.value("max_position_embeddings", 2048u), 1u << 20));
     c.rope_theta = j.value("rope_theta", 10000.0);
     c.norm_eps = j.value("rms_norm_eps", 1e-6);
     c.tie_embeddings = j.value("tie_word_embeddings", false);
@@ -537,19 +625,25 @@ ModelFile open_hf(const fs::path& dir_or_file) {
     } catch (const nlohmann::json::exception& e) {
       fail(index, fmt::format("not valid JSON: {}", e.what()));
     }
-    if (!j.contains("weight_map") || !j["weight_map"].is_object()) fail(index, "no weight_map object");
+    if (!j.contains("weight_map") || !j["weight_map"].is_object())
+      fail(index, "no weight_map object");
     std::map<std::string, bool> shards;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string()) fail(index, fmt::format("weight_map['{}'] is not a file name", it.key()));
+      if (!it.value().is_string())
+        fail(index, fmt::format("weight_map['{}'] is not a file name", it.key()));
       const std::string shard = it.value().get<std::string>();
-      if (shard.empty() || shard.find('/') != std::string::npos || shard.find("..") != std::string::npos) {
-        fail(index, fmt::format("weight_map['{}'] = '{}' is not a plain file name", it.key(), shard));
+      if (shard.empty() || shard.find('/') != std::string::npos ||
+          shard.find("..") != std::string::npos) {
+        fail(index,
+             fmt::format("weight_map['{}'] = '{}' is not a plain file name", it.key(), shard));
       }
       shards[shard] = true;
     }
     for (const auto& [shard, _] : shards) read_safetensors_header(dir / shard, stored);
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!stored.count(it.key())) fail(index, fmt::format("tensor '{}' is not in shard '{}'", it.key(), it.value().get<std::string>()));
+      if (!stored.count(it.key()))
+        fail(index, fmt::format("tensor '{}' is not in shard '{}'", it.key(),
+                                it.value().get<std::string>()));
     }
   } else if (fs::exists(dir / "model.safetensors")) {
     read_safetensors_header(dir / "model.safetensors", stored);
@@ -561,7 +655,9 @@ ModelFile open_hf(const fs::path& dir_or_file) {
     const auto canon = canonical_hf_name(hf);
     if (!canon) continue;  // not a weight xlshare uses (e.g. rotary_emb.inv_freq)
     t.name = canon->first;
-    t.permute_heads = canon->second == 1 ? config.n_heads : canon->second == 2 ? config.n_kv_heads : 0;
+    t.permute_heads = canon->second == 1   ? config.n_heads
+                      : canon->second == 2 ? config.n_kv_heads
+                                           : 0;
     by_name[t.name] = t;
   }
   LlamaConfig c = config;
@@ -586,22 +682,23 @@ ModelFile open_model_file(const fs::path& path) {
 
 void read_tensor_data(const FileTensor& t, std::span<std::byte> dst) {
   if (dst.size() != t.size_bytes) {
-    throw FormatError(fmt::format("{}: tensor '{}': buffer of {} bytes for {} bytes", t.path.string(), t.source_name,
-                                  dst.size(), t.size_bytes));
+    throw FormatError(fmt::format("{}: tensor '{}': buffer of {} bytes for {} bytes",
+                                  t.path.string(), t.source_name, dst.size(), t.size_bytes));
   }
   const OpenFile f = open_file(t.path);
   if (t.offset_bytes > f.size || t.size_bytes > f.size - t.offset_bytes) {
     fail(t.path, fmt::format("tensor '{}': the file shrank below its data", t.source_name));
   }
-  if (!pread_all(f.fd.get(), t.offset_bytes, dst)) fail(t.path, fmt::format("tensor '{}': short read", t.source_name));
+  if (!pread_all(f.fd.get(), t.offset_bytes, dst))
+    fail(t.path, fmt::format("tensor '{}': short read", t.source_name));
   if (t.permute_heads == 0) return;
   // Rotate-half (Hugging Face) -> interleaved (GGUF) row order, head by head:
   // within a head of hd rows, row half*hd/2 + i moves to 2i + half.
   const std::uint64_t rows = t.shape[1];
   const std::uint64_t row_bytes = t.size_bytes / rows;
   if (rows % t.permute_heads != 0 || (rows / t.permute_heads) % 2 != 0) {
-    fail(t.path, fmt::format("tensor '{}': {} rows do not split into {} heads of even size", t.source_name, rows,
-                             t.permute_heads));
+    fail(t.path, fmt::format("tensor '{}': {} rows do not split into {} heads of even size",
+                             t.source_name, rows, t.permute_heads));
   }
   const std::uint64_t hd = rows / t.permute_heads;
   std::vector<std::byte> head(hd * row_bytes);
@@ -610,7 +707,8 @@ void read_tensor_data(const FileTensor& t, std::span<std::byte> dst) {
     std::memcpy(head.data(), base, head.size());
     for (std::uint64_t half = 0; half < 2; ++half) {
       for (std::uint64_t i = 0; i < hd / 2; ++i) {
-        std::memcpy(base + (2 * i + half) * row_bytes, head.data() + (half * hd / 2 + i) * row_bytes, row_bytes);
+        std::memcpy(base + (2 * i + half) * row_bytes,
+                    head.data() + (half * hd / 2 + i) * row_bytes, row_bytes);
       }
     }
   }

@@ -10,7 +10,8 @@
 
 namespace xlshare {
 
-std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Pool& pool, std::string_view name,
+std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Pool& pool,
+                                                      std::string_view name,
                                                       const LoadProgress& progress) {
   ModelWriter writer = pool.begin_model(name);  // abandoned by its destructor on any throw
   const std::uint64_t total = file.total_bytes();
@@ -27,7 +28,8 @@ std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Poo
   return pool.model(name);
 }
 
-std::string model_metadata(const LlamaModel& model, std::string_view source, std::string_view source_format) {
+std::string model_metadata(const LlamaModel& model, std::string_view source,
+                           std::string_view source_format) {
   nlohmann::json schedule = nlohmann::json::array();
   for (const auto& step : model.schedule().steps()) {
     nlohmann::json names = nlohmann::json::array();
@@ -46,11 +48,12 @@ SpanWeights pool_weights(const Pool& pool, const ModelView& view) {
   std::vector<std::span<const std::byte>> spans;
   for (const auto& t : view.tensors()) {
     auto s = pool.view(t);
-    if (s.size() != t.size_bytes) throw PoolError("pool_weights: a tensor lies outside the pool mapping");
+    if (s.size() != t.size_bytes)
+      throw PoolError("pool_weights: a tensor lies outside the pool mapping");
     // The mapping is read in place: nothing else checks these bytes before compute does.
     if (!pool.verify(t)) {
-      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum", pool.uri(), t.name,
-                                  view.name()));
+      throw PoolError(fmt::format("{}: tensor '{}' of model '{}' does not match its checksum",
+                                  pool.uri(), t.name, view.name()));
     }
     spans.push_back(s);
   }
@@ -60,36 +63,39 @@ SpanWeights pool_weights(const Pool& pool, const ModelView& view) {
 void check_same_model(const Pool& primary, const ModelView& view, const Pool& replica,
                       const ModelView& replica_view) {
   const auto differ = [&](const std::string& what) {
-    return PoolError(fmt::format("replica pool {} holds a different model '{}' than pool {}: {}", replica.uri(),
-                                 replica_view.name(), primary.uri(), what));
+    return PoolError(fmt::format("replica pool {} holds a different model '{}' than pool {}: {}",
+                                 replica.uri(), replica_view.name(), primary.uri(), what));
   };
   const auto a = view.tensors(), b = replica_view.tensors();
-  if (a.size() != b.size()) throw differ(fmt::format("it has {} tensors, not {}", b.size(), a.size()));
+  if (a.size() != b.size())
+    throw differ(fmt::format("it has {} tensors, not {}", b.size(), a.size()));
   const auto shape = [](const TensorInfo& t) {
     return fmt::format("[{}]", fmt::join(std::span(t.shape.data(), t.n_dims), ", "));
   };
   for (std::size_t i = 0; i < a.size(); ++i) {
     const TensorInfo &p = a[i], &r = b[i];
-    if (p.name != r.name) throw differ(fmt::format("tensor {} is '{}', not '{}'", i, r.name, p.name));
+    if (p.name != r.name)
+      throw differ(fmt::format("tensor {} is '{}', not '{}'", i, r.name, p.name));
     if (p.dtype != r.dtype) {
-      throw differ(fmt::format("tensor '{}' differs in its dtype ({}, not {})", p.name, to_string(r.dtype),
-                               to_string(p.dtype)));
+      throw differ(fmt::format("tensor '{}' differs in its dtype ({}, not {})", p.name,
+                               to_string(r.dtype), to_string(p.dtype)));
     }
     if (p.n_dims != r.n_dims || p.shape != r.shape) {
-      throw differ(fmt::format("tensor '{}' differs in its shape ({}, not {})", p.name, shape(r), shape(p)));
+      throw differ(
+          fmt::format("tensor '{}' differs in its shape ({}, not {})", p.name, shape(r), shape(p)));
     }
     if (p.size_bytes != r.size_bytes) {
-      throw differ(fmt::format("tensor '{}' differs in its size ({} bytes, not {})", p.name, r.size_bytes,
-                               p.size_bytes));
+      throw differ(fmt::format("tensor '{}' differs in its size ({} bytes, not {})", p.name,
+                               r.size_bytes, p.size_bytes));
     }
     if (p.checksum != r.checksum) {
-      throw differ(fmt::format("tensor '{}' differs in its checksum ({:016x}, not {:016x})", p.name, r.checksum,
-                               p.checksum));
+      throw differ(fmt::format("tensor '{}' differs in its checksum ({:016x}, not {:016x})", p.name,
+                               r.checksum, p.checksum));
     }
     if (p.tile_bytes != r.tile_bytes ||
         !std::ranges::equal(p.tile_checksums(), r.tile_checksums())) {
-      throw differ(fmt::format("tensor '{}' differs in its tiles ({} bytes each, not {})", p.name, r.tile_bytes,
-                               p.tile_bytes));
+      throw differ(fmt::format("tensor '{}' differs in its tiles ({} bytes each, not {})", p.name,
+                               r.tile_bytes, p.tile_bytes));
     }
   }
 }

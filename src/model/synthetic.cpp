@@ -64,14 +64,16 @@ void write_all(std::ofstream& out, const void* p, std::size_t n, const fs::path&
 }
 
 // Interleaved (canonical) rows -> rotate-half (Hugging Face) rows, per head.
-std::vector<float> unpermute_rows(const std::vector<float>& v, std::uint64_t cols, std::uint32_t heads) {
+std::vector<float> unpermute_rows(const std::vector<float>& v, std::uint64_t cols,
+                                  std::uint32_t heads) {
   const std::uint64_t rows = v.size() / cols;
   const std::uint64_t hd = rows / heads;
   std::vector<float> out(v.size());
   for (std::uint64_t h = 0; h < heads; ++h) {
     for (std::uint64_t half = 0; half < 2; ++half) {
       for (std::uint64_t i = 0; i < hd / 2; ++i) {
-        std::memcpy(&out[(h * hd + half * hd / 2 + i) * cols], &v[(h * hd + 2 * i + half) * cols], cols * 4);
+        std::memcpy(&out[(h * hd + half * hd / 2 + i) * cols], &v[(h * hd + 2 * i + half) * cols],
+                    cols * 4);
       }
     }
   }
@@ -91,7 +93,8 @@ SyntheticModel round_weights(const SyntheticModel& model, DType dtype) {
 }
 
 void write_gguf(const SyntheticModel& m, const fs::path& file, DType dtype) {
-  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 && dtype != DType::kQ8_0) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 &&
+      dtype != DType::kQ8_0) {
     throw ConfigError(fmt::format("GGUF writer: dtype {} is not supported", to_string(dtype)));
   }
   std::ofstream out(file, std::ios::binary | std::ios::trunc);
@@ -145,7 +148,10 @@ void write_gguf(const SyntheticModel& m, const fs::path& file, DType dtype) {
     str(s.name);
     u32(static_cast<std::uint32_t>(s.shape.size()));
     for (auto d : s.shape) u64(d);
-    const std::uint32_t ggml = t == DType::kF32 ? 0 : t == DType::kF16 ? 1 : t == DType::kQ8_0 ? 8 : 30;
+    const std::uint32_t ggml = t == DType::kF32    ? 0
+                               : t == DType::kF16  ? 1
+                               : t == DType::kQ8_0 ? 8
+                                                   : 30;
     u32(ggml);
     u64(offset);
     offset += (blobs.back().size() + 31) / 32 * 32;
@@ -162,22 +168,32 @@ void write_gguf(const SyntheticModel& m, const fs::path& file, DType dtype) {
   }
 }
 
-void write_safetensors(const SyntheticModel& m, const fs::path& dir, DType dtype, std::size_t shards) {
+void write_safetensors(const SyntheticModel& m, const fs::path& dir, DType dtype,
+                       std::size_t shards) {
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
-    throw ConfigError(fmt::format("safetensors writer: dtype {} is not supported", to_string(dtype)));
+    throw ConfigError(
+        fmt::format("safetensors writer: dtype {} is not supported", to_string(dtype)));
   }
   if (shards == 0) shards = 1;
   fs::create_directories(dir);
   const auto& c = m.config;
   const nlohmann::json config = {
-      {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
-      {"hidden_size", c.dim},                  {"intermediate_size", c.ffn_dim},
-      {"num_attention_heads", c.n_heads},      {"num_key_value_heads", c.n_kv_heads},
-      {"num_hidden_layers", c.n_layers},       {"head_dim", c.head_dim},
-      {"hidden_act", "silu"},                  {"rms_norm_eps", c.norm_eps},
-      {"rope_theta", c.rope_theta},            {"rope_scaling", nullptr},
-      {"vocab_size", c.vocab},                 {"max_position_embeddings", c.context},
-      {"tie_word_embeddings", c.tie_embeddings}, {"torch_dtype", "float32"},
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"hidden_size", c.dim},
+      {"intermediate_size", c.ffn_dim},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads},
+      {"num_hidden_layers", c.n_layers},
+      {"head_dim", c.head_dim},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", c.norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"rope_scaling", nullptr},
+      {"vocab_size", c.vocab},
+      {"max_position_embeddings", c.context},
+      {"tie_word_embeddings", c.tie_embeddings},
+      {"torch_dtype", "float32"},
   };
   std::ofstream(dir / "config.json") << config.dump(2);
 
@@ -188,10 +204,14 @@ void write_safetensors(const SyntheticModel& m, const fs::path& dir, DType dtype
     const auto dot = canon.find('.', 4);
     const std::string layer = canon.substr(4, dot - 4), rest = canon.substr(dot + 1);
     static const std::map<std::string, std::string> kMap = {
-        {"attn_norm.weight", "input_layernorm.weight"},   {"attn_q.weight", "self_attn.q_proj.weight"},
-        {"attn_k.weight", "self_attn.k_proj.weight"},     {"attn_v.weight", "self_attn.v_proj.weight"},
-        {"attn_output.weight", "self_attn.o_proj.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
-        {"ffn_gate.weight", "mlp.gate_proj.weight"},      {"ffn_up.weight", "mlp.up_proj.weight"},
+        {"attn_norm.weight", "input_layernorm.weight"},
+        {"attn_q.weight", "self_attn.q_proj.weight"},
+        {"attn_k.weight", "self_attn.k_proj.weight"},
+        {"attn_v.weight", "self_attn.v_proj.weight"},
+        {"attn_output.weight", "self_attn.o_proj.weight"},
+        {"ffn_norm.weight", "post_attention_layernorm.weight"},
+        {"ffn_gate.weight", "mlp.gate_proj.weight"},
+        {"ffn_up.weight", "mlp.up_proj.weight"},
         {"ffn_down.weight", "mlp.down_proj.weight"},
     };
     return fmt::format("model.layers.{}.{}", layer, kMap.at(rest));
@@ -200,16 +220,20 @@ void write_safetensors(const SyntheticModel& m, const fs::path& dir, DType dtype
   nlohmann::json weight_map = nlohmann::json::object();
   const std::size_t per_shard = (m.specs.size() + shards - 1) / shards;
   for (std::size_t shard = 0; shard < shards; ++shard) {
-    const std::string file_name = shards == 1 ? "model.safetensors"
-                                              : fmt::format("model-{:05}-of-{:05}.safetensors", shard + 1, shards);
+    const std::string file_name =
+        shards == 1 ? "model.safetensors"
+                    : fmt::format("model-{:05}-of-{:05}.safetensors", shard + 1, shards);
     nlohmann::json header = nlohmann::json::object();
     std::vector<std::vector<std::byte>> blobs;
     std::uint64_t offset = 0;
-    for (std::size_t i = shard * per_shard; i < std::min(m.specs.size(), (shard + 1) * per_shard); ++i) {
+    for (std::size_t i = shard * per_shard; i < std::min(m.specs.size(), (shard + 1) * per_shard);
+         ++i) {
       const auto& s = m.specs[i];
       std::vector<float> v = m.data[i];
-      if (s.name.find("attn_q.weight") != std::string::npos) v = unpermute_rows(v, s.shape[0], c.n_heads);
-      if (s.name.find("attn_k.weight") != std::string::npos) v = unpermute_rows(v, s.shape[0], c.n_kv_heads);
+      if (s.name.find("attn_q.weight") != std::string::npos)
+        v = unpermute_rows(v, s.shape[0], c.n_heads);
+      if (s.name.find("attn_k.weight") != std::string::npos)
+        v = unpermute_rows(v, s.shape[0], c.n_kv_heads);
       const DType t = stored_dtype(s, dtype);
       blobs.push_back(encode(v, t));
       nlohmann::json shape = nlohmann::json::array();
@@ -232,9 +256,9 @@ void write_safetensors(const SyntheticModel& m, const fs::path& dir, DType dtype
     for (const auto& b : blobs) write_all(out, b.data(), b.size(), file);
   }
   if (shards > 1) {
-    std::ofstream(dir / "model.safetensors.index.json") << nlohmann::json{{"metadata", nlohmann::json::object()},
-                                                                          {"weight_map", weight_map}}
-                                                                .dump(2);
+    std::ofstream(dir / "model.safetensors.index.json")
+        << nlohmann::json{{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}}.dump(
+               2);
   }
 }
 

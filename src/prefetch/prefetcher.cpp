@@ -31,7 +31,8 @@ Prefetcher::Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy>
 void Prefetcher::begin_step(std::size_t step) {
   // The plan may use the budget less what compute holds of the step about to run.
   const std::uint64_t pinned = step < pinned_bytes_.size() ? pinned_bytes_[step] : 0;
-  const PrefetchContext ctx{schedule_, step, cache_, cache_.budget_bytes() - std::min(pinned, cache_.budget_bytes())};
+  const PrefetchContext ctx{schedule_, step, cache_,
+                            cache_.budget_bytes() - std::min(pinned, cache_.budget_bytes())};
   std::span<const TensorKey> plan;
   call_policy([&] {
     policy_->on_step_begin(step);
@@ -59,11 +60,13 @@ DeviceCache::Lease Prefetcher::acquire(TensorKey key) {
     lease = cache_.acquire(key, nullptr, /*after_demand=*/true);
   }
   stall_ns_ += static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+          .count());
   throw_if_policy_failed();
   if (!lease) {
     std::string reason = engine_.failure_reason(key);
-    throw InjectedFault(reason.empty() ? fmt::format("tensor key {} could not be fetched", key) : reason);
+    throw InjectedFault(reason.empty() ? fmt::format("tensor key {} could not be fetched", key)
+                                       : reason);
   }
   return lease;
 }

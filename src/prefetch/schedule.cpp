@@ -31,7 +31,8 @@ std::vector<TensorKey> Schedule::trace() const {
   return t;
 }
 
-std::vector<TensorKey> Schedule::fixed_set(std::span<const std::uint64_t> key_bytes, std::uint64_t bytes) const {
+std::vector<TensorKey> Schedule::fixed_set(std::span<const std::uint64_t> key_bytes,
+                                           std::uint64_t bytes) const {
   // Each key counts once, in the first step that uses it.
   std::vector<bool> seen(key_bytes.size(), false);
   std::vector<std::vector<TensorKey>> outside(steps_.size());  // by step: largest first
@@ -57,7 +58,8 @@ std::vector<TensorKey> Schedule::fixed_set(std::span<const std::uint64_t> key_by
     }
     if (best == steps_.size()) return set;
     auto& keys = outside[best];
-    const auto it = std::find_if(keys.begin(), keys.end(), [&](TensorKey k) { return key_bytes[k] <= left; });
+    const auto it =
+        std::find_if(keys.begin(), keys.end(), [&](TensorKey k) { return key_bytes[k] <= left; });
     set.push_back(*it);
     left -= key_bytes[*it];
     outside_bytes[best] -= key_bytes[*it];
@@ -88,10 +90,12 @@ std::vector<TensorKey> Schedule::fixed_set_for_cache(std::span<const std::uint64
                                                      std::uint64_t cache_bytes) const {
   for (const double room : {1.4, 1.0}) {
     for (std::uint64_t percent = 80; percent > 0; percent -= 5) {
-      auto set = fixed_set(key_bytes, cache_bytes / 100 * percent + cache_bytes % 100 * percent / 100);
+      auto set =
+          fixed_set(key_bytes, cache_bytes / 100 * percent + cache_bytes % 100 * percent / 100);
       std::uint64_t kept = 0;
       for (TensorKey k : set) kept += key_bytes[k];
-      if (static_cast<double>(cache_bytes - kept) >= room * static_cast<double>(heaviest_step_outside(key_bytes, set))) {
+      if (static_cast<double>(cache_bytes - kept) >=
+          room * static_cast<double>(heaviest_step_outside(key_bytes, set))) {
         return set;
       }
     }

@@ -53,7 +53,8 @@ class SimCache {
 // The most hits any demand-paging policy can get: every choice of victim, explored.
 int brute_force_opt(const std::vector<TensorKey>& trace, std::size_t capacity) {
   std::map<std::pair<std::size_t, std::uint64_t>, int> memo;
-  std::function<int(std::size_t, std::uint64_t)> best = [&](std::size_t pos, std::uint64_t set) -> int {
+  std::function<int(std::size_t, std::uint64_t)> best = [&](std::size_t pos,
+                                                            std::uint64_t set) -> int {
     if (pos == trace.size()) return 0;
     auto it = memo.find({pos, set});
     if (it != memo.end()) return it->second;
@@ -202,7 +203,8 @@ TEST(FixedSetPolicy, OnACyclicTraceEveryPassHitsExactlyTheKeptKeysWithinOneOfOpt
       SimCache c(layers, capacity, std::make_unique<FixedSetPolicy>(keep));
       EXPECT_EQ(c.run(cycle), 0) << "the first pass brings everything in";
       for (int pass = 0; pass < 3; ++pass) {
-        EXPECT_EQ(c.run(cycle), static_cast<int>(keep.size())) << layers << "/" << capacity << " pass " << pass;
+        EXPECT_EQ(c.run(cycle), static_cast<int>(keep.size()))
+            << layers << "/" << capacity << " pass " << pass;
         for (TensorKey k : keep) EXPECT_EQ(c.cache().state(k), EntryState::kResident) << k;
       }
       // OPT, which may change its set as it goes, gets at most one hit more per pass.

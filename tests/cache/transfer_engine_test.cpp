@@ -12,12 +12,14 @@ constexpr std::size_t kTensors = 24;
 constexpr std::uint64_t kFloats = 64 * 1024;  // 256 KiB each
 
 struct Rig {
-  explicit Rig(const test::ModelPool& model, EmulatorOptions o = {}, const test::ModelPool* replica_model = nullptr,
-               TransferConfig config = {}, EmulatorOptions replica_o = {})
+  explicit Rig(const test::ModelPool& model, EmulatorOptions o = {},
+               const test::ModelPool* replica_model = nullptr, TransferConfig config = {},
+               EmulatorOptions replica_o = {})
       : pool(model.attach(std::move(o))),
         replica(replica_model ? replica_model->attach(std::move(replica_o)) : nullptr),
         sources(test::ModelPool::sources(*pool, replica.get())),
-        cache(kTensors * kFloats * 4, test::ModelPool::sizes(sources), std::make_unique<LruPolicy>()),
+        cache(kTensors * kFloats * 4, test::ModelPool::sizes(sources),
+              std::make_unique<LruPolicy>()),
         engine(*pool, replica.get(), sources, cache, config) {}
 
   // Fetches every tensor (prefetch), then acquires each and checks its bytes.
@@ -139,7 +141,8 @@ TEST(TransferEngine, ADemandFetchOvertakesQueuedPrefetches) {
   ASSERT_TRUE(lease);
   // It arrived while most prefetches were still queued or running.
   std::size_t resident = 0;
-  for (TensorKey k = 0; k + 1 < kTensors; ++k) resident += rig.cache.state(k) == EntryState::kResident;
+  for (TensorKey k = 0; k + 1 < kTensors; ++k)
+    resident += rig.cache.state(k) == EntryState::kResident;
   EXPECT_LT(resident, kTensors / 2);
   rig.engine.wait_idle();
 }

@@ -81,7 +81,8 @@ TEST_F(EngineTest, CachingAndPrefetchingNeverChangeTheNumbers) {
         engine.attach_model("m");
         const Output got = run(engine);
         EXPECT_EQ(got.tokens, want.tokens) << policy << " k=" << lookahead << " t=" << threads;
-        EXPECT_LT(test::relative_error(got.logits, want.logits), 1e-6) << policy << " k=" << lookahead;
+        EXPECT_LT(test::relative_error(got.logits, want.logits), 1e-6)
+            << policy << " k=" << lookahead;
         EXPECT_GT(got.result.link_bytes, model_bytes_) << "the cache is 10%: weights must move";
         const auto stats = engine.stats();
         EXPECT_GT(stats.workers[0].transfers.retries, 0u) << "faults were injected and retried";
@@ -112,7 +113,8 @@ TEST_F(EngineTest, TheDefaultPolicyKeepsAFixedSetThatEveryDecodePassHitsWhereLru
   EXPECT_EQ(a.tokens, want.tokens);
   EXPECT_EQ(b.tokens, want.tokens);
   EXPECT_LT(test::relative_error(a.logits, want.logits), 1e-6);
-  EXPECT_EQ(b.result.reuse_rate, 0.0) << "a cyclic pass four times the cache: LRU evicts all before reuse";
+  EXPECT_EQ(b.result.reuse_rate, 0.0)
+      << "a cyclic pass four times the cache: LRU evicts all before reuse";
   EXPECT_GT(a.result.reuse_rate, 0.1);
   // Of the 12 passes (a prompt, 11 decode steps) all but the first read only what lies
   // outside the set; the set takes 55% of this cache (at least a quarter, say).
@@ -126,8 +128,8 @@ class ThrowingEviction final : public EvictionPolicy {
   std::string_view name() const noexcept override { return "throws-once"; }
 
  protected:
-  std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates, TensorKey incoming,
-                                              bool may_refuse) override {
+  std::optional<std::size_t> do_choose_victim(std::span<const TensorKey> candidates,
+                                              TensorKey incoming, bool may_refuse) override {
     if (++calls_ == when_) throw std::runtime_error("victim hook broke");
     return lru_.choose_victim(candidates, incoming, may_refuse);
   }
@@ -167,7 +169,9 @@ TEST_F(EngineTest, AUserPolicyThatThrowsFailsOnlyItsRequest) {
     EngineConfig c = config();
     c.cache_bytes = model_bytes_ / 4;
     if (eviction) {
-      c.eviction_policy_factory = [](const CacheKeys&) { return std::make_unique<ThrowingEviction>(5); };
+      c.eviction_policy_factory = [](const CacheKeys&) {
+        return std::make_unique<ThrowingEviction>(5);
+      };
     } else {
       c.prefetch_policy = [] { return std::make_unique<ThrowingPrefetch>(5); };
     }
@@ -240,7 +244,8 @@ TEST_F(EngineTest, BatchesFetchEachLayerOncePerStep) {
   for (int i = 0; i < 4; ++i) {
     InferenceRequest r;
     r.id = fmt::format("r{}", i);
-    r.prompt = test::some_tokens(256, 4 + static_cast<std::size_t>(i), static_cast<std::uint32_t>(i));
+    r.prompt =
+        test::some_tokens(256, 4 + static_cast<std::size_t>(i), static_cast<std::uint32_t>(i));
     r.max_new_tokens = 3;
     reqs.push_back(r);
   }
@@ -273,7 +278,8 @@ TEST_F(EngineTest, ThreadsOfWorkersServeConcurrentRequests) {
   engine.attach_model("m");
   std::vector<std::vector<std::int32_t>> got(4);
   std::vector<std::thread> clients;
-  for (int i = 0; i < 4; ++i) clients.emplace_back([&, i] { got[static_cast<std::size_t>(i)] = run(engine).tokens; });
+  for (int i = 0; i < 4; ++i)
+    clients.emplace_back([&, i] { got[static_cast<std::size_t>(i)] = run(engine).tokens; });
   for (auto& t : clients) t.join();
   for (const auto& g : got) EXPECT_EQ(g, want);
   const auto stats = engine.stats();

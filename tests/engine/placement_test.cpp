@@ -2,15 +2,15 @@
 // paced on the shared link. It must produce the very numbers of the resident reference (on
 // a synthetic model and on llama.cpp's oracle), account its reservations as the timing
 // model says (a fake clock, two processes on one link), and survive faults as copy does.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
-#include <thread>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "model/model_support.hpp"
 #include "support/test_support.hpp"
@@ -25,7 +25,9 @@
 namespace xlshare {
 namespace {
 
-SyntheticModel placement_model() { return create_sample_transformer_model(64, 6, 4, 2, 160, 256, 91); }
+SyntheticModel placement_model() {
+  return create_sample_transformer_model(64, 6, 4, 2, 160, 256, 91);
+}
 
 struct Output {
   std::vector<std::int32_t> tokens;
@@ -85,7 +87,9 @@ class InPlace : public ::testing::Test {
   }
   // XORs one byte of the primary's backing object at `offset`.
   void flip(std::uint64_t offset) { test::flip_byte(uri_, offset, 0x5a); }
-  TensorInfo tensor(const std::string& name) { return Pool::attach(open_backend(uri_))->model("m")->at(name); }
+  TensorInfo tensor(const std::string& name) {
+    return Pool::attach(open_backend(uri_))->model("m")->at(name);
+  }
 
   SyntheticModel model_ = placement_model();
   std::string uri_, replica_uri_;
@@ -136,7 +140,8 @@ TEST_F(InPlace, AHotSetTakesItsBytesOffTheLink) {
     engine.attach_model("m");
     (void)run(engine);
     wait_for_hot_set(engine);
-    const std::uint64_t before = engine.stats().workers[0].figures.link_bytes;  // the hot set's copy included
+    const std::uint64_t before =
+        engine.stats().workers[0].figures.link_bytes;  // the hot set's copy included
     (void)run(engine);
     const auto w = engine.stats().workers[0];
     (with_hot ? link_with : link_without) = w.figures.link_bytes - before;
@@ -163,12 +168,14 @@ TEST_F(InPlace, MatchesLlamaCppOnTheOracle) {
   EngineConfig c;
   c.pool_uri = oracle_uri;
   c.link_preset = "cxl-x8";
-  InferenceEngine(c).register_model(std::filesystem::path(XLSHARE_TEST_DATA "/oracle/oracle-public-f32.gguf"), "oracle");
+  InferenceEngine(c).register_model(
+      std::filesystem::path(XLSHARE_TEST_DATA "/oracle/oracle-public-f32.gguf"), "oracle");
   // llama.cpp's logits after all 12 tokens of tests/data/oracle/README.md: row 11 of logits.bin.
   std::vector<float> want(12 * 256);
   {
     std::ifstream f(XLSHARE_TEST_DATA "/oracle/logits.bin", std::ios::binary);
-    ASSERT_TRUE(f.read(reinterpret_cast<char*>(want.data()), static_cast<std::streamsize>(want.size() * 4)));
+    ASSERT_TRUE(f.read(reinterpret_cast<char*>(want.data()),
+                       static_cast<std::streamsize>(want.size() * 4)));
   }
   const std::vector<float> last(want.end() - 256, want.end());
   float scale = 0;
@@ -188,7 +195,8 @@ TEST_F(InPlace, MatchesLlamaCppOnTheOracle) {
     first.max_new_tokens = 1;
     const auto got = engine.inference(first).last_logits;
     ASSERT_EQ(got.size(), 256u);
-    for (std::size_t i = 0; i < 256; ++i) EXPECT_LE(std::abs(got[i] - last[i]) / scale, 1e-4) << to_string(p) << " " << i;
+    for (std::size_t i = 0; i < 256; ++i)
+      EXPECT_LE(std::abs(got[i] - last[i]) / scale, 1e-4) << to_string(p) << " " << i;
     outputs.push_back(engine.inference(r).output_tokens);
   }
   EXPECT_EQ(outputs[0], outputs[1]);
@@ -212,7 +220,8 @@ TEST_F(InPlace, IsTheDefaultOnAHostBackendAndCopyWithAPolicyOfYourOwn) {
     InferenceEngine engine(c);
     engine.attach_model("m");
     EXPECT_EQ(run(engine).tokens, want_.tokens);
-    EXPECT_EQ(engine.stats().workers[0].placement, "copy") << "a PrefetchPolicy steers the copy path";
+    EXPECT_EQ(engine.stats().workers[0].placement, "copy")
+        << "a PrefetchPolicy steers the copy path";
   }
   c.placement = Placement::kInPlace;
   InferenceEngine engine(c);
@@ -273,7 +282,9 @@ TEST_F(InPlace, APoisonedRangeIsReadFromTheReplica) {
 
 // A vocabulary large enough that the token embedding has many tiles: 4096 rows of 256 bytes,
 // 256 rows (64 KiB) a tile.
-SyntheticModel wide_vocab_model() { return create_sample_transformer_model(64, 2, 4, 2, 160, 4096, 93); }
+SyntheticModel wide_vocab_model() {
+  return create_sample_transformer_model(64, 2, 4, 2, 160, 4096, 93);
+}
 
 TEST(TensorTiling, TilesAreWholeRowsAndTheirChecksumsAreTheCatalogs) {
   const std::string uri = "shm://" + test::unique_name("tiling");
@@ -296,7 +307,8 @@ TEST(TensorTiling, TilesAreWholeRowsAndTheirChecksumsAreTheCatalogs) {
     const auto bytes = pool->view(t);
     for (std::size_t k = 0; k < sums.size(); ++k) {
       const std::uint64_t at = k * t.tile_bytes;
-      EXPECT_EQ(checksum64(bytes.subspan(at, std::min(t.tile_bytes, t.size_bytes - at))), sums[k]) << t.name << " " << k;
+      EXPECT_EQ(checksum64(bytes.subspan(at, std::min(t.tile_bytes, t.size_bytes - at))), sums[k])
+          << t.name << " " << k;
     }
   }
   EXPECT_EQ(view->at("token_embd.weight").tile_checksums().size(), 16u);
@@ -325,7 +337,8 @@ class WideVocab : public ::testing::Test {
   // The embedding tiles holding rows `tokens`.
   std::set<std::uint64_t> tiles_of(const std::vector<std::int32_t>& tokens) const {
     std::set<std::uint64_t> out;
-    for (auto t : tokens) out.insert(static_cast<std::uint64_t>(t) * embd_.row_bytes() / embd_.tile_bytes);
+    for (auto t : tokens)
+      out.insert(static_cast<std::uint64_t>(t) * embd_.row_bytes() / embd_.tile_bytes);
     return out;
   }
   std::string uri_;
@@ -389,7 +402,8 @@ TEST_F(WideVocab, ADamagedEmbeddingRowFailsOnlyTheRequestsThatReadIt) {
   while (used.contains(tile)) ++tile;
   ASSERT_LT(tile, 16u);
   const auto damaged = static_cast<std::int32_t>(tile * rows_per_tile + 10);
-  const std::uint64_t at = embd_.offset_bytes + static_cast<std::uint64_t>(damaged) * embd_.row_bytes() + 5;
+  const std::uint64_t at =
+      embd_.offset_bytes + static_cast<std::uint64_t>(damaged) * embd_.row_bytes() + 5;
   test::flip_byte(uri_, at, 0x5a);
   InferenceEngine engine(config());
   engine.attach_model("m");
@@ -433,7 +447,8 @@ TEST(LinkPacer, ReservesAsACopyOfThatSizeWouldAndAccountsIt) {
 TEST(LinkPacer, TwoProcessesShareOnePoolsLink) {
   const std::string uri = "shm://" + test::unique_name("pacer");
   test::BackendGuard guard(uri);
-  (void)create_pool(uri, 8u << 20, PoolOptions{.max_models = 1, .max_tensors = 4, .data_alignment = 4096});
+  (void)create_pool(uri, 8u << 20,
+                    PoolOptions{.max_models = 1, .max_tensors = 4, .data_alignment = 4096});
   const LinkParams p{2.0, 0, 0, 4096};  // 2 bytes/ns
   const std::uint64_t t0 = 1'000'000;
   auto pace = [&](std::uint64_t bytes) {
@@ -451,7 +466,8 @@ TEST(LinkPacer, TwoProcessesShareOnePoolsLink) {
   // This process reserves at the same instant: it starts where the other one's bytes end.
   EXPECT_EQ(pace(4096), t0 + 4096 + 2048);
   EXPECT_EQ(test::wait_exit(child), 0);
-  EXPECT_EQ(link_field(Pool::attach(open_backend(uri))->link_state().bytes_total).load(), 8192u + 4096);
+  EXPECT_EQ(link_field(Pool::attach(open_backend(uri))->link_state().bytes_total).load(),
+            8192u + 4096);
 }
 
 }  // namespace

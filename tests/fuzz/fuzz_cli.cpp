@@ -2,9 +2,9 @@
 // sizes, dtypes and pool URIs. The first byte chooses the parser.
 #include <sstream>
 
+#include "../../tools/xlshare/commands.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
-#include "../../tools/xlshare/commands.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
@@ -16,10 +16,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         (void)xlshare::cli::parse_requests(in, "fuzz.jsonl");
         break;
       }
-      case 1: (void)xlshare::cli::parse_tokens(text); break;
-      case 2: (void)xlshare::cli::parse_bytes(text); break;
-      case 3: (void)xlshare::cli::parse_dtype_arg(text); break;
-      default: (void)xlshare::parse_backend_uri(text); break;
+      case 1:
+        (void)xlshare::cli::parse_tokens(text);
+        break;
+      case 2:
+        (void)xlshare::cli::parse_bytes(text);
+        break;
+      case 3:
+        (void)xlshare::cli::parse_dtype_arg(text);
+        break;
+      default:
+        (void)xlshare::parse_backend_uri(text);
+        break;
     }
   } catch (const xlshare::Error&) {
   }

@@ -13,7 +13,8 @@ namespace fs = std::filesystem;
 
 static void put(const fs::path& p, const std::string& bytes) {
   fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(p, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 static std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -35,15 +36,19 @@ int main(int argc, char** argv) {
   c.vocab = 40;
   c.context = 64;
   const auto m = xlshare::make_synthetic_llama(c, 1);
-  for (auto [dtype, name] : {std::pair{xlshare::DType::kF32, "f32"}, {xlshare::DType::kF16, "f16"}, {xlshare::DType::kQ8_0, "q8_0"}}) {
+  for (auto [dtype, name] : {std::pair{xlshare::DType::kF32, "f32"},
+                             {xlshare::DType::kF16, "f16"},
+                             {xlshare::DType::kQ8_0, "q8_0"}}) {
     xlshare::write_gguf(m, tmp / (std::string(name) + ".gguf"), dtype);
     put(out / "fuzz_gguf" / name, slurp(tmp / (std::string(name) + ".gguf")));
   }
   put(out / "fuzz_gguf" / "empty", "");
   put(out / "fuzz_gguf" / "magic-only", "GGUF\x03\0\0\0");
   xlshare::write_safetensors(m, tmp / "hf", xlshare::DType::kF32);
-  put(out / "fuzz_safetensors" / "model", std::string(1, '\0') + slurp(tmp / "hf" / "model.safetensors"));
-  put(out / "fuzz_safetensors" / "config", std::string(1, '\1') + slurp(tmp / "hf" / "config.json"));
+  put(out / "fuzz_safetensors" / "model",
+      std::string(1, '\0') + slurp(tmp / "hf" / "model.safetensors"));
+  put(out / "fuzz_safetensors" / "config",
+      std::string(1, '\1') + slurp(tmp / "hf" / "config.json"));
   // A small pool holding the model.
   {
     const std::string uri = "file://" + (tmp / "pool").string();
@@ -53,9 +58,10 @@ int main(int argc, char** argv) {
   }
   put(out / "fuzz_pool_attach" / "pool", slurp(tmp / "pool"));
   put(out / "fuzz_pool_attach" / "header-only", slurp(tmp / "pool").substr(0, 4096));
-  put(out / "fuzz_cli" / "jsonl", std::string(1, '\0') +
-                                      "{\"id\": \"a\", \"prompt\": [1, 2, 3], \"max_new_tokens\": 4}\n"
-                                      "{\"id\": 7, \"prompt\": [5], \"temperature\": 0.5, \"seed\": 3}\n");
+  put(out / "fuzz_cli" / "jsonl",
+      std::string(1, '\0') +
+          "{\"id\": \"a\", \"prompt\": [1, 2, 3], \"max_new_tokens\": 4}\n"
+          "{\"id\": 7, \"prompt\": [5], \"temperature\": 0.5, \"seed\": 3}\n");
   put(out / "fuzz_cli" / "tokens", std::string(1, '\1') + "1,2,3,255");
   put(out / "fuzz_cli" / "size", std::string(1, '\2') + "64M");
   put(out / "fuzz_cli" / "dtype", std::string(1, '\3') + "q8_0");

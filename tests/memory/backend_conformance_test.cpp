@@ -24,7 +24,8 @@ struct ShmKind {
 };
 struct FileKind {
   static std::string make_uri() {
-    return "file://" + (std::filesystem::temp_directory_path() / test::unique_name("conf")).string();
+    return "file://" +
+           (std::filesystem::temp_directory_path() / test::unique_name("conf")).string();
   }
   static std::string path_of(const std::string& uri) { return uri.substr(7); }
 };
@@ -194,11 +195,11 @@ TEST_F(FakeDevDax, AcceptsHexAttributes) {
 
 TEST_F(FakeDevDax, RefusesBadGeometryNamingTheFile) {
   const std::pair<const char*, const char*> cases[] = {
-      {"8388608", "3000000"},   // not a power of two
-      {"8388608", "512"},       // smaller than a page
-      {"0", "2097152"},         // empty
-      {"9000000", "2097152"},   // not a multiple
-      {"lots", "2097152"},      // not a number
+      {"8388608", "3000000"},  // not a power of two
+      {"8388608", "512"},      // smaller than a page
+      {"0", "2097152"},        // empty
+      {"9000000", "2097152"},  // not a multiple
+      {"lots", "2097152"},     // not a number
   };
   for (auto [size, align] : cases) {
     make(size, align, 8u << 20);

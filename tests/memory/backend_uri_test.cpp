@@ -24,10 +24,10 @@ TEST(BackendUri, ParsesEveryScheme) {
 }
 
 TEST(BackendUri, RejectsMalformedUris) {
-  for (const char* bad : {"", "weights", "http://x", "shm://", "shm://a/b", "shm://..",
-                          "file://relative/path", "file:///a/../etc/passwd", "dax://dev/dax0.0",
-                          "numa://x/name", "numa://-1/name", "numa://2", "numa://2/",
-                          "numa://99999999999/n", "shm://a b"}) {
+  for (const char* bad :
+       {"", "weights", "http://x", "shm://", "shm://a/b", "shm://..", "file://relative/path",
+        "file:///a/../etc/passwd", "dax://dev/dax0.0", "numa://x/name", "numa://-1/name",
+        "numa://2", "numa://2/", "numa://99999999999/n", "shm://a b"}) {
     try {
       parse_backend_uri(bad);
       ADD_FAILURE() << "accepted '" << bad << "'";

@@ -35,7 +35,8 @@ class EmulatorTest : public ::testing::Test {
 };
 
 TEST(PlanChunk, IsLatencyPlusBytesOverBandwidth) {
-  const LinkParams p{.bandwidth_gbps = 2.0, .latency_ns = 300, .overhead_ns = 50, .chunk_bytes = 1 << 20};
+  const LinkParams p{
+      .bandwidth_gbps = 2.0, .latency_ns = 300, .overhead_ns = 50, .chunk_bytes = 1 << 20};
   constexpr ChunkTiming t = plan_chunk(LinkParams{2.0, 300, 50, 1 << 20}, 1000, 0, 4000, true);
   static_assert(t.start_ns == 1000 && t.link_free_ns == 1000 + 50 + 2000 && t.complete_ns == 3350);
   // A busy link delays the start; later chunks carry no overhead.
@@ -60,7 +61,8 @@ TEST(PlanChunk, TwoReadersOnOneLinkEachGetHalf) {
 }
 
 TEST_F(EmulatorTest, OneTransferTakesLatencyPlusBytesOverBandwidth) {
-  auto emu = emulator({.bandwidth_gbps = 4.0, .latency_ns = 250, .overhead_ns = 100, .chunk_bytes = 256 * 1024});
+  auto emu = emulator(
+      {.bandwidth_gbps = 4.0, .latency_ns = 250, .overhead_ns = 100, .chunk_bytes = 256 * 1024});
   std::vector<std::byte> out(1 << 20);
   const std::uint64_t t0 = clock_.now_ns();
   ASSERT_EQ(emu->read(4096, out), ReadStatus::kOk);
@@ -73,7 +75,8 @@ TEST_F(EmulatorTest, OneTransferTakesLatencyPlusBytesOverBandwidth) {
 }
 
 TEST_F(EmulatorTest, ConcurrentReadersNeverExceedTheLinkBandwidth) {
-  auto emu = emulator({.bandwidth_gbps = 8.0, .latency_ns = 0, .overhead_ns = 0, .chunk_bytes = 64 * 1024});
+  auto emu = emulator(
+      {.bandwidth_gbps = 8.0, .latency_ns = 0, .overhead_ns = 0, .chunk_bytes = 64 * 1024});
   const std::uint64_t t0 = clock_.now_ns();
   constexpr int kThreads = 4, kReads = 8;
   constexpr std::uint64_t kBytes = 512 * 1024;

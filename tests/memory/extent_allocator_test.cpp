@@ -124,7 +124,8 @@ TEST(ExtentAllocator, RandomWorkloadMatchesAModel) {
       std::advance(it, static_cast<long>(rng() % live.size()));
       a.free(it->first, it->second);
       const std::uint64_t first = (it->first - kBegin) / kAlign;
-      for (std::uint64_t u = first; u < first + (it->second + kAlign - 1) / kAlign; ++u) taken[u] = false;
+      for (std::uint64_t u = first; u < first + (it->second + kAlign - 1) / kAlign; ++u)
+        taken[u] = false;
       live.erase(it);
     }
     if (step % 97 == 0) {

@@ -14,7 +14,7 @@ namespace xlshare {
 namespace {
 
 constexpr std::uint64_t kTensorElems = 4u << 20;  // 16 MiB of f32 per tensor
-constexpr int kTensors = 4;                      // 64 MiB of data
+constexpr int kTensors = 4;                       // 64 MiB of data
 
 class PoolSharing : public ::testing::Test {
  protected:
@@ -26,7 +26,8 @@ class PoolSharing : public ::testing::Test {
       const std::uint64_t shape[] = {kTensorElems};
       auto bytes = w.add_tensor(fmt::format("t{}", i), DType::kF32, shape);
       auto* f = reinterpret_cast<float*>(bytes.data());
-      for (std::uint64_t k = 0; k < kTensorElems; ++k) f[k] = static_cast<float>(k % 1000) * 0.5f + i;
+      for (std::uint64_t k = 0; k < kTensorElems; ++k)
+        f[k] = static_cast<float>(k % 1000) * 0.5f + i;
     }
     w.seal();
     data_bytes_ = pool->stats().data_bytes;
@@ -51,7 +52,8 @@ int attached_worker(const std::string& uri, test::Signal& ready, test::Signal& r
   for (const auto& t : model->tensors()) {
     Checksum64 sum;
     for (std::uint64_t off = 0; off < t.size_bytes; off += buf.size()) {
-      const auto piece = std::span(buf).first(std::min<std::uint64_t>(buf.size(), t.size_bytes - off));
+      const auto piece =
+          std::span(buf).first(std::min<std::uint64_t>(buf.size(), t.size_bytes - off));
       if (pool->read(t, off, piece) != ReadStatus::kOk) return 2;
       sum.update(piece);
     }

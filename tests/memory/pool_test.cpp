@@ -1,6 +1,6 @@
 // Pool: create / seal / attach round trips, several models, removal, and attach refusals.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -40,8 +40,10 @@ void write_model(Pool& pool, const std::string& name, int tensors, std::uint64_t
 class PoolTest : public ::testing::Test {
  protected:
   // A file-backed pool, so tests can corrupt and truncate it like a disk image.
-  PoolTest() : path_((std::filesystem::temp_directory_path() / test::unique_name("pool")).string()),
-               uri_("file://" + path_), guard_(uri_) {}
+  PoolTest()
+      : path_((std::filesystem::temp_directory_path() / test::unique_name("pool")).string()),
+        uri_("file://" + path_),
+        guard_(uri_) {}
   std::unique_ptr<Pool> create() { return Pool::create(create_backend(uri_, kPoolBytes), kSmall); }
   std::unique_ptr<Pool> attach(PoolRole role = PoolRole::kReader) {
     return Pool::attach(open_backend(uri_), role);
@@ -81,7 +83,8 @@ class PoolTest : public ::testing::Test {
       EXPECT_NE(what.find(problem), std::string::npos) << what;
     }
     bool listed = false;
-    for (const auto& m : pool->list_models()) listed = listed || (m.name == model && m.state == "corrupted");
+    for (const auto& m : pool->list_models())
+      listed = listed || (m.name == model && m.state == "corrupted");
     EXPECT_TRUE(listed);
   }
   std::string path_, uri_;
@@ -196,7 +199,10 @@ TEST_F(PoolTest, ModelNamesAndTensorShapesAreValidated) {
 }
 
 TEST_F(PoolTest, AReaderCannotChangeTheCatalog) {
-  { auto pool = create(); write_model(*pool, "m", 1); }
+  {
+    auto pool = create();
+    write_model(*pool, "m", 1);
+  }
   auto reader = attach(PoolRole::kReader);
   EXPECT_THROW(reader->begin_model("n"), PoolError);
   EXPECT_THROW(reader->remove_model("m"), PoolError);
@@ -263,7 +269,10 @@ TEST_F(PoolTest, AnOlderFormatIsRefusedButRemovableWithForce) {
 }
 
 TEST_F(PoolTest, RefusesATruncatedBackingFile) {
-  { auto pool = create(); write_model(*pool, "m", 2); }
+  {
+    auto pool = create();
+    write_model(*pool, "m", 2);
+  }
   std::filesystem::resize_file(path_, kPoolBytes / 2);
   expect_attach_refused("truncated");
 }
@@ -295,7 +304,8 @@ TEST_F(PoolTest, RefusesACatalogThatLiesConsistently) {
   {
     auto pool = create();
     write_model(*pool, "m", 1);
-    record_offset = pool->layout().tensors_offset + pool->model("m")->at("t0").id * sizeof(pf::TensorRecord);
+    record_offset =
+        pool->layout().tensors_offset + pool->model("m")->at("t0").id * sizeof(pf::TensorRecord);
   }
   pf::TensorRecord r;
   {
@@ -304,8 +314,9 @@ TEST_F(PoolTest, RefusesACatalogThatLiesConsistently) {
     f.read(reinterpret_cast<char*>(&r), sizeof r);
   }
   r.offset_bytes = kPoolBytes - 4096;
-  r.record_checksum = checksum64(reinterpret_cast<const std::byte*>(&r) + offsetof(pf::TensorRecord, name),
-                                 offsetof(pf::TensorRecord, record_checksum) - offsetof(pf::TensorRecord, name));
+  r.record_checksum =
+      checksum64(reinterpret_cast<const std::byte*>(&r) + offsetof(pf::TensorRecord, name),
+                 offsetof(pf::TensorRecord, record_checksum) - offsetof(pf::TensorRecord, name));
   poke(record_offset, &r, sizeof r);
   expect_model_refused("m", "outside the data area");
 }
@@ -409,7 +420,8 @@ TEST(PoolCreate, RefusesABackendTooSmallForItsCatalog) {
   const std::string uri = "shm://" + test::unique_name("small");
   test::BackendGuard guard(uri);
   try {
-    Pool::create(create_backend(uri, 64 * 1024), PoolOptions{.max_models = 16, .max_tensors = 4096});
+    Pool::create(create_backend(uri, 64 * 1024),
+                 PoolOptions{.max_models = 16, .max_tensors = 4096});
     FAIL();
   } catch (const PoolError& e) {
     EXPECT_NE(std::string(e.what()).find("too small"), std::string::npos) << e.what();

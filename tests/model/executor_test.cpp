@@ -28,25 +28,31 @@ class ExecutorShapes : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(ExecutorShapes, MatchesTheDoubleReference) {
   const Shape s = GetParam();
-  const auto m = make_synthetic_llama(test::small_config(s.dim, s.layers, s.heads, s.kv, s.ffn, s.vocab), 42);
+  const auto m =
+      make_synthetic_llama(test::small_config(s.dim, s.layers, s.heads, s.kv, s.ffn, s.vocab), 42);
   const auto tokens = test::some_tokens(s.vocab, 9, 3);
   const auto ref = test::reference_forward(m, tokens);
   EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens), ref), 1e-5);
-  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens, false, 2), ref), 1e-5) << "2 threads";
+  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens, false, 2), ref), 1e-5)
+      << "2 threads";
 }
 
 TEST_P(ExecutorShapes, PrefillEqualsTokenByTokenDecode) {
   const Shape s = GetParam();
-  const auto m = make_synthetic_llama(test::small_config(s.dim, s.layers, s.heads, s.kv, s.ffn, s.vocab), 7);
+  const auto m =
+      make_synthetic_llama(test::small_config(s.dim, s.layers, s.heads, s.kv, s.ffn, s.vocab), 7);
   const auto tokens = test::some_tokens(s.vocab, 11, 5);
-  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens, true), test::run_in_memory(m, tokens, false)), 1e-5);
+  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens, true),
+                                 test::run_in_memory(m, tokens, false)),
+            1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ExecutorShapes,
-                         ::testing::Values(Shape{64, 2, 4, 4, 160, 256},    // multi-head attention
-                                           Shape{64, 2, 4, 2, 160, 256},    // GQA 2:1
-                                           Shape{96, 3, 6, 2, 200, 300},    // GQA 3:1, non-power-of-two
-                                           Shape{48, 1, 3, 1, 100, 97},     // MQA, odd vocab
+                         ::testing::Values(Shape{64, 2, 4, 4, 160, 256},  // multi-head attention
+                                           Shape{64, 2, 4, 2, 160, 256},  // GQA 2:1
+                                           Shape{96, 3, 6, 2, 200,
+                                                 300},  // GQA 3:1, non-power-of-two
+                                           Shape{48, 1, 3, 1, 100, 97},  // MQA, odd vocab
                                            Shape{128, 2, 8, 2, 344, 512}));
 
 // --- ComputeTeam: the Executor's own threads ------------------------------------------
@@ -110,7 +116,8 @@ TEST(ComputeTeam, AMemberThatDoesNotRunDoesNotHoldUpTheStep) {
       }
     }
   });
-  struct sigaction sa {}, old {};
+  struct sigaction sa {
+  }, old{};
   sa.sa_handler = hold_here;
   ASSERT_EQ(::sigaction(SIGUSR1, &sa, &old), 0);
   g_held = false;
@@ -126,7 +133,8 @@ TEST(ComputeTeam, AMemberThatDoesNotRunDoesNotHoldUpTheStep) {
       on[t] = ::pthread_self();
     });
     ASSERT_EQ(ran, (std::vector<int>{1, 1})) << step;
-    EXPECT_TRUE(::pthread_equal(on[0], ::pthread_self()) && ::pthread_equal(on[1], ::pthread_self()));
+    EXPECT_TRUE(::pthread_equal(on[0], ::pthread_self()) &&
+                ::pthread_equal(on[1], ::pthread_self()));
   }
   g_release = true;
   // Back: the team goes on with both threads, each share once per step.
@@ -176,7 +184,9 @@ TEST(Executor, TiedEmbeddingsUseTheTokenEmbedding) {
   c.tie_embeddings = true;
   const auto m = make_synthetic_llama(c, 9);
   const auto tokens = test::some_tokens(256, 6, 1);
-  EXPECT_LT(test::relative_error(test::run_in_memory(m, tokens), test::reference_forward(m, tokens)), 1e-5);
+  EXPECT_LT(
+      test::relative_error(test::run_in_memory(m, tokens), test::reference_forward(m, tokens)),
+      1e-5);
 }
 
 TEST(Executor, RefusesTokensOutsideTheVocabularyAndAFullKvCache) {
@@ -208,7 +218,9 @@ TEST_F(ModelFiles, GgufAndSafetensorsGiveTheSameLogits) {
   const auto gguf = test::run_file(dir_.path() / "m.gguf", tokens);
   EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf", tokens), gguf), 1e-6);
   EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf-sharded", tokens), gguf), 1e-6);
-  EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf" / "model.safetensors", tokens), gguf), 1e-6);
+  EXPECT_LT(
+      test::relative_error(test::run_file(dir_.path() / "hf" / "model.safetensors", tokens), gguf),
+      1e-6);
   EXPECT_LT(test::relative_error(gguf, test::reference_forward(m, tokens)), 1e-5);
 }
 
@@ -220,12 +232,14 @@ TEST_F(ModelFiles, StoredDtypesComputeExactlyTheirRoundedWeights) {
     DType dtype;
     double loose;  // expected distance from the F32 model: the storage's rounding
   };
-  for (const Case c : {Case{DType::kF16, 5e-3}, Case{DType::kBF16, 4e-2}, Case{DType::kQ8_0, 4e-2}}) {
+  for (const Case c :
+       {Case{DType::kF16, 5e-3}, Case{DType::kBF16, 4e-2}, Case{DType::kQ8_0, 4e-2}}) {
     const auto path = dir_.path() / fmt::format("m-{}.gguf", to_string(c.dtype));
     write_gguf(m, path, c.dtype);
     const auto got = test::run_file(path, tokens);
     // Exactly what F32 math on the stored (rounded) weights gives ...
-    EXPECT_LT(test::relative_error(got, test::reference_forward(round_weights(m, c.dtype), tokens)), 1e-5)
+    EXPECT_LT(test::relative_error(got, test::reference_forward(round_weights(m, c.dtype), tokens)),
+              1e-5)
         << to_string(c.dtype);
     // ... and within the storage's rounding of the F32 model.
     const double err = test::relative_error(got, f32);
@@ -251,12 +265,15 @@ std::vector<float> read_floats(const std::filesystem::path& p) {
 
 const std::vector<std::int32_t> kOracleTokens = {5, 200, 33, 7, 255, 0, 64, 128, 9, 17, 250, 3};
 
-double worst_position_error(const std::vector<float>& got, const std::vector<float>& want, std::size_t vocab) {
+double worst_position_error(const std::vector<float>& got, const std::vector<float>& want,
+                            std::size_t vocab) {
   // Pass bar of the oracle's README: max |diff| / max |llama.cpp| at every position.
   double worst = 0;
   for (std::size_t row = 0; row * vocab < want.size(); ++row) {
-    std::vector<float> a(got.begin() + static_cast<long>(row * vocab), got.begin() + static_cast<long>((row + 1) * vocab));
-    std::vector<float> b(want.begin() + static_cast<long>(row * vocab), want.begin() + static_cast<long>((row + 1) * vocab));
+    std::vector<float> a(got.begin() + static_cast<long>(row * vocab),
+                         got.begin() + static_cast<long>((row + 1) * vocab));
+    std::vector<float> b(want.begin() + static_cast<long>(row * vocab),
+                         want.begin() + static_cast<long>((row + 1) * vocab));
     worst = std::max(worst, test::relative_error(a, b));
   }
   return worst;
@@ -268,7 +285,8 @@ TEST(Oracle, GgufMatchesLlamaCpp) {
   ASSERT_EQ(want.size(), 12u * 256);
   const auto got = test::run_file(dir / "oracle-public-f32.gguf", kOracleTokens);
   EXPECT_LT(worst_position_error(got, want, 256), 1e-4);
-  const auto decoded = test::run_file(dir / "oracle-public-f32.gguf", kOracleTokens, /*one_at_a_time=*/true);
+  const auto decoded =
+      test::run_file(dir / "oracle-public-f32.gguf", kOracleTokens, /*one_at_a_time=*/true);
   EXPECT_LT(worst_position_error(decoded, read_floats(dir / "logits_kvcache.bin"), 256), 1e-4);
 }
 
@@ -316,8 +334,8 @@ TEST(Executor, ABatchEqualsEachSequenceAlone) {
   const LlamaModel& model = in_memory.model;
   SpanWeights& weights = in_memory.weights;
   Executor ex(model, weights, ExecutorOptions{2});
-  const std::vector<std::vector<std::int32_t>> prompts = {test::some_tokens(256, 5, 1), test::some_tokens(256, 9, 2),
-                                                          test::some_tokens(256, 1, 3)};
+  const std::vector<std::vector<std::int32_t>> prompts = {
+      test::some_tokens(256, 5, 1), test::some_tokens(256, 9, 2), test::some_tokens(256, 1, 3)};
   // Alone.
   std::vector<std::vector<float>> alone(3);
   for (std::size_t i = 0; i < 3; ++i) {
@@ -330,7 +348,8 @@ TEST(Executor, ABatchEqualsEachSequenceAlone) {
   std::vector<Executor::Segment> segs;
   for (std::size_t i = 0; i < 3; ++i) segs.push_back({prompts[i], &kvs[i], true, &together[i]});
   ex.forward_batch(segs);
-  for (std::size_t i = 0; i < 3; ++i) EXPECT_LT(test::relative_error(together[i], alone[i]), 1e-5) << i;
+  for (std::size_t i = 0; i < 3; ++i)
+    EXPECT_LT(test::relative_error(together[i], alone[i]), 1e-5) << i;
   const std::int32_t next[3] = {7, 8, 9};
   std::vector<std::vector<float>> step(3);
   for (std::size_t i = 0; i < 3; ++i) segs[i] = {std::span(&next[i], 1), &kvs[i], false, &step[i]};

@@ -28,9 +28,10 @@ struct GgufBuilder {
   std::uint64_t data_bytes = 0;
 
   explicit GgufBuilder(const LlamaConfig& c) {
-    u32_keys = {{"llama.embedding_length", c.dim},         {"llama.block_count", c.n_layers},
-                {"llama.attention.head_count", c.n_heads}, {"llama.attention.head_count_kv", c.n_kv_heads},
-                {"llama.feed_forward_length", c.ffn_dim},  {"llama.context_length", c.context}};
+    u32_keys = {
+        {"llama.embedding_length", c.dim},         {"llama.block_count", c.n_layers},
+        {"llama.attention.head_count", c.n_heads}, {"llama.attention.head_count_kv", c.n_kv_heads},
+        {"llama.feed_forward_length", c.ffn_dim},  {"llama.context_length", c.context}};
     std::uint64_t offset = 0;
     for (const auto& spec : llama_tensor_specs(c)) {
       std::uint64_t n = 1;
@@ -79,18 +80,21 @@ class BadFiles : public ::testing::Test {
   BadFiles() : config_(test::small_config(32, 1, 2, 1, 64, 40)) {}
   std::filesystem::path write(const std::string& name, const std::string& bytes) {
     const auto p = dir_.path() / name;
-    std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(p, std::ios::binary)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     return p;
   }
   // Opens `path` expecting a FormatError whose message holds every fragment.
-  void expect_refused(const std::filesystem::path& path, std::initializer_list<std::string> fragments) {
+  void expect_refused(const std::filesystem::path& path,
+                      std::initializer_list<std::string> fragments) {
     try {
       open_model_file(path);
       ADD_FAILURE() << path << " was accepted";
     } catch (const FormatError& e) {
       const std::string what = e.what();
       EXPECT_NE(what.find(path.filename().string()), std::string::npos) << what;
-      for (const auto& f : fragments) EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
+      for (const auto& f : fragments)
+        EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
     }
   }
   LlamaConfig config_;
@@ -107,8 +111,8 @@ TEST_F(BadFiles, AWellFormedBuilderFileIsAccepted) {
 
 TEST_F(BadFiles, GgufTruncatedAnywhere) {
   const std::string good = GgufBuilder(config_).bytes();
-  for (std::size_t cut : {std::size_t{0}, std::size_t{3}, std::size_t{10}, std::size_t{30}, std::size_t{200},
-                          good.size() / 3, good.size() - 100, good.size() - 1}) {
+  for (std::size_t cut : {std::size_t{0}, std::size_t{3}, std::size_t{10}, std::size_t{30},
+                          std::size_t{200}, good.size() / 3, good.size() - 100, good.size() - 1}) {
     expect_refused(write(fmt::format("cut{}.gguf", cut), good.substr(0, cut)), {});
   }
 }
@@ -192,8 +196,10 @@ TEST_F(BadFiles, GgufLyingTensors) {
 class BadSafetensors : public BadFiles {
  protected:
   // A valid directory, then the header of model.safetensors replaced by `edit(header)`.
-  std::filesystem::path make(const std::string& name, const std::function<void(nlohmann::json&)>& edit,
-                             std::int64_t trim_bytes = 0, std::optional<std::uint64_t> len_override = {}) {
+  std::filesystem::path make(const std::string& name,
+                             const std::function<void(nlohmann::json&)>& edit,
+                             std::int64_t trim_bytes = 0,
+                             std::optional<std::uint64_t> len_override = {}) {
     const auto dir = dir_.path() / name;
     write_safetensors(make_synthetic_llama(config_, 1), dir, DType::kF32);
     const auto file = dir / "model.safetensors";
@@ -209,17 +215,20 @@ class BadSafetensors : public BadFiles {
     std::string out(reinterpret_cast<const char*>(&new_len), 8);
     out += text + data;
     out.resize(static_cast<std::size_t>(static_cast<std::int64_t>(out.size()) - trim_bytes));
-    std::ofstream(file, std::ios::binary | std::ios::trunc).write(out.data(), static_cast<std::streamsize>(out.size()));
+    std::ofstream(file, std::ios::binary | std::ios::trunc)
+        .write(out.data(), static_cast<std::streamsize>(out.size()));
     return dir;
   }
-  void expect_dir_refused(const std::filesystem::path& dir, std::initializer_list<std::string> fragments) {
+  void expect_dir_refused(const std::filesystem::path& dir,
+                          std::initializer_list<std::string> fragments) {
     try {
       open_model_file(dir);
       ADD_FAILURE() << dir << " was accepted";
     } catch (const FormatError& e) {
       const std::string what = e.what();
       EXPECT_NE(what.find(dir.filename().string()), std::string::npos) << what;
-      for (const auto& f : fragments) EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
+      for (const auto& f : fragments)
+        EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
     }
   }
 };
@@ -231,38 +240,65 @@ TEST_F(BadSafetensors, AValidDirectoryIsAccepted) {
 }
 
 TEST_F(BadSafetensors, HeaderLengthsThatLie) {
-  expect_dir_refused(make("biglen", [](nlohmann::json&) {}, 0, 1ull << 40), {"header length"});
-  expect_dir_refused(make("hugelen", [](nlohmann::json&) {}, 0, ~0ull), {"header length"});
-  expect_dir_refused(make("shortlen", [](nlohmann::json&) {}, 0, 5), {"JSON"});
+  expect_dir_refused(make(
+                         "biglen", [](nlohmann::json&) {}, 0, 1ull << 40),
+                     {"header length"});
+  expect_dir_refused(make(
+                         "hugelen", [](nlohmann::json&) {}, 0, ~0ull),
+                     {"header length"});
+  expect_dir_refused(make(
+                         "shortlen", [](nlohmann::json&) {}, 0, 5),
+                     {"JSON"});
 }
 
 TEST_F(BadSafetensors, TensorsThatLie) {
   expect_dir_refused(make("dtype", [](nlohmann::json& h) { h[kQ]["dtype"] = "F64"; }), {kQ, "F64"});
-  expect_dir_refused(make("shape", [](nlohmann::json& h) { h[kQ]["shape"] = {32, 31}; }), {kQ, "bytes"});
-  expect_dir_refused(make("range", [](nlohmann::json& h) { h[kQ]["data_offsets"] = {1ull << 40, (1ull << 40) + 4096}; }),
+  expect_dir_refused(make("shape",
+                          [](nlohmann::json& h) {
+                            h[kQ]["shape"] = {32, 31};
+                          }),
+                     {kQ, "bytes"});
+  expect_dir_refused(make("range",
+                          [](nlohmann::json& h) {
+                            h[kQ]["data_offsets"] = {1ull << 40, (1ull << 40) + 4096};
+                          }),
                      {kQ, "outside"});
-  expect_dir_refused(make("reversed", [](nlohmann::json& h) { h[kQ]["data_offsets"] = {4096, 0}; }), {kQ});
+  expect_dir_refused(make("reversed",
+                          [](nlohmann::json& h) {
+                            h[kQ]["data_offsets"] = {4096, 0};
+                          }),
+                     {kQ});
   expect_dir_refused(make("overlap",
                           [](nlohmann::json& h) {
-                            h["model.layers.0.self_attn.k_proj.weight"]["data_offsets"] = h[kQ]["data_offsets"];
+                            h["model.layers.0.self_attn.k_proj.weight"]["data_offsets"] =
+                                h[kQ]["data_offsets"];
                             h["model.layers.0.self_attn.k_proj.weight"]["shape"] = h[kQ]["shape"];
                           }),
                      {"overlap"});
-  expect_dir_refused(make("missing", [](nlohmann::json& h) { h.erase(kQ); }), {"missing tensor", "attn_q"});
-  expect_dir_refused(make("notobject", [](nlohmann::json& h) { h = nlohmann::json::array({1, 2}); }), {"object"});
-  expect_dir_refused(make("truncated", [](nlohmann::json&) {}, 100), {"outside"});
+  expect_dir_refused(make("missing", [](nlohmann::json& h) { h.erase(kQ); }),
+                     {"missing tensor", "attn_q"});
+  expect_dir_refused(make("notobject",
+                          [](nlohmann::json& h) {
+                            h = nlohmann::json::array({1, 2});
+                          }),
+                     {"object"});
+  expect_dir_refused(make(
+                         "truncated", [](nlohmann::json&) {}, 100),
+                     {"outside"});
   expect_dir_refused(make("negative", [](nlohmann::json& h) { h[kQ]["shape"] = {-1, 32}; }), {kQ});
 }
 
 TEST_F(BadSafetensors, BrokenConfigAndIndex) {
   const auto dir = make("config", [](nlohmann::json&) {});
-  std::ofstream(dir / "config.json") << R"({"architectures": ["GPT2LMHeadModel"], "hidden_size": 32})";
+  std::ofstream(dir / "config.json")
+      << R"({"architectures": ["GPT2LMHeadModel"], "hidden_size": 32})";
   expect_dir_refused(dir, {"config.json", "LlamaForCausalLM"});
   std::ofstream(dir / "config.json") << "{not json";
   expect_dir_refused(dir, {"config.json"});
   const auto sharded = dir_.path() / "sharded";
   write_safetensors(make_synthetic_llama(config_, 1), sharded, DType::kF32, 2);
-  std::ofstream(sharded / "model.safetensors.index.json") << R"({"weight_map": {"lm_head.weight": "../../etc/passwd"}})";
+  std::ofstream(sharded / "model.safetensors.index.json")
+      << R"({"weight_map": {"lm_head.weight": "../../etc/passwd"}})";
   expect_dir_refused(sharded, {"plain file name"});
 }
 

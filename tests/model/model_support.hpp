@@ -15,8 +15,8 @@
 
 namespace xlshare::test {
 
-inline LlamaConfig small_config(std::uint32_t dim, std::uint32_t layers, std::uint32_t heads, std::uint32_t kv,
-                                std::uint32_t ffn, std::uint32_t vocab) {
+inline LlamaConfig small_config(std::uint32_t dim, std::uint32_t layers, std::uint32_t heads,
+                                std::uint32_t kv, std::uint32_t ffn, std::uint32_t vocab) {
   LlamaConfig c;
   c.dim = dim;
   c.n_layers = layers;
@@ -51,7 +51,8 @@ struct InMemoryModel {
 };
 
 // Runs a synthetic model held in memory (F32) on `tokens`; returns every position's logits.
-inline std::vector<float> run_in_memory(const SyntheticModel& m, const std::vector<std::int32_t>& tokens,
+inline std::vector<float> run_in_memory(const SyntheticModel& m,
+                                        const std::vector<std::int32_t>& tokens,
                                         bool one_at_a_time = false, unsigned threads = 1) {
   InMemoryModel in_memory(m);
   Executor ex(in_memory.model, in_memory.weights, ExecutorOptions{threads});
@@ -69,13 +70,16 @@ inline std::vector<float> run_in_memory(const SyntheticModel& m, const std::vect
 }
 
 // Loads a model file into a fresh shm pool and runs it from the pool's mapping.
-inline std::vector<float> run_file(const std::filesystem::path& path, const std::vector<std::int32_t>& tokens,
+inline std::vector<float> run_file(const std::filesystem::path& path,
+                                   const std::vector<std::int32_t>& tokens,
                                    bool one_at_a_time = false) {
   const ModelFile file = open_model_file(path);
   const std::string uri = "shm://" + unique_name("model");
   BackendGuard guard(uri);
-  auto pool = Pool::create(create_backend(uri, file.total_bytes() + file.tensors.size() * 4096 + (4u << 20)),
-                           PoolOptions{.max_models = 2, .max_tensors = static_cast<std::uint32_t>(file.tensors.size() + 4)});
+  auto pool = Pool::create(
+      create_backend(uri, file.total_bytes() + file.tensors.size() * 4096 + (4u << 20)),
+      PoolOptions{.max_models = 2,
+                  .max_tensors = static_cast<std::uint32_t>(file.tensors.size() + 4)});
   auto view = load_model_into_pool(file, *pool, "m");
   const LlamaModel model = LlamaModel::from_pool(*view);
   SpanWeights weights = pool_weights(*pool, *view);
@@ -105,9 +109,11 @@ double relative_error(const std::vector<A>& a, const std::vector<B>& b) {
   return scale > 0 ? diff / scale : diff;
 }
 
-inline std::vector<std::int32_t> some_tokens(std::uint32_t vocab, std::size_t n, std::uint32_t seed) {
+inline std::vector<std::int32_t> some_tokens(std::uint32_t vocab, std::size_t n,
+                                             std::uint32_t seed) {
   std::vector<std::int32_t> t(n);
-  for (std::size_t i = 0; i < n; ++i) t[i] = static_cast<std::int32_t>((seed * 2654435761u + i * 40503u) % vocab);
+  for (std::size_t i = 0; i < n; ++i)
+    t[i] = static_cast<std::int32_t>((seed * 2654435761u + i * 40503u) % vocab);
   return t;
 }
 

@@ -11,12 +11,15 @@
 namespace xlshare::test {
 
 // Logits of every position (n x vocab) for `tokens` at positions 0..n-1.
-inline std::vector<double> reference_forward(const SyntheticModel& m, const std::vector<std::int32_t>& tokens) {
+inline std::vector<double> reference_forward(const SyntheticModel& m,
+                                             const std::vector<std::int32_t>& tokens) {
   const LlamaConfig& c = m.config;
-  const std::size_t n = tokens.size(), dim = c.dim, hd = c.head_dim, H = c.n_heads, KV = c.n_kv_heads, F = c.ffn_dim;
+  const std::size_t n = tokens.size(), dim = c.dim, hd = c.head_dim, H = c.n_heads,
+                    KV = c.n_kv_heads, F = c.ffn_dim;
   auto W = [&](const std::string& name) -> const std::vector<float>& { return m.tensor(name); };
   // y[rows] = W[rows x cols] x[cols]
-  auto matvec = [](const std::vector<float>& w, std::size_t rows, std::size_t cols, const std::vector<double>& x) {
+  auto matvec = [](const std::vector<float>& w, std::size_t rows, std::size_t cols,
+                   const std::vector<double>& x) {
     std::vector<double> y(rows, 0.0);
     for (std::size_t r = 0; r < rows; ++r) {
       double s = 0;
@@ -36,7 +39,8 @@ inline std::vector<double> reference_forward(const SyntheticModel& m, const std:
   auto rope = [&](std::vector<double>& v, std::size_t heads, std::size_t pos) {
     for (std::size_t h = 0; h < heads; ++h) {
       for (std::size_t i = 0; i < hd / 2; ++i) {
-        const double theta = static_cast<double>(pos) * std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / hd);
+        const double theta =
+            static_cast<double>(pos) * std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / hd);
         const double a = v[h * hd + 2 * i], b = v[h * hd + 2 * i + 1];
         v[h * hd + 2 * i] = a * std::cos(theta) - b * std::sin(theta);
         v[h * hd + 2 * i + 1] = a * std::sin(theta) + b * std::cos(theta);
@@ -45,7 +49,8 @@ inline std::vector<double> reference_forward(const SyntheticModel& m, const std:
   };
   std::vector<std::vector<double>> x(n, std::vector<double>(dim));
   for (std::size_t t = 0; t < n; ++t) {
-    for (std::size_t d = 0; d < dim; ++d) x[t][d] = W("token_embd.weight")[static_cast<std::size_t>(tokens[t]) * dim + d];
+    for (std::size_t d = 0; d < dim; ++d)
+      x[t][d] = W("token_embd.weight")[static_cast<std::size_t>(tokens[t]) * dim + d];
   }
   for (std::uint32_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";

@@ -20,14 +20,19 @@ class RecordingPolicy final : public PrefetchPolicy {
   std::string_view name() const noexcept override { return "recording"; }
 
  protected:
-  void do_on_model_loaded(const Schedule& s) override { calls.push_back(fmt::format("loaded:{}", s.size())); }
-  void do_on_step_begin(std::size_t step) override { calls.push_back(fmt::format("begin:{}", step)); }
+  void do_on_model_loaded(const Schedule& s) override {
+    calls.push_back(fmt::format("loaded:{}", s.size()));
+  }
+  void do_on_step_begin(std::size_t step) override {
+    calls.push_back(fmt::format("begin:{}", step));
+  }
   void do_on_step_end(std::size_t step) override { calls.push_back(fmt::format("end:{}", step)); }
   void do_plan(const PrefetchContext& ctx, std::vector<TensorKey>& out) override {
     calls.push_back(fmt::format("plan:{}", ctx.step));
     steps_planned.push_back(ctx.step);
     // The budget less what compute holds of the step about to run (its one tensor, key = step).
-    EXPECT_EQ(ctx.budget_bytes, ctx.cache.budget_bytes() - ctx.cache.key_bytes(static_cast<TensorKey>(ctx.step)));
+    EXPECT_EQ(ctx.budget_bytes,
+              ctx.cache.budget_bytes() - ctx.cache.key_bytes(static_cast<TensorKey>(ctx.step)));
     EXPECT_GT(ctx.cache.key_bytes(static_cast<TensorKey>(ctx.step)), 0u);
     const std::size_t target = ctx.schedule.next(ctx.schedule.next(ctx.step));
     if (target < ctx.schedule.size()) {
@@ -38,7 +43,8 @@ class RecordingPolicy final : public PrefetchPolicy {
 
 Schedule one_tensor_per_step(std::size_t n) {
   std::vector<ScheduleStep> steps;
-  for (std::size_t i = 0; i < n; ++i) steps.push_back({fmt::format("block.{}", i), {static_cast<TensorKey>(i)}});
+  for (std::size_t i = 0; i < n; ++i)
+    steps.push_back({fmt::format("block.{}", i), {static_cast<TensorKey>(i)}});
   return Schedule(std::move(steps), /*repeats=*/true);
 }
 
@@ -100,7 +106,8 @@ TEST(Prefetcher, AStepLargerThanTheCacheIsRefusedAtSetUp) {
   DeviceCache cache(4096 + 100, test::ModelPool::sizes(sources), std::make_unique<LruPolicy>());
   TransferEngine engine(*pool, nullptr, sources, cache);
   const Schedule schedule({{"embedding", {0}}, {"block.0", {1, 2}}});
-  EXPECT_THROW(Prefetcher(schedule, std::make_unique<LookaheadPolicy>(1), engine, cache), ConfigError);
+  EXPECT_THROW(Prefetcher(schedule, std::make_unique<LookaheadPolicy>(1), engine, cache),
+               ConfigError);
 }
 
 // Real arithmetic over a tensor's floats: the synthetic compute step.
@@ -119,7 +126,8 @@ struct PassResult {
   double checksum;
 };
 
-PassResult run_passes(const test::ModelPool& model, std::size_t lookahead, std::size_t steps, int rounds) {
+PassResult run_passes(const test::ModelPool& model, std::size_t lookahead, std::size_t steps,
+                      int rounds) {
   EmulatorOptions o;
   // 1 GB/s: a 512 KiB tensor takes ~0.5 ms on the link.
   o.link = {.bandwidth_gbps = 1.0, .latency_ns = 1000, .overhead_ns = 0, .chunk_bytes = 256 * 1024};
@@ -153,7 +161,9 @@ TEST(Prefetcher, LookaheadHidesTransfersBehindCompute) {
     const auto t0 = std::chrono::steady_clock::now();
     volatile double v = compute(probe, 4);
     (void)v;
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 4;
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+        4;
     rounds = std::max(1, static_cast<int>(0.8 / std::max(ms, 1e-3)));
   }
   const auto none = run_passes(model, 0, kSteps, rounds);
@@ -163,14 +173,16 @@ TEST(Prefetcher, LookaheadHidesTransfersBehindCompute) {
   EXPECT_EQ(none.checksum, one.checksum);
   EXPECT_EQ(none.checksum, two.checksum);
   // Wide margins: a behavioural check, not a timing target.
-  EXPECT_LT(one.stall_ms, 0.6 * none.stall_ms) << "stall none " << none.stall_ms << " one " << one.stall_ms;
-  EXPECT_LT(two.stall_ms, 0.6 * none.stall_ms) << "stall none " << none.stall_ms << " two " << two.stall_ms;
+  EXPECT_LT(one.stall_ms, 0.6 * none.stall_ms)
+      << "stall none " << none.stall_ms << " one " << one.stall_ms;
+  EXPECT_LT(two.stall_ms, 0.6 * none.stall_ms)
+      << "stall none " << none.stall_ms << " two " << two.stall_ms;
 }
 
 TEST(Schedule, GroupsTransformerTensorsIntoSteps) {
-  const std::vector<std::string> names = {"token_embd.weight", "blk.0.attn_q.weight", "blk.1.attn_q.weight",
-                                          "blk.0.ffn_up.weight", "output_norm.weight", "output.weight",
-                                          "blk.10.attn_q.weight", "blk.2.attn_q.weight"};
+  const std::vector<std::string> names = {
+      "token_embd.weight",  "blk.0.attn_q.weight", "blk.1.attn_q.weight",  "blk.0.ffn_up.weight",
+      "output_norm.weight", "output.weight",       "blk.10.attn_q.weight", "blk.2.attn_q.weight"};
   const Schedule s = Schedule::for_transformer(names);
   ASSERT_EQ(s.size(), 6u);
   EXPECT_EQ(s.step(0).name, "embedding");

@@ -3,8 +3,8 @@
 // record, link times from another clock, holders in other PID namespaces, a loader whose
 // model was force-removed, a lock held by a stopped process. Corruption is done as an
 // attacker would: by writing the pool's backing file while the pool exists.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -44,7 +44,8 @@ void write_model(Pool& pool, const std::string& name, int tensors, std::uint64_t
   auto w = pool.begin_model(name);
   for (int i = 0; i < tensors; ++i) {
     const std::uint64_t shape[] = {1000, 2};
-    fill(w.add_tensor(fmt::format("t{}", i), DType::kF32, shape), seed + static_cast<std::uint64_t>(i));
+    fill(w.add_tensor(fmt::format("t{}", i), DType::kF32, shape),
+         seed + static_cast<std::uint64_t>(i));
   }
   w.set_metadata(R"({"kind":"test"})");
   w.seal();
@@ -71,9 +72,15 @@ std::string expect_throw(const std::function<void()>& body) {
 
 class PoolHardening : public ::testing::Test {
  protected:
-  PoolHardening() : name_(test::unique_name("hard")), uri_("shm://" + name_), path_("/dev/shm/" + name_), guard_(uri_) {}
+  PoolHardening()
+      : name_(test::unique_name("hard")),
+        uri_("shm://" + name_),
+        path_("/dev/shm/" + name_),
+        guard_(uri_) {}
   std::unique_ptr<Pool> create() { return create_pool(uri_, kPoolBytes, kSmall); }
-  std::unique_ptr<Pool> attach(PoolRole role = PoolRole::kReader) { return Pool::attach(open_backend(uri_), role); }
+  std::unique_ptr<Pool> attach(PoolRole role = PoolRole::kReader) {
+    return Pool::attach(open_backend(uri_), role);
+  }
   void poke(std::uint64_t offset, const void* bytes, std::size_t n) {
     const int fd = ::open(path_.c_str(), O_RDWR);
     ASSERT_GE(fd, 0);
@@ -85,7 +92,8 @@ class PoolHardening : public ::testing::Test {
     T v{};
     const int fd = ::open(path_.c_str(), O_RDONLY);
     EXPECT_GE(fd, 0);
-    EXPECT_EQ(::pread(fd, &v, sizeof v, static_cast<off_t>(offset)), static_cast<ssize_t>(sizeof v));
+    EXPECT_EQ(::pread(fd, &v, sizeof v, static_cast<off_t>(offset)),
+              static_cast<ssize_t>(sizeof v));
     ::close(fd);
     return v;
   }
@@ -100,7 +108,8 @@ class PoolHardening : public ::testing::Test {
 // --- 4: a creator killed at any point leaves no half-made pool ----------------------------
 
 std::vector<std::string> creation_leftovers(const std::string& name) {
-  const std::string prefix = fmt::format("xlshare-creating-{:016x}-", checksum64(name.data(), name.size()));
+  const std::string prefix =
+      fmt::format("xlshare-creating-{:016x}-", checksum64(name.data(), name.size()));
   std::vector<std::string> out;
   for (const auto& e : fs::directory_iterator("/dev/shm")) {
     if (e.path().filename().string().rfind(prefix, 0) == 0) out.push_back(e.path().string());
@@ -136,7 +145,8 @@ TEST_F(PoolHardening, CreatorKilledDuringCreateLeavesNoBlankPool) {
     ::pause();
     return 0;
   });
-  while (creation_leftovers(name_).empty()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  while (creation_leftovers(name_).empty())
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
   ::kill(child, SIGKILL);
   test::wait_exit(child);
   remove_pool(uri_);  // the published pool, or only the leftover
@@ -146,10 +156,13 @@ TEST_F(PoolHardening, CreatorKilledDuringCreateLeavesNoBlankPool) {
 TEST_F(PoolHardening, CreateSweepsOnlyDeadCreatorsLeftovers) {
   const pid_t dead = test::spawn([] { return 0; });
   test::wait_exit(dead);
-  const std::string prefix = fmt::format("xlshare-creating-{:016x}-", checksum64(name_.data(), name_.size()));
-  const std::string dead_leftover = fmt::format("/dev/shm/{}{}-{}-{}-0", prefix, pid_namespace_inode(), dead, 12345);
-  const std::string live_leftover = fmt::format("/dev/shm/{}{}-{}-{}-999999", prefix, pid_namespace_inode(),
-                                                ::getpid(), process_start_ticks(::getpid()));
+  const std::string prefix =
+      fmt::format("xlshare-creating-{:016x}-", checksum64(name_.data(), name_.size()));
+  const std::string dead_leftover =
+      fmt::format("/dev/shm/{}{}-{}-{}-0", prefix, pid_namespace_inode(), dead, 12345);
+  const std::string live_leftover =
+      fmt::format("/dev/shm/{}{}-{}-{}-999999", prefix, pid_namespace_inode(), ::getpid(),
+                  process_start_ticks(::getpid()));
   const std::string unrelated = "/dev/shm/" + test::unique_name("not-ours");
   for (const auto& p : {dead_leftover, live_leftover, unrelated}) std::ofstream(p) << "x";
   try {
@@ -281,7 +294,8 @@ TEST_F(PoolHardening, CorruptedModelRecordIsQuarantinedAndDroppable) {
   EXPECT_TRUE(model_intact(*reader, "b"));
   EXPECT_NE(expect_throw([&] { reader->model("a"); }).find("quarantined"), std::string::npos);
   bool listed = false;
-  for (const auto& m : reader->list_models()) listed = listed || (m.name == "a" && m.state == "corrupted" && !m.problem.empty());
+  for (const auto& m : reader->list_models())
+    listed = listed || (m.name == "a" && m.state == "corrupted" && !m.problem.empty());
   EXPECT_TRUE(listed);
 
   auto writer = attach(PoolRole::kWriter);
@@ -301,7 +315,8 @@ TEST_F(PoolHardening, ReclaimDropsACorruptedRecordWithAnUnreadableState) {
     slot_a = pool->model("a")->slot();
   }
   const std::uint64_t state = 0x4000000000000002ull;  // a flipped high bit of 'sealed'
-  poke(layout_.models_offset + slot_a * sizeof(pf::ModelRecord) + offsetof(pf::ModelRecord, state), &state, 8);
+  poke(layout_.models_offset + slot_a * sizeof(pf::ModelRecord) + offsetof(pf::ModelRecord, state),
+       &state, 8);
   auto writer = attach(PoolRole::kWriter);
   EXPECT_TRUE(model_intact(*writer, "b"));
   EXPECT_EQ(writer->reclaim_abandoned(), 1u);
@@ -330,7 +345,8 @@ TEST_F(PoolHardening, LinkTimeFromAnotherClockIsClampedNotWaitedFor) {
   const TensorInfo t = pool->model("m")->tensors()[0];
   std::vector<std::byte> dst(t.size_bytes);
   ASSERT_EQ(pool->read(t, 0, dst), ReadStatus::kOk);
-  EXPECT_LT(clock.now_ns() - start, kMaxLinkAheadNs) << "the reader waited for a time from another clock";
+  EXPECT_LT(clock.now_ns() - start, kMaxLinkAheadNs)
+      << "the reader waited for a time from another clock";
   EXPECT_GE(link_field(pool->link_state().clock_clamps_total).load(), 1u);
 }
 
@@ -375,12 +391,14 @@ TEST_F(PoolHardening, ReaderInATimeNamespaceCannotHangTheOthers) {
     const pid_t inner = test::spawn(read_once);  // children enter the namespace
     return test::wait_exit(inner);
   });
-  ASSERT_EQ(test::wait_exit(shifted), 0) << "10/11: no time namespace could be made (CI runs as root)";
+  ASSERT_EQ(test::wait_exit(shifted), 0)
+      << "10/11: no time namespace could be made (CI runs as root)";
   const pid_t host = test::spawn([&] {
     ::alarm(30);
     return read_once();
   });
-  EXPECT_EQ(test::wait_exit(host), 0) << "128 + SIGALRM: the host reader waited for the shifted clock";
+  EXPECT_EQ(test::wait_exit(host), 0)
+      << "128 + SIGALRM: the host reader waited for the shifted clock";
   EXPECT_GE(link_field(attach()->link_state().clock_clamps_total).load(), 1u);
 }
 
@@ -406,12 +424,12 @@ TEST_F(PoolHardening, WorkerInAPidNamespaceHoldsItsModel) {
   ASSERT_TRUE(attached.wait());
   const std::string what = expect_throw([&] { writer->remove_model("m"); });
   EXPECT_NE(what.find("in use"), std::string::npos) << what;
-  EXPECT_NE(expect_throw([&] { remove_pool(uri_); }).find("another PID namespace"), std::string::npos);
+  EXPECT_NE(expect_throw([&] { remove_pool(uri_); }).find("another PID namespace"),
+            std::string::npos);
   done.notify();
   EXPECT_EQ(test::wait_exit(outer), 0) << "10: no PID namespace could be made (CI runs as root)";
   EXPECT_NO_THROW(writer->remove_model("m"));  // once it is gone, its slot is free again
 }
-
 
 TEST_F(PoolHardening, HolderFromAnotherPidNamespaceCountsAsAlive) {
   const pid_t dead = test::spawn([] { return 0; });
@@ -432,21 +450,27 @@ TEST_F(PoolHardening, HolderFromAnotherPidNamespaceCountsAsAlive) {
     s.pid = pid;
     s.pid_ns = other_ns;
     s.models_in_use = std::uint64_t{1} << slot;
-    poke(layout_.control_offset + offsetof(pf::Control, slots) + (pf::kAttachSlots - 1) * sizeof(pf::AttachSlot), &s,
-         sizeof s);
-    EXPECT_NE(expect_throw([&] { writer->remove_model("m"); }).find("in use"), std::string::npos) << pid;
-    EXPECT_NE(expect_throw([&] { remove_pool(uri_); }).find("another PID namespace"), std::string::npos) << pid;
+    poke(layout_.control_offset + offsetof(pf::Control, slots) +
+             (pf::kAttachSlots - 1) * sizeof(pf::AttachSlot),
+         &s, sizeof s);
+    EXPECT_NE(expect_throw([&] { writer->remove_model("m"); }).find("in use"), std::string::npos)
+        << pid;
+    EXPECT_NE(expect_throw([&] { remove_pool(uri_); }).find("another PID namespace"),
+              std::string::npos)
+        << pid;
   }
   // A loader in another namespace whose pid is dead here: not reclaimed under it.
   auto loading = writer->begin_model("loading");
   const std::uint64_t rec = layout_.models_offset + 1 * sizeof(pf::ModelRecord);
-  ASSERT_EQ(peek<std::uint64_t>(rec + offsetof(pf::ModelRecord, state)), std::uint64_t{pf::kModelLoading});
+  ASSERT_EQ(peek<std::uint64_t>(rec + offsetof(pf::ModelRecord, state)),
+            std::uint64_t{pf::kModelLoading});
   const std::int32_t dead_pid = dead;
   poke(rec + offsetof(pf::ModelRecord, owner_pid), &dead_pid, 4);
   poke(rec + offsetof(pf::ModelRecord, owner_pid_ns), &other_ns, 4);
   auto second = attach(PoolRole::kWriter);
   EXPECT_EQ(second->reclaim_abandoned(), 0u);
-  EXPECT_NE(expect_throw([&] { second->remove_model("loading"); }).find("live process"), std::string::npos);
+  EXPECT_NE(expect_throw([&] { second->remove_model("loading"); }).find("live process"),
+            std::string::npos);
 }
 
 // --- 11: a loader whose model was force-removed is fenced ---------------------------------
@@ -461,7 +485,8 @@ TEST_F(PoolHardening, ForceRemovedLoaderIsFencedAndNeverWritesIntoOthers) {
   auto admin = attach(PoolRole::kWriter);
   admin->remove_model("m", /*force=*/true);
   bool fenced = false;
-  for (const auto& e : admin->list_models()) fenced = fenced || (e.name == "m" && e.state == "fenced");
+  for (const auto& e : admin->list_models())
+    fenced = fenced || (e.name == "m" && e.state == "fenced");
   EXPECT_TRUE(fenced);
   // While fenced, the stale loader's extents stay reserved: a new load never gets them.
   write_model(*admin, "n", 4, 33);

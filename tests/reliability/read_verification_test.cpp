@@ -17,7 +17,9 @@ namespace xlshare {
 namespace {
 
 // Big enough that a small cache splits the token embedding (1024 x 64 f32: 256 KiB) into pieces.
-SyntheticModel verify_model(std::uint64_t seed = 7) { return create_sample_transformer_model(64, 4, 4, 2, 160, 1024, seed); }
+SyntheticModel verify_model(std::uint64_t seed = 7) {
+  return create_sample_transformer_model(64, 4, 4, 2, 160, 1024, seed);
+}
 
 using test::flip_byte;
 
@@ -68,7 +70,8 @@ class ReadVerification : public ::testing::Test {
       body();
       ADD_FAILURE() << "no error: served from weights that do not verify";
     } catch (const PoolError& e) {
-      for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+      for (const auto& n : needles)
+        EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
     }
   }
 
@@ -93,7 +96,8 @@ TEST_F(ReadVerification, FlippedWeightsWithoutAReplicaAreRefusedWithNoTokens) {
   // The one-shot path (`xlshare eval --pool`) verifies too.
   auto pool = Pool::attach(open_backend(uri_));
   auto view = pool->model("m");
-  expect_pool_error([&] { (void)pool_weights(*pool, *view); }, {uri_, "'m'", "blk.1.attn_q.weight"});
+  expect_pool_error([&] { (void)pool_weights(*pool, *view); },
+                    {uri_, "'m'", "blk.1.attn_q.weight"});
 }
 
 TEST_F(ReadVerification, FlippedWeightsAreReadFromACleanReplica) {
@@ -148,7 +152,8 @@ TEST_F(ReadVerification, AReplicaHoldingAnotherModelIsRefusedAtAttach) {
   {
     EngineConfig c;
     c.pool_uri = shape_uri;
-    InferenceEngine(c).register_model(create_sample_transformer_model(64, 4, 4, 2, 192, 1024, 7), "m");
+    InferenceEngine(c).register_model(create_sample_transformer_model(64, 4, 4, 2, 192, 1024, 7),
+                                      "m");
   }
   expect_pool_error(
       [&] {
@@ -165,7 +170,8 @@ TEST_F(ReadVerification, ADamagedPieceOfASplitTensorFailsOverAloneToTheReplica) 
   // a prompt token used to make the worker refuse to start even with a clean replica.
   const std::uint64_t cache = model_bytes_ / 4;
   const TensorInfo embd = tensor(uri_, "token_embd.weight");
-  ASSERT_GT(embd.size_bytes, std::max<std::uint64_t>(cache / 4, 64 * 1024)) << "the embedding would not be split";
+  ASSERT_GT(embd.size_bytes, std::max<std::uint64_t>(cache / 4, 64 * 1024))
+      << "the embedding would not be split";
   const std::uint64_t row_bytes = embd.size_bytes / embd.shape[1];
   flip_byte(uri_, embd.offset_bytes + static_cast<std::uint64_t>(prompt_[0]) * row_bytes + 3, 0x40);
   InferenceEngine engine(config(cache, true));
@@ -185,8 +191,8 @@ TEST_F(ReadVerification, ADamagedPieceOfASplitTensorFailsOverAloneToTheReplica) 
     alone.generate(prompt_, 8);
     ADD_FAILURE() << "no error: served from weights that do not verify";
   } catch (const Error& e) {
-    for (const std::string& needle : {uri_, std::string("token_embd.weight"), std::string("checksum"),
-                                     std::string("no replica")}) {
+    for (const std::string& needle : {uri_, std::string("token_embd.weight"),
+                                      std::string("checksum"), std::string("no replica")}) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   }
@@ -215,7 +221,8 @@ TEST_F(ReadVerification, AFlipWhileServingWithoutAReplicaFailsTheNextRequest) {
   corrupt(uri_, "output_norm.weight", 0);
   EXPECT_EQ(engine.scrub_now(), 1u);
   for (int i = 0; i < 2; ++i) {
-    expect_pool_error([&] { engine.generate(prompt_, 8); }, {uri_, "'m'", "output_norm.weight", "no replica"});
+    expect_pool_error([&] { engine.generate(prompt_, 8); },
+                      {uri_, "'m'", "output_norm.weight", "no replica"});
   }
   EXPECT_EQ(engine.stats().workers[1].scrub.failed, 1u);
 }
@@ -227,7 +234,8 @@ TEST_F(ReadVerification, TheBackgroundScrubberFindsAFlipOnItsOwn) {
   engine.attach_model("m");
   corrupt(uri_, "blk.2.attn_v.weight");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (engine.stats().workers[0].scrub.failovers == 0 && std::chrono::steady_clock::now() < deadline) {
+  while (engine.stats().workers[0].scrub.failovers == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   const ScrubStats s = engine.stats().workers[0].scrub;

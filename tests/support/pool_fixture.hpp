@@ -20,8 +20,9 @@ class ModelPool {
   // Creates shm://<unique> with model "m": tensors "blk.i.w" of `floats` f32 each.
   ModelPool(std::size_t n, std::uint64_t floats, std::uint64_t seed = 1)
       : uri_("shm://" + unique_name("model")), guard_(uri_) {
-    auto pool = Pool::create(create_backend(uri_, n * (floats * 4 + 4096) + (8u << 20)),
-                             PoolOptions{.max_models = 2, .max_tensors = static_cast<std::uint32_t>(n + 8)});
+    auto pool = Pool::create(
+        create_backend(uri_, n * (floats * 4 + 4096) + (8u << 20)),
+        PoolOptions{.max_models = 2, .max_tensors = static_cast<std::uint32_t>(n + 8)});
     auto w = pool->begin_model("m");
     std::mt19937 rng(static_cast<std::uint32_t>(seed));
     for (std::size_t i = 0; i < n; ++i) {

@@ -10,12 +10,12 @@
 #include <array>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <cstdio>
-#include <thread>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/test_support.hpp"
@@ -60,8 +60,9 @@ TEST(Cli, PoolCreateInfoRemove) {
 
 TEST(Cli, ErrorsAreOneClearLine) {
   const std::string uri = "shm://" + test::unique_name("cli-missing");
-  for (const std::string& args : std::vector<std::string>{"pool info " + uri, "pool info nonsense", "pool create shm://a/b --size 1M",
-        "pool create " + uri + " --size 12Q", "pool create " + uri + " --size 4K"}) {
+  for (const std::string& args : std::vector<std::string>{
+           "pool info " + uri, "pool info nonsense", "pool create shm://a/b --size 1M",
+           "pool create " + uri + " --size 12Q", "pool create " + uri + " --size 4K"}) {
     auto r = run(args);
     EXPECT_EQ(r.status, 1) << args << ": " << r.out;
     EXPECT_EQ(r.out.rfind("xlshare: error: ", 0), 0u) << args << ": " << r.out;
@@ -106,7 +107,8 @@ TEST(Cli, EvalReproducesTheOracleLogits) {
   const auto out = dir.path() / "logits.bin";
   const std::string data = XLSHARE_TEST_DATA "/oracle";
   for (const std::string& model : {data + "/oracle-public-f32.gguf", data + "/hf"}) {
-    auto r = run("eval --model " + model + " --tokens 5,200,33,7,255,0,64,128,9,17,250,3 --logits-out " + out.string());
+    auto r = run("eval --model " + model +
+                 " --tokens 5,200,33,7,255,0,64,128,9,17,250,3 --logits-out " + out.string());
     ASSERT_EQ(r.status, 0) << r.out;
     const auto got = read_floats(out), want = read_floats(data + "/logits.bin");
     ASSERT_EQ(got.size(), want.size());
@@ -124,9 +126,12 @@ TEST(Cli, EveryModelCommandOnASmallModel) {
   const std::string uri = "shm://" + test::unique_name("cli-model");
   test::BackendGuard guard(uri);
   const auto gguf = dir.path() / "tiny.gguf";
-  auto r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --dtype f16 --out " + gguf.string());
+  auto r = run(
+      "synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --dtype f16 --out " +
+      gguf.string());
   ASSERT_EQ(r.status, 0) << r.out;
-  r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " + (dir.path() / "hf").string());
+  r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " +
+          (dir.path() / "hf").string());
   ASSERT_EQ(r.status, 0) << r.out;
   r = run("load " + gguf.string() + " --pool " + uri + " --json");
   ASSERT_EQ(r.status, 0) << r.out;
@@ -136,7 +141,8 @@ TEST(Cli, EveryModelCommandOnASmallModel) {
   r = run("load " + (dir.path() / "hf").string() + " --pool " + uri + " --name hf");
   ASSERT_EQ(r.status, 0) << r.out;
 
-  r = run("generate --pool " + uri + " --model tiny --prompt-tokens 1,2,3 -n 5 --cache 128K --preset cxl-x8 --json");
+  r = run("generate --pool " + uri +
+          " --model tiny --prompt-tokens 1,2,3 -n 5 --cache 128K --preset cxl-x8 --json");
   ASSERT_EQ(r.status, 0) << r.out;
   const auto gen = nlohmann::json::parse(r.out);
   ASSERT_EQ(gen["tokens"].size(), 5u);
@@ -146,10 +152,14 @@ TEST(Cli, EveryModelCommandOnASmallModel) {
   EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"], gen["tokens"]);
 
   const auto requests = dir.path() / "req.jsonl";
-  std::ofstream(requests) << R"({"id": "a", "prompt": [1, 2, 3], "max_new_tokens": 5})" << "\n"
-                          << R"({"id": "b", "prompt": [9], "max_new_tokens": 2, "temperature": 0.7, "seed": 3})" << "\n";
+  std::ofstream(requests)
+      << R"({"id": "a", "prompt": [1, 2, 3], "max_new_tokens": 5})"
+      << "\n"
+      << R"({"id": "b", "prompt": [9], "max_new_tokens": 2, "temperature": 0.7, "seed": 3})"
+      << "\n";
   const auto results = dir.path() / "out.jsonl";
-  r = run("worker --pool " + uri + " --model tiny --requests " + requests.string() + " --out " + results.string());
+  r = run("worker --pool " + uri + " --model tiny --requests " + requests.string() + " --out " +
+          results.string());
   ASSERT_EQ(r.status, 0) << r.out;
   std::ifstream in(results);
   std::string line;
@@ -158,7 +168,8 @@ TEST(Cli, EveryModelCommandOnASmallModel) {
   std::getline(in, line);
   EXPECT_EQ(nlohmann::json::parse(line)["id"], "b");
 
-  r = run("eval --pool " + uri + " --model tiny --tokens 1,2,3 --logits-out " + (dir.path() / "l.bin").string());
+  r = run("eval --pool " + uri + " --model tiny --tokens 1,2,3 --logits-out " +
+          (dir.path() / "l.bin").string());
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(std::filesystem::file_size(dir.path() / "l.bin"), 3u * 128 * 4);
 
@@ -172,7 +183,9 @@ TEST(Cli, BadArgumentsAndFilesAreOneLineErrors) {
   const auto junk = dir.path() / "junk.gguf";
   std::ofstream(junk) << "GGUF but not really";
   const auto bad_jsonl = dir.path() / "bad.jsonl";
-  std::ofstream(bad_jsonl) << R"({"id": "a", "prompt": [1]})" << "\n" << "{not json\n";
+  std::ofstream(bad_jsonl) << R"({"id": "a", "prompt": [1]})"
+                           << "\n"
+                           << "{not json\n";
   const std::string missing = "shm://" + test::unique_name("cli-none");
   for (const std::string& args : std::vector<std::string>{
            "eval --model " + junk.string() + " --tokens 1 --logits-out /dev/null",
@@ -181,7 +194,8 @@ TEST(Cli, BadArgumentsAndFilesAreOneLineErrors) {
            "stats --pool " + missing,
            "load " + junk.string() + " --pool " + missing,
            "synth --dtype f64 --out " + (dir.path() / "x.gguf").string(),
-           "worker --pool " + missing + " --model m --requests " + bad_jsonl.string() + " --out /dev/null",
+           "worker --pool " + missing + " --model m --requests " + bad_jsonl.string() +
+               " --out /dev/null",
        }) {
     auto r = run(args);
     EXPECT_EQ(r.status, 1) << args << ": " << r.out;
@@ -207,7 +221,8 @@ namespace {
 // True when `out` is exactly one line, "xlshare: error: ...", that mentions `what`.
 ::testing::AssertionResult one_error_line(const Result& r, const std::string& what) {
   if (r.status == 0) return ::testing::AssertionFailure() << "exit status 0: " << r.out;
-  if (r.out.rfind("xlshare: error: ", 0) != 0) return ::testing::AssertionFailure() << "no error line: " << r.out;
+  if (r.out.rfind("xlshare: error: ", 0) != 0)
+    return ::testing::AssertionFailure() << "no error line: " << r.out;
   if (std::count(r.out.begin(), r.out.end(), '\n') != 1) {
     return ::testing::AssertionFailure() << "not one line: " << r.out;
   }
@@ -222,7 +237,8 @@ class CliWithModel : public ::testing::Test {
  protected:
   void SetUp() override {
     gguf_ = dir_.path() / "tiny.gguf";
-    auto r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " + gguf_.string());
+    auto r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " +
+                 gguf_.string());
     ASSERT_EQ(r.status, 0) << r.out;
     r = run("load " + gguf_.string() + " --pool " + uri_);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -235,7 +251,8 @@ class CliWithModel : public ::testing::Test {
 
 TEST_F(CliWithModel, EveryNumericOptionIsRangeChecked) {
   const std::string gen = "generate --pool " + uri_ + " --model tiny --prompt-tokens 1,2,3 ";
-  const std::string wrk = "worker --pool " + uri_ + " --model tiny --requests /dev/null --out /dev/null ";
+  const std::string wrk =
+      "worker --pool " + uri_ + " --model tiny --requests /dev/null --out /dev/null ";
   const std::string synth = "synth --out " + (dir_.path() / "s.gguf").string() + " ";
   const std::string eval = "eval --model " + gguf_.string() + " --tokens 1,2 --logits-out " +
                            (dir_.path() / "l.bin").string() + " ";
@@ -292,11 +309,13 @@ TEST_F(CliWithModel, EveryNumericOptionIsRangeChecked) {
   EXPECT_FALSE(backend_exists(fresh));
 
   // The same options in range are accepted: the checks refuse only what is out of range.
-  auto r = run(gen + "-n 2 --lookahead 0 --temperature 0.5 --top-p 0.9 --top-k 5 --seed 7 --threads 2 "
-                     "--prefetch-threads 1 --cache 64K --json");
+  auto r = run(gen +
+               "-n 2 --lookahead 0 --temperature 0.5 --top-p 0.9 --top-k 5 --seed 7 --threads 2 "
+               "--prefetch-threads 1 --cache 64K --json");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"].size(), 2u);
-  r = run(synth + "--dim 64 --layers 1 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --context 16 --seed 3");
+  r = run(synth +
+          "--dim 64 --layers 1 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --context 16 --seed 3");
   EXPECT_EQ(r.status, 0) << r.out;
   r = run(eval + "--threads 2");
   EXPECT_EQ(r.status, 0) << r.out;
@@ -312,10 +331,12 @@ std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
 
 TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
   const std::string good_a = R"({"id": "a", "prompt": [1, 2, 3], "max_new_tokens": 5})";
-  const std::string good_b = R"({"id": "b", "prompt": [9, 4], "max_new_tokens": 3, "temperature": 0.7, "seed": 3})";
+  const std::string good_b =
+      R"({"id": "b", "prompt": [9, 4], "max_new_tokens": 3, "temperature": 0.7, "seed": 3})";
   const auto alone = dir_.path() / "alone.jsonl", alone_out = dir_.path() / "alone.out.jsonl";
   std::ofstream(alone) << good_a << "\n" << good_b << "\n";
-  auto r = run("worker --pool " + uri_ + " --model tiny --requests " + alone.string() + " --out " + alone_out.string());
+  auto r = run("worker --pool " + uri_ + " --model tiny --requests " + alone.string() + " --out " +
+               alone_out.string());
   ASSERT_EQ(r.status, 0) << r.out;
   const auto want = read_jsonl(alone_out);
   ASSERT_EQ(want.size(), 2u);
@@ -323,7 +344,8 @@ TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
   // Each bad request and the id its error result carries (empty: none could be read, so the
   // line number stands in, as it does for a good request without one).
   const std::vector<std::pair<std::string, std::string>> bad = {
-      {R"({"id": "oov", "prompt": [1, 200], "max_new_tokens": 2})", "oov"},  // token outside the vocabulary
+      {R"({"id": "oov", "prompt": [1, 200], "max_new_tokens": 2})",
+       "oov"},  // token outside the vocabulary
       {R"({"id": "neg", "prompt": [1], "max_new_tokens": -1})", "neg"},
       {R"({"id": 17, "prompt": [-4]})", "17"},
       {R"({"id": "noprompt", "max_new_tokens": 2})", "noprompt"},
@@ -339,7 +361,8 @@ TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
     for (const auto& b : bad) f << b.first << "\n";
     f << good_b << "\n";
   }
-  r = run("worker --pool " + uri_ + " --model tiny --requests " + mixed.string() + " --out " + mixed_out.string());
+  r = run("worker --pool " + uri_ + " --model tiny --requests " + mixed.string() + " --out " +
+          mixed_out.string());
   EXPECT_TRUE(one_error_line(r, "8 of 10 requests failed")) << r.out;
   const auto got = read_jsonl(mixed_out);
   ASSERT_EQ(got.size(), bad.size() + 2) << r.out;
@@ -367,7 +390,8 @@ class Demo : public ::testing::Test {
  protected:
   void SetUp() override {
     gguf_ = dir_.path() / "tiny.gguf";
-    auto r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " + gguf_.string());
+    auto r = run("synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 --vocab 128 --out " +
+                 gguf_.string());
     ASSERT_EQ(r.status, 0) << r.out;
   }
   Result demo(const std::string& args) {
@@ -382,13 +406,15 @@ class Demo : public ::testing::Test {
 TEST_F(Demo, ServesAndRemovesItsPool) {
   auto r = demo("--workers 2 --tokens 2 --cache-fraction 0.5");
   EXPECT_EQ(r.status, 0) << r.out;
-  EXPECT_NE(r.out.find("outputs: every worker generated the same tokens"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("outputs: every worker generated the same tokens"), std::string::npos)
+      << r.out;
   // Measured while the workers are attached: the shared pool is in their PSS, once.
   const auto at = r.out.find("MiB of it the shared pool");
   ASSERT_NE(at, std::string::npos) << r.out;
   const auto open = r.out.rfind('(', at);
   ASSERT_NE(open, std::string::npos) << r.out;
-  EXPECT_GT(std::stod(r.out.substr(open + 1)), 0.5) << "the workers were measured after they detached: " << r.out;
+  EXPECT_GT(std::stod(r.out.substr(open + 1)), 0.5)
+      << "the workers were measured after they detached: " << r.out;
   EXPECT_FALSE(backend_exists(uri_));
 }
 
@@ -399,16 +425,19 @@ TEST_F(Demo, AFailedWorkerIsOneErrorNoTableAndNoPoolLeft) {
   const auto at = r.out.find("xlshare: error: worker ");
   ASSERT_NE(at, std::string::npos) << r.out;
   EXPECT_NE(r.out.find("cache", at), std::string::npos) << "the error says why: " << r.out;
-  EXPECT_EQ(r.out.find("xlshare: error:", at + 1), std::string::npos) << "more than one error line: " << r.out;
+  EXPECT_EQ(r.out.find("xlshare: error:", at + 1), std::string::npos)
+      << "more than one error line: " << r.out;
   for (const char* claim : {"latency ms", "memory:", "memory_efficiency", "outputs:"}) {
-    EXPECT_EQ(r.out.find(claim), std::string::npos) << claim << " printed for failed workers: " << r.out;
+    EXPECT_EQ(r.out.find(claim), std::string::npos)
+        << claim << " printed for failed workers: " << r.out;
   }
   EXPECT_FALSE(backend_exists(uri_)) << "the demo left its pool behind";
 }
 
 TEST_F(Demo, RefusesBadOptionsAndAPoolThatExists) {
-  for (const std::string args : {"--tokens 0", "--tokens -1", "--lookahead -1", "--workers 0", "--workers 17",
-                                  "--cache-fraction nan", "--cache-fraction -0.5", "--cache-fraction 2"}) {
+  for (const std::string args :
+       {"--tokens 0", "--tokens -1", "--lookahead -1", "--workers 0", "--workers 17",
+        "--cache-fraction nan", "--cache-fraction -0.5", "--cache-fraction 2"}) {
     auto r = demo(args);
     EXPECT_NE(r.status, 0) << args << ": " << r.out;
     EXPECT_EQ(r.out.rfind("xlshare: error: ", 0), 0u) << args << ": " << r.out;

@@ -31,7 +31,7 @@ CLI::Validator size_in(std::uint64_t lo, std::uint64_t hi);
 
 /// One non-blank line of a worker's requests: a request, or why it is not one.
 struct RequestLine {
-  std::size_t line = 0;     ///< 1-based line number in the file
+  std::size_t line = 0;      ///< 1-based line number in the file
   InferenceRequest request;  ///< request.id is always set (the line number when the line has none)
   std::string error;         ///< empty: `request` is valid
 };

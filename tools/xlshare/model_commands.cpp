@@ -33,12 +33,19 @@ std::uint64_t parse_bytes(const std::string& text) {
   }
   const std::string unit = text.substr(used);
   std::uint64_t m = 1;
-  if (unit.empty() || unit == "B") m = 1;
-  else if (unit == "K" || unit == "KiB") m = 1ull << 10;
-  else if (unit == "M" || unit == "MiB") m = 1ull << 20;
-  else if (unit == "G" || unit == "GiB") m = 1ull << 30;
-  else if (unit == "T" || unit == "TiB") m = 1ull << 40;
-  else throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G, T)", text, unit));
+  if (unit.empty() || unit == "B")
+    m = 1;
+  else if (unit == "K" || unit == "KiB")
+    m = 1ull << 10;
+  else if (unit == "M" || unit == "MiB")
+    m = 1ull << 20;
+  else if (unit == "G" || unit == "GiB")
+    m = 1ull << 30;
+  else if (unit == "T" || unit == "TiB")
+    m = 1ull << 40;
+  else
+    throw ConfigError(
+        fmt::format("size '{}' has an unknown unit '{}' (use K, M, G, T)", text, unit));
   if (v > UINT64_MAX / m) throw ConfigError(fmt::format("size '{}' is too large", text));
   return v * m;
 }
@@ -58,7 +65,8 @@ std::vector<std::int32_t> parse_tokens(const std::string& text) {
     } catch (const std::exception&) {
       throw ConfigError(fmt::format("token '{}' is not an integer", item));
     }
-    if (used != item.size() || v < 0 || v > INT32_MAX) throw ConfigError(fmt::format("token '{}' is not a token id", item));
+    if (used != item.size() || v < 0 || v > INT32_MAX)
+      throw ConfigError(fmt::format("token '{}' is not a token id", item));
     out.push_back(static_cast<std::int32_t>(v));
   }
   if (out.empty()) throw ConfigError("no tokens given");
@@ -82,7 +90,8 @@ CLI::Validator size_in(std::uint64_t lo, std::uint64_t hi) {
         } catch (const ConfigError&) {
           return fmt::format("'{}' is not a size (examples: 4096, 64K, 64M, 2G, 1T)", text);
         }
-        if (v < lo || v > hi) return fmt::format("'{}' is not a size in {}..{} bytes", text, lo, hi);
+        if (v < lo || v > hi)
+          return fmt::format("'{}' is not a size in {}..{} bytes", text, lo, hi);
         return {};
       },
       "SIZE");
@@ -95,8 +104,9 @@ namespace {
 // after one pass, so more than a model's layers is never needed.
 constexpr std::uint64_t kMaxThreads = 256;
 constexpr std::uint64_t kMaxLookahead = 1024;
-constexpr std::uint64_t kMaxNewTokens = 1u << 20;  // generate -n and a worker request's max_new_tokens
-constexpr double kMaxTemperature = 100.0;           // far past any useful setting (1: the model's own odds)
+constexpr std::uint64_t kMaxNewTokens = 1u
+                                        << 20;  // generate -n and a worker request's max_new_tokens
+constexpr double kMaxTemperature = 100.0;  // far past any useful setting (1: the model's own odds)
 constexpr std::uint64_t kMaxCacheBytes = 1ull << 40;
 
 // Options every serving command shares.
@@ -116,27 +126,38 @@ struct EngineArgs {
   void add(CLI::App* app, bool pool_required) {
     auto* p = app->add_option("--pool", pool, "pool URI (shm://NAME, file:///PATH, ...)");
     if (pool_required) p->required();
-    app->add_option("--placement", placement,
-                    "copy: a near cache filled over the link (a GPU's HBM); in-place: compute from the pool "
-                    "mapping, paced on the link, --cache being the hot set (default: in-place wherever the CPU can "
-                    "load from the pool, which is every backend but a remote one)")
+    app->add_option(
+           "--placement", placement,
+           "copy: a near cache filled over the link (a GPU's HBM); in-place: compute from the pool "
+           "mapping, paced on the link, --cache being the hot set (default: in-place wherever the "
+           "CPU can "
+           "load from the pool, which is every backend but a remote one)")
         ->check(CLI::IsMember({"copy", "in-place", "in_place"}));
     app->add_option("--scrub-rate", scrub_rate,
-                    "bytes per second the background Scrubber re-verifies of weights read in place, e.g. 256M; 0: off")
+                    "bytes per second the background Scrubber re-verifies of weights read in "
+                    "place, e.g. 256M; 0: off")
         ->capture_default_str()
         ->check(size_in(0, kMaxCacheBytes));
-    app->add_option("--cache", cache, "near cache per worker, e.g. 64M; 0: no cache (in-place: the hot set)")
+    app->add_option("--cache", cache,
+                    "near cache per worker, e.g. 64M; 0: no cache (in-place: the hot set)")
         ->capture_default_str()
         ->check(size_in(0, kMaxCacheBytes));
-    app->add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")->capture_default_str();
-    app->add_option("--policy", policy, "eviction policy: fixed (a fixed set stays, the rest streams), lru, fifo, schedule")->capture_default_str();
+    app->add_option("--preset", preset, "emulated link: none, cxl-x8, cxl-x16, cxl-switched")
+        ->capture_default_str();
+    app->add_option(
+           "--policy", policy,
+           "eviction policy: fixed (a fixed set stays, the rest streams), lru, fifo, schedule")
+        ->capture_default_str();
     app->add_option("--lookahead", lookahead,
-                    "steps ahead: prefetched (copy, default 2) or whose link time is reserved (in-place, default 4)")
+                    "steps ahead: prefetched (copy, default 2) or whose link time is reserved "
+                    "(in-place, default 4)")
         ->check(integer_in(0, kMaxLookahead));
     app->add_option("--prefetch-threads", prefetch_threads, "transfer threads")
         ->capture_default_str()
         ->check(integer_in(1, kMaxThreads));
-    app->add_option("--threads", threads, "compute threads")->capture_default_str()->check(integer_in(1, kMaxThreads));
+    app->add_option("--threads", threads, "compute threads")
+        ->capture_default_str()
+        ->check(integer_in(1, kMaxThreads));
     app->add_flag("--no-verify", no_verify, "skip checksum verification of transfers");
     app->add_option("--replica", replica, "replica pool URI for failover");
   }
@@ -163,8 +184,10 @@ LoadProgress progress_bar() {
   return [](std::uint64_t done, std::uint64_t total, const std::string& tensor) {
     const int width = 40;
     const int filled = total ? static_cast<int>(width * done / total) : width;
-    fmt::print(stderr, "\r[{}{}] {:5.1f}% {:<40.40}", std::string(static_cast<std::size_t>(filled), '#'),
-               std::string(static_cast<std::size_t>(width - filled), ' '), total ? 100.0 * done / total : 100.0, tensor);
+    fmt::print(stderr, "\r[{}{}] {:5.1f}% {:<40.40}",
+               std::string(static_cast<std::size_t>(filled), '#'),
+               std::string(static_cast<std::size_t>(width - filled), ' '),
+               total ? 100.0 * done / total : 100.0, tensor);
     if (done == total) fmt::print(stderr, "\n");
   };
 }
@@ -173,7 +196,8 @@ std::string default_name(const std::filesystem::path& p) {
   std::string stem = (std::filesystem::is_directory(p) ? p.filename() : p.stem()).string();
   std::string out;
   for (char ch : stem) {
-    const bool ok = std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
+    const bool ok =
+        std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
     out += ok ? ch : '_';
   }
   if (out.empty() || out[0] == '.') out = "model" + out;
@@ -190,11 +214,14 @@ void add_model_commands(CLI::App& app) {
       bool json = false;
     };
     auto a = std::make_shared<Args>();
-    CLI::App* cmd = app.add_subcommand("load", "load a GGUF file or Hugging Face directory into a pool (once)");
-    cmd->add_option("model", a->model, "GGUF file, .safetensors file, or Hugging Face directory")->required();
+    CLI::App* cmd =
+        app.add_subcommand("load", "load a GGUF file or Hugging Face directory into a pool (once)");
+    cmd->add_option("model", a->model, "GGUF file, .safetensors file, or Hugging Face directory")
+        ->required();
     cmd->add_option("--pool", a->pool, "pool URI; created if absent")->required();
     cmd->add_option("--name", a->name, "model name in the pool (default: the file's stem)");
-    cmd->add_option("--pool-size", a->pool_size, "size of a new pool, e.g. 2G (default: the model's size)")
+    cmd->add_option("--pool-size", a->pool_size,
+                    "size of a new pool, e.g. 2G (default: the model's size)")
         ->check(size_in(1, UINT64_MAX));
     cmd->add_flag("--json", a->json, "print the pool's stats as JSON");
     cmd->callback([a] {
@@ -205,7 +232,8 @@ void add_model_commands(CLI::App& app) {
       const std::string name = a->name.empty() ? default_name(a->model) : a->name;
       const bool loaded = engine.register_model(a->model, name, progress_bar());
       if (a->json) {
-        fmt::print("{}\n", nlohmann::json{{"model", name}, {"loaded", loaded}, {"pool", a->pool}}.dump());
+        fmt::print("{}\n",
+                   nlohmann::json{{"model", name}, {"loaded", loaded}, {"pool", a->pool}}.dump());
       } else {
         fmt::print("{} {} in {}\n", loaded ? "loaded" : "already present:", name, a->pool);
       }
@@ -214,33 +242,55 @@ void add_model_commands(CLI::App& app) {
   // synth
   {
     struct Args {
-      std::uint32_t dim = 256, layers = 4, heads = 8, kv_heads = 4, ffn = 688, vocab = 1024, context = 2048;
+      std::uint32_t dim = 256, layers = 4, heads = 8, kv_heads = 4, ffn = 688, vocab = 1024,
+                    context = 2048;
       std::string dtype = "f32", out;
       std::uint64_t seed = 1;
       std::size_t shards = 1;
     };
     auto a = std::make_shared<Args>();
-    CLI::App* cmd = app.add_subcommand("synth", "write a synthetic Llama model (seeded random weights)");
+    CLI::App* cmd =
+        app.add_subcommand("synth", "write a synthetic Llama model (seeded random weights)");
     // The ranges LlamaConfig::validate accepts, refused here before any memory is spent.
-    cmd->add_option("--dim", a->dim, "hidden size")->capture_default_str()->check(integer_in(1, 1u << 16));
-    cmd->add_option("--layers", a->layers, "blocks")->capture_default_str()->check(integer_in(1, 1024));
-    cmd->add_option("--heads", a->heads, "attention heads")->capture_default_str()->check(integer_in(1, 1024));
+    cmd->add_option("--dim", a->dim, "hidden size")
+        ->capture_default_str()
+        ->check(integer_in(1, 1u << 16));
+    cmd->add_option("--layers", a->layers, "blocks")
+        ->capture_default_str()
+        ->check(integer_in(1, 1024));
+    cmd->add_option("--heads", a->heads, "attention heads")
+        ->capture_default_str()
+        ->check(integer_in(1, 1024));
     cmd->add_option("--kv-heads", a->kv_heads, "key/value heads (divides --heads)")
         ->capture_default_str()
         ->check(integer_in(1, 1024));
-    cmd->add_option("--ffn", a->ffn, "feed-forward size")->capture_default_str()->check(integer_in(1, 1u << 18));
-    cmd->add_option("--vocab", a->vocab, "vocabulary size")->capture_default_str()->check(integer_in(1, 1u << 22));
-    cmd->add_option("--context", a->context, "context length")->capture_default_str()->check(integer_in(1, 1u << 20));
-    cmd->add_option("--dtype", a->dtype, "matrices as f32, f16, bf16 or q8_0 (GGUF only)")->capture_default_str();
-    cmd->add_option("--seed", a->seed, "random seed")->capture_default_str()->check(integer_in(0, UINT64_MAX));
-    cmd->add_option("--shards", a->shards, "safetensors shards")->capture_default_str()->check(integer_in(1, 1024));
-    cmd->add_option("--out", a->out, "FILE.gguf, or a directory for safetensors + config.json")->required();
+    cmd->add_option("--ffn", a->ffn, "feed-forward size")
+        ->capture_default_str()
+        ->check(integer_in(1, 1u << 18));
+    cmd->add_option("--vocab", a->vocab, "vocabulary size")
+        ->capture_default_str()
+        ->check(integer_in(1, 1u << 22));
+    cmd->add_option("--context", a->context, "context length")
+        ->capture_default_str()
+        ->check(integer_in(1, 1u << 20));
+    cmd->add_option("--dtype", a->dtype, "matrices as f32, f16, bf16 or q8_0 (GGUF only)")
+        ->capture_default_str();
+    cmd->add_option("--seed", a->seed, "random seed")
+        ->capture_default_str()
+        ->check(integer_in(0, UINT64_MAX));
+    cmd->add_option("--shards", a->shards, "safetensors shards")
+        ->capture_default_str()
+        ->check(integer_in(1, 1024));
+    cmd->add_option("--out", a->out, "FILE.gguf, or a directory for safetensors + config.json")
+        ->required();
     cmd->callback([a] {
       if (a->dim % a->heads != 0) {
-        throw ConfigError(fmt::format("--dim {} is not a multiple of --heads {}", a->dim, a->heads));
+        throw ConfigError(
+            fmt::format("--dim {} is not a multiple of --heads {}", a->dim, a->heads));
       }
       if (a->heads % a->kv_heads != 0) {
-        throw ConfigError(fmt::format("--kv-heads {} does not divide --heads {}", a->kv_heads, a->heads));
+        throw ConfigError(
+            fmt::format("--kv-heads {} does not divide --heads {}", a->kv_heads, a->heads));
       }
       const DType dtype = parse_dtype_arg(a->dtype);
       LlamaConfig c;  // as create_sample_transformer_model makes it, with --context honoured
@@ -277,16 +327,24 @@ void add_model_commands(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("generate", "generate tokens from a model in a pool");
     a->engine.add(cmd, true);
     cmd->add_option("--model", a->model, "model name in the pool")->required();
-    cmd->add_option("--prompt-tokens", a->prompt, "comma-separated token ids, e.g. 1,2,3")->required();
-    cmd->add_option("-n", a->n, "tokens to generate")->capture_default_str()->check(integer_in(0, kMaxNewTokens));
+    cmd->add_option("--prompt-tokens", a->prompt, "comma-separated token ids, e.g. 1,2,3")
+        ->required();
+    cmd->add_option("-n", a->n, "tokens to generate")
+        ->capture_default_str()
+        ->check(integer_in(0, kMaxNewTokens));
     cmd->add_option("--temperature", a->temperature, "0: greedy")
         ->capture_default_str()
         ->check(real_in(0, kMaxTemperature));
-    cmd->add_option("--top-k", a->top_k, "0: all")->capture_default_str()->check(integer_in(0, UINT32_MAX));
-    cmd->add_option("--top-p", a->top_p, "nucleus sampling: keep the most likely tokens up to this probability")
+    cmd->add_option("--top-k", a->top_k, "0: all")
+        ->capture_default_str()
+        ->check(integer_in(0, UINT32_MAX));
+    cmd->add_option("--top-p", a->top_p,
+                    "nucleus sampling: keep the most likely tokens up to this probability")
         ->capture_default_str()
         ->check(real_in(0, 1));
-    cmd->add_option("--seed", a->seed, "sampling seed")->capture_default_str()->check(integer_in(0, UINT64_MAX));
+    cmd->add_option("--seed", a->seed, "sampling seed")
+        ->capture_default_str()
+        ->check(integer_in(0, UINT64_MAX));
     cmd->add_flag("--json", a->json, "print JSON");
     cmd->callback([a] {
       InferenceEngine engine(a->engine.config());
@@ -298,16 +356,22 @@ void add_model_commands(CLI::App& app) {
       r.sampling = {a->temperature, a->top_k, a->top_p, a->seed};
       const auto res = engine.inference(r);
       if (a->json) {
-        fmt::print("{}\n", nlohmann::json{{"tokens", res.output_tokens}, {"latency_ms", res.latency_ms},
-                                          {"ready_rate", res.ready_rate}, {"reuse_rate", res.reuse_rate},
-                                          {"stall_ms", res.stall_ms}, {"link_bytes", res.link_bytes}}
+        fmt::print("{}\n", nlohmann::json{{"tokens", res.output_tokens},
+                                          {"latency_ms", res.latency_ms},
+                                          {"ready_rate", res.ready_rate},
+                                          {"reuse_rate", res.reuse_rate},
+                                          {"stall_ms", res.stall_ms},
+                                          {"link_bytes", res.link_bytes}}
                                .dump());
       } else {
         std::string toks;
         for (auto t : res.output_tokens) toks += fmt::format("{}{}", toks.empty() ? "" : ",", t);
         fmt::print("{}\n", toks);
-        fmt::print(stderr, "latency {:.1f} ms, ready {:.2f}, reuse {:.2f}, stall {:.1f} ms, link {:.1f} MiB\n",
-                   res.latency_ms, res.ready_rate, res.reuse_rate, res.stall_ms, res.link_bytes / 1048576.0);
+        fmt::print(
+            stderr,
+            "latency {:.1f} ms, ready {:.2f}, reuse {:.2f}, stall {:.1f} ms, link {:.1f} MiB\n",
+            res.latency_ms, res.ready_rate, res.reuse_rate, res.stall_ms,
+            res.link_bytes / 1048576.0);
       }
     });
   }
@@ -319,9 +383,13 @@ void add_model_commands(CLI::App& app) {
     };
     auto a = std::make_shared<Args>();
     CLI::App* cmd = app.add_subcommand("eval", "write the float32 logits of every position");
-    cmd->add_option("--model", a->model, "GGUF file, Hugging Face directory, or a model name in --pool")->required();
+    cmd->add_option("--model", a->model,
+                    "GGUF file, Hugging Face directory, or a model name in --pool")
+        ->required();
     cmd->add_option("--tokens", a->tokens, "comma-separated token ids")->required();
-    cmd->add_option("--logits-out", a->out, "output: n_tokens x n_vocab float32, little-endian, row-major")->required();
+    cmd->add_option("--logits-out", a->out,
+                    "output: n_tokens x n_vocab float32, little-endian, row-major")
+        ->required();
     cmd->add_option("--pool", a->pool, "read the model from this pool instead of a file");
     cmd->add_option("--threads", a->threads, "compute threads")
         ->capture_default_str()
@@ -356,7 +424,8 @@ void add_model_commands(CLI::App& app) {
         run(model, w);
       }
       std::ofstream out(a->out, std::ios::binary | std::ios::trunc);
-      out.write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * 4));
+      out.write(reinterpret_cast<const char*>(logits.data()),
+                static_cast<std::streamsize>(logits.size() * 4));
       if (!out) throw BackendError(fmt::format("{}: write failed", a->out));
       fmt::print("wrote {} x {} logits to {}\n", tokens.size(), vocab, a->out);
     });
@@ -368,15 +437,18 @@ void add_model_commands(CLI::App& app) {
       std::string model, requests, out;
     };
     auto a = std::make_shared<Args>();
-    CLI::App* cmd = app.add_subcommand("worker", "serve requests from a JSONL file as one worker process");
+    CLI::App* cmd =
+        app.add_subcommand("worker", "serve requests from a JSONL file as one worker process");
     a->engine.add(cmd, true);
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option("--requests", a->requests,
-                    "JSONL: {\"id\": ..., \"prompt\": [ids], \"max_new_tokens\": N, \"temperature\": T, \"top_k\": K, "
+                    "JSONL: {\"id\": ..., \"prompt\": [ids], \"max_new_tokens\": N, "
+                    "\"temperature\": T, \"top_k\": K, "
                     "\"top_p\": P, \"seed\": S}")
         ->required();
     cmd->add_option("--out", a->out,
-                    "JSONL results, one per request, in order; a bad request gets {\"id\", \"line\", \"error\"} "
+                    "JSONL results, one per request, in order; a bad request gets {\"id\", "
+                    "\"line\", \"error\"} "
                     "and the rest are still served")
         ->required();
     cmd->callback([a] {
@@ -390,14 +462,16 @@ void add_model_commands(CLI::App& app) {
       std::ofstream out(a->out, std::ios::trunc);
       if (!out) throw BackendError(fmt::format("{}: cannot create", a->out));
       const auto error_result = [&](const RequestLine& l) {
-        return nlohmann::json{{"id", l.request.id}, {"line", l.line}, {"error", l.error}, {"pid", ::getpid()}};
+        return nlohmann::json{
+            {"id", l.request.id}, {"line", l.line}, {"error", l.error}, {"pid", ::getpid()}};
       };
       std::size_t served = 0, failed = 0;
       for (auto& l : lines) {
         if (l.error.empty()) {
           for (const auto t : l.request.prompt) {
             if (static_cast<std::uint32_t>(t) >= vocab) {
-              l.error = fmt::format("prompt token {} is outside the vocabulary (0..{})", t, vocab - 1);
+              l.error =
+                  fmt::format("prompt token {} is outside the vocabulary (0..{})", t, vocab - 1);
               break;
             }
           }
@@ -405,17 +479,22 @@ void add_model_commands(CLI::App& app) {
         if (l.error.empty()) {
           try {
             const auto res = engine.inference(l.request);
-            out << nlohmann::json{{"id", res.id},           {"line", l.line},
-                                  {"tokens", res.output_tokens}, {"latency_ms", res.latency_ms},
-                                  {"ready_rate", res.ready_rate}, {"reuse_rate", res.reuse_rate},
-                                  {"stall_ms", res.stall_ms},     {"link_bytes", res.link_bytes},
+            out << nlohmann::json{{"id", res.id},
+                                  {"line", l.line},
+                                  {"tokens", res.output_tokens},
+                                  {"latency_ms", res.latency_ms},
+                                  {"ready_rate", res.ready_rate},
+                                  {"reuse_rate", res.reuse_rate},
+                                  {"stall_ms", res.stall_ms},
+                                  {"link_bytes", res.link_bytes},
                                   {"pid", ::getpid()}}
                        .dump()
                 << "\n";
             ++served;
             continue;
           } catch (const ConfigError& e) {
-            l.error = e.what();  // this request is impossible (too long for the context, ...); the next may not be
+            l.error = e.what();  // this request is impossible (too long for the context, ...); the
+                                 // next may not be
           } catch (const std::exception& e) {
             // The pool, the link or the cache failed: later requests would fail the same way.
             l.error = e.what();
@@ -430,8 +509,9 @@ void add_model_commands(CLI::App& app) {
       out.flush();
       if (!out) throw BackendError(fmt::format("{}: write failed", a->out));
       if (failed > 0) {
-        throw ConfigError(fmt::format("worker {}: {} of {} requests failed ({} served; errors in {})", ::getpid(),
-                                      failed, served + failed, served, a->out));
+        throw ConfigError(
+            fmt::format("worker {}: {} of {} requests failed ({} served; errors in {})", ::getpid(),
+                        failed, served + failed, served, a->out));
       }
       fmt::print(stderr, "worker {}: {} requests served\n", ::getpid(), served);
     });
@@ -455,10 +535,11 @@ void add_model_commands(CLI::App& app) {
         fmt::print("{}\n", j.dump(2));
         return;
       }
-      fmt::print("pool {}: {} models, {:.1f} of {:.1f} MiB used, {} attached\n", s.uri, s.models_sealed,
-                 s.extents.bytes_used / 1048576.0, s.data_bytes / 1048576.0, s.attached_processes);
-      fmt::print("link: {:.1f} MiB in {} transfers, {} faults\n", s.link_bytes / 1048576.0, s.link_transfers,
-                 s.link_faults);
+      fmt::print("pool {}: {} models, {:.1f} of {:.1f} MiB used, {} attached\n", s.uri,
+                 s.models_sealed, s.extents.bytes_used / 1048576.0, s.data_bytes / 1048576.0,
+                 s.attached_processes);
+      fmt::print("link: {:.1f} MiB in {} transfers, {} faults\n", s.link_bytes / 1048576.0,
+                 s.link_transfers, s.link_faults);
       for (const auto& n : pool->model_names()) fmt::print("  {}\n", n);
     });
   }
@@ -484,7 +565,8 @@ std::vector<RequestLine> parse_request_lines(std::istream& in) {
         // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." less its tag.
         const std::string what = e.what();
         const auto tag_end = what.find("] ");
-        l.error = "not valid JSON: " + (tag_end == std::string::npos ? what : what.substr(tag_end + 2));
+        l.error =
+            "not valid JSON: " + (tag_end == std::string::npos ? what : what.substr(tag_end + 2));
         return;
       }
       if (!j.is_object()) {
@@ -492,7 +574,8 @@ std::vector<RequestLine> parse_request_lines(std::istream& in) {
         return;
       }
       InferenceRequest& r = l.request;
-      if (j.contains("id")) r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+      if (j.contains("id"))
+        r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
       if (!j.contains("prompt") || !j["prompt"].is_array() || j["prompt"].empty()) {
         l.error = "\"prompt\" must be a non-empty array of token ids";
         return;
@@ -502,14 +585,16 @@ std::vector<RequestLine> parse_request_lines(std::istream& in) {
         return;
       }
       for (const auto& t : j["prompt"]) {
-        if (!t.is_number_integer() || t.get<std::int64_t>() < 0 || t.get<std::int64_t>() > INT32_MAX) {
+        if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
+            t.get<std::int64_t>() > INT32_MAX) {
           l.error = "a prompt token is not a token id";
           return;
         }
         r.prompt.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
       }
       if (j.contains("max_new_tokens")) {
-        if (!j["max_new_tokens"].is_number_unsigned() || j["max_new_tokens"].get<std::uint64_t>() > kMaxNewTokens) {
+        if (!j["max_new_tokens"].is_number_unsigned() ||
+            j["max_new_tokens"].get<std::uint64_t>() > kMaxNewTokens) {
           l.error = fmt::format("\"max_new_tokens\" must be an integer in 0..{}", kMaxNewTokens);
           return;
         }
@@ -519,7 +604,8 @@ std::vector<RequestLine> parse_request_lines(std::istream& in) {
       const auto real = [&](const char* key, double hi, float& to) {
         if (!j.contains(key)) return true;
         const auto& v = j[key];
-        if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0 || v.get<double>() > hi) {
+        if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0 ||
+            v.get<double>() > hi) {
           l.error = fmt::format("\"{}\" must be a number in 0..{}", key, hi);
           return false;
         }

@@ -15,7 +15,8 @@ CLI::Validator integer_in(std::uint64_t lo, std::uint64_t hi) {
       [lo, hi](std::string& text) -> std::string {
         const auto digit = [](char c) { return c >= '0' && c <= '9'; };
         unsigned long long v = 0;
-        bool ok = !text.empty() && text.size() <= 20 && std::all_of(text.begin(), text.end(), digit);
+        bool ok =
+            !text.empty() && text.size() <= 20 && std::all_of(text.begin(), text.end(), digit);
         if (ok) {
           errno = 0;
           v = std::strtoull(text.c_str(), nullptr, 10);
@@ -35,8 +36,8 @@ CLI::Validator real_in(double lo, double hi) {
         errno = 0;
         const double v = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
         // !(v >= lo) also refuses NaN, which compares false with everything.
-        if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !std::isfinite(v) || !(v >= lo) ||
-            !(v <= hi)) {
+        if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !std::isfinite(v) ||
+            !(v >= lo) || !(v <= hi)) {
           return fmt::format("'{}' is not a number in {}..{}", text, lo, hi);
         }
         return {};

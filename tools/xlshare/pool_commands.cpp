@@ -56,9 +56,13 @@ void pool_info(const PoolArgs& a) {
     auto j = nlohmann::json::parse(s.to_json());
     j["models"] = nlohmann::json::array();
     for (const auto& m : models) {
-      j["models"].push_back({{"name", m.name}, {"state", m.state}, {"tensors", m.tensor_count},
-                             {"bytes", m.bytes}, {"owner_pid", m.owner_pid},
-                             {"owner_alive", m.owner_alive}, {"problem", m.problem}});
+      j["models"].push_back({{"name", m.name},
+                             {"state", m.state},
+                             {"tensors", m.tensor_count},
+                             {"bytes", m.bytes},
+                             {"owner_pid", m.owner_pid},
+                             {"owner_alive", m.owner_alive},
+                             {"problem", m.problem}});
     }
     fmt::print("{}\n", j.dump(2));
     return;
@@ -71,19 +75,21 @@ void pool_info(const PoolArgs& a) {
   fmt::print("  attached    {} process(es) (this one included)\n", s.attached_processes);
   if (s.page_bytes != 0) {
     fmt::print("  mapping     {} pages{}\n", human(s.page_bytes),
-               s.huge_mapped_bytes ? fmt::format(", {} of it mapped with huge pages", human(s.huge_mapped_bytes))
-                                   : std::string(", no huge pages mapped"));
+               s.huge_mapped_bytes
+                   ? fmt::format(", {} of it mapped with huge pages", human(s.huge_mapped_bytes))
+                   : std::string(", no huge pages mapped"));
   }
   fmt::print("  link        {} moved in {} transfers, {} faults\n", human(s.link_bytes),
              s.link_transfers, s.link_faults);
   fmt::print("  models      {} sealed, {} loading\n", s.models_sealed, s.models_loading);
   for (const auto& m : models) {
-    fmt::print("    {:<24} {:<8} {:>6} tensors {:>12}{}\n", m.name, m.state, m.tensor_count,
-               human(m.bytes),
-               m.state == "loading" || m.state == "fenced"
-                   ? fmt::format("  (loader pid {} {})", m.owner_pid, m.owner_alive ? "alive" : "dead")
-               : m.state == "corrupted" ? fmt::format("  ({}; `xlshare pool reclaim` drops it)", m.problem)
-                                        : "");
+    fmt::print(
+        "    {:<24} {:<8} {:>6} tensors {:>12}{}\n", m.name, m.state, m.tensor_count,
+        human(m.bytes),
+        m.state == "loading" || m.state == "fenced"
+            ? fmt::format("  (loader pid {} {})", m.owner_pid, m.owner_alive ? "alive" : "dead")
+        : m.state == "corrupted" ? fmt::format("  ({}; `xlshare pool reclaim` drops it)", m.problem)
+                                 : "");
   }
 }
 
@@ -93,8 +99,9 @@ void pool_rm(const PoolArgs& a) {
     pool->remove_model(a.model, a.force);
     for (const auto& m : pool->list_models()) {
       if (m.name == a.model && m.state == "fenced") {
-        fmt::print("model {} of {} is fenced: its loader (pid {}) stops at its next write and frees it\n",
-                   a.model, a.uri, m.owner_pid);
+        fmt::print(
+            "model {} of {} is fenced: its loader (pid {}) stops at its next write and frees it\n",
+            a.model, a.uri, m.owner_pid);
         return;
       }
     }
@@ -119,7 +126,10 @@ void add_pool_commands(CLI::App& app) {
   pool->require_subcommand(1);
 
   CLI::App* create = pool->add_subcommand("create", "create an empty pool");
-  create->add_option("uri", args->uri, "shm://NAME, file:///PATH, dax:///dev/daxX.Y or numa://NODE/NAME")->required();
+  create
+      ->add_option("uri", args->uri,
+                   "shm://NAME, file:///PATH, dax:///dev/daxX.Y or numa://NODE/NAME")
+      ->required();
   create->add_option("--size", args->size, "pool size, e.g. 512M, 4G")
       ->capture_default_str()
       ->check(size_in(1, UINT64_MAX));
@@ -127,7 +137,8 @@ void add_pool_commands(CLI::App& app) {
   create->add_option("--max-models", args->max_models, "models the catalog can hold (1..64)")
       ->capture_default_str()
       ->check(integer_in(1, 64));
-  create->add_option("--max-tensors", args->max_tensors, "tensors the catalog can hold (1..16777216)")
+  create
+      ->add_option("--max-tensors", args->max_tensors, "tensors the catalog can hold (1..16777216)")
       ->capture_default_str()
       ->check(integer_in(1, 1u << 24));
   create->add_flag("--json", args->json, "print the pool's stats as JSON");
@@ -141,14 +152,16 @@ void add_pool_commands(CLI::App& app) {
   CLI::App* rm = pool->add_subcommand("rm", "remove a pool, or one model from it");
   rm->add_option("uri", args->uri, "the pool's URI")->required();
   rm->add_option("--model", args->model, "remove only this model");
-  rm->add_flag("--force", args->force,
-               "remove even while other processes are attached. Unsafe with --model: processes still "
-               "reading that model keep reading its old space, and once a later load reuses the space they "
-               "read another model's bytes (wrong answers; silent under --no-verify). Without --model, "
-               "attached processes keep the old pool until they exit");
+  rm->add_flag(
+      "--force", args->force,
+      "remove even while other processes are attached. Unsafe with --model: processes still "
+      "reading that model keep reading its old space, and once a later load reuses the space they "
+      "read another model's bytes (wrong answers; silent under --no-verify). Without --model, "
+      "attached processes keep the old pool until they exit");
   rm->callback([args] { pool_rm(*args); });
 
-  CLI::App* reclaim = pool->add_subcommand("reclaim", "free models whose loader died before sealing");
+  CLI::App* reclaim =
+      pool->add_subcommand("reclaim", "free models whose loader died before sealing");
   reclaim->add_option("uri", args->uri, "the pool's URI")->required();
   reclaim->callback([args] { pool_reclaim(*args); });
 }

@@ -1,8 +1,8 @@
 // DeviceCache: one worker's near memory (its "HBM") — a byte budget of tensors.
 //
 // Its memory is one arena of the budget, allocated once from a LocalMemory and
-// sub-allocated first-fit. Entries are tensors by TensorKey, each absent, in flight (a transfer is filling its
-// buffer) or resident. In-flight and resident bytes together never exceed the budget.
+// sub-allocated first-fit. Entries are tensors by TensorKey, each absent, in flight (a transfer is
+// filling its buffer) or resident. In-flight and resident bytes together never exceed the budget.
 // Compute takes an RAII Lease with acquire(): the entry is pinned while the lease lives
 // and is never evicted while pinned. Transfers use begin_fetch() / complete_fetch(): a
 // prefetch never waits for room (it fails instead, or the EvictionPolicy refuses it); a
@@ -42,12 +42,12 @@ struct CacheStats {
   std::uint64_t budget_bytes = 0;
   std::uint64_t bytes_resident = 0;
   std::uint64_t bytes_in_flight = 0;
-  std::uint64_t peak_bytes = 0;          ///< highest resident + in flight seen
-  std::uint64_t acquires = 0;            ///< acquire() calls that returned a lease
-  std::uint64_t acquires_ready = 0;      ///< ... that found the entry resident (no wait)
-  std::uint64_t acquires_reused = 0;     ///< ... whose bytes were there from an earlier use
-  std::uint64_t acquires_waited = 0;     ///< ... that waited for an in-flight transfer
-  std::uint64_t acquires_missed = 0;     ///< acquire() on an absent entry (no lease)
+  std::uint64_t peak_bytes = 0;       ///< highest resident + in flight seen
+  std::uint64_t acquires = 0;         ///< acquire() calls that returned a lease
+  std::uint64_t acquires_ready = 0;   ///< ... that found the entry resident (no wait)
+  std::uint64_t acquires_reused = 0;  ///< ... whose bytes were there from an earlier use
+  std::uint64_t acquires_waited = 0;  ///< ... that waited for an in-flight transfer
+  std::uint64_t acquires_missed = 0;  ///< acquire() on an absent entry (no lease)
   std::uint64_t fetches_demand = 0;
   std::uint64_t fetches_prefetch = 0;
   std::uint64_t prefetches_refused = 0;  ///< no room (or the policy refused)
@@ -62,8 +62,7 @@ class DeviceCache {
  public:
   /// `key_bytes[k]` is the size of tensor k. @throws ConfigError for a zero budget.
   DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> key_bytes,
-              std::unique_ptr<EvictionPolicy> policy,
-              LocalMemory& memory = HostMemory::instance());
+              std::unique_ptr<EvictionPolicy> policy, LocalMemory& memory = HostMemory::instance());
   ~DeviceCache();
   DeviceCache(const DeviceCache&) = delete;
   DeviceCache& operator=(const DeviceCache&) = delete;

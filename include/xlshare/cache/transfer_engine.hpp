@@ -60,14 +60,14 @@ struct TransferStats {
   std::uint64_t requests_prefetch = 0;
   std::uint64_t completed = 0;
   std::uint64_t failed = 0;
-  std::uint64_t link_bytes = 0;     ///< bytes read over the link (re-reads included)
-  std::uint64_t busy_ns = 0;        ///< wall time with at least one transfer in progress
-  std::uint64_t transfer_ns = 0;    ///< request durations summed over threads
-  std::uint64_t retries = 0;        ///< transient errors retried
+  std::uint64_t link_bytes = 0;   ///< bytes read over the link (re-reads included)
+  std::uint64_t busy_ns = 0;      ///< wall time with at least one transfer in progress
+  std::uint64_t transfer_ns = 0;  ///< request durations summed over threads
+  std::uint64_t retries = 0;      ///< transient errors retried
   std::uint64_t checksum_mismatches = 0;
   std::uint64_t rereads = 0;
-  std::uint64_t failovers = 0;      ///< chunks or tensors served by the replica
-  std::uint64_t preemptions = 0;    ///< prefetches that yielded to a demand fetch
+  std::uint64_t failovers = 0;    ///< chunks or tensors served by the replica
+  std::uint64_t preemptions = 0;  ///< prefetches that yielded to a demand fetch
   /// link_bytes / busy_ns: the rate the link delivered while it was in use.
   double link_gbps() const noexcept {
     return busy_ns ? static_cast<double>(link_bytes) / static_cast<double>(busy_ns) : 0.0;

@@ -103,7 +103,7 @@ struct InferenceResult {
   double link_gbps = 0;          ///< link_bytes / time the link was busy for this request
   double overlap = 1;            ///< 1 - stall / link busy time
   double prefetch_accuracy = 0;  ///< prefetched bytes used / prefetched bytes (0: none)
-  unsigned worker = 0;  ///< which worker ran it
+  unsigned worker = 0;           ///< which worker ran it
 };
 
 struct WorkerReport {
@@ -111,8 +111,9 @@ struct WorkerReport {
   Figures figures;
   CacheStats cache;
   TransferStats transfers;
-  ScrubStats scrub;  ///< without a cache: verification of the mapped weights (shared by the workers)
-  std::string placement;            ///< "copy" or "in-place"
+  ScrubStats
+      scrub;  ///< without a cache: verification of the mapped weights (shared by the workers)
+  std::string placement;                   ///< "copy" or "in-place"
   std::uint64_t hot_set_bytes = 0;         ///< in-place: the HotSet's local copies so far
   std::uint64_t hot_set_target_bytes = 0;  ///< ... and when complete (built after the first token)
   std::uint64_t requests = 0;
@@ -129,9 +130,10 @@ struct EngineStats {
 
 /// The sample model of the seed: a Llama of the given shape with seeded random weights.
 SyntheticModel create_sample_transformer_model(std::uint32_t dim = 256, std::uint32_t n_layers = 4,
-                                               std::uint32_t n_heads = 8, std::uint32_t n_kv_heads = 4,
-                                               std::uint32_t ffn_dim = 688, std::uint32_t vocab = 1024,
-                                               std::uint64_t seed = 1);
+                                               std::uint32_t n_heads = 8,
+                                               std::uint32_t n_kv_heads = 4,
+                                               std::uint32_t ffn_dim = 688,
+                                               std::uint32_t vocab = 1024, std::uint64_t seed = 1);
 
 class InferenceEngine {
  public:
@@ -144,9 +146,11 @@ class InferenceEngine {
   /// Loads `file` into the pool as `name` (creating the pool when there is none). When the
   /// pool already holds a sealed model `name`, nothing is opened or read and false is
   /// returned. @throws FormatError, PoolError, OutOfMemory.
-  bool register_model(const std::filesystem::path& file, const std::string& name, const LoadProgress& progress = {});
+  bool register_model(const std::filesystem::path& file, const std::string& name,
+                      const LoadProgress& progress = {});
   /// Same, from a model in memory (matrices stored as `dtype`).
-  bool register_model(const SyntheticModel& model, const std::string& name, DType dtype = DType::kF32);
+  bool register_model(const SyntheticModel& model, const std::string& name,
+                      DType dtype = DType::kF32);
 
   /// Attaches to model `name` in the pool and starts the workers. Without a cache every
   /// weight is verified here (first use), and a tensor that fails is read from the replica

@@ -80,12 +80,15 @@ class VerifiedMapping {
   void ensure_verified(std::size_t index, std::uint64_t offset, std::uint64_t bytes);
   /// Whether every tile of `index` is verified.
   bool verified(std::size_t index) const noexcept {
-    return index < entries_.size() && entries_[index].verified.load(std::memory_order_acquire) == kVerified;
+    return index < entries_.size() &&
+           entries_[index].verified.load(std::memory_order_acquire) == kVerified;
   }
   /// The TensorTiling of `index`: tile size, count, whether tile `tile` is verified, and its
   /// catalog checksum.
   std::uint64_t tile_bytes(std::size_t index) const noexcept { return entries_[index].tile_bytes; }
-  std::size_t tile_count(std::size_t index) const noexcept { return entries_[index].tile_sums.size(); }
+  std::size_t tile_count(std::size_t index) const noexcept {
+    return entries_[index].tile_sums.size();
+  }
   bool tile_verified(std::size_t index, std::size_t tile) const noexcept {
     return entries_[index].tiles[tile].load(std::memory_order_acquire) == kVerified;
   }
@@ -103,9 +106,14 @@ class VerifiedMapping {
     if (index >= entries_.size()) return false;
     const Entry& e = entries_[index];
     switch (static_cast<Source>(e.source.load(std::memory_order_acquire))) {
-      case Source::kPrimary: out = e.primary; return true;
-      case Source::kReplica: out = e.replica; return true;
-      case Source::kFailed: break;
+      case Source::kPrimary:
+        out = e.primary;
+        return true;
+      case Source::kReplica:
+        out = e.replica;
+        return true;
+      case Source::kFailed:
+        break;
     }
     return false;
   }
@@ -137,9 +145,9 @@ class VerifiedMapping {
     std::span<const std::byte> primary, replica;
     std::uint64_t checksum = 0;
     std::uint64_t tile_bytes = 0;
-    std::span<const std::uint64_t> tile_sums;       // the catalog's, one per tile
-    std::vector<std::atomic<std::uint8_t>> tiles;   // each tile's first-use state
-    std::size_t pending = 0;                        // tiles not verified yet (under mu_)
+    std::span<const std::uint64_t> tile_sums;      // the catalog's, one per tile
+    std::vector<std::atomic<std::uint8_t>> tiles;  // each tile's first-use state
+    std::size_t pending = 0;                       // tiles not verified yet (under mu_)
     std::atomic<std::uint8_t> source{0};
     std::atomic<std::uint8_t> verified{kUnverified};  // every tile verified
   };
@@ -159,9 +167,9 @@ class VerifiedMapping {
   std::vector<Entry> entries_;
   std::atomic<std::uint64_t> epoch_{0}, failed_{0}, mismatches_{0}, failovers_{0};
   std::atomic<std::uint64_t> verify_ns_{0}, verify_bytes_{0};
-  mutable std::mutex mu_;               // switches, and the reasons below
+  mutable std::mutex mu_;                // switches, and the reasons below
   std::condition_variable verified_cv_;  // a first-use verification finished
-  std::vector<std::string> reasons_;    // why a tensor failed
+  std::vector<std::string> reasons_;     // why a tensor failed
 };
 
 /// Re-verifies the tensors of a VerifiedMapping in the background, at most

@@ -84,8 +84,8 @@ class Worker {
   /// Scrubber this one uses too (without a cache only; they are verified once per process).
   /// @throws ConfigError when a step of the model cannot fit in the cache; PoolError when a
   /// weight has no verified copy or the replica holds a different model.
-  Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view, const LlamaModel& model,
-         const WorkerOptions& options, const Worker* share = nullptr);
+  Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> view,
+         const LlamaModel& model, const WorkerOptions& options, const Worker* share = nullptr);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -94,7 +94,9 @@ class Worker {
   /// Held while a request runs on this worker.
   std::mutex& busy() noexcept { return busy_; }
   bool has_cache() const noexcept { return cache_ != nullptr; }
-  Placement placement() const noexcept { return in_place_ != nullptr ? Placement::kInPlace : Placement::kCopy; }
+  Placement placement() const noexcept {
+    return in_place_ != nullptr ? Placement::kInPlace : Placement::kCopy;
+  }
   /// kInPlace: bytes of the HotSet copied so far (local copies, built in the background
   /// once the first token is out), and the bytes it will hold when complete.
   std::uint64_t hot_set_bytes() const noexcept;
@@ -132,7 +134,7 @@ class Worker {
   std::shared_ptr<const ModelView> view_, replica_view_;
   std::shared_ptr<VerifiedMapping> mapping_;  // without a cache
   std::shared_ptr<Scrubber> scrubber_;        // without a cache
-  std::unique_ptr<Schedule> schedule_;  // over cache keys (tensor pieces)
+  std::unique_ptr<Schedule> schedule_;        // over cache keys (tensor pieces)
   std::unique_ptr<DeviceCache> cache_;
   std::unique_ptr<TransferEngine> transfers_;
   std::unique_ptr<Prefetcher> prefetcher_;

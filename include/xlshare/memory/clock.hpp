@@ -39,7 +39,9 @@ class ManualClock final : public Clock {
     while (cur < t_ns && !now_.compare_exchange_weak(cur, t_ns, std::memory_order_acq_rel)) {
     }
   }
-  void advance_by(std::uint64_t dt_ns) noexcept { now_.fetch_add(dt_ns, std::memory_order_acq_rel); }
+  void advance_by(std::uint64_t dt_ns) noexcept {
+    now_.fetch_add(dt_ns, std::memory_order_acq_rel);
+  }
 
  private:
   std::atomic<std::uint64_t> now_;

@@ -63,9 +63,9 @@ LinkParams link_preset(std::string_view name);
 
 /// When one chunk of a transfer occupies the link and when it is usable.
 struct ChunkTiming {
-  std::uint64_t start_ns = 0;     ///< the chunk starts on the link
-  std::uint64_t link_free_ns = 0; ///< the chunk leaves the link (the link's next free time)
-  std::uint64_t complete_ns = 0;  ///< the chunk is usable (link_free_ns + latency)
+  std::uint64_t start_ns = 0;      ///< the chunk starts on the link
+  std::uint64_t link_free_ns = 0;  ///< the chunk leaves the link (the link's next free time)
+  std::uint64_t complete_ns = 0;   ///< the chunk is usable (link_free_ns + latency)
 };
 
 /// The timing model: a chunk of `bytes` requested at `now_ns` on a link free from
@@ -79,7 +79,8 @@ constexpr ChunkTiming plan_chunk(const LinkParams& p, std::uint64_t now_ns,
   if (p.bandwidth_gbps > 0.0) {
     // bytes / (GB/s) = ns. Round up so that no chunk is free.
     const double ns = static_cast<double>(bytes) / p.bandwidth_gbps;
-    occupancy_ns += static_cast<std::uint64_t>(ns) + (ns > static_cast<double>(static_cast<std::uint64_t>(ns)) ? 1 : 0);
+    occupancy_ns += static_cast<std::uint64_t>(ns) +
+                    (ns > static_cast<double>(static_cast<std::uint64_t>(ns)) ? 1 : 0);
   }
   t.link_free_ns = t.start_ns + occupancy_ns;
   t.complete_ns = t.link_free_ns + p.latency_ns;

@@ -30,7 +30,7 @@ struct ExtentTable {
   std::uint64_t end_bytes;        ///< end of the managed range
   std::uint64_t alignment_bytes;  ///< power of two
   std::uint64_t bytes_used;
-  FreeExtent extents[1];          ///< really `capacity` entries
+  FreeExtent extents[1];  ///< really `capacity` entries
 
   static constexpr std::uint64_t bytes_for(std::uint64_t capacity) noexcept {
     return sizeof(ExtentTable) + (capacity - 1) * sizeof(FreeExtent);

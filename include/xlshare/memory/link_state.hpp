@@ -18,13 +18,13 @@
 namespace xlshare {
 
 struct LinkState {
-  std::uint64_t link_free_ns;     ///< when the link finishes its last reserved transfer
-  std::uint64_t bytes_total;      ///< bytes moved over the link, by every process
-  std::uint64_t transfers_total;  ///< read calls that moved bytes
-  std::uint64_t busy_ns_total;    ///< link occupancy reserved, summed
-  std::uint64_t faults_total;     ///< faults injected on this link, every kind
+  std::uint64_t link_free_ns;        ///< when the link finishes its last reserved transfer
+  std::uint64_t bytes_total;         ///< bytes moved over the link, by every process
+  std::uint64_t transfers_total;     ///< read calls that moved bytes
+  std::uint64_t busy_ns_total;       ///< link occupancy reserved, summed
+  std::uint64_t faults_total;        ///< faults injected on this link, every kind
   std::uint64_t clock_clamps_total;  ///< stored times found too far ahead and clamped
-  std::uint64_t boot_id_hash;     ///< XXH3 of the boot id the times were taken on
+  std::uint64_t boot_id_hash;        ///< XXH3 of the boot id the times were taken on
   std::uint64_t reserved[1];
 };
 

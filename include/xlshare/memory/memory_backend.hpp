@@ -96,8 +96,7 @@ class MemoryBackend {
 
   /// Maps [offset_bytes, offset_bytes + length_bytes).
   /// @throws BackendError on a misaligned or out-of-range request, or when mmap fails.
-  virtual Mapping map(std::uint64_t offset_bytes, std::uint64_t length_bytes,
-                      Access access) = 0;
+  virtual Mapping map(std::uint64_t offset_bytes, std::uint64_t length_bytes, Access access) = 0;
 
   /// Copies [offset_bytes, offset_bytes + dst.size()) into dst: the link path.
   ReadStatus read(std::uint64_t offset_bytes, std::span<std::byte> dst) noexcept {

@@ -85,7 +85,9 @@ struct TensorInfo {
   std::shared_ptr<const std::vector<std::uint64_t>> tile_table;
   std::size_t tile_first = 0, tile_count = 0;
   std::span<const std::uint64_t> tile_checksums() const noexcept {
-    if (!tile_table || tile_first > tile_table->size() || tile_count > tile_table->size() - tile_first) return {};
+    if (!tile_table || tile_first > tile_table->size() ||
+        tile_count > tile_table->size() - tile_first)
+      return {};
     return std::span<const std::uint64_t>(*tile_table).subspan(tile_first, tile_count);
   }
   std::uint64_t n_elements() const noexcept;
@@ -101,7 +103,8 @@ struct TensorInfo {
 inline constexpr std::uint64_t kTileTargetBytes = 64 * 1024;
 /// The tile size the TensorTiling gives a tensor of this dtype and shape (size_bytes when it
 /// has one dimension or its rows are not whole blocks).
-std::uint64_t tile_bytes_for(DType dtype, std::uint32_t n_dims, std::span<const std::uint64_t> shape,
+std::uint64_t tile_bytes_for(DType dtype, std::uint32_t n_dims,
+                             std::span<const std::uint64_t> shape,
                              std::uint64_t size_bytes) noexcept;
 
 /// One sealed model: its tensors (in load order) and its metadata blob.
@@ -189,7 +192,9 @@ class ModelWriter {
   void abandon() noexcept;
 
   const std::string& model_name() const noexcept { return name_; }
-  std::uint32_t tensor_count() const noexcept { return static_cast<std::uint32_t>(tensor_slots_.size()); }
+  std::uint32_t tensor_count() const noexcept {
+    return static_cast<std::uint32_t>(tensor_slots_.size());
+  }
 
  private:
   friend class Pool;

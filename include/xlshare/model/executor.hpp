@@ -69,7 +69,8 @@ class LlamaModel {
 class WeightHandle {
  public:
   explicit WeightHandle(std::span<const std::byte> bytes) noexcept : bytes_(bytes) {}
-  explicit WeightHandle(DeviceCache::Lease lease) noexcept : bytes_(lease.bytes()), lease_(std::move(lease)) {}
+  explicit WeightHandle(DeviceCache::Lease lease) noexcept
+      : bytes_(lease.bytes()), lease_(std::move(lease)) {}
   std::span<const std::byte> bytes() const noexcept { return bytes_; }
 
  private:
@@ -95,14 +96,17 @@ class WeightProvider {
  public:
   virtual ~WeightProvider() = default;
   virtual WeightHandle acquire(std::size_t index) = 0;
-  virtual std::size_t piece_count(std::size_t index) const { (void)index; return 1; }
+  virtual std::size_t piece_count(std::size_t index) const {
+    (void)index;
+    return 1;
+  }
   virtual WeightHandle acquire_piece(std::size_t index, std::size_t piece) {
     (void)piece;
     return acquire(index);
   }
   /// `dst` receives rows.size() rows of `row_elements` floats each.
-  virtual void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows,
-                         float* dst);
+  virtual void read_rows(std::size_t index, const TensorDesc& desc,
+                         std::span<const std::uint32_t> rows, float* dst);
   virtual void begin_step(std::size_t step) { (void)step; }
   virtual void end_step(std::size_t step) { (void)step; }
 };
@@ -110,7 +114,8 @@ class WeightProvider {
 /// Weights that are already in memory (a pool's read-only mapping, or test buffers).
 class SpanWeights final : public WeightProvider {
  public:
-  explicit SpanWeights(std::vector<std::span<const std::byte>> tensors) : tensors_(std::move(tensors)) {}
+  explicit SpanWeights(std::vector<std::span<const std::byte>> tensors)
+      : tensors_(std::move(tensors)) {}
   WeightHandle acquire(std::size_t index) override { return WeightHandle(tensors_.at(index)); }
 
  private:
@@ -174,7 +179,8 @@ class Executor {
   void matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols,
               const float* x, std::size_t n, float* y);
   // The same for weight `index` of the model, piece by piece as the provider hands it out.
-  void matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y);
+  void matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x,
+                     std::size_t n, float* y);
   void rms_norm(const float* x, std::span<const std::byte> w, DType dtype, std::size_t n, float* y);
 
   const LlamaModel& model_;
@@ -198,6 +204,7 @@ struct SamplingOptions {
 };
 
 /// Picks a token from `logits` (greedy or sampled with `rng`).
-std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& options, std::mt19937_64& rng);
+std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& options,
+                          std::mt19937_64& rng);
 
 }  // namespace xlshare

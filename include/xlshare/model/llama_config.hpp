@@ -13,17 +13,17 @@
 namespace xlshare {
 
 struct LlamaConfig {
-  std::uint32_t dim = 0;            ///< hidden size (embedding length)
+  std::uint32_t dim = 0;  ///< hidden size (embedding length)
   std::uint32_t n_layers = 0;
   std::uint32_t n_heads = 0;
-  std::uint32_t n_kv_heads = 0;     ///< grouped-query attention when < n_heads
-  std::uint32_t head_dim = 0;       ///< usually dim / n_heads
-  std::uint32_t ffn_dim = 0;        ///< intermediate size of the SwiGLU MLP
+  std::uint32_t n_kv_heads = 0;  ///< grouped-query attention when < n_heads
+  std::uint32_t head_dim = 0;    ///< usually dim / n_heads
+  std::uint32_t ffn_dim = 0;     ///< intermediate size of the SwiGLU MLP
   std::uint32_t vocab = 0;
-  std::uint32_t context = 2048;     ///< longest sequence (KV cache capacity)
+  std::uint32_t context = 2048;  ///< longest sequence (KV cache capacity)
   double rope_theta = 10000.0;
   double norm_eps = 1e-5;
-  bool tie_embeddings = false;      ///< the output head reuses token_embd
+  bool tie_embeddings = false;  ///< the output head reuses token_embd
 
   /// @throws FormatError naming `where` and the first impossible or absurd value.
   void validate(const std::string& where) const;

@@ -29,7 +29,7 @@ struct FileTensor {
   DType dtype = DType::kF32;
   std::uint32_t n_dims = 0;
   std::array<std::uint64_t, 4> shape{1, 1, 1, 1};  ///< fastest-varying first
-  std::filesystem::path path;  ///< the file holding the bytes (shards differ)
+  std::filesystem::path path;                      ///< the file holding the bytes (shards differ)
   std::uint64_t offset_bytes = 0;
   std::uint64_t size_bytes = 0;
   /// Hugging Face q/k projections: reorder rows from rotate-half to interleaved-RoPE

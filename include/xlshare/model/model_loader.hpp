@@ -14,18 +14,21 @@
 namespace xlshare {
 
 /// Called after each tensor: bytes copied so far, bytes in all, the tensor just copied.
-using LoadProgress = std::function<void(std::uint64_t done_bytes, std::uint64_t total_bytes, const std::string& tensor)>;
+using LoadProgress = std::function<void(std::uint64_t done_bytes, std::uint64_t total_bytes,
+                                        const std::string& tensor)>;
 
 /// Streams every tensor of `file` into a new model `name` of `pool` (tensor by tensor,
 /// straight into pool extents: the file is never held in memory whole), records the
 /// config in the model's metadata and seals it. On any error the half-written model is
 /// abandoned (its extents freed). @throws FormatError, PoolError, OutOfMemory.
-std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Pool& pool, std::string_view name,
+std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Pool& pool,
+                                                      std::string_view name,
                                                       const LoadProgress& progress = {});
 
 /// The metadata a loaded model carries: its config (which LlamaModel::from_pool reads back),
 /// its schedule as steps of tensor names, and where it came from.
-std::string model_metadata(const LlamaModel& model, std::string_view source, std::string_view source_format);
+std::string model_metadata(const LlamaModel& model, std::string_view source,
+                           std::string_view source_format);
 
 /// The pool's read-only mapping of each tensor of `view`, in its table order: weights for
 /// an Executor that reads the pool directly (no cache, no link emulation). Every tensor is

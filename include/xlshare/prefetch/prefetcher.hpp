@@ -60,7 +60,8 @@ class Prefetcher {
     try {
       hook();
     } catch (const std::exception& e) {
-      throw PolicyError(std::string("prefetch policy '") + std::string(policy_->name()) + "' threw: " + e.what());
+      throw PolicyError(std::string("prefetch policy '") + std::string(policy_->name()) +
+                        "' threw: " + e.what());
     } catch (...) {
       throw PolicyError(std::string("prefetch policy '") + std::string(policy_->name()) +
                         "' threw an exception that is not a std::exception");

@@ -35,7 +35,8 @@ class Schedule {
   /// A set of keys for FixedSetPolicy of at most `bytes` in all (`key_bytes[k]` is key k's
   /// size), spread so that what streams through each step is as even as it can be: again
   /// and again the largest key that fits, from the step with the most bytes still outside.
-  std::vector<TensorKey> fixed_set(std::span<const std::uint64_t> key_bytes, std::uint64_t bytes) const;
+  std::vector<TensorKey> fixed_set(std::span<const std::uint64_t> key_bytes,
+                                   std::uint64_t bytes) const;
   /// The fixed set for a cache of `cache_bytes`: the largest fixed_set of 80%, 75%, ... of
   /// the cache that leaves the rest at least 1.4x the bytes the heaviest step has outside
   /// the set, so that the next step streams in while one computes (the rule measured best
