@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 #include "xlshare/memory/checksum.hpp"
 #include "xlshare/memory/clock.hpp"
 
@@ -181,6 +182,10 @@ void TransferEngine::run() noexcept {
       } else if (!r.on_replica && sources_[r.key].replica) {
         r.on_replica = true;
         r.rereads = 0;
+        logger().warn(
+            "tensor '{}' in pool {}: checksum mismatch after {} re-reads; reading it from the "
+            "replica",
+            info.name, primary_.uri(), config_.max_rereads);
         std::lock_guard g(mu_);
         ++stats_.failovers;
       } else {
@@ -235,6 +240,7 @@ bool TransferEngine::read_chunk(Request& r, std::uint64_t offset, std::span<std:
     const bool retryable = st == ReadStatus::kTransientError && retries < config_.max_retries;
     if (retryable) {
       ++retries;
+      logger().debug("{}: retry {} of {}", last, retries, config_.max_retries);
       {
         std::lock_guard g(mu_);
         ++stats_.retries;
@@ -246,6 +252,7 @@ bool TransferEngine::read_chunk(Request& r, std::uint64_t offset, std::span<std:
     if (st == ReadStatus::kOffline && !r.on_replica) primary_down_.store(true);
     if (!r.on_replica && src.replica) {
       r.on_replica = true;  // go on from the same offset in the replica
+      logger().warn("{}; reading it from the replica", last);
       retries = 0;
       backoff = config_.backoff_initial_ns;
       std::lock_guard g(mu_);

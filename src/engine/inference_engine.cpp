@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/model/dtype_convert.hpp"
 
@@ -133,10 +134,14 @@ bool InferenceEngine::register_model(const std::filesystem::path& file, const st
       if (n == name) return false;
     }
     const ModelFile f = open_model_file(file);
+    const auto t0 = SteadyClock::now();
     load_model_into_pool(f, *pool, name, progress);
+    logger().info("loaded model '{}' ({} tensors, {} bytes) from {} into {} in {:.0f} ms", name,
+                  f.tensors.size(), f.total_bytes(), file.string(), config_.pool_uri, ms_since(t0));
     return true;
   }
   const ModelFile f = open_model_file(file);
+  const auto t0 = SteadyClock::now();
   const std::uint64_t size =
       config_.pool_bytes ? config_.pool_bytes : pool_size_for(f.total_bytes(), f.tensors.size());
   auto pool = create_pool(config_.pool_uri, size);  // crash-safe: renamed into place
@@ -147,6 +152,9 @@ bool InferenceEngine::register_model(const std::filesystem::path& file, const st
     remove_backend(config_.pool_uri);
     throw;
   }
+  logger().info("loaded model '{}' ({} tensors, {} bytes) from {} into a new pool {} in {:.0f} ms",
+                name, f.tensors.size(), f.total_bytes(), file.string(), config_.pool_uri,
+                ms_since(t0));
   return true;
 }
 
@@ -204,6 +212,11 @@ void InferenceEngine::attach_model(const std::string& name) {
   }
   requests_.assign(config_.workers, 0);
   tokens_.assign(config_.workers, 0);
+  logger().info(
+      "attached model '{}' of {}{}: {} worker(s), placement {}, near memory {} bytes each", name,
+      config_.pool_uri,
+      config_.replica_pool_uri.empty() ? "" : " (replica " + config_.replica_pool_uri + ")",
+      workers_.size(), to_string(workers_.front()->placement()), config_.cache_bytes);
 }
 
 Worker& InferenceEngine::take_worker(std::unique_lock<std::mutex>& lock, unsigned& index) {

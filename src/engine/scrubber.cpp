@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 #include "xlshare/memory/checksum.hpp"
 #include "xlshare/memory/clock.hpp"
 
@@ -110,10 +111,13 @@ void VerifiedMapping::switch_or_fail_locked(std::size_t index, Source from, Reas
       e.verified.store(kVerified, std::memory_order_release);
       failovers_.fetch_add(1, std::memory_order_relaxed);
       epoch_.fetch_add(1, std::memory_order_acq_rel);
+      logger().warn("tensor '{}' of model '{}' failed its check in {}; reading it from the replica",
+                    view_->tensors()[index].name, view_->name(), primary_.uri());
       return;
     }
   }
   reasons_[index] = failure(replica_checked);
+  logger().error("{}", reasons_[index]);
   e.source.store(static_cast<std::uint8_t>(Source::kFailed), std::memory_order_release);
   failed_.fetch_add(1, std::memory_order_release);
   epoch_.fetch_add(1, std::memory_order_acq_rel);

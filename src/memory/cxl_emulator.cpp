@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 
 namespace xlshare {
 namespace {
@@ -138,7 +139,7 @@ CxlEmulator::CxlEmulator(std::unique_ptr<MemoryBackend> inner, EmulatorOptions o
   if (options_.check_host_rate) {
     host_copy_gbps_ = host_copy_gbps();
     if (p.bandwidth_gbps > host_copy_gbps_) {
-      spdlog::warn(
+      logger().warn(
           "{}: the link is configured at {:.1f} GB/s but this host copies only {:.1f} GB/s on one "
           "thread; one reader cannot reach the configured rate (transfers will be host-bound)",
           inner_->uri(), p.bandwidth_gbps, host_copy_gbps_);

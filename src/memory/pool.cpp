@@ -25,6 +25,7 @@
 
 #include "memory/pool_layout.hpp"
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/checksum.hpp"
 
@@ -422,8 +423,8 @@ class Pool::Impl {
             timeout_ms, pid > 0 ? describe_process(pid, ns) : "an unknown process"));
       }
       if (rc == EOWNERDEAD) {
-        spdlog::warn("{}: a process died holding the catalog lock; rebuilding the allocator",
-                     impl_.where());
+        logger().warn("{}: a process died holding the catalog lock; rebuilding the allocator",
+                      impl_.where());
         try {
           impl_.recover_locked();
         } catch (...) {
@@ -533,7 +534,7 @@ class Pool::Impl {
       if (!offset) return std::nullopt;
       const std::uint64_t rounded = ExtentAllocator(*extents).round_up(bytes);
       if (!overlaps_live_extent_locked(*offset, rounded)) return offset;
-      spdlog::warn(
+      logger().warn(
           "{}: the free-extent table handed out [{}, +{}), which a catalog record holds; "
           "rebuilding the table from the catalog",
           where(), *offset, rounded);
@@ -589,8 +590,8 @@ class Pool::Impl {
     if (link_field(link.boot_id_hash)
             .compare_exchange_strong(stored, mine, std::memory_order_acq_rel)) {
       if (stored != 0) {
-        spdlog::info("{}: the pool's link times come from another boot; resetting the link clock",
-                     where());
+        logger().info("{}: the pool's link times come from another boot; resetting the link clock",
+                      where());
       }
       link_field(link.link_free_ns).store(0, std::memory_order_release);
     }
@@ -998,7 +999,7 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
     impl->control_map = backend->map(h.control_offset, h.control_bytes, Access::kReadWrite);
     impl->control = reinterpret_cast<pf::Control*>(impl->control_map.data());
   } else {
-    spdlog::warn(
+    logger().warn(
         "pool {}: opened read-only; this process's link traffic is not shared with "
         "other attachers",
         uri);
@@ -1032,7 +1033,7 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
       }
     }
     if (!impl->quarantined[i].empty()) {
-      spdlog::warn("pool {}: quarantined: {}", uri, impl->quarantined[i]);
+      logger().warn("pool {}: quarantined: {}", uri, impl->quarantined[i]);
     }
   }
   if (role == PoolRole::kWriter) {
@@ -1149,8 +1150,8 @@ std::uint32_t Pool::reclaim_abandoned() {
       }
     }
     if (why.empty()) continue;
-    spdlog::info("{}: reclaiming model record {} ('{}'): {}", im.where(), i,
-                 read_name(m.name).value_or("?"), why);
+    logger().info("{}: reclaiming model record {} ('{}'): {}", im.where(), i,
+                  read_name(m.name).value_or("?"), why);
     im.free_model_locked(i);
     ++n;
   }
@@ -1488,7 +1489,7 @@ void ModelWriter::abandon() noexcept {
       im.free_model_locked(slot_);
     }
   } catch (const std::exception& e) {
-    spdlog::error("{}: could not abandon model '{}': {}", im.where(), name_, e.what());
+    logger().error("{}: could not abandon model '{}': {}", im.where(), name_, e.what());
   }
   pool_ = nullptr;
 }
@@ -1550,7 +1551,8 @@ std::uint32_t remove_dead_creations(const ObjectPath& where) {
     if (pid == 0 || pid > INT32_MAX || ns > UINT32_MAX) continue;
     if (process_alive(static_cast<std::int32_t>(pid), ticks, static_cast<std::uint32_t>(ns)))
       continue;
-    spdlog::info("removing {}/{}, left by a pool creator (pid {}) that died", where.dir, file, pid);
+    logger().info("removing {}/{}, left by a pool creator (pid {}) that died", where.dir, file,
+                  pid);
     if (::unlink(entry.path().c_str()) == 0) ++removed;
   }
   return removed;

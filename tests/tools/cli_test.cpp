@@ -249,6 +249,23 @@ class CliWithModel : public ::testing::Test {
   std::filesystem::path gguf_;
 };
 
+TEST_F(CliWithModel, VerboseAnywhereLogsTheKeyEventsToStderr) {
+  const std::string gen = "generate --pool " + uri_ + " --model tiny --prompt-tokens 1,2,3 -n 1";
+  for (const std::string& cmd :
+       {"-v " + gen, gen + " -v",
+        "generate -v --pool " + uri_ + " --model tiny --prompt-tokens 1,2,3 -n 1"}) {
+    const auto r = run(cmd);
+    ASSERT_EQ(r.status, 0) << cmd << "\n" << r.out;
+    EXPECT_NE(r.out.find("xlshare: info: attached model 'tiny' of " + uri_), std::string::npos)
+        << cmd << "\n"
+        << r.out;
+  }
+  const auto quiet = run(gen);
+  ASSERT_EQ(quiet.status, 0) << quiet.out;
+  EXPECT_EQ(quiet.out.find("xlshare: info:"), std::string::npos) << "without -v: problems only\n"
+                                                                 << quiet.out;
+}
+
 TEST_F(CliWithModel, EveryNumericOptionIsRangeChecked) {
   const std::string gen = "generate --pool " + uri_ + " --model tiny --prompt-tokens 1,2,3 ";
   const std::string wrk =

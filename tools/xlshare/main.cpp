@@ -10,6 +10,7 @@
 
 #include "commands.hpp"
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 
 namespace {
 
@@ -33,8 +34,15 @@ int main(int argc, char** argv) {
   CLI::App app{"xlshare: one shared copy of model weights in a far memory pool"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "xlshare 0.1.0");
-  bool verbose = false;
-  app.add_flag("-v,--verbose", verbose, "log what happens (to stderr)");
+  // -v anywhere on the command line (before or after the subcommand): the library's
+  // "xlshare" logger at info (key events), -vv at debug (retries too).
+  app.fallthrough();
+  app.add_flag_function(
+      "-v,--verbose",
+      [](std::int64_t count) {
+        xlshare::set_log_level(count > 1 ? spdlog::level::debug : spdlog::level::info);
+      },
+      "log what happens to stderr: attach, load, failover (-vv: retries too)");
   xlshare::cli::add_pool_commands(app);
   xlshare::cli::add_model_commands(app);
   try {
