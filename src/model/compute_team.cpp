@@ -66,7 +66,7 @@ ComputeTeam::ComputeTeam(unsigned threads, std::uint32_t spin_us)
 }
 
 void ComputeTeam::stop_members() noexcept {
-  stopping_ = true;
+  stopping_.store(true, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_release);
   futex_wake(generation_);
   for (auto& th : threads_) th.join();
@@ -150,7 +150,7 @@ void ComputeTeam::member() {
   std::uint32_t seen = 0;  // not a load: the first step may have been posted before this thread ran
   for (;;) {
     seen = await_change(generation_, seen);
-    if (stopping_) return;
+    if (stopping_.load(std::memory_order_acquire)) return;
     run_shares(seen);
   }
 }

@@ -70,7 +70,7 @@ class ComputeTeam {
   std::atomic<std::uint32_t> remaining_{0};   // shares of the step not yet finished
   Call call_ = nullptr;
   void* ctx_ = nullptr;
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // read by members that may wake after the last step
   std::mutex error_mu_;
   std::exception_ptr error_;  // the first exception of a share this step
   unsigned fork_epoch_ = 0;   // fork()s seen when the members were started

@@ -46,7 +46,8 @@ void Prefetcher::begin_step(std::size_t step) {
 void Prefetcher::throw_if_policy_failed() {
   if (!cache_.policy().failed()) return;
   std::string what = cache_.take_policy_error();
-  if (!what.empty()) throw PolicyError(what);
+  throw PolicyError(what.empty() ? "an eviction policy hook threw (its message could not be kept)"
+                                 : what);
 }
 
 DeviceCache::Lease Prefetcher::acquire(TensorKey key) {
