@@ -233,19 +233,22 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
       steps.push_back(std::move(s));
     }
     schedule_ = std::make_unique<Schedule>(std::move(steps), model.schedule().repeats());
-    // The default policy for a repeating schedule keeps a fixed set and streams the rest.
-    std::vector<std::string> key_tensors;
-    key_tensors.reserve(sources.size());
-    for (const auto& src : sources) key_tensors.push_back(src.primary.name);
-    std::vector<TensorKey> keep;
-    if (options.eviction_policy == "fixed" && schedule_->repeats()) {
-      keep = schedule_->fixed_set_for_cache(sizes, options.cache_bytes);
+    std::unique_ptr<EvictionPolicy> eviction;
+    if (options.eviction_factory) {
+      std::vector<std::string> key_tensors;
+      key_tensors.reserve(sources.size());
+      for (const auto& src : sources) key_tensors.push_back(src.primary.name);
+      eviction =
+          options.eviction_factory(CacheKeys{*schedule_, sizes, key_tensors, options.cache_bytes});
+    } else {
+      // The default policy for a repeating schedule keeps a fixed set, the rest streams.
+      std::vector<TensorKey> keep;
+      if (options.eviction_policy == "fixed" && schedule_->repeats()) {
+        keep = schedule_->fixed_set_for_cache(sizes, options.cache_bytes);
+      }
+      eviction = make_eviction_policy(options.eviction_policy, schedule_->trace(),
+                                      schedule_->repeats(), keep);
     }
-    std::unique_ptr<EvictionPolicy> eviction =
-        options.eviction_factory ? options.eviction_factory(CacheKeys{
-                                       *schedule_, sizes, key_tensors, options.cache_bytes})
-                                 : make_eviction_policy(options.eviction_policy, schedule_->trace(),
-                                                        schedule_->repeats(), keep);
     cache_ = std::make_unique<DeviceCache>(options.cache_bytes, sizes, std::move(eviction));
     TransferConfig tc;
     tc.threads = options.prefetch_threads;

@@ -31,19 +31,30 @@ std::vector<TensorKey> Schedule::trace() const {
   return t;
 }
 
+namespace {
+// The keys of each step, each key in the first step that uses it only (keys without a
+// size left out): how the fixed set counts what a step streams.
+std::vector<std::vector<TensorKey>> keys_by_first_step(std::span<const ScheduleStep> steps,
+                                                       std::size_t key_count) {
+  std::vector<bool> seen(key_count, false);
+  std::vector<std::vector<TensorKey>> by_step(steps.size());
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    for (TensorKey k : steps[s].keys) {
+      if (k >= key_count || seen[k]) continue;
+      seen[k] = true;
+      by_step[s].push_back(k);
+    }
+  }
+  return by_step;
+}
+}  // namespace
+
 std::vector<TensorKey> Schedule::fixed_set(std::span<const std::uint64_t> key_bytes,
                                            std::uint64_t bytes) const {
-  // Each key counts once, in the first step that uses it.
-  std::vector<bool> seen(key_bytes.size(), false);
-  std::vector<std::vector<TensorKey>> outside(steps_.size());  // by step: largest first
+  auto outside = keys_by_first_step(steps_, key_bytes.size());  // by step: largest first
   std::vector<std::uint64_t> outside_bytes(steps_.size(), 0);
   for (std::size_t s = 0; s < steps_.size(); ++s) {
-    for (TensorKey k : steps_[s].keys) {
-      if (k >= key_bytes.size() || seen[k]) continue;
-      seen[k] = true;
-      outside[s].push_back(k);
-      outside_bytes[s] += key_bytes[k];
-    }
+    for (TensorKey k : outside[s]) outside_bytes[s] += key_bytes[k];
     std::stable_sort(outside[s].begin(), outside[s].end(),
                      [&](TensorKey a, TensorKey b) { return key_bytes[a] > key_bytes[b]; });
   }
@@ -69,18 +80,14 @@ std::vector<TensorKey> Schedule::fixed_set(std::span<const std::uint64_t> key_by
 
 std::uint64_t Schedule::heaviest_step_outside(std::span<const std::uint64_t> key_bytes,
                                               std::span<const TensorKey> set) const {
-  std::vector<bool> seen(key_bytes.size(), false);
+  std::vector<bool> in_set(key_bytes.size(), false);
   for (TensorKey k : set) {
-    if (k < seen.size()) seen[k] = true;
+    if (k < in_set.size()) in_set[k] = true;
   }
   std::uint64_t heaviest = 0;
-  for (const auto& step : steps_) {
+  for (const auto& keys : keys_by_first_step(steps_, key_bytes.size())) {
     std::uint64_t outside = 0;
-    for (TensorKey k : step.keys) {
-      if (k >= key_bytes.size() || seen[k]) continue;
-      seen[k] = true;
-      outside += key_bytes[k];
-    }
+    for (TensorKey k : keys) outside += in_set[k] ? 0 : key_bytes[k];
     heaviest = std::max(heaviest, outside);
   }
   return heaviest;
