@@ -34,11 +34,11 @@ class Worker::CachedWeights final : public WeightProvider {
       throw ConfigError(fmt::format("tensor {} is held in {} pieces; acquire it piece by piece",
                                     index, keys_[index].size()));
     }
-    return WeightHandle(prefetcher_.acquire(keys_[index][0]));
+    return hold(prefetcher_.acquire(keys_[index][0]));
   }
   std::size_t piece_count(std::size_t index) const override { return keys_.at(index).size(); }
   WeightHandle acquire_piece(std::size_t index, std::size_t piece) override {
-    return WeightHandle(prefetcher_.acquire(keys_.at(index).at(piece)));
+    return hold(prefetcher_.acquire(keys_.at(index).at(piece)));
   }
   void read_rows(std::size_t index, const TensorDesc& desc, std::span<const std::uint32_t> rows,
                  float* dst) override {
@@ -66,6 +66,11 @@ class Worker::CachedWeights final : public WeightProvider {
   void end_step(std::size_t step) override { prefetcher_.end_step(step); }
 
  private:
+  static WeightHandle hold(DeviceCache::Lease lease) noexcept {
+    const auto bytes = lease.bytes();
+    return WeightHandle(bytes, std::move(lease));
+  }
+
   Prefetcher& prefetcher_;
   std::vector<std::vector<TensorKey>> keys_;
   std::vector<std::size_t> rows_per_piece_;

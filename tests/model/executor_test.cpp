@@ -10,6 +10,7 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "model/compute_team.hpp"
@@ -177,6 +178,39 @@ TEST(ComputeTeam, SleepingOrSpinningAndAForkedChildGiveTheSameNumbers) {
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+// The holder a provider gives a WeightHandle is released exactly once: when the last handle
+// it was moved through is destroyed or reset, never by a moved-from handle.
+TEST(WeightHandle, ReleasesItsHolderOnceWhereverItWasMoved) {
+  struct Pin {
+    int* releases;
+    explicit Pin(int* r) noexcept : releases(r) {}
+    Pin(Pin&& o) noexcept : releases(std::exchange(o.releases, nullptr)) {}
+    ~Pin() {
+      if (releases != nullptr) ++*releases;
+    }
+  };
+  const std::byte data[4]{};
+  int releases = 0;
+  {
+    WeightHandle a(std::span<const std::byte>(data, 4), Pin(&releases));
+    EXPECT_EQ(a.bytes().data(), data);
+    WeightHandle b(std::move(a));
+    EXPECT_TRUE(a.bytes().empty());
+    EXPECT_EQ(b.bytes().size(), 4u);
+    WeightHandle c;
+    c = std::move(b);
+    EXPECT_EQ(releases, 0);
+    c = WeightHandle(std::span<const std::byte>(data, 2), Pin(&releases));
+    EXPECT_EQ(releases, 1);  // c's first holder, on assignment
+    EXPECT_EQ(c.bytes().size(), 2u);
+  }
+  EXPECT_EQ(releases, 2);
+  WeightHandle d(std::span<const std::byte>(data, 4), Pin(&releases));
+  d.reset();
+  EXPECT_EQ(releases, 3);
+  EXPECT_TRUE(d.bytes().empty());
 }
 
 TEST(Executor, TiedEmbeddingsUseTheTokenEmbedding) {

@@ -34,9 +34,6 @@ namespace xlshare {
 
 enum class EntryState : std::uint8_t { kAbsent, kInFlight, kResident };
 
-/// Why a fetch is made: compute is waiting for it, or the prefetcher expects it to be.
-enum class FetchKind : std::uint8_t { kDemand, kPrefetch };
-
 /// Counters of one cache.
 struct CacheStats {
   std::uint64_t budget_bytes = 0;

@@ -26,10 +26,9 @@
 #include <utility>
 #include <vector>
 
-namespace xlshare {
+#include "xlshare/types.hpp"
 
-/// A worker-local, dense tensor index (0 .. n-1): the key of every near-tier structure.
-using TensorKey = std::uint32_t;
+namespace xlshare {
 
 /// Counters every policy keeps (through the base class).
 struct EvictionStats {

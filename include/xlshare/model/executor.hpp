@@ -9,15 +9,18 @@
 // matrix-matrix products; decode runs one token.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <optional>
 #include <random>
 #include <span>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
-#include "xlshare/cache/device_cache.hpp"
 #include "xlshare/dtype.hpp"
 #include "xlshare/model/llama_config.hpp"
 #include "xlshare/prefetch/schedule.hpp"
@@ -65,17 +68,71 @@ class LlamaModel {
   Schedule schedule_;
 };
 
-/// A pinned view of one weight's bytes; may hold a DeviceCache lease.
+/// A view of one weight's bytes, kept valid for the handle's lifetime by an optional holder
+/// (a cache lease, a pin, a reference count). The holder is type-erased and stored in place
+/// (no allocation): any nothrow-movable type of at most kHolderBytes whose destructor
+/// releases what it holds. The model layer knows nothing of where the bytes live.
 class WeightHandle {
  public:
+  static constexpr std::size_t kHolderBytes = 48;
+
+  WeightHandle() noexcept = default;
+  /// Bytes that outlive the handle on their own (resident weights, a mapping).
   explicit WeightHandle(std::span<const std::byte> bytes) noexcept : bytes_(bytes) {}
-  explicit WeightHandle(DeviceCache::Lease lease) noexcept
-      : bytes_(lease.bytes()), lease_(std::move(lease)) {}
+  /// Bytes valid while `holder` lives; `holder` is destroyed with the handle.
+  template <typename Holder>
+  WeightHandle(std::span<const std::byte> bytes, Holder&& holder) noexcept : bytes_(bytes) {
+    using H = std::decay_t<Holder>;
+    static_assert(sizeof(H) <= kHolderBytes && alignof(H) <= alignof(std::max_align_t),
+                  "the holder must fit WeightHandle::kHolderBytes");
+    static_assert(std::is_nothrow_move_constructible_v<H> && std::is_nothrow_destructible_v<H>);
+    ::new (static_cast<void*>(storage_)) H(std::forward<Holder>(holder));
+    ops_ = &kOps<H>;
+  }
+  WeightHandle(WeightHandle&& other) noexcept { take(other); }
+  WeightHandle& operator=(WeightHandle&& other) noexcept {
+    if (this != &other) {
+      reset();
+      take(other);
+    }
+    return *this;
+  }
+  WeightHandle(const WeightHandle&) = delete;
+  WeightHandle& operator=(const WeightHandle&) = delete;
+  ~WeightHandle() { reset(); }
+
   std::span<const std::byte> bytes() const noexcept { return bytes_; }
+  /// Destroys the holder now (releasing what it held) and empties the view.
+  void reset() noexcept {
+    if (ops_ != nullptr) ops_->destroy(storage_);
+    ops_ = nullptr;
+    bytes_ = {};
+  }
 
  private:
+  struct Ops {
+    void (*move)(void* to, void* from) noexcept;
+    void (*destroy)(void* holder) noexcept;
+  };
+  template <typename H>
+  static constexpr Ops kOps{[](void* to, void* from) noexcept {
+                              H* source = static_cast<H*>(from);
+                              ::new (to) H(std::move(*source));
+                              source->~H();
+                            },
+                            [](void* holder) noexcept { static_cast<H*>(holder)->~H(); }};
+
+  void take(WeightHandle& other) noexcept {
+    bytes_ = other.bytes_;
+    ops_ = other.ops_;
+    if (ops_ != nullptr) ops_->move(storage_, other.storage_);
+    other.ops_ = nullptr;
+    other.bytes_ = {};
+  }
+
   std::span<const std::byte> bytes_;
-  DeviceCache::Lease lease_;
+  const Ops* ops_ = nullptr;
+  alignas(std::max_align_t) std::byte storage_[kHolderBytes];
 };
 
 /// Where the executor's weights come from.

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "xlshare/cache/eviction_policy.hpp"
+#include "xlshare/types.hpp"
 
 namespace xlshare {
 
