@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <optional>
 #include <thread>
 
 #include "xlshare/error.hpp"
@@ -107,9 +109,13 @@ InferenceEngine::InferenceEngine(EngineConfig config) : config_(std::move(config
   if (config_.prefetch_threads == 0) throw ConfigError("engine: prefetch_threads must be > 0");
   if (config_.compute_threads == 0) throw ConfigError("engine: compute_threads must be > 0");
   if (config_.max_context == 0) throw ConfigError("engine: max_context must be > 0");
-  (void)parse_backend_uri(config_.pool_uri);
+  if (config_.backend_factory) {
+    if (config_.pool_uri.empty()) throw ConfigError("engine: pool_uri must name the pool");
+  } else {
+    (void)parse_backend_uri(config_.pool_uri);
+    if (!config_.replica_pool_uri.empty()) (void)parse_backend_uri(config_.replica_pool_uri);
+  }
   if (!config_.link) (void)link_preset(config_.link_preset);
-  if (!config_.replica_pool_uri.empty()) (void)parse_backend_uri(config_.replica_pool_uri);
 }
 
 InferenceEngine::~InferenceEngine() {
@@ -117,73 +123,111 @@ InferenceEngine::~InferenceEngine() {
   view_.reset();
 }
 
+std::unique_ptr<MemoryBackend> InferenceEngine::open_pool_backend(const std::string& uri) const {
+  if (!config_.backend_factory) return open_backend(uri);
+  auto backend = config_.backend_factory(uri);
+  if (!backend)
+    throw ConfigError(fmt::format("engine: the backend factory made nothing for '{}'", uri));
+  return backend;
+}
+
 std::unique_ptr<Pool> InferenceEngine::open_reader(const std::string& uri, bool primary) const {
   EmulatorOptions o;
   o.link = config_.link ? *config_.link : link_preset(config_.link_preset);
   if (primary) o.faults = config_.faults;
   o.check_host_rate = false;
-  return Pool::attach(std::make_unique<CxlEmulator>(open_backend(uri), o), PoolRole::kReader);
+  return Pool::attach(std::make_unique<CxlEmulator>(open_pool_backend(uri), o), PoolRole::kReader);
+}
+
+namespace {
+
+// Whether a backend's first bytes are blank: no pool was ever made in it.
+bool blank_backend(MemoryBackend& backend) {
+  const Mapping first = backend.map(0, backend.alignment_bytes(), Access::kReadOnly);
+  const std::size_t n = std::min<std::size_t>(first.size_bytes(), 64);
+  return std::all_of(first.data(), first.data() + n, [](std::byte b) { return b == std::byte{0}; });
+}
+
+}  // namespace
+
+std::unique_ptr<Pool> InferenceEngine::writer_pool(
+    const std::string& name, const std::function<std::uint64_t()>& size_if_new,
+    bool* created_by_uri, bool* existing_has) const {
+  *created_by_uri = *existing_has = false;
+  std::unique_ptr<Pool> pool;
+  if (config_.backend_factory) {
+    auto backend = open_pool_backend(config_.pool_uri);
+    if (blank_backend(*backend)) return Pool::create(std::move(backend));
+    pool = Pool::attach(std::move(backend), PoolRole::kWriter);
+  } else if (backend_exists(config_.pool_uri)) {
+    pool = Pool::attach(open_backend(config_.pool_uri), PoolRole::kWriter);
+  } else {
+    pool = create_pool(config_.pool_uri, config_.pool_bytes ? config_.pool_bytes : size_if_new());
+    *created_by_uri = true;  // crash-safe: renamed into place
+    return pool;
+  }
+  const auto names = pool->model_names();
+  *existing_has = std::find(names.begin(), names.end(), name) != names.end();
+  return pool;
 }
 
 bool InferenceEngine::register_model(const std::filesystem::path& file, const std::string& name,
                                      const LoadProgress& progress) {
   // An existing sealed model is served as it is: the file is not even opened.
-  if (backend_exists(config_.pool_uri)) {
-    auto pool = Pool::attach(open_backend(config_.pool_uri), PoolRole::kWriter);
-    for (const auto& n : pool->model_names()) {
-      if (n == name) return false;
-    }
-    const ModelFile f = open_model_file(file);
-    const auto t0 = SteadyClock::now();
-    load_model_into_pool(f, *pool, name, progress);
-    logger().info("loaded model '{}' ({} tensors, {} bytes) from {} into {} in {:.0f} ms", name,
-                  f.tensors.size(), f.total_bytes(), file.string(), config_.pool_uri, ms_since(t0));
-    return true;
-  }
-  const ModelFile f = open_model_file(file);
+  std::optional<ModelFile> f;
+  bool created = false, present = false;
+  auto pool = writer_pool(
+      name,
+      [&] {
+        f = open_model_file(file);
+        return pool_size_for(f->total_bytes(), f->tensors.size());
+      },
+      &created, &present);
+  if (present) return false;
   const auto t0 = SteadyClock::now();
-  const std::uint64_t size =
-      config_.pool_bytes ? config_.pool_bytes : pool_size_for(f.total_bytes(), f.tensors.size());
-  auto pool = create_pool(config_.pool_uri, size);  // crash-safe: renamed into place
   try {
-    load_model_into_pool(f, *pool, name, progress);
+    if (!f) f = open_model_file(file);
+    load_model_into_pool(*f, *pool, name, progress);
   } catch (...) {
     pool.reset();
-    remove_backend(config_.pool_uri);
+    if (created) remove_backend(config_.pool_uri);
     throw;
   }
-  logger().info("loaded model '{}' ({} tensors, {} bytes) from {} into a new pool {} in {:.0f} ms",
-                name, f.tensors.size(), f.total_bytes(), file.string(), config_.pool_uri,
-                ms_since(t0));
+  logger().info("loaded model '{}' ({} tensors, {} bytes) from {} into {}{} in {:.0f} ms", name,
+                f->tensors.size(), f->total_bytes(), file.string(), created ? "a new pool " : "",
+                config_.pool_uri, ms_since(t0));
   return true;
 }
 
 bool InferenceEngine::register_model(const SyntheticModel& model, const std::string& name,
                                      DType dtype) {
-  std::unique_ptr<Pool> pool;
-  if (backend_exists(config_.pool_uri)) {
-    pool = Pool::attach(open_backend(config_.pool_uri), PoolRole::kWriter);
-    for (const auto& n : pool->model_names()) {
-      if (n == name) return false;
+  bool created = false, present = false;
+  auto pool = writer_pool(
+      name,
+      [&] {
+        std::uint64_t bytes = 0;
+        for (const auto& d : model.data) bytes += d.size() * 4;
+        return pool_size_for(bytes, model.specs.size());
+      },
+      &created, &present);
+  if (present) return false;
+  try {
+    ModelWriter w = pool->begin_model(name);
+    std::vector<TensorDesc> descs;
+    for (std::size_t i = 0; i < model.specs.size(); ++i) {
+      const auto& s = model.specs[i];
+      const DType t = s.shape.size() == 2 ? dtype : DType::kF32;
+      auto dst = w.add_tensor(s.name, t, s.shape);
+      from_f32(t, model.data[i].data(), dst.data(), model.data[i].size());
+      descs.push_back({s.name, t, s.shape, dst.size()});
     }
-  } else {
-    std::uint64_t bytes = 0;
-    for (const auto& d : model.data) bytes += d.size() * 4;
-    pool = create_pool(config_.pool_uri, config_.pool_bytes
-                                             ? config_.pool_bytes
-                                             : pool_size_for(bytes, model.specs.size()));
+    w.set_metadata(model_metadata(LlamaModel(model.config, descs, name), "memory", "memory"));
+    w.seal();
+  } catch (...) {
+    pool.reset();
+    if (created) remove_backend(config_.pool_uri);
+    throw;
   }
-  ModelWriter w = pool->begin_model(name);
-  std::vector<TensorDesc> descs;
-  for (std::size_t i = 0; i < model.specs.size(); ++i) {
-    const auto& s = model.specs[i];
-    const DType t = s.shape.size() == 2 ? dtype : DType::kF32;
-    auto dst = w.add_tensor(s.name, t, s.shape);
-    from_f32(t, model.data[i].data(), dst.data(), model.data[i].size());
-    descs.push_back({s.name, t, s.shape, dst.size()});
-  }
-  w.set_metadata(model_metadata(LlamaModel(model.config, descs, name), "memory", "memory"));
-  w.seal();
   return true;
 }
 

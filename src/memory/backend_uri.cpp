@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
+#include <map>
+#include <mutex>
 
 #include <fmt/format.h>
 
@@ -32,6 +35,46 @@ void check_path(std::string_view uri, std::string_view path) {
     throw ConfigError(fmt::format("'{}...': the path is too long", uri.substr(0, 40)));
 }
 
+// Registered schemes, by name. Entries are shared so a call runs outside the lock.
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, std::shared_ptr<const BackendScheme>, std::less<>> schemes;
+};
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+std::shared_ptr<const BackendScheme> registered(std::string_view name) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  const auto it = r.schemes.find(name);
+  return it == r.schemes.end() ? nullptr : it->second;
+}
+
+std::string known_schemes() {
+  std::string names = "shm, dax, file, numa";
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  for (const auto& [name, scheme] : r.schemes) names += ", " + name;
+  return names;
+}
+
+bool is_builtin(std::string_view name) {
+  return name == "shm" || name == "dax" || name == "file" || name == "numa";
+}
+
+// The scheme of `u`, which parse_backend_uri found registered; it may have been
+// unregistered since.
+std::shared_ptr<const BackendScheme> scheme_of(const BackendUri& u) {
+  auto scheme = registered(u.scheme_name);
+  if (!scheme) {
+    throw ConfigError(
+        fmt::format("'{}': the scheme '{}' is no longer registered", u.text, u.scheme_name));
+  }
+  return scheme;
+}
+
 void check_name(std::string_view uri, std::string_view name) {
   try {
     SharedMemoryBackend::validate_name(name);
@@ -40,7 +83,59 @@ void check_name(std::string_view uri, std::string_view name) {
   }
 }
 
+// A registered scheme's backend, checked for what every pool relies on.
+std::unique_ptr<MemoryBackend> checked(const BackendUri& u, std::unique_ptr<MemoryBackend> b) {
+  if (!b) {
+    throw BackendError(fmt::format("{}: the scheme '{}' made no backend", u.text, u.scheme_name));
+  }
+  const std::uint64_t a = b->alignment_bytes();
+  if (a == 0 || (a & (a - 1)) != 0) {
+    throw BackendError(
+        fmt::format("{}: the scheme '{}' made a backend whose alignment {} is not "
+                    "a power of two",
+                    u.text, u.scheme_name, a));
+  }
+  return b;
+}
+
 }  // namespace
+
+void register_backend_scheme(std::string_view name, BackendScheme scheme) {
+  const bool well_formed =
+      !name.empty() && name.size() <= 32 && name.front() >= 'a' && name.front() <= 'z' &&
+      std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+      });
+  if (!well_formed) {
+    throw ConfigError(fmt::format(
+        "backend scheme '{}': expected a lower-case letter, then letters, digits, '+', '-' or "
+        "'.', at most 32 bytes",
+        name.substr(0, 40)));
+  }
+  if (is_builtin(name)) {
+    throw ConfigError(fmt::format("backend scheme '{}' is built in", name));
+  }
+  if (!scheme.create || !scheme.open || !scheme.exists) {
+    throw ConfigError(
+        fmt::format("backend scheme '{}': create, open and exists are required", name));
+  }
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  if (!r.schemes
+           .emplace(std::string(name), std::make_shared<const BackendScheme>(std::move(scheme)))
+           .second) {
+    throw ConfigError(fmt::format("backend scheme '{}' is already registered", name));
+  }
+}
+
+bool unregister_backend_scheme(std::string_view name) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  const auto it = r.schemes.find(name);
+  if (it == r.schemes.end()) return false;
+  r.schemes.erase(it);
+  return true;
+}
 
 BackendUri parse_backend_uri(std::string_view uri) {
   BackendUri out;
@@ -54,6 +149,7 @@ BackendUri parse_backend_uri(std::string_view uri) {
   }
   const std::string_view scheme = uri.substr(0, sep);
   const std::string_view rest = uri.substr(sep + 3);
+  out.scheme_name = std::string(scheme);
   if (scheme == "shm") {
     out.scheme = BackendUri::Scheme::kShm;
     check_name(uri, rest);
@@ -81,9 +177,21 @@ BackendUri parse_backend_uri(std::string_view uri) {
     out.numa_node = value;
     check_name(uri, rest.substr(slash + 1));
     out.target = std::string(rest.substr(slash + 1));
+  } else if (registered(scheme)) {
+    out.scheme = BackendUri::Scheme::kRegistered;
+    if (rest.empty() || rest.size() > 4096) {
+      throw ConfigError(
+          fmt::format("'{}': expected {}://TARGET of 1..4096 bytes", uri.substr(0, 60), scheme));
+    }
+    for (char c : rest) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        throw ConfigError(fmt::format("'{}': the target holds a control character", uri));
+      }
+    }
+    out.target = std::string(rest);
   } else {
-    throw ConfigError(
-        fmt::format("'{}': unknown scheme '{}'; use shm, dax, file or numa", uri, scheme));
+    throw ConfigError(fmt::format("'{}': unknown scheme '{}'; use {}", uri.substr(0, 80),
+                                  scheme.substr(0, 40), known_schemes()));
   }
   return out;
 }
@@ -106,6 +214,8 @@ std::unique_ptr<MemoryBackend> create_backend(std::string_view uri, std::uint64_
       }
       return backend;
     }
+    case BackendUri::Scheme::kRegistered:
+      return checked(u, scheme_of(u)->create(u, size_bytes, options));
   }
   throw ConfigError(fmt::format("'{}': unhandled scheme", uri));
 }
@@ -121,6 +231,8 @@ std::unique_ptr<MemoryBackend> open_backend(std::string_view uri, const BackendO
       return NumaBackend::open(u.numa_node, u.target, options);
     case BackendUri::Scheme::kDax:
       return DaxBackend::open_device(u.target, options);
+    case BackendUri::Scheme::kRegistered:
+      return checked(u, scheme_of(u)->open(u, options));
   }
   throw ConfigError(fmt::format("'{}': unhandled scheme", uri));
 }
@@ -139,6 +251,15 @@ void remove_backend(std::string_view uri) {
     case BackendUri::Scheme::kDax:
       throw BackendError(
           fmt::format("{}: a devdax device cannot be removed; erase its pool instead", uri));
+    case BackendUri::Scheme::kRegistered: {
+      const auto scheme = scheme_of(u);
+      if (!scheme->remove) {
+        throw BackendError(
+            fmt::format("{}: the scheme '{}' cannot remove its objects", uri, u.scheme_name));
+      }
+      scheme->remove(u);
+      return;
+    }
   }
 }
 
@@ -151,6 +272,8 @@ bool backend_exists(std::string_view uri) {
     case BackendUri::Scheme::kFile:
     case BackendUri::Scheme::kDax:
       return ::access(u.target.c_str(), F_OK) == 0;
+    case BackendUri::Scheme::kRegistered:
+      return scheme_of(u)->exists(u);
   }
   return false;
 }

@@ -10,9 +10,12 @@
 
 #include "xlshare/cache/device_cache.hpp"
 #include "xlshare/error.hpp"
+#include "xlshare/testing/eviction_policy_conformance.hpp"
 
 namespace xlshare {
 namespace {
+
+using namespace xlshare::conformance;
 
 // A cache of `capacity` unit-size tensors over `keys` keys, with synchronous fetches.
 class SimCache {
@@ -245,6 +248,31 @@ TEST(EvictionPolicy, SelectableByName) {
   EXPECT_THROW(make_eviction_policy("random"), ConfigError);
   EXPECT_THROW(make_eviction_policy("schedule"), ConfigError);  // needs the schedule
 }
+
+// The installed conformance suite, for every built-in policy as the engine makes it.
+struct LruKind {
+  static std::unique_ptr<EvictionPolicy> make(const CacheKeys&) {
+    return make_eviction_policy("lru");
+  }
+};
+struct FifoKind {
+  static std::unique_ptr<EvictionPolicy> make(const CacheKeys&) {
+    return make_eviction_policy("fifo");
+  }
+};
+struct ScheduleKind {
+  static std::unique_ptr<EvictionPolicy> make(const CacheKeys& keys) {
+    return make_eviction_policy("schedule", keys.schedule.trace(), keys.schedule.repeats());
+  }
+};
+struct FixedKind {
+  static std::unique_ptr<EvictionPolicy> make(const CacheKeys& keys) {
+    const auto keep = keys.schedule.fixed_set_for_cache(keys.key_bytes, keys.cache_bytes);
+    return make_eviction_policy("fixed", {}, true, keep);
+  }
+};
+using BuiltinPolicies = ::testing::Types<LruKind, FifoKind, ScheduleKind, FixedKind>;
+INSTANTIATE_TYPED_TEST_SUITE_P(Builtin, EvictionPolicyConformance, BuiltinPolicies);
 
 }  // namespace
 }  // namespace xlshare

@@ -1,5 +1,6 @@
-// One conformance suite that every MemoryBackend passes (the contract at the top of
-// memory_backend.hpp), plus the devdax path against a fake sysfs.
+// The installed MemoryBackend conformance suite for every built-in backend and the
+// emulator, what is particular to the built-in ones, and the devdax path against a fake
+// sysfs.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -11,9 +12,11 @@
 #include "support/test_support.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
+#include "xlshare/memory/cxl_emulator.hpp"
 #include "xlshare/memory/dax_backend.hpp"
 #include "xlshare/memory/numa_backend.hpp"
 #include "xlshare/memory/shared_memory_backend.hpp"
+#include "xlshare/testing/memory_backend_conformance.hpp"
 
 namespace xlshare {
 namespace {
@@ -34,90 +37,66 @@ struct NumaKind {
   static std::string path_of(const std::string& uri) { return "/dev/shm/" + uri.substr(9); }
 };
 
+// The installed suite (xlshare/testing/memory_backend_conformance.hpp), for every built-in
+// backend and for the CxlEmulator decorator, reached through a registered scheme.
+using namespace xlshare::conformance;
+using BuiltinKinds = ::testing::Types<ShmKind, FileKind, NumaKind>;
+INSTANTIATE_TYPED_TEST_SUITE_P(Builtin, MemoryBackendConformance, BuiltinKinds);
+
+// "cxl-emulated://NAME": shared memory NAME behind a CxlEmulator with an unpaced link.
+struct EmulatedKind {
+  static std::string make_uri() {
+    static const bool registered = [] {
+      BackendScheme scheme;
+      const auto wrap = [](std::unique_ptr<MemoryBackend> inner) {
+        EmulatorOptions o;
+        o.link = link_preset("none");
+        o.check_host_rate = false;
+        return std::unique_ptr<MemoryBackend>(
+            std::make_unique<CxlEmulator>(std::move(inner), std::move(o)));
+      };
+      scheme.create = [wrap](const BackendUri& u, std::uint64_t bytes, const BackendOptions& o) {
+        return wrap(create_backend("shm://" + u.target, bytes, o));
+      };
+      scheme.open = [wrap](const BackendUri& u, const BackendOptions& o) {
+        return wrap(open_backend("shm://" + u.target, o));
+      };
+      scheme.exists = [](const BackendUri& u) { return backend_exists("shm://" + u.target); };
+      scheme.remove = [](const BackendUri& u) { remove_backend("shm://" + u.target); };
+      register_backend_scheme("cxl-emulated", std::move(scheme));
+      return true;
+    }();
+    (void)registered;
+    return "cxl-emulated://" + test::unique_name("conf");
+  }
+};
+INSTANTIATE_TYPED_TEST_SUITE_P(Emulator, MemoryBackendConformance, ::testing::Types<EmulatedKind>);
+
+// What the installed suite cannot check for every backend: the files the built-in ones make.
 template <typename Kind>
-class BackendConformance : public ::testing::Test {
+class BackendFiles : public ::testing::Test {
  protected:
-  BackendConformance() : uri_(Kind::make_uri()), guard_(uri_) {}
+  BackendFiles() : uri_(Kind::make_uri()), guard_(uri_) {}
   std::string uri_;
   test::BackendGuard guard_;
   static constexpr std::uint64_t kSize = 4u << 20;
 };
+TYPED_TEST_SUITE(BackendFiles, BuiltinKinds);
 
-using Kinds = ::testing::Types<ShmKind, FileKind, NumaKind>;
-TYPED_TEST_SUITE(BackendConformance, Kinds);
-
-TYPED_TEST(BackendConformance, CreateReportsItsGeometry) {
-  auto b = create_backend(this->uri_, this->kSize);
-  EXPECT_EQ(b->uri(), this->uri_);
-  EXPECT_EQ(b->size_bytes(), this->kSize);
-  const auto a = b->alignment_bytes();
-  EXPECT_TRUE(a != 0 && (a & (a - 1)) == 0) << a;
-  EXPECT_TRUE(b->is_writable());
-  EXPECT_TRUE(b->is_host());
-  EXPECT_TRUE(backend_exists(this->uri_));
-}
-
-TYPED_TEST(BackendConformance, CreatorUsesMode0600AndRefusesAnExistingName) {
+TYPED_TEST(BackendFiles, CreatorUsesMode0600) {
   auto b = create_backend(this->uri_, this->kSize);
   struct stat st {};
   ASSERT_EQ(::stat(TypeParam::path_of(this->uri_).c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
-  EXPECT_THROW(create_backend(this->uri_, this->kSize), BackendError);
+  EXPECT_TRUE(b->is_host());
 }
 
-TYPED_TEST(BackendConformance, WritesAreSeenByAnotherOpenAndByRead) {
-  auto writer = create_backend(this->uri_, this->kSize);
-  Mapping w = writer->map(0, this->kSize, Access::kReadWrite);
-  for (std::uint64_t i = 0; i < this->kSize; ++i) w.data()[i] = std::byte(i * 7 + 3);
-
-  auto reader = open_backend(this->uri_);
-  EXPECT_EQ(reader->size_bytes(), this->kSize);
-  const std::uint64_t a = reader->alignment_bytes();
-  Mapping r = reader->map(a, a, Access::kReadOnly);
-  EXPECT_EQ(std::memcmp(r.data(), w.data() + a, a), 0);
-
-  std::vector<std::byte> out(1000);
-  ASSERT_EQ(reader->read(12345, out), ReadStatus::kOk);
-  EXPECT_EQ(std::memcmp(out.data(), w.data() + 12345, out.size()), 0);
-}
-
-TYPED_TEST(BackendConformance, RejectsMisalignedAndOutOfRangeRequests) {
-  auto b = create_backend(this->uri_, this->kSize);
-  const std::uint64_t a = b->alignment_bytes();
-  EXPECT_THROW(b->map(1, a, Access::kReadOnly), BackendError);
-  EXPECT_THROW(b->map(0, a + 1, Access::kReadOnly), BackendError);
-  EXPECT_THROW(b->map(0, this->kSize + a, Access::kReadOnly), BackendError);
-  EXPECT_THROW(b->map(this->kSize, a, Access::kReadOnly), BackendError);
-  EXPECT_THROW(b->map(0, 0, Access::kReadOnly), BackendError);
-  std::vector<std::byte> out(16);
-  EXPECT_EQ(b->read(this->kSize - 8, out), ReadStatus::kOutOfRange);
-  EXPECT_EQ(b->read(UINT64_MAX - 4, out), ReadStatus::kOutOfRange);
-}
-
-TYPED_TEST(BackendConformance, ReadOnlyOpenCannotMapWritable) {
-  auto b = create_backend(this->uri_, this->kSize);
-  BackendOptions ro;
-  ro.read_only = true;
-  auto r = open_backend(this->uri_, ro);
-  EXPECT_FALSE(r->is_writable());
-  EXPECT_THROW(r->map(0, r->alignment_bytes(), Access::kReadWrite), BackendError);
-}
-
-TYPED_TEST(BackendConformance, AWriteThroughAReadOnlyMappingFaults) {
+TYPED_TEST(BackendFiles, AWriteThroughAReadOnlyMappingFaults) {
   auto b = create_backend(this->uri_, this->kSize);
   Mapping r = b->map(0, b->alignment_bytes(), Access::kReadOnly);
   // "fast": the child only runs the statement, so it creates (and leaks) nothing.
   GTEST_FLAG_SET(death_test_style, "fast");
   EXPECT_DEATH({ *reinterpret_cast<volatile char*>(r.data()) = 1; }, "");
-}
-
-TYPED_TEST(BackendConformance, TheObjectOutlivesItsCreatorUntilRemoved) {
-  { auto b = create_backend(this->uri_, this->kSize); }
-  EXPECT_TRUE(backend_exists(this->uri_));
-  EXPECT_NO_THROW(open_backend(this->uri_));
-  remove_backend(this->uri_);
-  EXPECT_FALSE(backend_exists(this->uri_));
-  EXPECT_THROW(open_backend(this->uri_), BackendError);
 }
 
 TEST(NumaBackend, BindsPagesToTheRequestedNode) {

@@ -8,9 +8,12 @@
 #include "xlshare/error.hpp"
 #include "xlshare/memory/checksum.hpp"
 #include "xlshare/prefetch/prefetcher.hpp"
+#include "xlshare/testing/prefetch_policy_conformance.hpp"
 
 namespace xlshare {
 namespace {
+
+using namespace xlshare::conformance;
 
 // Records every call the Prefetcher makes, and plans the step after next only.
 class RecordingPolicy final : public PrefetchPolicy {
@@ -257,6 +260,14 @@ TEST(Figures, EveryFigureFromTwoSnapshotsWithOneDefinition) {
   b.stall_ns = 20'000'000;  // more stall than link time: no overlap, not a negative one
   EXPECT_EQ(figures_between(a, b).overlap, 0.0);
 }
+
+// The installed conformance suite, for the built-in policy fetching on demand and ahead.
+template <std::size_t K>
+struct LookaheadKind {
+  static std::unique_ptr<PrefetchPolicy> make() { return std::make_unique<LookaheadPolicy>(K); }
+};
+using BuiltinPolicies = ::testing::Types<LookaheadKind<0>, LookaheadKind<2>>;
+INSTANTIATE_TYPED_TEST_SUITE_P(Builtin, PrefetchPolicyConformance, BuiltinPolicies);
 
 }  // namespace
 }  // namespace xlshare

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -79,6 +80,12 @@ struct EngineConfig {
   PrefetchPolicyFactory prefetch_policy;
   /// A user eviction policy, made once per worker (overrides `eviction_policy`).
   EvictionPolicyFactory eviction_policy_factory;
+  /// Makes the backend of `pool_uri` and of `replica_pool_uri` (called with that string)
+  /// instead of open_backend(): for a backend built in code rather than named by a URI
+  /// scheme (for a scheme, register_backend_scheme() is the simpler way). The URIs are then
+  /// only labels. register_model creates a pool in the backend when its first bytes are
+  /// blank, and attaches to the one there otherwise; the engine never removes it.
+  std::function<std::unique_ptr<MemoryBackend>(const std::string& uri)> backend_factory;
 };
 
 struct InferenceRequest {
@@ -183,6 +190,13 @@ class InferenceEngine {
  private:
   Worker& take_worker(std::unique_lock<std::mutex>& lock, unsigned& index);
   std::unique_ptr<Pool> open_reader(const std::string& uri, bool primary) const;
+  std::unique_ptr<MemoryBackend> open_pool_backend(const std::string& uri) const;
+  /// The pool register_model writes to: the existing one, or a new one of size_if_new()
+  /// bytes, `*created_by_uri` set when it was created by URI (and is removed on failure).
+  /// `*existing_has` is set when the existing pool holds a sealed model `name`.
+  std::unique_ptr<Pool> writer_pool(const std::string& name,
+                                    const std::function<std::uint64_t()>& size_if_new,
+                                    bool* created_by_uri, bool* existing_has) const;
 
   EngineConfig config_;
   std::unique_ptr<Pool> pool_, replica_;
