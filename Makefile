@@ -4,6 +4,8 @@
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= 2
+# The build of `make` is tuned for this machine (XLSHARE_NATIVE); installable builds are not.
+NATIVE ?= ON
 CMAKE_FLAGS ?= -DXLSHARE_WARNINGS_AS_ERRORS=ON
 
 .PHONY: all deps configure build test demo bench experiments fuzz sanitize format format-check clean
@@ -14,7 +16,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 configure: deps
-	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DXLSHARE_NATIVE=$(NATIVE) $(CMAKE_FLAGS)
 
 build: configure
 	cmake --build $(BUILD_DIR) -j$(JOBS)

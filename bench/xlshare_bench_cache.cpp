@@ -20,6 +20,7 @@
 
 #include <fmt/format.h>
 
+#include "bench_report.hpp"
 #include "xlshare/cache/device_cache.hpp"
 #include "xlshare/cache/transfer_engine.hpp"
 #include "xlshare/memory/backend_uri.hpp"
@@ -90,25 +91,25 @@ double opt_bound(std::size_t blocks, std::size_t capacity, int passes) {
   return static_cast<double>(hits) / static_cast<double>(accesses);
 }
 
-void policy_table(int passes) {
+void policy_table(bench::Report& report, int passes) {
   constexpr std::size_t kBlocks = 12;
   std::vector<TensorKey> cycle(kBlocks);
   for (std::size_t i = 0; i < kBlocks; ++i) cycle[i] = static_cast<TensorKey>(i);
-  fmt::print("### (a) reuse_rate against cache size, layer-cyclic trace of a 12-block model\n\n");
-  fmt::print("Cache size in whole blocks (a block is one cache unit); reuse over passes 2..{}.\n\n",
-             passes);
-  fmt::print(
-      "| cache (% of model) | blocks | lru | fifo | schedule | OPT bound "
-      "|\n|---|---|---|---|---|---|\n");
+  report.note("### (a) reuse_rate against cache size, layer-cyclic trace of a 12-block model");
+  report.note(fmt::format(
+      "Cache size in whole blocks (a block is one cache unit); reuse over passes 2..{}.", passes));
+  report.table("reuse_rate",
+               {"cache (% of model)", "blocks", "lru", "fifo", "schedule", "OPT bound"});
   for (int pct : {10, 20, 30, 40, 50, 60, 70, 80, 90, 100}) {
     const std::size_t cap = std::max<std::size_t>(1, kBlocks * static_cast<std::size_t>(pct) / 100);
-    fmt::print("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", pct, cap,
-               simulate(std::make_unique<LruPolicy>(), kBlocks, cap, passes),
-               simulate(std::make_unique<FifoPolicy>(), kBlocks, cap, passes),
-               simulate(std::make_unique<ScheduleAwarePolicy>(cycle, true), kBlocks, cap, passes),
-               opt_bound(kBlocks, cap, passes));
+    report.row(
+        {bench::cell(pct), bench::cell(cap),
+         bench::cell(simulate(std::make_unique<LruPolicy>(), kBlocks, cap, passes), 3),
+         bench::cell(simulate(std::make_unique<FifoPolicy>(), kBlocks, cap, passes), 3),
+         bench::cell(
+             simulate(std::make_unique<ScheduleAwarePolicy>(cycle, true), kBlocks, cap, passes), 3),
+         bench::cell(opt_bound(kBlocks, cap, passes), 3)});
   }
-  fmt::print("\n");
 }
 
 // --- (b) lookahead ---------------------------------------------------------------------
@@ -203,29 +204,19 @@ LookaheadResult run_lookahead(const Model& m, const std::string& preset, std::si
   return {f.stall_ms, f.overlap, total_ms / tokens, f.link_gbps, f.transfer_ms, compute_ns / 1e6};
 }
 
-template <typename T>
-T median(std::vector<T> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-void lookahead_table(bool quick, int repeats) {
+void lookahead_table(bench::Report& report, bool quick, int repeats) {
   const std::uint64_t dim = quick ? 256 : 768, ffn = quick ? 704 : 2048;
   const int tokens = quick ? 2 : 4;
   Model m = make_model(dim, ffn);
-  fmt::print(
-      "### (b) stall and overlap against lookahead, decode (one token = one pass over 12 "
-      "blocks)\n\n");
-  fmt::print(
+  report.note(
+      "### (b) stall and overlap against lookahead, decode (one token = one pass over 12 blocks)");
+  report.note(fmt::format(
       "Model: 12 blocks, dim {}, ffn {}, F32 ({:.0f} MiB); cache 1/4 of the model, LRU; 2 "
-      "transfer\n"
-      "threads; compute = a matrix-vector product over every weight of the block; {} tokens per\n"
-      "run; medians of {} runs.\n\n",
-      dim, ffn, 12.0 * (4 * dim * dim + 3 * dim * ffn) * 4 / (1 << 20), tokens, repeats);
-  fmt::print(
-      "| preset | lookahead | stall ms/token | overlap | ms/token | compute ms/token | link busy "
-      "ms/token | link GB/s |\n");
-  fmt::print("|---|---|---|---|---|---|---|---|\n");
+      "transfer threads; compute = a matrix-vector product over every weight of the block; {} "
+      "tokens per run; medians of {} runs.",
+      dim, ffn, 12.0 * (4 * dim * dim + 3 * dim * ffn) * 4 / (1 << 20), tokens, repeats));
+  report.table("lookahead", {"preset", "lookahead", "stall ms/token", "overlap", "ms/token",
+                             "compute ms/token", "link busy ms/token", "link GB/s"});
   for (const char* preset : {"cxl-x8", "cxl-x16", "cxl-switched"}) {
     for (std::size_t k : {0u, 1u, 2u, 4u}) {
       std::vector<double> stall, overlap, ms, gbps, busy, compute;
@@ -238,12 +229,13 @@ void lookahead_table(bool quick, int repeats) {
         busy.push_back(res.transfer_ms / tokens);
         compute.push_back(res.compute_ms / tokens);
       }
-      fmt::print("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f} |\n", preset, k,
-                 median(stall), median(overlap), median(ms), median(compute), median(busy),
-                 median(gbps));
+      using bench::cell;
+      using bench::median;
+      report.row({cell(preset), cell(k), cell(median(stall), 2), cell(median(overlap), 2),
+                  cell(median(ms), 2), cell(median(compute), 2), cell(median(busy), 2),
+                  cell(median(gbps), 1)});
     }
   }
-  fmt::print("\n");
   remove_backend(m.uri);
 }
 
@@ -256,11 +248,14 @@ int main(int argc, char** argv) {
   app.add_flag("--quick", quick, "small model, one run: a smoke test");
   app.add_option("--repeats", repeats, "runs per lookahead configuration (median reported)")
       ->check(CLI::Range(1, 50));
+  bool json = false;
+  app.add_flag("--json", json, "print the tables as JSON instead of markdown");
   CLI11_PARSE(app, argc, argv);
   if (quick) repeats = 1;
   try {
-    policy_table(10);
-    lookahead_table(quick, repeats);
+    bench::Report report(json);
+    policy_table(report, 10);
+    lookahead_table(report, quick, repeats);
   } catch (const std::exception& e) {
     fmt::print(stderr, "xlshare_bench_cache: {}\n", e.what());
     return 1;

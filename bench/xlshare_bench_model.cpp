@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "bench_report.hpp"
 #include "bench_shape.hpp"
 
 #include "xlshare/model/dtype_convert.hpp"
@@ -43,11 +44,6 @@ Resident make_resident(const SyntheticModel& m, DType dtype) {
   return Resident{LlamaModel(m.config, descs), std::move(buffers)};
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,6 +53,8 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "runs per figure (median reported)")
       ->check(CLI::Range(1, 50));
   app.add_flag("--quick", quick, "a small model, one run: a smoke test");
+  bool json = false;
+  app.add_flag("--json", json, "print the table as JSON instead of markdown");
   CLI11_PARSE(app, argc, argv);
   if (quick) repeats = 1;
 
@@ -65,11 +63,11 @@ int main(int argc, char** argv) {
   const std::vector<int> prefills = quick ? std::vector<int>{32} : std::vector<int>{128, 512};
   const int decode_n = quick ? 8 : 64;
 
-  fmt::print("| weights | threads |");
-  for (int p : prefills) fmt::print(" prefill {} tok/s |", p);
-  fmt::print(" decode (tg{}) tok/s |\n|---|---|", decode_n);
-  for (std::size_t i = 0; i < prefills.size() + 1; ++i) fmt::print("---|");
-  fmt::print("\n");
+  bench::Report report(json);
+  std::vector<std::string> columns{"weights", "threads"};
+  for (int p : prefills) columns.push_back(fmt::format("prefill {} tok/s", p));
+  columns.push_back(fmt::format("decode (tg{}) tok/s", decode_n));
+  report.table("executor", columns);
   for (DType dtype : {DType::kF32, DType::kF16}) {
     Resident r = make_resident(synthetic, dtype);
     std::vector<std::span<const std::byte>> spans;
@@ -77,7 +75,8 @@ int main(int argc, char** argv) {
     SpanWeights weights(spans);
     for (unsigned threads : {1u, 2u}) {
       Executor ex(r.model, weights, ExecutorOptions{threads});
-      fmt::print("| {} | {} |", dtype == DType::kF32 ? "F32" : "F16", threads);
+      std::vector<bench::Cell> row{bench::cell(dtype == DType::kF32 ? "F32" : "F16"),
+                                   bench::cell(threads)};
       std::vector<float> logits;
       for (int p : prefills) {
         std::vector<std::int32_t> tokens(static_cast<std::size_t>(p));
@@ -90,7 +89,7 @@ int main(int argc, char** argv) {
           ex.forward(tokens, kv, logits, false);
           rates.push_back(p / std::chrono::duration<double>(Clock::now() - t0).count());
         }
-        fmt::print(" {:.0f} |", median(rates));
+        row.push_back(bench::cell(bench::median(rates), 0));
       }
       std::vector<double> rates;
       for (int rep = 0; rep < repeats; ++rep) {
@@ -106,7 +105,8 @@ int main(int argc, char** argv) {
         }
         rates.push_back(decode_n / std::chrono::duration<double>(Clock::now() - t0).count());
       }
-      fmt::print(" {:.1f} |\n", median(rates));
+      row.push_back(bench::cell(bench::median(rates), 1));
+      report.row(row);
     }
   }
   return 0;

@@ -24,6 +24,7 @@
 
 #include <fmt/format.h>
 
+#include "bench_report.hpp"
 #include "bench_shape.hpp"
 
 #include "xlshare/engine/inference_engine.hpp"
@@ -39,11 +40,6 @@ double seconds_since(WallClock::time_point t0) {
   return std::chrono::duration<double>(WallClock::now() - t0).count();
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,6 +53,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "compute threads")->check(CLI::Range(1u, 256u));
   app.add_option("--dtype", dtype_name, "weight dtype")->check(CLI::IsMember({"f32", "f16"}));
   app.add_flag("--quick", quick, "a small model, one run: a smoke test");
+  bool json = false;
+  app.add_flag("--json", json, "print the tables as JSON instead of markdown");
   CLI11_PARSE(app, argc, argv);
   if (quick) repeats = 1;
 
@@ -92,18 +90,18 @@ int main(int argc, char** argv) {
       e.scrub_now();
       rehash_gbps.push_back(static_cast<double>(s.verify_bytes) / 1e9 / seconds_since(t1));
     }
-    fmt::print("model: {} MiB ({}), {} compute threads, median of {} runs\n\n", model_bytes >> 20,
-               dtype_name, threads, repeats);
-    fmt::print(
-        "| attach (cache 0) | first-use verification | its rate | re-hash of the mapped model |\n");
-    fmt::print("|---|---|---|---|\n");
-    fmt::print("| {:.0f} ms | {:.0f} ms | {:.1f} GB/s | {:.1f} GB/s |\n\n", median(attach_s) * 1e3,
-               median(verify_s) * 1e3, median(verify_gbps), median(rehash_gbps));
-
-    fmt::print(
-        "| scrubber | decode (tg{}) tok/s | scrubber CPU (share of one core) | scrubbed MiB/s |\n",
-        decode_n);
-    fmt::print("|---|---|---|---|\n");
+    bench::Report report(json);
+    report.note(fmt::format("model: {} MiB ({}), {} compute threads, median of {} runs",
+                            model_bytes >> 20, dtype_name, threads, repeats));
+    report.set("model_bytes", model_bytes);
+    report.table("attach", {"attach (cache 0) ms", "first-use verification ms", "its rate GB/s",
+                            "re-hash of the mapped model GB/s"});
+    report.row({bench::cell(bench::median(attach_s) * 1e3, 0),
+                bench::cell(bench::median(verify_s) * 1e3, 0),
+                bench::cell(bench::median(verify_gbps), 1),
+                bench::cell(bench::median(rehash_gbps), 1)});
+    report.table("scrubber", {"scrubber MiB/s", fmt::format("decode (tg{}) tok/s", decode_n),
+                              "scrubber CPU % of one core", "scrubbed MiB/s"});
     for (std::uint64_t mib : {0ull, 64ull, 256ull, 1024ull}) {
       config.scrub_bytes_per_s = mib << 20;
       InferenceEngine e(config);
@@ -122,14 +120,15 @@ int main(int argc, char** argv) {
       }
       const ScrubStats s = e.stats().workers[0].scrub;
       const double wall = static_cast<double>(s.wall_ns) / 1e9;
-      fmt::print(
-          "| {} | {} | {} | {} |\n", mib == 0 ? std::string("off") : fmt::format("{} MiB/s", mib),
-          rates.empty() ? std::string("—") : fmt::format("{:.1f}", median(rates)),
-          s.wall_ns ? fmt::format("{:.1f}%", 100.0 * static_cast<double>(s.cpu_ns) /
-                                                 static_cast<double>(s.wall_ns))
-                    : "—",
-          wall > 0 ? fmt::format("{:.0f}", static_cast<double>(s.bytes_scrubbed) / 1048576.0 / wall)
-                   : "—");
+      report.row(
+          {mib == 0 ? bench::cell("off") : bench::cell(mib),
+           rates.empty() ? bench::missing() : bench::cell(bench::median(rates), 1),
+           s.wall_ns
+               ? bench::cell(100.0 * static_cast<double>(s.cpu_ns) / static_cast<double>(s.wall_ns),
+                             1)
+               : bench::missing(),
+           wall > 0 ? bench::cell(static_cast<double>(s.bytes_scrubbed) / 1048576.0 / wall, 0)
+                    : bench::missing()});
     }
   } catch (const std::exception& e) {
     if (backend_exists(uri)) remove_backend(uri);

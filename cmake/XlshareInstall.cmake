@@ -1,9 +1,13 @@
-# cmake --install: headers, libraries, the CMake package (xlshare-config.cmake + version) and xlshare.pc.
+# cmake --install: headers, libraries, the CMake package (xlshare-config.cmake, its version
+# file and one export set per component) and pkg-config files (xlshare-core.pc, xlshare.pc)
+# that find the prefix from where they lie, so the tree can be installed or moved anywhere.
 include(CMakePackageConfigHelpers)
 set(XLSHARE_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/xlshare")
 
 install(DIRECTORY include/xlshare DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(EXPORT xlshare-targets NAMESPACE xlshare:: DESTINATION ${XLSHARE_CMAKE_DIR})
+foreach(component core engine)
+  install(EXPORT xlshare-${component}-targets NAMESPACE xlshare:: DESTINATION ${XLSHARE_CMAKE_DIR})
+endforeach()
 configure_package_config_file(cmake/xlshare-config.cmake.in
   "${PROJECT_BINARY_DIR}/xlshare-config.cmake" INSTALL_DESTINATION ${XLSHARE_CMAKE_DIR})
 write_basic_package_version_file("${PROJECT_BINARY_DIR}/xlshare-config-version.cmake"
@@ -13,5 +17,16 @@ install(FILES "${PROJECT_BINARY_DIR}/xlshare-config.cmake"
               cmake/Findxxhash.cmake cmake/FindNUMA.cmake
         DESTINATION ${XLSHARE_CMAKE_DIR})
 
+# pkg-config: the prefix is ${pcfiledir} less the path from the prefix to the .pc files.
+set(XLSHARE_PC_DIR "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+file(RELATIVE_PATH XLSHARE_PC_TO_PREFIX "/prefix/${XLSHARE_PC_DIR}" "/prefix")
+string(REGEX REPLACE "/$" "" XLSHARE_PC_TO_PREFIX "${XLSHARE_PC_TO_PREFIX}")
+if(BUILD_SHARED_LIBS)
+  set(XLSHARE_PC_PRIVATE "Requires.private")  # a shared library carries its own dependencies
+else()
+  set(XLSHARE_PC_PRIVATE "Requires")
+endif()
+configure_file(cmake/xlshare-core.pc.in "${PROJECT_BINARY_DIR}/xlshare-core.pc" @ONLY)
 configure_file(cmake/xlshare.pc.in "${PROJECT_BINARY_DIR}/xlshare.pc" @ONLY)
-install(FILES "${PROJECT_BINARY_DIR}/xlshare.pc" DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+install(FILES "${PROJECT_BINARY_DIR}/xlshare-core.pc" "${PROJECT_BINARY_DIR}/xlshare.pc"
+        DESTINATION ${XLSHARE_PC_DIR})

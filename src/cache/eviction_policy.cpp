@@ -7,6 +7,30 @@
 #include "xlshare/error.hpp"
 
 namespace xlshare {
+namespace {
+
+// Records an event (a use, an insert) of `key` at the next tick of `clock`.
+void stamp(std::vector<std::uint64_t>& stamps, std::uint64_t& clock, TensorKey key) {
+  if (key >= stamps.size()) stamps.resize(std::size_t{key} + 1, 0);
+  stamps[key] = ++clock;
+}
+
+// The key's stamp; 0 (the oldest) when it has none.
+std::uint64_t stamp_of(const std::vector<std::uint64_t>& stamps, TensorKey key) noexcept {
+  return key < stamps.size() ? stamps[key] : 0;
+}
+
+// The candidate with the oldest stamp.
+std::size_t oldest(std::span<const TensorKey> candidates,
+                   const std::vector<std::uint64_t>& stamps) noexcept {
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < candidates.size(); ++i) {
+    if (stamp_of(stamps, candidates[i]) < stamp_of(stamps, candidates[best])) best = i;
+  }
+  return best;
+}
+
+}  // namespace
 
 void EvictionPolicy::note_error(const char* what) noexcept {
   failed_.store(true, std::memory_order_release);
@@ -37,46 +61,20 @@ std::optional<std::size_t> EvictionPolicy::choose_victim(std::span<const TensorK
 
 // --- LRU -------------------------------------------------------------------------------
 
-void LruPolicy::touch(TensorKey key) {
-  if (key >= last_use_.size()) last_use_.resize(std::size_t{key} + 1, 0);
-  last_use_[key] = ++clock_;
-}
+void LruPolicy::touch(TensorKey key) { stamp(last_use_, clock_, key); }
 
 std::optional<std::size_t> LruPolicy::do_choose_victim(std::span<const TensorKey> candidates,
                                                        TensorKey, bool) {
-  std::size_t best = 0;
-  std::uint64_t oldest = UINT64_MAX;
-  for (std::size_t i = 0; i < candidates.size(); ++i) {
-    const TensorKey k = candidates[i];
-    const std::uint64_t t = k < last_use_.size() ? last_use_[k] : 0;
-    if (t < oldest) {
-      oldest = t;
-      best = i;
-    }
-  }
-  return best;
+  return oldest(candidates, last_use_);
 }
 
 // --- FIFO ------------------------------------------------------------------------------
 
-void FifoPolicy::do_on_insert(TensorKey key) {
-  if (key >= inserted_.size()) inserted_.resize(std::size_t{key} + 1, 0);
-  inserted_[key] = ++clock_;
-}
+void FifoPolicy::do_on_insert(TensorKey key) { stamp(inserted_, clock_, key); }
 
 std::optional<std::size_t> FifoPolicy::do_choose_victim(std::span<const TensorKey> candidates,
                                                         TensorKey, bool) {
-  std::size_t best = 0;
-  std::uint64_t oldest = UINT64_MAX;
-  for (std::size_t i = 0; i < candidates.size(); ++i) {
-    const TensorKey k = candidates[i];
-    const std::uint64_t t = k < inserted_.size() ? inserted_[k] : 0;
-    if (t < oldest) {
-      oldest = t;
-      best = i;
-    }
-  }
-  return best;
+  return oldest(candidates, inserted_);
 }
 
 // --- schedule-aware (Belady) -----------------------------------------------------------
@@ -150,10 +148,7 @@ FixedSetPolicy::FixedSetPolicy(std::span<const TensorKey> keep) {
   }
 }
 
-void FixedSetPolicy::touch(TensorKey key) {
-  if (key >= last_use_.size()) last_use_.resize(std::size_t{key} + 1, 0);
-  last_use_[key] = ++clock_;
-}
+void FixedSetPolicy::touch(TensorKey key) { stamp(last_use_, clock_, key); }
 
 std::optional<std::size_t> FixedSetPolicy::do_choose_victim(std::span<const TensorKey> candidates,
                                                             TensorKey, bool may_refuse) {
@@ -163,7 +158,7 @@ std::optional<std::size_t> FixedSetPolicy::do_choose_victim(std::span<const Tens
   std::uint64_t oldest = UINT64_MAX, oldest_kept = UINT64_MAX;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const TensorKey k = candidates[i];
-    const std::uint64_t t = k < last_use_.size() ? last_use_[k] : 0;
+    const std::uint64_t t = stamp_of(last_use_, k);
     if (kept(k)) {
       if (t < oldest_kept) oldest_kept = t, best_kept = i;
     } else if (t < oldest) {

@@ -8,8 +8,17 @@
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/cxl_emulator.hpp"
 #include "xlshare/memory/pool.hpp"
+#include "xlshare/version.hpp"
 
 int main() {
+  // The headers and the library must be of one version.
+  const std::string headers = std::to_string(XLSHARE_VERSION_MAJOR) + "." +
+                              std::to_string(XLSHARE_VERSION_MINOR) + "." +
+                              std::to_string(XLSHARE_VERSION_PATCH);
+  if (headers != xlshare::version()) {
+    std::fprintf(stderr, "consumer: headers %s, library %s\n", headers.c_str(), xlshare::version());
+    return 1;
+  }
   const std::string uri = "shm://xlshare-install-check-" + std::to_string(::getpid());
   int rc = 1;
   try {
