@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 
 namespace xlshare {
@@ -33,6 +34,8 @@ struct Figures {
 
   std::string to_json() const;
 };
+/// {"acquires": …, "ready_rate": …, …}: every field by its name.
+void to_json(nlohmann::json& j, const Figures& f);
 
 /// Running totals of one worker (or one cache, transfer engine and prefetcher).
 struct Counters {
@@ -48,6 +51,7 @@ struct Counters {
   std::uint64_t failovers = 0;
   std::uint64_t checksum_mismatches = 0;
 };
+void to_json(nlohmann::json& j, const Counters& c);
 
 /// Every figure over the window between two snapshots (`before` = {}: since the start).
 /// With no acquisition in the window ready_rate is 1 (nothing waited) and reuse_rate 0

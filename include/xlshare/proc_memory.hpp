@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string_view>
 
@@ -21,6 +22,7 @@ struct ProcMemory {
   std::uint64_t private_dirty = 0;
   std::uint64_t private_bytes() const noexcept { return private_clean + private_dirty; }
 };
+void to_json(nlohmann::json& j, const ProcMemory& m);
 
 /// Reads /proc/PID/smaps_rollup. nullopt when the process is gone or /proc is unreadable.
 std::optional<ProcMemory> read_proc_memory(pid_t pid);

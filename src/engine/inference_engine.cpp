@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <optional>
 #include <thread>
@@ -57,51 +58,7 @@ SyntheticModel create_sample_transformer_model(std::uint32_t dim, std::uint32_t 
   return make_synthetic_llama(c, seed);
 }
 
-std::string EngineStats::to_json() const {
-  nlohmann::json j;
-  j["pool"] = nlohmann::json::parse(pool.to_json());
-  j["model"] = model;
-  j["model_bytes"] = model_bytes;
-  j["workers"] = nlohmann::json::array();
-  for (const auto& w : workers) {
-    j["workers"].push_back({
-        {"index", w.index},
-        {"placement", w.placement},
-        {"hot_set_bytes", w.hot_set_bytes},
-        {"hot_set_target_bytes", w.hot_set_target_bytes},
-        {"requests", w.requests},
-        {"tokens", w.tokens},
-        {"figures", nlohmann::json::parse(w.figures.to_json())},
-        {"cache",
-         {{"budget_bytes", w.cache.budget_bytes},
-          {"bytes_resident", w.cache.bytes_resident},
-          {"peak_bytes", w.cache.peak_bytes},
-          {"evictions", w.cache.evictions},
-          {"fetches_demand", w.cache.fetches_demand},
-          {"fetches_prefetch", w.cache.fetches_prefetch},
-          {"prefetches_refused", w.cache.prefetches_refused}}},
-        {"link",
-         {{"bytes", w.transfers.link_bytes},
-          {"busy_ns", w.transfers.busy_ns},
-          {"gbps", w.transfers.link_gbps()},
-          {"retries", w.transfers.retries},
-          {"checksum_mismatches", w.transfers.checksum_mismatches},
-          {"failovers", w.transfers.failovers},
-          {"failed", w.transfers.failed}}},
-        {"scrub",
-         {{"verify_ns", w.scrub.verify_ns},
-          {"verify_bytes", w.scrub.verify_bytes},
-          {"bytes_scrubbed", w.scrub.bytes_scrubbed},
-          {"passes", w.scrub.passes},
-          {"mismatches", w.scrub.mismatches},
-          {"failovers", w.scrub.failovers},
-          {"failed", w.scrub.failed},
-          {"cpu_ns", w.scrub.cpu_ns},
-          {"wall_ns", w.scrub.wall_ns}}},
-    });
-  }
-  return j.dump(2);
-}
+std::string EngineStats::to_json() const { return nlohmann::json(*this).dump(2); }
 
 InferenceEngine::InferenceEngine(EngineConfig config) : config_(std::move(config)) {
   if (config_.workers == 0 || config_.workers > 64)
@@ -232,6 +189,7 @@ bool InferenceEngine::register_model(const SyntheticModel& model, const std::str
 }
 
 void InferenceEngine::attach_model(const std::string& name) {
+  const auto t0 = SteadyClock::now();
   workers_.clear();
   view_.reset();
   pool_ = open_reader(config_.pool_uri, true);
@@ -254,8 +212,14 @@ void InferenceEngine::attach_model(const std::string& name) {
     workers_.push_back(std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo,
                                                 i > 0 ? workers_[0].get() : nullptr));
   }
-  requests_.assign(config_.workers, 0);
-  tokens_.assign(config_.workers, 0);
+  {
+    std::lock_guard g(stats_mu_);
+    requests_.assign(config_.workers, 0);
+    tokens_.assign(config_.workers, 0);
+    latencies_ms_.clear();
+    latency_next_ = 0;
+    attach_ms_ = ms_since(t0);
+  }
   logger().info(
       "attached model '{}' of {}{}: {} worker(s), placement {}, near memory {} bytes each", name,
       config_.pool_uri,
@@ -388,6 +352,14 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(
     std::lock_guard g(stats_mu_);
     requests_[index] += requests.size();
     tokens_[index] += tokens;
+    for (std::size_t i = 0; i < requests.size(); ++i) {  // each request waited the batch
+      if (latencies_ms_.size() < EngineStats::kLatencyWindow) {
+        latencies_ms_.push_back(latency);
+      } else {
+        latencies_ms_[latency_next_] = latency;
+        latency_next_ = (latency_next_ + 1) % EngineStats::kLatencyWindow;
+      }
+    }
   }
   return results;
 }
@@ -424,6 +396,17 @@ EngineStats InferenceEngine::stats() const {
     s.model_bytes = view_->total_bytes();
   }
   std::lock_guard g(stats_mu_);
+  s.attach_ms = attach_ms_;
+  if (!latencies_ms_.empty()) {
+    std::vector<double> sorted = latencies_ms_;
+    std::sort(sorted.begin(), sorted.end());
+    const auto rank = [&](double p) {  // nearest rank
+      const auto r = static_cast<std::size_t>(std::ceil(p * static_cast<double>(sorted.size())));
+      return sorted[std::clamp<std::size_t>(r, 1, sorted.size()) - 1];
+    };
+    s.latency_p50_ms = rank(0.50);
+    s.latency_p99_ms = rank(0.99);
+  }
   for (unsigned i = 0; i < workers_.size(); ++i) {
     WorkerReport w;
     w.index = i;
@@ -436,6 +419,7 @@ EngineStats InferenceEngine::stats() const {
     w.hot_set_target_bytes = workers_[i]->hot_set_target_bytes();
     w.requests = requests_[i];
     w.tokens = tokens_[i];
+    s.requests += requests_[i];
     s.workers.push_back(w);
   }
   return s;

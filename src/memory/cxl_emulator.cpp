@@ -95,22 +95,6 @@ ChunkTiming reserve_chunk(LinkState& link, const LinkParams& p, std::uint64_t no
   }
 }
 
-std::string EmulatorStats::to_json() const {
-  const nlohmann::json j = {
-      {"transfers", transfers},
-      {"bytes", bytes},
-      {"read_ns", read_ns},
-      {"transient_errors", transient_errors},
-      {"poisoned_reads", poisoned_reads},
-      {"bit_flips", bit_flips},
-      {"offline_reads", offline_reads},
-      {"late_chunks", late_chunks},
-      {"configured_gbps", configured_gbps},
-      {"achieved_gbps", achieved_gbps},
-      {"host_copy_gbps", host_copy_gbps},
-  };
-  return j.dump();
-}
 
 double CxlEmulator::host_copy_gbps() {
   static const double rate = measure_host_copy_gbps();

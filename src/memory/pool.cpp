@@ -72,28 +72,6 @@ const TensorInfo& ModelView::at(std::string_view name) const {
   throw PoolError(fmt::format("model '{}' has no tensor '{}'", name_, name));
 }
 
-std::string PoolStats::to_json() const {
-  nlohmann::json j;
-  j["uri"] = uri;
-  j["pool_bytes"] = pool_bytes;
-  j["data_bytes"] = data_bytes;
-  j["generation"] = generation;
-  j["models_sealed"] = models_sealed;
-  j["models_loading"] = models_loading;
-  j["tensors"] = tensors;
-  j["attached_processes"] = attached_processes;
-  j["extents"] = {
-      {"bytes_total", extents.bytes_total},   {"bytes_used", extents.bytes_used},
-      {"bytes_free", extents.bytes_free},     {"largest_free_extent", extents.largest_free_extent},
-      {"free_extents", extents.free_extents}, {"fragmentation", extents.fragmentation}};
-  j["link"] = {{"bytes", link_bytes},
-               {"transfers", link_transfers},
-               {"busy_ns", link_busy_ns},
-               {"faults", link_faults},
-               {"clock_clamps", link_clock_clamps}};
-  j["mapping"] = {{"page_bytes", page_bytes}, {"huge_mapped_bytes", huge_mapped_bytes}};
-  return j.dump(2);
-}
 
 // ---------------------------------------------------------------------------------------
 // Creating and attaching

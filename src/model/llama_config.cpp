@@ -34,20 +34,20 @@ void LlamaConfig::validate(const std::string& where) const {
     bad(fmt::format("norm epsilon {} is not in (0, 1]", norm_eps));
 }
 
-std::string LlamaConfig::to_json() const {
-  const nlohmann::json j = {{"dim", dim},
-                            {"n_layers", n_layers},
-                            {"n_heads", n_heads},
-                            {"n_kv_heads", n_kv_heads},
-                            {"head_dim", head_dim},
-                            {"ffn_dim", ffn_dim},
-                            {"vocab", vocab},
-                            {"context", context},
-                            {"rope_theta", rope_theta},
-                            {"norm_eps", norm_eps},
-                            {"tie_embeddings", tie_embeddings}};
-  return j.dump();
+void to_json(nlohmann::json& j, const LlamaConfig& c) {
+  j = {{"dim", c.dim},
+       {"n_layers", c.n_layers},
+       {"n_heads", c.n_heads},
+       {"n_kv_heads", c.n_kv_heads},
+       {"head_dim", c.head_dim},
+       {"ffn_dim", c.ffn_dim},
+       {"vocab", c.vocab},
+       {"context", c.context},
+       {"rope_theta", c.rope_theta},
+       {"norm_eps", c.norm_eps},
+       {"tie_embeddings", c.tie_embeddings}};
 }
+std::string LlamaConfig::to_json() const { return nlohmann::json(*this).dump(); }
 
 LlamaConfig LlamaConfig::from_json(const std::string& json, const std::string& where) {
   LlamaConfig c;

@@ -37,7 +37,7 @@ std::string model_metadata(const LlamaModel& model, std::string_view source,
     schedule.push_back({{"step", step.name}, {"tensors", names}});
   }
   return nlohmann::json{{"format", "xlshare-llama/1"},
-                        {"config", nlohmann::json::parse(model.config().to_json())},
+                        {"config", model.config()},
                         {"schedule", schedule},
                         {"source", source},
                         {"source_format", source_format}}

@@ -2,6 +2,8 @@
 // processes share one copy; attaching loads nothing; batches fetch weights once.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <stdexcept>
 
@@ -286,6 +288,71 @@ TEST_F(EngineTest, ThreadsOfWorkersServeConcurrentRequests) {
   ASSERT_EQ(stats.workers.size(), 2u);
   EXPECT_EQ(stats.workers[0].requests + stats.workers[1].requests, 4u);
   EXPECT_NE(stats.to_json().find("\"figures\""), std::string::npos);
+}
+
+TEST_F(EngineTest, StatsCarryEveryFigureWithLatencyAndAttachTimeAsJson) {
+  EngineConfig c = config();
+  c.cache_bytes = model_bytes_ / 3;
+  InferenceEngine engine(c);
+  EngineStats before_attach = engine.stats();
+  EXPECT_EQ(before_attach.requests, 0u);
+  EXPECT_EQ(before_attach.latency_p50_ms, 0.0);
+  engine.attach_model("m");
+  for (int i = 0; i < 5; ++i) engine.generate(test::some_tokens(model_.config.vocab, 4, i), 2);
+  const EngineStats s = engine.stats();
+  EXPECT_GT(s.attach_ms, 0.0);
+  EXPECT_EQ(s.requests, 5u);
+  EXPECT_GT(s.latency_p50_ms, 0.0);
+  EXPECT_GE(s.latency_p99_ms, s.latency_p50_ms);
+  const nlohmann::json j = s;
+  EXPECT_EQ(j.at("requests"), 5);
+  EXPECT_EQ(j.at("latency_p99_ms").get<double>(), s.latency_p99_ms);
+  const auto& w = j.at("workers").at(0);
+  // Every counter of the cache and the transfers, not a selection.
+  EXPECT_EQ(w.at("cache").size(), 17u);
+  EXPECT_EQ(w.at("cache").at("acquires_waited").get<std::uint64_t>(),
+            s.workers[0].cache.acquires_waited);
+  EXPECT_EQ(w.at("link").at("preemptions").get<std::uint64_t>(),
+            s.workers[0].transfers.preemptions);
+  EXPECT_EQ(w.at("figures").at("ready_rate").get<double>(), s.workers[0].figures.ready_rate);
+  EXPECT_EQ(nlohmann::json::parse(s.to_json()), j);  // the string form is the same document
+}
+
+TEST(EngineJson, RequestsAndResultsRoundTrip) {
+  InferenceRequest r;
+  r.id = "r-1";
+  r.prompt = {1, 2, 3};
+  r.max_new_tokens = 7;
+  r.sampling.temperature = 0.5f;
+  r.sampling.top_k = 4;
+  r.sampling.top_p = 0.9f;
+  r.sampling.seed = 99;
+  r.return_logits = true;
+  const InferenceRequest back = nlohmann::json(r).get<InferenceRequest>();
+  EXPECT_EQ(back.id, r.id);
+  EXPECT_EQ(back.prompt, r.prompt);
+  EXPECT_EQ(back.max_new_tokens, r.max_new_tokens);
+  EXPECT_EQ(back.sampling.temperature, r.sampling.temperature);
+  EXPECT_EQ(back.sampling.top_k, r.sampling.top_k);
+  EXPECT_EQ(back.sampling.top_p, r.sampling.top_p);
+  EXPECT_EQ(back.sampling.seed, r.sampling.seed);
+  EXPECT_TRUE(back.return_logits);
+  InferenceResult res;
+  res.id = "r-1";
+  res.output_tokens = {4, 5};
+  res.last_logits = {0.25f, -1.5f};
+  res.latency_ms = 3.5;
+  res.link_bytes = 1234;
+  res.worker = 2;
+  const InferenceResult res_back = nlohmann::json(res).get<InferenceResult>();
+  EXPECT_EQ(res_back.output_tokens, res.output_tokens);
+  EXPECT_EQ(res_back.last_logits, res.last_logits);
+  EXPECT_EQ(res_back.latency_ms, res.latency_ms);
+  EXPECT_EQ(res_back.link_bytes, res.link_bytes);
+  EXPECT_EQ(res_back.worker, res.worker);
+  nlohmann::json missing = nlohmann::json(r);
+  missing.erase("prompt");
+  EXPECT_THROW(missing.get<InferenceRequest>(), nlohmann::json::exception);
 }
 
 TEST(EngineFiles, AttachingToALoadedPoolNeverOpensTheModelFile) {

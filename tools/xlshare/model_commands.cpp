@@ -530,7 +530,7 @@ void add_model_commands(CLI::App& app) {
       auto pool = Pool::attach(open_backend(a->pool));
       const auto s = pool->stats();
       if (a->json) {
-        auto j = nlohmann::json::parse(s.to_json());
+        nlohmann::json j = s;
         j["models"] = pool->model_names();
         fmt::print("{}\n", j.dump(2));
         return;

@@ -53,7 +53,7 @@ void pool_info(const PoolArgs& a) {
   const auto s = pool->stats(/*read_mapping=*/true);
   const auto models = pool->list_models();
   if (a.json) {
-    auto j = nlohmann::json::parse(s.to_json());
+    nlohmann::json j = s;
     j["models"] = nlohmann::json::array();
     for (const auto& m : models) {
       j["models"].push_back({{"name", m.name},

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -54,6 +55,7 @@ struct CacheStats {
   std::uint64_t bytes_prefetched_used = 0;  ///< prefetched bytes acquired before eviction
   std::uint64_t wait_ns = 0;                ///< time acquire() and demand fetches waited
 };
+void to_json(nlohmann::json& j, const CacheStats& s);
 
 class DeviceCache {
  public:

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -35,6 +36,7 @@ struct EvictionStats {
   std::uint64_t victims_chosen = 0;
   std::uint64_t refusals = 0;  ///< requests the policy refused to make room for (see may_refuse)
 };
+void to_json(nlohmann::json& j, const EvictionStats& s);
 
 class EvictionPolicy {
  public:

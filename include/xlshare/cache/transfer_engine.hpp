@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <thread>
@@ -73,6 +74,8 @@ struct TransferStats {
     return busy_ns ? static_cast<double>(link_bytes) / static_cast<double>(busy_ns) : 0.0;
   }
 };
+/// Every counter, and "link_gbps".
+void to_json(nlohmann::json& j, const TransferStats& s);
 
 class TransferEngine {
  public:

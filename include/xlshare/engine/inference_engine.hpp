@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "xlshare/engine/worker.hpp"
 #include "xlshare/memory/cxl_emulator.hpp"
 #include "xlshare/memory/pool.hpp"
@@ -98,6 +100,11 @@ struct InferenceRequest {
   bool return_logits = false;
 };
 
+/// Requests and results as JSON objects (the `xlshare worker` protocol's fields; from_json
+/// throws nlohmann::json::exception for a missing or mistyped field).
+void to_json(nlohmann::json& j, const InferenceRequest& r);
+void from_json(const nlohmann::json& j, InferenceRequest& r);
+
 struct InferenceResult {
   std::string id;
   std::vector<std::int32_t> output_tokens;
@@ -113,6 +120,9 @@ struct InferenceResult {
   unsigned worker = 0;           ///< which worker ran it
 };
 
+void to_json(nlohmann::json& j, const InferenceResult& r);
+void from_json(const nlohmann::json& j, InferenceResult& r);
+
 struct WorkerReport {
   unsigned index = 0;
   Figures figures;
@@ -127,13 +137,23 @@ struct WorkerReport {
   std::uint64_t tokens = 0;  ///< prompt + generated tokens processed
 };
 
+void to_json(nlohmann::json& j, const WorkerReport& w);
+
 struct EngineStats {
   PoolStats pool;
   std::string model;
   std::uint64_t model_bytes = 0;
+  double attach_ms = 0;        ///< the last attach_model: pools attached, model checked, workers up
+  std::uint64_t requests = 0;  ///< requests answered since attach, every worker
+  /// Request latency (submit to answer, ms) over the last kLatencyWindow requests: the
+  /// median and the 99th percentile (nearest rank); 0 with no request yet.
+  double latency_p50_ms = 0, latency_p99_ms = 0;
+  static constexpr std::size_t kLatencyWindow = 4096;
   std::vector<WorkerReport> workers;
   std::string to_json() const;
 };
+/// Everything above, each worker's cache, transfer, link and scrub figures included.
+void to_json(nlohmann::json& j, const EngineStats& s);
 
 /// The sample model of the seed: a Llama of the given shape with seeded random weights.
 SyntheticModel create_sample_transformer_model(std::uint32_t dim = 256, std::uint32_t n_layers = 4,
@@ -204,6 +224,9 @@ class InferenceEngine {
   std::unique_ptr<LlamaModel> model_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::uint64_t> requests_, tokens_;
+  std::vector<double> latencies_ms_;  // the last EngineStats::kLatencyWindow, a ring
+  std::size_t latency_next_ = 0;
+  double attach_ms_ = 0;
   mutable std::mutex stats_mu_;
   std::atomic<unsigned> next_worker_{0};
 };

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <string>
 #include <string_view>
@@ -50,6 +51,7 @@ struct ScrubStats {
   std::uint64_t cpu_ns = 0;          ///< CPU time of the background scrubber thread
   std::uint64_t wall_ns = 0;         ///< how long the background thread has run
 };
+void to_json(nlohmann::json& j, const ScrubStats& s);
 
 /// One model's tensors in the pools' mappings, each served from a copy that verified.
 /// Thread-safe; `bytes()` is the hot path (one atomic load).

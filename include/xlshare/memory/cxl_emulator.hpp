@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <string>
 #include <string_view>
@@ -141,6 +142,7 @@ struct EmulatorStats {
   /// The same fields as a JSON object.
   std::string to_json() const;
 };
+void to_json(nlohmann::json& j, const EmulatorStats& s);
 
 class CxlEmulator final : public MemoryBackend {
  public:

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -47,6 +48,7 @@ struct ExtentStats {
   /// 1 - largest_free_extent / bytes_free: 0 when all free space is one extent.
   double fragmentation = 0.0;
 };
+void to_json(nlohmann::json& j, const ExtentStats& s);
 
 class ExtentAllocator {
  public:

@@ -32,6 +32,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -167,6 +168,8 @@ struct PoolStats {
   std::uint64_t huge_mapped_bytes = 0;
   std::string to_json() const;
 };
+/// Nested as `xlshare pool info --json` prints it: extents, link and mapping grouped.
+void to_json(nlohmann::json& j, const PoolStats& s);
 
 class Pool;
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@ struct LlamaConfig {
   /// @throws FormatError naming `where` when a field is missing or malformed.
   static LlamaConfig from_json(const std::string& json, const std::string& where);
 };
+void to_json(nlohmann::json& j, const LlamaConfig& c);
 
 /// One tensor the model needs, with its shape (fastest-varying first).
 struct TensorSpec {

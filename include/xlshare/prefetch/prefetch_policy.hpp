@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -44,6 +45,7 @@ struct PrefetchStats {
   std::uint64_t keys_dropped_budget = 0;   ///< beyond the budget
   std::uint64_t bytes_planned = 0;
 };
+void to_json(nlohmann::json& j, const PrefetchStats& s);
 
 class PrefetchPolicy {
  public:
