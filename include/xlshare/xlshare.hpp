@@ -12,6 +12,7 @@
 #include "xlshare/engine/placement.hpp"
 #include "xlshare/engine/scrubber.hpp"
 #include "xlshare/engine/worker.hpp"
+#include "xlshare/engine/worker_group.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/figures.hpp"
 #include "xlshare/log.hpp"

@@ -9,6 +9,7 @@
 
 #include "model/model_support.hpp"
 #include "xlshare/engine/inference_engine.hpp"
+#include "xlshare/engine/worker_group.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/proc_memory.hpp"
 
@@ -402,38 +403,23 @@ TEST(EngineFiles, FourProcessesShareOneCopyAndAgree) {
     one.attach_model("m");
     want = one.generate(prompt, 8);
   }
-  constexpr int kProcs = 4;
-  test::Signal ready[kProcs], release;
-  int results[2];
-  ASSERT_EQ(::pipe(results), 0);
-  std::vector<pid_t> pids;
-  for (int i = 0; i < kProcs; ++i) {
-    pids.push_back(test::spawn([&, i] {
-      InferenceEngine engine(c);
-      engine.attach_model("m");
-      const auto got = engine.generate(prompt, 8);
-      const int same = got == want ? 1 : 0;
-      (void)!::write(results[1], &same, sizeof same);
-      ready[i].notify();
-      release.wait();
-      return 0;
-    }));
+  constexpr unsigned kProcs = 4;
+  auto group = WorkerGroup::serving(c, "m", {.workers = kProcs});
+  std::vector<InferenceRequest> requests(kProcs);
+  for (auto& r : requests) {
+    r.prompt = prompt;
+    r.max_new_tokens = 8;
+  }
+  const auto results = group->infer_all(requests);
+  for (unsigned i = 0; i < kProcs; ++i) {
+    EXPECT_EQ(results[i].output_tokens, want) << "process " << i << " generated other tokens";
   }
   std::uint64_t pss_total = 0, pool_pss = 0;
-  for (int i = 0; i < kProcs; ++i) {
-    ASSERT_TRUE(ready[i].wait());
-    int same = 0;
-    ASSERT_EQ(::read(results[0], &same, sizeof same), static_cast<ssize_t>(sizeof same));
-    EXPECT_EQ(same, 1) << "process " << i << " generated different tokens";
+  for (unsigned i = 0; i < kProcs; ++i) {  // measured while every worker is attached
+    pss_total += group->memory(i).pss;
+    pool_pss += group->mapping_memory(i, "/dev/shm/" + uri.substr(6)).pss;
   }
-  for (pid_t p : pids) {
-    pss_total += read_proc_memory(p).value_or(ProcMemory{}).pss;
-    pool_pss += read_mapping_memory(p, "/dev/shm/" + uri.substr(6)).value_or(ProcMemory{}).pss;
-  }
-  for (int i = 0; i < kProcs; ++i) release.notify();
-  for (pid_t p : pids) EXPECT_EQ(test::wait_exit(p), 0);
-  ::close(results[0]);
-  ::close(results[1]);
+  EXPECT_TRUE(group->stop().empty());
   // The pool's pages are shared: together about one copy of the model.
   EXPECT_LT(static_cast<double>(pool_pss), 1.2 * static_cast<double>(model_bytes)) << pool_pss;
   // Everything together (pool, four caches of 1/8, KV caches, the processes themselves)
