@@ -31,7 +31,10 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "xlshare/engine/inference_engine.hpp"
+#include "xlshare/engine/worker_group.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/checksum.hpp"
@@ -44,14 +47,6 @@ using xlshare::cli::integer_in;
 using xlshare::cli::real_in;
 
 using Clock = std::chrono::steady_clock;
-
-// What a worker sends back through its pipe: its figures, or why it failed.
-struct Report {
-  double attach_ms = 0, latency_ms = 0, ready = 0, reuse = 0, stall_ms = 0;
-  std::uint64_t link_bytes = 0, tokens = 0, output_hash = 0;
-  int ok = 0;
-  char error[512] = {};
-};
 
 double mib(std::uint64_t b) { return static_cast<double>(b) / (1 << 20); }
 
@@ -86,27 +81,6 @@ class PoolGuard {
   bool keep_;
   pid_t owner_;
 };
-
-// Reads exactly sizeof(Report); false when the worker closed its pipe first (it died).
-bool read_report(int fd, Report& r) {
-  auto* p = reinterpret_cast<char*>(&r);
-  std::size_t got = 0;
-  while (got < sizeof r) {
-    const ssize_t n = ::read(fd, p + got, sizeof r - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    got += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-std::string describe_exit(int status) {
-  if (WIFSIGNALED(status)) {
-    return fmt::format("killed by signal {} ({})", WTERMSIG(status), ::strsignal(WTERMSIG(status)));
-  }
-  if (WIFEXITED(status)) return fmt::format("exit status {}", WEXITSTATUS(status));
-  return "stopped";
-}
 
 int fail(const std::string& what) {
   std::string line = what;
@@ -164,8 +138,8 @@ int main(int argc, char** argv) {
     return fail(e.what());
   }
 
-  // A worker that dies makes writes to its pipe fail with EPIPE, which the code below checks;
-  // the default SIGPIPE would kill the demo instead, pool left behind.
+  // Writes to a worker that died fail with EPIPE (WorkerGroup sends with MSG_NOSIGNAL); no
+  // other write of the demo may kill it with SIGPIPE either, its pool left behind.
   ::signal(SIGPIPE, SIG_IGN);
   g_demo_pid = ::getpid();
   if (uri.empty()) uri = fmt::format("shm://xlshare-demo-{}", g_demo_pid);
@@ -191,35 +165,6 @@ int main(int argc, char** argv) {
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
   }
   PoolGuard guard(uri, keep);
-
-  struct Child {
-    pid_t pid;
-    int report_fd, release_fd;
-  };
-  std::vector<Child> children;
-  // Lets every worker go (a dead one's EPIPE is ignored), then reaps them; their exit statuses.
-  auto release_and_reap = [&children] {
-    for (auto& c : children) {
-      if (c.release_fd >= 0) {
-        (void)!::write(c.release_fd, "x", 1);
-        ::close(c.release_fd);
-        c.release_fd = -1;
-      }
-      if (c.report_fd >= 0) {
-        ::close(c.report_fd);
-        c.report_fd = -1;
-      }
-    }
-    std::vector<int> statuses;
-    for (const auto& c : children) {
-      int status = 0;
-      while (::waitpid(c.pid, &status, 0) < 0 && errno == EINTR) {
-      }
-      statuses.push_back(status);
-    }
-    children.clear();
-    return statuses;
-  };
 
   try {
     xlshare::EngineConfig config;
@@ -279,101 +224,16 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> prompt;
     for (int i = 0; i < 8; ++i) prompt.push_back(static_cast<std::int32_t>((i * 977 + 13) % vocab));
 
-    // 2. Workers attach and generate, each in its own process.
+    // 2. Workers attach, each in its own process, and generate together. A worker that
+    // fails is one line naming it and why (WorkerError's message); the group stops the rest.
+    auto group = xlshare::WorkerGroup::serving(config, "demo", {.workers = workers});
+    std::vector<xlshare::InferenceRequest> requests(workers);
     for (unsigned w = 0; w < workers; ++w) {
-      int report[2], release[2];
-      if (::pipe(report) != 0) throw xlshare::Error(xlshare::errno_message("pipe", errno));
-      if (::pipe(release) != 0) {
-        const int err = errno;
-        ::close(report[0]);
-        ::close(report[1]);
-        throw xlshare::Error(xlshare::errno_message("pipe", err));
-      }
-      const pid_t pid = ::fork();
-      if (pid < 0) {
-        const int err = errno;
-        for (int fd : {report[0], report[1], release[0], release[1]}) ::close(fd);
-        throw xlshare::Error(xlshare::errno_message("fork", err));
-      }
-      if (pid == 0) {
-        // A terminal's ^C reaches the workers too: they just die; the demo removes the pool.
-        for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, SIG_DFL);
-        // And a worker never outlives the demo (killed by a signal it could not handle).
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != g_demo_pid) ::_exit(1);
-        // The earlier workers' pipe ends: holding them would keep those workers from seeing EOF.
-        for (const auto& c : children) {
-          ::close(c.report_fd);
-          ::close(c.release_fd);
-        }
-        ::close(report[0]);
-        ::close(release[1]);
-        Report r;
-        int rc = 0;
-        // Lives until the worker is released: it must stay attached (its cache and its
-        // mapping of the pool resident) while the parent measures its PSS.
-        std::unique_ptr<xlshare::InferenceEngine> attached;
-        try {
-          const auto t0 = Clock::now();
-          attached = std::make_unique<xlshare::InferenceEngine>(config);
-          xlshare::InferenceEngine& engine = *attached;
-          engine.attach_model("demo");
-          r.attach_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-          xlshare::InferenceRequest req;
-          req.id = fmt::format("worker-{}", w);
-          req.prompt = prompt;
-          req.max_new_tokens = tokens;
-          const auto res = engine.inference(req);
-          r.latency_ms = res.latency_ms;
-          r.ready = res.ready_rate;
-          r.reuse = res.reuse_rate;
-          r.stall_ms = res.stall_ms;
-          r.link_bytes = res.link_bytes;
-          r.tokens = res.output_tokens.size();
-          r.output_hash =
-              xlshare::checksum64(res.output_tokens.data(), res.output_tokens.size() * 4);
-          r.ok = 1;
-        } catch (const std::exception& e) {
-          fmt::format_to_n(r.error, sizeof r.error - 1, "{}", e.what());
-          rc = 1;
-        } catch (...) {
-          fmt::format_to_n(r.error, sizeof r.error - 1, "unknown exception");
-          rc = 1;
-        }
-        if (::write(report[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r) && r.ok) {
-          char c;
-          (void)!::read(release[0], &c, 1);  // stay attached until measured
-        }
-        ::_exit(rc);
-      }
-      ::close(report[1]);
-      ::close(release[0]);
-      children.push_back({pid, report[0], release[1]});
+      requests[w].id = fmt::format("worker-{}", w);
+      requests[w].prompt = prompt;
+      requests[w].max_new_tokens = tokens;
     }
-    std::vector<Report> reports(children.size());
-    std::vector<bool> reported(children.size());
-    for (std::size_t i = 0; i < children.size(); ++i)
-      reported[i] = read_report(children[i].report_fd, reports[i]);
-    std::vector<pid_t> pids;
-    std::size_t n_failed = 0, first_failed = children.size();
-    for (std::size_t i = 0; i < children.size(); ++i) {
-      pids.push_back(children[i].pid);
-      if (!reported[i] || !reports[i].ok) {
-        ++n_failed;
-        first_failed = std::min(first_failed, i);
-      }
-    }
-    // A failed worker: no table, no claims; one line naming it and why.
-    if (n_failed > 0) {
-      const std::size_t i = first_failed;
-      const auto statuses = release_and_reap();
-      const std::string why = reported[i]
-                                  ? std::string(reports[i].error)
-                                  : "died before reporting (" + describe_exit(statuses[i]) + ")";
-      return fail(fmt::format(
-          "worker {} (pid {}) failed: {}{}", i, pids[i], why,
-          n_failed > 1 ? fmt::format(" ({} of {} workers failed)", n_failed, pids.size()) : ""));
-    }
+    const auto results = group->infer_all(requests);
 
     // 3. Measure while every worker is attached.
     fmt::print("{:>6} {:>7} {:>9} {:>10} {:>7} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9}\n", "worker",
@@ -381,28 +241,25 @@ int main(int argc, char** argv) {
                "PSS MiB", "pool PSS");
     std::uint64_t pss_total = 0, pool_pss_total = 0;
     bool identical = true;
-    for (std::size_t i = 0; i < children.size(); ++i) {
-      const Report& r = reports[i];
-      const auto proc = xlshare::read_proc_memory(children[i].pid).value_or(xlshare::ProcMemory{});
-      const auto mapped =
-          xlshare::read_mapping_memory(children[i].pid, shm_path).value_or(xlshare::ProcMemory{});
+    for (unsigned i = 0; i < workers; ++i) {
+      const auto& r = results[i];
+      const auto proc = group->memory(i);
+      const auto mapped = group->mapping_memory(i, shm_path);
+      const double attach_ms =
+          nlohmann::json::parse(group->ready_report(i)).at("attach_ms").get<double>();
       pss_total += proc.pss;
       pool_pss_total += mapped.pss;
-      identical = identical && r.output_hash == reports[0].output_hash;
+      identical = identical && r.output_tokens == results[0].output_tokens;
       fmt::print(
           "{:>6} {:>7} {:>9.1f} {:>10.1f} {:>7.1f} {:>6.2f} {:>6.2f} {:>8.1f} {:>9.1f} {:>8.1f} "
           "{:>9.1f}\n",
-          i, children[i].pid, r.attach_ms, r.latency_ms,
-          r.latency_ms > 0 ? 1000.0 * static_cast<double>(r.tokens) / r.latency_ms : 0.0, r.ready,
-          r.reuse, r.stall_ms, mib(r.link_bytes), mib(proc.pss), mib(mapped.pss));
+          i, group->pid(i), attach_ms, r.latency_ms,
+          r.latency_ms > 0 ? 1000.0 * static_cast<double>(r.output_tokens.size()) / r.latency_ms
+                           : 0.0,
+          r.ready_rate, r.reuse_rate, r.stall_ms, mib(r.link_bytes), mib(proc.pss),
+          mib(mapped.pss));
     }
-    const auto statuses = release_and_reap();
-    for (std::size_t i = 0; i < statuses.size(); ++i) {
-      if (!(WIFEXITED(statuses[i]) && WEXITSTATUS(statuses[i]) == 0)) {
-        return fail(fmt::format("worker {} (pid {}) failed after reporting: {}", i, pids[i],
-                                describe_exit(statuses[i])));
-      }
-    }
+    if (const auto lines = group->stop(); !lines.empty()) return fail(lines.front());
     const double copies = static_cast<double>(workers) * static_cast<double>(model_bytes);
     fmt::print(
         "\nmemory: the {} workers together {:.1f} MiB PSS ({:.1f} MiB of it the shared pool);\n",
@@ -414,8 +271,7 @@ int main(int argc, char** argv) {
         copies / static_cast<double>(std::max<std::uint64_t>(pss_total, 1)));
     if (!identical) return fail("the workers generated different tokens from the same prompt");
     fmt::print("outputs: every worker generated the same tokens\n");
-  } catch (const std::exception& e) {
-    release_and_reap();  // workers must not outlive the pool they use
+  } catch (const std::exception& e) {  // the group, if any, has stopped its workers
     return fail(e.what());
   }
   return 0;
