@@ -21,6 +21,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -33,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xlshare/engine/inference_engine.hpp"
+#include "xlshare/engine/worker_group.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/checksum.hpp"
@@ -89,64 +91,48 @@ struct ChildMemory {
   std::uint64_t pss = 0, pool_pss = 0, private_bytes = 0;
 };
 
-// Runs `body` in `n` forked processes at once; each reports, then stays alive until all
+// A worker process that runs an experiment's body once, when it is made, and keeps what the
+// body must hold (attached, resident) until the group stops it: after its memory is read.
+class BodyWorker final : public ProcessWorker {
+ public:
+  BodyWorker(int index, const std::function<ChildReport(int, std::shared_ptr<void>&)>& body)
+      : report_(body(index, keep_)) {
+    report_.ok = 1;
+  }
+  std::string ready_report() override {
+    return std::string(reinterpret_cast<const char*>(&report_), sizeof report_);
+  }
+  std::string handle(std::string_view) override { throw Error("a body worker takes no messages"); }
+
+ private:
+  std::shared_ptr<void> keep_;  // declared before report_: the body fills it first
+  ChildReport report_;
+};
+
+// Runs `body` in `n` worker processes at once; each reports, then stays alive until all
 // are measured (PSS from /proc). Returns reports and memory, in worker order.
 std::pair<std::vector<ChildReport>, std::vector<ChildMemory>> run_processes(
     int n, const std::string& pool_path,
     const std::function<ChildReport(int, std::shared_ptr<void>&)>& body) {
-  struct Child {
-    pid_t pid;
-    int report_fd, release_fd;
-  };
-  std::vector<Child> children;
-  ::malloc_trim(0);
-  for (int i = 0; i < n; ++i) {
-    int rep[2], rel[2];
-    if (::pipe(rep) != 0 || ::pipe(rel) != 0) throw Error("pipe failed");
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::close(rep[0]);
-      ::close(rel[1]);
-      ChildReport r;
-      std::shared_ptr<void> keep;  // what must stay alive (attached) until measured
-      try {
-        r = body(i, keep);
-        r.ok = 1;
-      } catch (const std::exception& e) {
-        fmt::print(stderr, "worker {}: {}\n", i, e.what());
-      }
-      (void)!::write(rep[1], &r, sizeof r);
-      char c;
-      (void)!::read(rel[0], &c, 1);
-      ::_exit(r.ok ? 0 : 1);
-    }
-    ::close(rep[1]);
-    ::close(rel[0]);
-    children.push_back({pid, rep[0], rel[1]});
-  }
-  std::vector<ChildReport> reports(children.size());
-  std::vector<ChildMemory> memory(children.size());
-  for (std::size_t i = 0; i < children.size(); ++i) {
-    if (::read(children[i].report_fd, &reports[i], sizeof(ChildReport)) !=
-        static_cast<ssize_t>(sizeof(ChildReport))) {
-      reports[i].ok = 0;
-    }
-  }
-  for (std::size_t i = 0; i < children.size(); ++i) {
-    const auto p = read_proc_memory(children[i].pid).value_or(ProcMemory{});
-    const auto m = read_mapping_memory(children[i].pid, pool_path).value_or(ProcMemory{});
+  static_assert(std::is_trivially_copyable_v<ChildReport>);
+  ::malloc_trim(0);  // the workers must not inherit what this process freed
+  WorkerGroup group(
+      [&body](unsigned i) { return std::make_unique<BodyWorker>(static_cast<int>(i), body); },
+      {.workers = static_cast<unsigned>(n)});
+  std::vector<ChildReport> reports(static_cast<std::size_t>(n));
+  std::vector<ChildMemory> memory(static_cast<std::size_t>(n));
+  for (unsigned i = 0; i < group.size(); ++i) {
+    const std::string& bytes = group.ready_report(i);
+    if (bytes.size() != sizeof(ChildReport)) throw Error("a worker's report has the wrong size");
+    std::memcpy(&reports[i], bytes.data(), sizeof(ChildReport));
+    const auto p = group.memory(i);
+    const auto m = read_mapping_memory(group.pid(i), pool_path).value_or(ProcMemory{});
     memory[i] = {p.pss, m.pss, p.private_bytes()};
   }
-  int failed = 0;
-  for (auto& c : children) {
-    (void)!::write(c.release_fd, "x", 1);
-    ::close(c.release_fd);
-    ::close(c.report_fd);
-    int status = 0;
-    ::waitpid(c.pid, &status, 0);
-    failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  if (const auto lines = group.stop(); !lines.empty()) {
+    throw Error(
+        fmt::format("{} of {} worker processes failed: {}", lines.size(), n, lines.front()));
   }
-  if (failed) throw Error(fmt::format("{} of {} worker processes failed", failed, n));
   return {reports, memory};
 }
 
@@ -991,6 +977,9 @@ int main(int argc, char** argv) {
                "a tiny model and fewer points: the smoke test (under 2 minutes)");
   app.add_option("--out", out, "where experiments.md, experiments.json and the plots go")
       ->capture_default_str();
+  bool print_json = false;
+  app.add_flag("--json", print_json,
+               "also print experiments.json to stdout (instead of the summary line)");
   CLI11_PARSE(app, argc, argv);
   s.out = out;
   s.command =
@@ -1151,7 +1140,11 @@ int main(int argc, char** argv) {
     std::ofstream(s.out / "experiments.json") << all.dump(2);
     remove_backend(s.uri);
     fs::remove(s.gguf);
-    fmt::print("wrote {} in {:.1f} minutes\n", (s.out / "experiments.md").string(), minutes);
+    if (print_json) {
+      fmt::print("{}\n", all.dump(2));
+    } else {
+      fmt::print("wrote {} in {:.1f} minutes\n", (s.out / "experiments.md").string(), minutes);
+    }
   } catch (const std::exception& e) {
     fmt::print(stderr, "xlshare_experiments: error: {}\n", e.what());
     if (backend_exists(s.uri)) remove_backend(s.uri);

@@ -21,9 +21,14 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
+#include "bench_report.hpp"
 #include "xlshare/engine/inference_engine.hpp"
+#include "xlshare/engine/worker_group.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
+#include "xlshare/option_checks.hpp"  // tools/xlshare: the CLI's option checks
 
 namespace {
 
@@ -73,35 +78,99 @@ double slope(const std::vector<double>& x, const std::vector<double>& y) {
   return den > 0 ? num / den : 0;
 }
 
-struct WorkerResult {
-  std::uint64_t requests = 0, wrong = 0, errors = 0, retries = 0, checksum_mismatches = 0;
-  std::uint64_t fds_before = 0, fds_after = 0;
-  double rss_first_kb = 0, rss_last_kb = 0, rss_slope_kb_per_s = 0;
+// One soak worker, in its own process: an engine with its own fault seed, serving the
+// prompts for a while and checking every answer, then closed so that what it leaks shows.
+class SoakWorker final : public ProcessWorker {
+ public:
+  SoakWorker(EngineConfig config, const std::vector<std::vector<std::int32_t>>& prompts,
+             const std::vector<std::vector<std::int32_t>>& answers, unsigned index)
+      : prompts_(prompts), answers_(answers), index_(index), fds_before_(count_fds()) {
+    engine_ = std::make_unique<InferenceEngine>(std::move(config));
+    engine_->attach_model("soak");
+  }
+
+  // "serve SECONDS": requests until then; "close": the engine destroyed, descriptors counted.
+  std::string handle(std::string_view message) override {
+    if (message == "close") {
+      engine_.reset();
+      return nlohmann::json{{"fds_before", fds_before_}, {"fds_after", count_fds()}}.dump();
+    }
+    const double seconds = std::stod(std::string(message.substr(6)));
+    std::uint64_t requests = 0, wrong = 0, errors = 0;
+    std::vector<double> t, rss;
+    const auto t0 = SteadyClock::now();
+    auto last_sample = t0;
+    for (std::size_t i = 0;; ++i) {
+      const double elapsed = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+      if (elapsed >= seconds) break;
+      const std::size_t k = (i + index_) % prompts_.size();
+      try {
+        if (engine_->generate(prompts_[k], 6) != answers_[k]) ++wrong;
+      } catch (const std::exception& e) {
+        ++errors;
+        fmt::print(stderr, "worker {}: request {}: {}\n", index_, i, e.what());
+      }
+      ++requests;
+      if (std::chrono::duration<double>(SteadyClock::now() - last_sample).count() >= 1.0 ||
+          i == 0) {
+        last_sample = SteadyClock::now();
+        t.push_back(elapsed);
+        rss.push_back(static_cast<double>(rss_kb()));
+      }
+    }
+    const auto s = engine_->stats().workers[0].transfers;
+    // Slope after warm-up: the last two thirds of the samples.
+    const std::size_t from = t.size() / 3;
+    const auto tail = [from](const std::vector<double>& v) {
+      return std::vector<double>(v.begin() + static_cast<long>(from), v.end());
+    };
+    return nlohmann::json{{"requests", requests},
+                          {"wrong", wrong},
+                          {"errors", errors},
+                          {"retries", s.retries},
+                          {"checksum_mismatches", s.checksum_mismatches},
+                          {"rss_first_kb", rss.empty() ? 0.0 : rss[from < rss.size() ? from : 0]},
+                          {"rss_last_kb", rss.empty() ? 0.0 : rss.back()},
+                          {"rss_slope_kb_per_s", slope(tail(t), tail(rss))}}
+        .dump();
+  }
+
+ private:
+  std::unique_ptr<InferenceEngine> engine_;
+  const std::vector<std::vector<std::int32_t>>& prompts_;
+  const std::vector<std::vector<std::int32_t>>& answers_;
+  unsigned index_;
+  std::size_t fds_before_;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"xlshare soak: worker processes under faults, checked for loss, errors and leaks"};
-  int workers = 2;
+  unsigned workers = 2;
   double seconds = 5;
   double transient = 0.02, flips = 0.01;
   app.add_option("--workers", workers, "worker processes")
       ->capture_default_str()
-      ->check(CLI::Range(1, 32));
+      ->check(xlshare::cli::integer_in(1, 32));
   app.add_option("--seconds", seconds, "how long the workers serve")
       ->capture_default_str()
-      ->check(CLI::Range(1.0, 86400.0));
+      ->check(xlshare::cli::real_in(1.0, 86400.0));
   app.add_option("--transient-rate", transient, "transient link error probability per transfer")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(xlshare::cli::real_in(0.0, 1.0));
   app.add_option("--bit-flip-rate", flips, "silent bit flip probability per transfer")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(xlshare::cli::real_in(0.0, 1.0));
+  bool json = false;
+  app.add_flag("--json", json, "print the results as JSON instead of a table");
   CLI11_PARSE(app, argc, argv);
 
   const std::string prefix = fmt::format("xlshare-soak-{}", ::getpid());
   const std::string uri = "shm://" + prefix;
   int rc = 0;
   try {
+    bench::Report report(json);
     const std::size_t fds_start = count_fds();
     EngineConfig config;
     config.pool_uri = uri;
@@ -130,105 +199,83 @@ int main(int argc, char** argv) {
       auto pool = Pool::attach(open_backend(uri));
       model_bytes = pool->model("soak")->total_bytes();
     }
+    // The copy path: every weight crosses the emulated link, where the faults are injected
+    // (in place, the default on this host, reads the mapping and would see none).
+    config.placement = Placement::kCopy;
     config.cache_bytes = model_bytes / 6;
     config.faults.transient_error_rate = transient;
     config.faults.bit_flip_rate = flips;
 
-    std::vector<std::pair<pid_t, int>> children;
-    for (int w = 0; w < workers; ++w) {
-      int fds[2];
-      if (::pipe(fds) != 0) throw xlshare::Error("pipe failed");
-      const pid_t pid = ::fork();
-      if (pid == 0) {
-        ::close(fds[0]);
-        WorkerResult r;
-        r.fds_before = count_fds();
-        std::vector<double> t, rss;
-        {
-          EngineConfig c = config;
-          c.faults.seed = static_cast<std::uint64_t>(w) + 1;
-          InferenceEngine engine(c);
-          engine.attach_model("soak");
-          const auto t0 = SteadyClock::now();
-          auto last_sample = t0;
-          for (std::size_t i = 0;; ++i) {
-            const double elapsed = std::chrono::duration<double>(SteadyClock::now() - t0).count();
-            if (elapsed >= seconds) break;
-            const std::size_t k = (i + static_cast<std::size_t>(w)) % prompts.size();
-            try {
-              if (engine.generate(prompts[k], 6) != answers[k]) ++r.wrong;
-            } catch (const std::exception& e) {
-              ++r.errors;
-              fmt::print(stderr, "worker {}: request {}: {}\n", w, i, e.what());
-            }
-            ++r.requests;
-            if (std::chrono::duration<double>(SteadyClock::now() - last_sample).count() >= 1.0 ||
-                i == 0) {
-              last_sample = SteadyClock::now();
-              t.push_back(elapsed);
-              rss.push_back(static_cast<double>(rss_kb()));
-            }
+    // Every worker serves at once; then each is closed and its descriptors counted.
+    std::uint64_t total = 0, wrong = 0, errors = 0, lost = 0, faults_met = 0;
+    {
+      WorkerGroup group(
+          [&](unsigned w) {
+            EngineConfig c = config;
+            c.faults.seed = w + 1;
+            return std::make_unique<SoakWorker>(c, prompts, answers, w);
+          },
+          {.workers = workers});
+      for (unsigned w = 0; w < workers; ++w) group.send(w, fmt::format("serve {}", seconds));
+      report.table("workers", {"worker", "requests", "wrong", "errors", "retries", "mismatch",
+                               "RSS MiB", "RSS end MiB", "slope KiB/s", "fds +/-"});
+      for (unsigned w = 0; w < workers; ++w) {
+        try {
+          const auto r = nlohmann::json::parse(group.receive(w));
+          const auto fds = nlohmann::json::parse(group.call(w, "close"));
+          const long leaked = fds.at("fds_after").get<long>() - fds.at("fds_before").get<long>();
+          total += r.at("requests").get<std::uint64_t>();
+          wrong += r.at("wrong").get<std::uint64_t>();
+          errors += r.at("errors").get<std::uint64_t>();
+          faults_met += r.at("retries").get<std::uint64_t>() +
+                        r.at("checksum_mismatches").get<std::uint64_t>();
+          report.row({bench::cell(w), bench::cell(r.at("requests").get<std::uint64_t>()),
+                      bench::cell(r.at("wrong").get<std::uint64_t>()),
+                      bench::cell(r.at("errors").get<std::uint64_t>()),
+                      bench::cell(r.at("retries").get<std::uint64_t>()),
+                      bench::cell(r.at("checksum_mismatches").get<std::uint64_t>()),
+                      bench::cell(r.at("rss_first_kb").get<double>() / 1024, 1),
+                      bench::cell(r.at("rss_last_kb").get<double>() / 1024, 1),
+                      bench::cell(r.at("rss_slope_kb_per_s").get<double>(), 2),
+                      bench::cell(leaked)});
+          if (leaked != 0) {
+            report.note(fmt::format("worker {} leaked {} file descriptors", w, leaked));
+            rc = 1;
           }
-          const auto s = engine.stats().workers[0].transfers;
-          r.retries = s.retries;
-          r.checksum_mismatches = s.checksum_mismatches;
+        } catch (const WorkerError& e) {
+          ++lost;
+          report.note(fmt::format("worker {} lost: {}", w, e.what()));
         }
-        r.fds_after = count_fds();
-        // Slope after warm-up: the last two thirds of the samples.
-        const std::size_t from = t.size() / 3;
-        r.rss_slope_kb_per_s =
-            slope(std::vector<double>(t.begin() + static_cast<long>(from), t.end()),
-                  std::vector<double>(rss.begin() + static_cast<long>(from), rss.end()));
-        r.rss_first_kb = rss.empty() ? 0 : rss[from < rss.size() ? from : 0];
-        r.rss_last_kb = rss.empty() ? 0 : rss.back();
-        (void)!::write(fds[1], &r, sizeof r);
-        ::_exit(0);
       }
-      ::close(fds[1]);
-      children.push_back({pid, fds[0]});
-    }
-    std::uint64_t total = 0, wrong = 0, errors = 0, lost = 0;
-    fmt::print("{:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>10} {:>10} {:>14} {:>9}\n", "worker",
-               "requests", "wrong", "errors", "retries", "mismatch", "RSS MiB", "RSS end",
-               "slope KiB/s", "fds +/-");
-    for (std::size_t i = 0; i < children.size(); ++i) {
-      WorkerResult r;
-      const bool got = ::read(children[i].second, &r, sizeof r) == static_cast<ssize_t>(sizeof r);
-      ::close(children[i].second);
-      int status = 0;
-      ::waitpid(children[i].first, &status, 0);
-      if (!got || !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-        ++lost;
-        fmt::print("{:>6} died without reporting\n", i);
-        continue;
-      }
-      total += r.requests;
-      wrong += r.wrong;
-      errors += r.errors;
-      fmt::print("{:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>10.1f} {:>10.1f} {:>14.2f} {:>9}\n", i,
-                 r.requests, r.wrong, r.errors, r.retries, r.checksum_mismatches,
-                 r.rss_first_kb / 1024, r.rss_last_kb / 1024, r.rss_slope_kb_per_s,
-                 static_cast<long>(r.fds_after) - static_cast<long>(r.fds_before));
-      if (r.fds_after != r.fds_before) {
-        fmt::print("worker {} leaked {} file descriptors\n", i,
-                   static_cast<long>(r.fds_after) - static_cast<long>(r.fds_before));
+      for (const auto& line : group.stop()) {
+        report.note(line);
         rc = 1;
       }
     }
     remove_backend(uri);
     const auto left = shm_objects(prefix);
     const std::size_t fds_end = count_fds();
-    fmt::print(
-        "\n{} requests by {} workers in {:.0f} s: {} wrong, {} failed, {} workers lost; shm "
-        "objects left: {}; "
-        "parent fds {} -> {}\n",
-        total, workers, seconds, wrong, errors, lost, left.size(), fds_start, fds_end);
+    report.note(fmt::format(
+        "{} requests by {} workers in {:.0f} s: {} wrong, {} failed, {} workers lost; shm "
+        "objects left: {}; parent fds {} -> {}",
+        total, workers, seconds, wrong, errors, lost, left.size(), fds_start, fds_end));
+    for (const auto& [key, value] :
+         {std::pair{"requests", total}, std::pair{"wrong", wrong}, std::pair{"failed", errors},
+          std::pair{"workers_lost", lost},
+          std::pair<const char*, std::uint64_t>{"shm_objects_left", left.size()}}) {
+      report.set(key, value);
+    }
     if (wrong || errors || lost || !left.empty() || fds_end != fds_start || total == 0) rc = 1;
+    if ((transient > 0 || flips > 0) && faults_met == 0) {
+      report.note("faults were asked for and none was met: this run proves nothing about them");
+      rc = 1;
+    }
+    report.set("ok", rc == 0);
   } catch (const std::exception& e) {
     fmt::print(stderr, "xlshare_soak: error: {}\n", e.what());
     if (backend_exists(uri)) remove_backend(uri);
     return 1;
   }
-  fmt::print("{}\n", rc == 0 ? "soak: OK" : "soak: FAILED");
+  if (!json) fmt::print("{}\n", rc == 0 ? "soak: OK" : "soak: FAILED");
   return rc;
 }
