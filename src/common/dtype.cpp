@@ -3,21 +3,10 @@
 namespace xlshare {
 
 std::string_view to_string(DType t) noexcept {
-  switch (t) {
-    case DType::kF32:
-      return "f32";
-    case DType::kF16:
-      return "f16";
-    case DType::kBF16:
-      return "bf16";
-    case DType::kQ8_0:
-      return "q8_0";
-    case DType::kI32:
-      return "i32";
-    case DType::kU8:
-      return "u8";
-  }
-  return "unknown";
+  // By value: DType's values are 0..5 (dtype_is_valid).
+  static constexpr std::string_view kNames[] = {"f32", "f16", "bf16", "q8_0", "i32", "u8"};
+  const auto raw = static_cast<std::uint32_t>(t);
+  return dtype_is_valid(raw) ? kNames[raw] : "unknown";
 }
 
 std::optional<DType> parse_dtype(std::string_view name) noexcept {

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <utility>
 
 #include <fmt/format.h>
@@ -14,19 +15,11 @@
 namespace xlshare {
 
 const char* to_string(ReadStatus s) noexcept {
-  switch (s) {
-    case ReadStatus::kOk:
-      return "ok";
-    case ReadStatus::kTransientError:
-      return "transient error";
-    case ReadStatus::kPoisoned:
-      return "poisoned";
-    case ReadStatus::kOffline:
-      return "offline";
-    case ReadStatus::kOutOfRange:
-      return "out of range";
-  }
-  return "unknown";
+  static constexpr const char* kNames[] = {"ok", "transient error", "poisoned", "offline",
+                                           "out of range"};  // by value, kOk = 0 ...
+  static_assert(std::size(kNames) == static_cast<std::size_t>(ReadStatus::kOutOfRange) + 1);
+  const auto raw = static_cast<std::size_t>(s);
+  return raw < std::size(kNames) ? kNames[raw] : "unknown";
 }
 
 Mapping::~Mapping() { reset(); }

@@ -1,10 +1,10 @@
 #include "xlshare/model/llama_config.hpp"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 
+#include "common/json_fields.hpp"
 #include "xlshare/error.hpp"
 
 namespace xlshare {
@@ -34,19 +34,8 @@ void LlamaConfig::validate(const std::string& where) const {
     bad(fmt::format("norm epsilon {} is not in (0, 1]", norm_eps));
 }
 
-void to_json(nlohmann::json& j, const LlamaConfig& c) {
-  j = {{"dim", c.dim},
-       {"n_layers", c.n_layers},
-       {"n_heads", c.n_heads},
-       {"n_kv_heads", c.n_kv_heads},
-       {"head_dim", c.head_dim},
-       {"ffn_dim", c.ffn_dim},
-       {"vocab", c.vocab},
-       {"context", c.context},
-       {"rope_theta", c.rope_theta},
-       {"norm_eps", c.norm_eps},
-       {"tie_embeddings", c.tie_embeddings}};
-}
+XLSHARE_JSON_TO(LlamaConfig, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, context,
+                rope_theta, norm_eps, tie_embeddings)
 std::string LlamaConfig::to_json() const { return nlohmann::json(*this).dump(); }
 
 LlamaConfig LlamaConfig::from_json(const std::string& json, const std::string& where) {
