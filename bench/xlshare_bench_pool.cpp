@@ -37,6 +37,7 @@
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
+#include "bench_report.hpp"
 #include "bench_shape.hpp"
 
 #include "xlshare/engine/inference_engine.hpp"
@@ -57,11 +58,7 @@ double ms_since(WallClock::time_point t0) {
   return std::chrono::duration<double, std::milli>(WallClock::now() - t0).count();
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::median;
 
 std::vector<std::int32_t> tokens(std::size_t n, std::uint32_t vocab) {
   std::vector<std::int32_t> t(n);

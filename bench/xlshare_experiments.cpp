@@ -33,6 +33,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bench_report.hpp"
 #include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/engine/worker_group.hpp"
 #include "xlshare/error.hpp"
@@ -53,18 +54,8 @@ double ms_since(SteadyClock::time_point t0) {
 }
 double mib(double b) { return b / (1 << 20); }
 
-template <typename T>
-T median(std::vector<T> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? T{} : v[v.size() / 2];
-}
-double percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  if (v.empty()) return 0;
-  const std::size_t i =
-      std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5));
-  return v[i];
-}
+using bench::median;
+using bench::percentile;
 
 struct Setup {
   bool quick = false;
@@ -754,7 +745,7 @@ json e6_batching(const Setup& s, Report& rep, double& p50_single) {
       lat.push_back(res[0].latency_ms);
       link = res[0].link_bytes;
     }
-    const double p50 = percentile(lat, 0.5), p99 = percentile(lat, 0.99);
+    const double p50 = percentile(lat, 50), p99 = percentile(lat, 99);
     if (b == 1) p50_single = p50;
     const double tps = 1000.0 * b * static_cast<double>(n_new) / p50;
     rep.md << fmt::format("| {} | {:.0f} | {:.0f} | {:.1f} | {:.0f} |\n", b, p50, p99, tps,

@@ -1,4 +1,4 @@
-// The measured figures of DESIGN.md. A worker keeps running totals (Counters); every figure
+// The measured figures of docs/design.md. A worker keeps running totals (Counters); every figure
 // is derived from two snapshots of them by one function (figures_between), so a request's
 // figures, a worker's and a benchmark's share these names and these definitions.
 #pragma once

@@ -58,6 +58,26 @@ TEST(Cli, PoolCreateInfoRemove) {
   EXPECT_FALSE(backend_exists(uri));
 }
 
+TEST(Cli, SizesTakeFractionsAndEveryCaseOfAUnit) {
+  // CLI11's size units in any case, with fractions: 16.5 MiB = 17301504 bytes exactly.
+  for (const std::string size : {"16.5M", "16.5mib", "16.5 MiB", "16896K", "17301504", "0.5G"}) {
+    const std::string uri = "shm://" + test::unique_name("size");
+    test::BackendGuard guard(uri);
+    auto created = run("pool create " + uri + " --size '" + size + "'");
+    ASSERT_EQ(created.status, 0) << size << ": " << created.out;
+    const auto j = nlohmann::json::parse(run("pool info " + uri + " --json").out);
+    EXPECT_EQ(j["pool_bytes"], size == "0.5G" ? 512u << 20 : 17301504u) << size;
+  }
+  for (const std::string bad : {"1.5.5M", "1e3", "0.3K", ".K", "12Q", "010x", "nan", "-1M"}) {
+    const std::string uri = "shm://" + test::unique_name("size");
+    test::BackendGuard guard(uri);
+    auto r = run("pool create " + uri + " --size '" + bad + "'");
+    EXPECT_NE(r.status, 0) << bad << " accepted";
+    EXPECT_NE(r.out.find("xlshare: error:"), std::string::npos) << bad << ": " << r.out;
+    EXPECT_FALSE(backend_exists(uri)) << bad;
+  }
+}
+
 TEST(Cli, ErrorsAreOneClearLine) {
   const std::string uri = "shm://" + test::unique_name("cli-missing");
   for (const std::string& args : std::vector<std::string>{

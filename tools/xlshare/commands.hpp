@@ -18,7 +18,8 @@ void add_pool_commands(CLI::App& app);
 /// `xlshare load|synth|generate|eval|worker|stats`.
 void add_model_commands(CLI::App& app);
 
-/// "4096", "64K", "64M", "2G", "1T" (or KiB, MiB, GiB, TiB) -> bytes. @throws ConfigError.
+/// "4096", "64K", "1.5G", "2 GiB" (CLI11's size units, 1024-based, any case) -> bytes.
+/// @throws ConfigError for a sign, an exponent, an unknown unit or a fraction of a byte.
 std::uint64_t parse_bytes(const std::string& text);
 /// "1,2,3" -> token ids. @throws ConfigError.
 std::vector<std::int32_t> parse_tokens(const std::string& text);

@@ -21,33 +21,49 @@
 namespace xlshare::cli {
 
 std::uint64_t parse_bytes(const std::string& text) {
-  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) {
-    throw ConfigError(fmt::format("size '{}' is not a number (examples: 4096, 64M, 2G)", text));
+  // A decimal number (digits and at most one '.', no sign, no exponent) and a unit from
+  // CLI11's size table (CLI::AsSizeValue, 1024-based, any case: k, kb, ki, kib, m, ...).
+  // CLI11 2.1's conversion of the number itself is not used: it reads "010" as octal and
+  // has no fractions ("1.5G").
+  std::size_t end = 0;
+  bool dot = false, digit = false;
+  for (; end < text.size(); ++end) {
+    const char c = text[end];
+    if (std::isdigit(static_cast<unsigned char>(c))) {
+      digit = true;
+    } else if (c == '.' && !dot) {
+      dot = true;
+    } else {
+      break;
+    }
   }
-  std::size_t used = 0;
-  unsigned long long v = 0;
-  try {
-    v = std::stoull(text, &used);
-  } catch (const std::exception&) {
-    throw ConfigError(fmt::format("size '{}' is not a number (examples: 4096, 64M, 2G)", text));
+  if (!digit) {
+    throw ConfigError(fmt::format("size '{}' is not a number (examples: 4096, 64M, 1.5G)", text));
   }
-  const std::string unit = text.substr(used);
-  std::uint64_t m = 1;
-  if (unit.empty() || unit == "B")
-    m = 1;
-  else if (unit == "K" || unit == "KiB")
-    m = 1ull << 10;
-  else if (unit == "M" || unit == "MiB")
-    m = 1ull << 20;
-  else if (unit == "G" || unit == "GiB")
-    m = 1ull << 30;
-  else if (unit == "T" || unit == "TiB")
-    m = 1ull << 40;
-  else
-    throw ConfigError(
-        fmt::format("size '{}' has an unknown unit '{}' (use K, M, G, T)", text, unit));
-  if (v > UINT64_MAX / m) throw ConfigError(fmt::format("size '{}' is too large", text));
-  return v * m;
+  const long double value = std::strtold(text.substr(0, end).c_str(), nullptr);
+  long double factor = 1;
+  if (end < text.size()) {
+    std::string unit = text.substr(end);
+    std::string problem;
+    try {
+      problem = CLI::AsSizeValue(false)(unit);
+    } catch (const CLI::ValidationError& e) {
+      problem = e.what();
+    }
+    if (!problem.empty()) {
+      throw ConfigError(fmt::format("size '{}' has an unknown unit '{}' (use K, M, G, T)", text,
+                                    text.substr(end)));
+    }
+    factor = static_cast<long double>(std::stoull(unit));
+  }
+  const long double bytes = value * factor;
+  if (bytes >= 18446744073709551616.0L) {
+    throw ConfigError(fmt::format("size '{}' is too large", text));
+  }
+  if (bytes != std::floor(bytes)) {
+    throw ConfigError(fmt::format("size '{}' is not a whole number of bytes", text));
+  }
+  return static_cast<std::uint64_t>(bytes);
 }
 
 std::vector<std::int32_t> parse_tokens(const std::string& text) {

@@ -1,6 +1,6 @@
 // EvictionPolicy: which resident tensor a DeviceCache gives up when it needs room.
 //
-// Contract for implementers (NVI, as in STYLE.md): the public calls are non-virtual and
+// Contract for implementers (NVI, see CONTRIBUTING.md): the public calls are non-virtual and
 // keep the counters; a policy supplies
 //   * `do_choose_victim(candidates, incoming, may_refuse)` (required): the index in
 //     `candidates` of the entry to evict. `candidates` are the resident, unpinned entries,

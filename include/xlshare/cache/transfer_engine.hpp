@@ -4,7 +4,7 @@
 // A request is one tensor; it is copied in chunks (`chunk_bytes`), and between chunks a
 // prefetch yields to any waiting demand fetch, so compute never queues behind the
 // prefetcher. Each chunk is read over the pool's backend (the emulated link where there
-// is one). Faults are handled as DESIGN.md's fault model says:
+// is one). Faults are handled as the fault model of docs/design.md says:
 //   * a transient error is retried with exponential backoff (`max_retries`, then the
 //     replica, then failure);
 //   * a poisoned range or an offline device goes to the replica pool at once (an offline

@@ -1,7 +1,7 @@
 // PrefetchPolicy: given the schedule and the step about to run, what to fetch next. The
 // documented extension point for users.
 //
-// Contract for implementers (NVI, as in STYLE.md):
+// Contract for implementers (NVI, see CONTRIBUTING.md):
 //   * `do_plan(ctx, out)` (required): append the keys to fetch, most urgent first. It may
 //     name keys that are already resident or in flight and may ask for more than fits:
 //     the public `plan()` drops keys that are present, stops at `ctx.budget_bytes`, and

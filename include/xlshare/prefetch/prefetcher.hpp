@@ -41,7 +41,7 @@ class Prefetcher {
   DeviceCache::Lease acquire(TensorKey key);
   void end_step(std::size_t step);
 
-  /// The figures of DESIGN.md for everything this worker did so far
+  /// The figures of docs/design.md for everything this worker did so far
   /// (figures_between({}, counters())).
   Figures figures() const;
   /// The running totals of the cache, the transfer engine and this prefetcher.
