@@ -105,18 +105,18 @@ void hold_here(int) {
 
 TEST(ComputeTeam, AMemberThatDoesNotRunDoesNotHoldUpTheStep) {
   ComputeTeam team(2, 0);
-  // Find the member thread: share 0 waits until share 1 runs elsewhere (the caller holds 0).
-  std::atomic<bool> one_started{false};
-  pthread_t member{};
+  // Find the member thread: the two shares wait for each other, so they run on two threads
+  // (whichever claims first), one of them the caller.
+  std::atomic<int> started{0};
+  pthread_t ran_on[2]{};
   team.run([&](unsigned t, unsigned) {
-    if (t == 1) {
-      member = ::pthread_self();
-      one_started.store(true);
-    } else {
-      while (!one_started.load()) {
-      }
+    ran_on[t] = ::pthread_self();
+    started.fetch_add(1);
+    while (started.load() < 2) {
     }
   });
+  const pthread_t member = ::pthread_equal(ran_on[0], ::pthread_self()) ? ran_on[1] : ran_on[0];
+  ASSERT_FALSE(::pthread_equal(member, ::pthread_self()));
   struct sigaction sa {
   }, old{};
   sa.sa_handler = hold_here;
