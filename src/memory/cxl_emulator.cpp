@@ -95,7 +95,6 @@ ChunkTiming reserve_chunk(LinkState& link, const LinkParams& p, std::uint64_t no
   }
 }
 
-
 double CxlEmulator::host_copy_gbps() {
   static const double rate = measure_host_copy_gbps();
   return rate;

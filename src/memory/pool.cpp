@@ -72,7 +72,6 @@ const TensorInfo& ModelView::at(std::string_view name) const {
   throw PoolError(fmt::format("model '{}' has no tensor '{}'", name_, name));
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Creating and attaching
 

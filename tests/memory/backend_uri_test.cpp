@@ -115,7 +115,7 @@ TEST(BackendSchemes, RefusesBadRegistrationsAndTargets) {
     EXPECT_NE(std::string(e.what()).find("test-b"), std::string::npos) << e.what();
   }
   for (const std::string& bad : {std::string("test-b://"), std::string("test-b://a\nb"),
-                                "test-b://" + std::string(4097, 'x')}) {
+                                 "test-b://" + std::string(4097, 'x')}) {
     EXPECT_THROW(parse_backend_uri(bad), ConfigError) << bad;
   }
   // Without `remove`, removal is a clear refusal.
