@@ -26,9 +26,9 @@ T median(std::vector<T> v) {
 /// The nearest-rank percentile `p` (0..100) of `v`; 0 when empty.
 inline double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
   const double rank = std::ceil(p / 100.0 * static_cast<double>(v.size()));
   const auto i = static_cast<std::size_t>(std::clamp(rank, 1.0, static_cast<double>(v.size())));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i - 1), v.end());
   return v[i - 1];
 }
 

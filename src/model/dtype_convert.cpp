@@ -1,5 +1,7 @@
 #include "xlshare/model/dtype_convert.hpp"
 
+#include <Eigen/Core>
+
 #include <cmath>
 
 #if defined(__F16C__)
@@ -8,61 +10,18 @@
 
 namespace xlshare {
 
+// Scalar conversions: Eigen's half and bfloat16 (round to nearest even, subnormals,
+// infinities and NaN as IEEE says; F16C instructions when the build has them).
 float f16_to_f32(std::uint16_t h) noexcept {
-  const std::uint32_t sign = (h & 0x8000u) << 16;
-  std::uint32_t exp = (h >> 10) & 0x1f;
-  std::uint32_t mant = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400u) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      mant &= 0x3ffu;
-      bits = sign | (exp << 23) | (mant << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
+  return static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(h));
 }
 
 std::uint16_t f32_to_f16(float f) noexcept {
-#if defined(__F16C__)
-  return static_cast<std::uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
-#else
-  std::uint32_t x;
-  std::memcpy(&x, &f, sizeof x);
-  const std::uint32_t sign = (x >> 16) & 0x8000u;
-  const std::uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u)
-    return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
-  if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow
-  if (abs < 0x38800000u) {  // a half subnormal (or zero): q * 2^-24, rounded to even
-    const auto q = static_cast<std::uint32_t>(std::nearbyint(std::ldexp(std::fabs(f), 24)));
-    return static_cast<std::uint16_t>(sign | q);
-  }
-  std::uint32_t h = ((abs - 0x38000000u) >> 13);
-  const std::uint32_t rem = abs & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
-  return static_cast<std::uint16_t>(sign | h);
-#endif
+  return Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(f));
 }
 
 std::uint16_t f32_to_bf16(float f) noexcept {
-  std::uint32_t x;
-  std::memcpy(&x, &f, sizeof x);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
-  const std::uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<std::uint16_t>((x + rounding) >> 16);
+  return Eigen::numext::bit_cast<std::uint16_t>(Eigen::bfloat16(f));
 }
 
 BlockQ8_0 quantize_q8_0(const float* x) noexcept {

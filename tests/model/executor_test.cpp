@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <string>
 #include <thread>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "model/model_support.hpp"
 #include "model/reference_forward.hpp"
 #include "xlshare/error.hpp"
+#include "xlshare/model/dtype_convert.hpp"
 
 namespace xlshare {
 namespace {
@@ -211,6 +213,34 @@ TEST(WeightHandle, ReleasesItsHolderOnceWhereverItWasMoved) {
   d.reset();
   EXPECT_EQ(releases, 3);
   EXPECT_TRUE(d.bytes().empty());
+}
+
+// Every half and every bfloat16 converts to f32 and back to itself (NaN stays NaN), and
+// f32 rounds to the nearest half, ties to even, as IEEE 754 says.
+TEST(DtypeConvert, HalfAndBfloat16RoundTripAndRoundToNearestEven) {
+  for (std::uint32_t bits = 0; bits <= 0xffff; ++bits) {
+    const auto h = static_cast<std::uint16_t>(bits);
+    const float f = f16_to_f32(h);
+    const float b = bf16_to_f32(h);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(f)))) << bits;
+    } else {
+      ASSERT_EQ(f32_to_f16(f), h) << bits;
+    }
+    if (std::isnan(b)) {
+      EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(b)))) << bits;
+    } else {
+      ASSERT_EQ(f32_to_bf16(b), h) << bits;
+    }
+  }
+  EXPECT_EQ(f16_to_f32(0x3c00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));             // the smallest subnormal
+  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);      // a tie: to even (down)
+  EXPECT_EQ(f32_to_f16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);  // a tie: to even (up)
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);  // rounds past the largest half: infinity
+  EXPECT_EQ(f32_to_f16(-65504.0f), 0xfbff);
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);  // a tie: to even (down)
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
 }
 
 TEST(Executor, TiedEmbeddingsUseTheTokenEmbedding) {
