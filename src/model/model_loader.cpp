@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 
 namespace xlshare {
 
@@ -16,11 +17,19 @@ std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Poo
   ModelWriter writer = pool.begin_model(name);  // abandoned by its destructor on any throw
   const std::uint64_t total = file.total_bytes();
   std::uint64_t done = 0;
+  int logged_tenths = 0;  // progress in the log at every tenth of the bytes (-vv)
   for (const FileTensor& t : file.tensors) {
     auto dst = writer.add_tensor(t.name, t.dtype, std::span(t.shape.data(), t.n_dims));
     read_tensor_data(t, dst);
     done += t.size_bytes;
     if (progress) progress(done, total, t.name);
+    const int tenths = total ? static_cast<int>(done * 10 / total) : 10;
+    if (tenths > logged_tenths) {
+      logged_tenths = tenths;
+      logger().debug("loading '{}' into {}: {}% ({:.1f} of {:.1f} MiB)", name, pool.uri(),
+                     tenths * 10, static_cast<double>(done) / 1048576.0,
+                     static_cast<double>(total) / 1048576.0);
+    }
   }
   writer.set_metadata(model_metadata(LlamaModel::from_file(file), file.path.string(),
                                      file.format == ModelFormat::kGguf ? "gguf" : "safetensors"));

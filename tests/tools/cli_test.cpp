@@ -284,6 +284,12 @@ TEST_F(CliWithModel, VerboseAnywhereLogsTheKeyEventsToStderr) {
   ASSERT_EQ(quiet.status, 0) << quiet.out;
   EXPECT_EQ(quiet.out.find("xlshare: info:"), std::string::npos) << "without -v: problems only\n"
                                                                  << quiet.out;
+  // -vv: a load's progress too.
+  const auto load = run("-vv load " + gguf_.string() + " --pool " + uri_ + " --name progress");
+  ASSERT_EQ(load.status, 0) << load.out;
+  EXPECT_NE(load.out.find("xlshare: debug: loading 'progress' into " + uri_ + ": 100%"),
+            std::string::npos)
+      << load.out;
 }
 
 TEST_F(CliWithModel, EveryNumericOptionIsRangeChecked) {
