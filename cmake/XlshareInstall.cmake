@@ -21,10 +21,14 @@ install(FILES "${PROJECT_BINARY_DIR}/xlshare-config.cmake"
 set(XLSHARE_PC_DIR "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
 file(RELATIVE_PATH XLSHARE_PC_TO_PREFIX "/prefix/${XLSHARE_PC_DIR}" "/prefix")
 string(REGEX REPLACE "/$" "" XLSHARE_PC_TO_PREFIX "${XLSHARE_PC_TO_PREFIX}")
+# One Requires line (pkg-config 0.29 keeps only the last of two): a static libxlshare_core
+# needs its own dependencies linked by the user; a shared one carries them.
 if(BUILD_SHARED_LIBS)
-  set(XLSHARE_PC_PRIVATE "Requires.private")  # a shared library carries its own dependencies
+  set(XLSHARE_PC_STATIC_REQUIRES "")
+  set(XLSHARE_PC_PRIVATE_LINE "Requires.private: libxxhash numa\n")
 else()
-  set(XLSHARE_PC_PRIVATE "Requires")
+  set(XLSHARE_PC_STATIC_REQUIRES " libxxhash numa")
+  set(XLSHARE_PC_PRIVATE_LINE "")
 endif()
 configure_file(cmake/xlshare-core.pc.in "${PROJECT_BINARY_DIR}/xlshare-core.pc" @ONLY)
 configure_file(cmake/xlshare.pc.in "${PROJECT_BINARY_DIR}/xlshare.pc" @ONLY)

@@ -41,15 +41,21 @@ class MemfdBackend final : public xlshare::MemoryBackend {
     }
     const int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);
     if (fd < 0) throw xlshare::BackendError(xlshare::errno_message("memfd://" + name, errno));
-    if (::ftruncate(fd, static_cast<off_t>(size_bytes)) != 0) {
-      const int err = errno;
-      ::close(fd);
-      throw xlshare::BackendError(xlshare::errno_message("memfd://" + name + ": size", err));
+    std::unique_ptr<MemfdBackend> backend;
+    try {
+      if (::ftruncate(fd, static_cast<off_t>(size_bytes)) != 0) {
+        throw xlshare::BackendError(xlshare::errno_message("memfd://" + name + ": size", errno));
+      }
+      backend.reset(new MemfdBackend(name, ::fcntl(fd, F_DUPFD_CLOEXEC, 0), size_bytes, true));
+    } catch (...) {
+      ::close(fd);  // nothing is registered: the name stays free
+      throw;
     }
     table().fds[name] = fd;  // the table keeps the object alive until remove()
-    return std::unique_ptr<MemfdBackend>(new MemfdBackend(name, ::dup(fd), size_bytes, true));
+    return backend;
   }
-  /// Opens memfd://name; read-only through a new read-only descriptor of the same file.
+  /// Opens memfd://name; read-only through a new read-only descriptor of the same file
+  /// (reopened through /proc/self/fd, which must be mounted).
   static std::unique_ptr<MemfdBackend> open(const std::string& name, bool read_only) {
     std::lock_guard lock(table().mutex);
     const auto it = table().fds.find(name);
@@ -112,11 +118,17 @@ class MemfdBackend final : public xlshare::MemoryBackend {
     return t;
   }
 
+  // Takes `fd` (closed here if construction fails).
   MemfdBackend(const std::string& name, int fd, std::uint64_t size_bytes, bool writable)
       : uri_("memfd://" + name), fd_(fd), size_bytes_(size_bytes), writable_(writable) {
     if (fd_ < 0) throw xlshare::BackendError(xlshare::errno_message(uri_, errno));
-    // The base class's read() copies from this view (override do_read() to read otherwise).
-    set_read_view(map(0, size_bytes_, xlshare::Access::kReadOnly));
+    try {
+      // The base class's read() copies from this view (override do_read() to read otherwise).
+      set_read_view(map(0, size_bytes_, xlshare::Access::kReadOnly));
+    } catch (...) {
+      ::close(fd_);
+      throw;
+    }
   }
 
   std::string uri_;

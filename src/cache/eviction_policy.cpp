@@ -48,7 +48,11 @@ std::optional<std::size_t> EvictionPolicy::choose_victim(std::span<const TensorK
   if (candidates.empty()) return std::nullopt;
   std::optional<std::size_t> choice;
   guard([&] { choice = do_choose_victim(candidates, incoming, may_refuse); });
-  if (!choice || *choice >= candidates.size()) {
+  if ((choice && *choice >= candidates.size()) || (!choice && !may_refuse)) {
+    ++stats_.invalid_choices;  // corrected below; the conformance suite holds policies to 0
+    if (choice) choice.reset();
+  }
+  if (!choice) {
     if (may_refuse) {
       ++stats_.refusals;
       return std::nullopt;

@@ -63,10 +63,10 @@ void to_json(nlohmann::json& j, const TransferStats& s) {
   j["link_gbps"] = s.link_gbps();
 }
 
-XLSHARE_JSON_TO(EvictionStats, victims_chosen, refusals)
+XLSHARE_JSON_TO(EvictionStats, victims_chosen, refusals, invalid_choices)
 
 XLSHARE_JSON_TO(PrefetchStats, plans, keys_proposed, keys_planned, keys_dropped_present,
-                keys_dropped_budget, bytes_planned)
+                keys_dropped_budget, keys_dropped_invalid, bytes_planned)
 
 XLSHARE_JSON_TO(ProcMemory, rss, pss, pss_shmem, shared_clean, shared_dirty, private_clean,
                 private_dirty)

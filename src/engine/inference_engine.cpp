@@ -128,6 +128,20 @@ std::unique_ptr<Pool> InferenceEngine::writer_pool(
   return pool;
 }
 
+void InferenceEngine::discard_created_pool(std::unique_ptr<Pool> pool,
+                                           bool created) const noexcept {
+  // Only a pool this call created, and only while it holds no model (another process may
+  // have attached and sealed one since it was published); what removing it throws must not
+  // hide why the load failed.
+  try {
+    const bool empty = pool && pool->model_names().empty();
+    pool.reset();
+    if (created && empty) remove_pool(config_.pool_uri);  // refuses while others are attached
+  } catch (const std::exception& e) {
+    logger().warn("{}: the pool made for the failed load stays: {}", config_.pool_uri, e.what());
+  }
+}
+
 bool InferenceEngine::register_model(const std::filesystem::path& file, const std::string& name,
                                      const LoadProgress& progress) {
   // An existing sealed model is served as it is: the file is not even opened.
@@ -146,8 +160,7 @@ bool InferenceEngine::register_model(const std::filesystem::path& file, const st
     if (!f) f = open_model_file(file);
     load_model_into_pool(*f, *pool, name, progress);
   } catch (...) {
-    pool.reset();
-    if (created) remove_backend(config_.pool_uri);
+    discard_created_pool(std::move(pool), created);
     throw;
   }
   logger().info("loaded model '{}' ({} tensors, {} bytes) from {} into {}{} in {:.0f} ms", name,
@@ -181,8 +194,7 @@ bool InferenceEngine::register_model(const SyntheticModel& model, const std::str
     w.set_metadata(model_metadata(LlamaModel(model.config, descs, name), "memory", "memory"));
     w.seal();
   } catch (...) {
-    pool.reset();
-    if (created) remove_backend(config_.pool_uri);
+    discard_created_pool(std::move(pool), created);
     throw;
   }
   return true;
@@ -207,13 +219,17 @@ void InferenceEngine::attach_model(const std::string& name) {
   wo.scrub_bytes_per_s = config_.scrub_bytes_per_s;
   wo.prefetch_factory = config_.prefetch_policy;
   wo.eviction_factory = config_.eviction_policy_factory;
+  // Made apart and put in place only when every one is up: a worker that fails to start
+  // leaves the engine without workers, never with some and stats sized for none.
+  std::vector<std::unique_ptr<Worker>> made;
   for (unsigned i = 0; i < config_.workers; ++i) {
     // Without a cache the workers share one verified mapping: verified once per process.
-    workers_.push_back(std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo,
-                                                i > 0 ? workers_[0].get() : nullptr));
+    made.push_back(std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo,
+                                            i > 0 ? made[0].get() : nullptr));
   }
   {
     std::lock_guard g(stats_mu_);
+    workers_ = std::move(made);
     requests_.assign(config_.workers, 0);
     tokens_.assign(config_.workers, 0);
     latencies_ms_.clear();

@@ -10,10 +10,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <new>
 #include <optional>
 #include <thread>
 
@@ -56,8 +59,9 @@ bool read_all(int fd, void* data, std::size_t n) noexcept {
   return true;
 }
 
+// A payload over kMaxFrameBytes is the caller's to refuse (never truncated here).
 bool write_frame(int fd, Kind kind, std::string_view payload) noexcept {
-  if (payload.size() > kMaxFrameBytes) payload = payload.substr(0, kMaxFrameBytes);
+  if (payload.size() > kMaxFrameBytes) return false;
   const FrameHeader h{kind, {0, 0, 0}, static_cast<std::uint32_t>(payload.size())};
   return write_all(fd, &h, sizeof h) && write_all(fd, payload.data(), payload.size());
 }
@@ -71,12 +75,35 @@ bool read_frame(int fd, Kind& kind, std::string& payload) {
   return read_all(fd, payload.data(), payload.size());
 }
 
+// A wait status no process ends with: reaped by someone else, its end unknown.
+constexpr int kStatusUnknown = -1;
+
 std::string describe_status(int status) {
+  if (status == kStatusUnknown) return "ended (reaped elsewhere: how is unknown)";
   if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
     return fmt::format("killed by signal {} ({})", WTERMSIG(status), ::strsignal(WTERMSIG(status)));
   }
   return fmt::format("ended with wait status {}", status);
+}
+
+// Every parent-side socket of every live group in this process, so that a worker forked
+// by any group closes them all: a worker holding another worker's socket would keep it
+// from ever seeing its end (SOCK_CLOEXEC does nothing across a plain fork). Groups are
+// also built one at a time under the same lock, so no fork happens while a socket pair
+// is half-handed-out.
+struct OpenSockets {
+  std::mutex mutex;
+  std::vector<int> fds;
+};
+OpenSockets& open_sockets() {
+  static OpenSockets s;
+  return s;
+}
+void forget_socket(int fd) noexcept {
+  OpenSockets& o = open_sockets();
+  std::lock_guard lock(o.mutex);
+  o.fds.erase(std::remove(o.fds.begin(), o.fds.end(), fd), o.fds.end());
 }
 
 // Serving: an InferenceEngine attached to the model, answering "infer JSON" and "stats".
@@ -119,6 +146,9 @@ struct WorkerGroup::Impl {
   bool stopped = false;
   std::vector<std::string> stop_lines;
 
+  // Also when the group's constructor throws part way: no worker or socket is left.
+  ~Impl() { (void)stop(); }
+
   Child& at(unsigned worker) {
     if (worker >= children.size()) {
       throw ConfigError(fmt::format("worker {} of a group of {}", worker, children.size()));
@@ -132,9 +162,11 @@ struct WorkerGroup::Impl {
   std::string ending_of(unsigned worker) {
     Child& c = children[worker];
     if (!c.reaped) {
-      while (::waitpid(c.pid, &c.status, 0) < 0 && errno == EINTR) {
+      pid_t r = 0;
+      while ((r = ::waitpid(c.pid, &c.status, 0)) < 0 && errno == EINTR) {
       }
       c.reaped = true;
+      if (r < 0) c.status = kStatusUnknown;
     }
     return describe_status(c.status);
   }
@@ -144,7 +176,14 @@ struct WorkerGroup::Impl {
     for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) ::signal(sig, SIG_DFL);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the group's process
     if (::getppid() != parent) ::_exit(1);
-    for (const auto& c : children) ::close(c.fd);  // the earlier workers' sockets
+    // Every other worker's socket, of this group and of any other (the fork happened under
+    // open_sockets().mutex, held by the parent's constructor: its copy here is locked but
+    // never contended, and the list is read as it was).
+    for (int other : open_sockets().fds) ::close(other);
+    // This process's own list starts empty, its lock free (the parent's thread that held it
+    // does not exist here), so that a worker may start a group of its own.
+    open_sockets().fds.clear();
+    new (&open_sockets().mutex) std::mutex();  // NOLINT: re-made, never unlocked by its owner
     int rc = 0;
     try {
       std::unique_ptr<ProcessWorker> worker;
@@ -165,6 +204,10 @@ struct WorkerGroup::Impl {
         Kind answer = kReply;
         try {
           reply = worker->handle(message);
+          if (reply.size() > kMaxFrameBytes) {
+            throw Error(fmt::format("a reply of {} bytes; at most {} go in one", reply.size(),
+                                    kMaxFrameBytes));
+          }
         } catch (const std::exception& e) {
           answer = kFailure;
           reply = e.what();
@@ -187,12 +230,12 @@ struct WorkerGroup::Impl {
     unsigned failed = 0;
     for (unsigned i = 0; i < children.size(); ++i) {
       Child& c = children[i];
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
       pollfd p{c.fd, POLLIN, 0};
       int n = 0;
-      do {
-        n = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(0, left.count())));
+      do {  // the time left, again after each interruption; at most INT_MAX ms a wait
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        n = ::poll(&p, 1, static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, INT_MAX)));
       } while (n < 0 && errno == EINTR);
       Kind kind{};
       std::string payload;
@@ -224,7 +267,10 @@ struct WorkerGroup::Impl {
     if (stopped) return stop_lines;
     stopped = true;
     for (auto& c : children) {
-      if (c.fd >= 0) ::close(c.fd);
+      if (c.fd >= 0) {
+        forget_socket(c.fd);
+        ::close(c.fd);
+      }
       c.fd = -1;
     }
     const auto deadline = std::chrono::steady_clock::now() + options.stop_timeout;
@@ -236,8 +282,8 @@ struct WorkerGroup::Impl {
         if (r == c.pid) {
           c.reaped = true;
         } else if (r < 0 && errno != EINTR) {
-          c.reaped = true;  // not ours to wait for any more: nothing to say about it
-          c.status = 0;
+          c.reaped = true;  // reaped elsewhere (SIGCHLD ignored, a waitpid(-1)): not known
+          c.status = kStatusUnknown;
         } else if (!killed && std::chrono::steady_clock::now() >= deadline) {
           ::kill(c.pid, SIGKILL);
           killed = true;
@@ -266,29 +312,33 @@ WorkerGroup::WorkerGroup(Factory factory, WorkerGroupOptions options)
   }
   if (!factory) throw ConfigError("a worker group needs a factory");
   impl_->options = options;
+  impl_->children.reserve(options.workers);
   const pid_t parent = ::getpid();
-  for (unsigned i = 0; i < options.workers; ++i) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      const int err = errno;
-      impl_->stop();
-      throw Error(errno_message("worker group: socketpair", err));
-    }
-    std::fflush(nullptr);  // what this process buffered is not printed again by a worker
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      const int err = errno;
-      ::close(sv[0]);
+  {
+    OpenSockets& sockets = open_sockets();
+    std::lock_guard lock(sockets.mutex);
+    sockets.fds.reserve(sockets.fds.size() + options.workers);
+    for (unsigned i = 0; i < options.workers; ++i) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        throw Error(errno_message("worker group: socketpair", errno));  // ~Impl stops the rest
+      }
+      std::fflush(nullptr);  // what this process buffered is not printed again by a worker
+      const pid_t pid = ::fork();
+      if (pid < 0) {
+        const int err = errno;
+        ::close(sv[0]);
+        ::close(sv[1]);
+        throw Error(errno_message("worker group: fork", err));
+      }
+      if (pid == 0) {
+        ::close(sv[0]);
+        impl_->run_child(i, sv[1], parent, factory);
+      }
       ::close(sv[1]);
-      impl_->stop();
-      throw Error(errno_message("worker group: fork", err));
+      sockets.fds.push_back(sv[0]);  // reserved: cannot throw
+      impl_->children.push_back({pid, sv[0], {}, false, 0});
     }
-    if (pid == 0) {
-      ::close(sv[0]);
-      impl_->run_child(i, sv[1], parent, factory);
-    }
-    ::close(sv[1]);
-    impl_->children.push_back({pid, sv[0], {}, false, 0});
   }
   impl_->wait_ready();
 }
@@ -315,6 +365,10 @@ void WorkerGroup::send(unsigned worker, std::string_view message) {
   Impl::Child& c = impl_->at(worker);
   if (c.fd < 0 || c.reaped) {
     throw WorkerError(worker, fmt::format("{} is stopped", impl_->name(worker)));
+  }
+  if (message.size() > kMaxFrameBytes) {
+    throw ConfigError(
+        fmt::format("a message of {} bytes; at most {} go in one", message.size(), kMaxFrameBytes));
   }
   if (!write_frame(c.fd, kMessage, message)) {
     throw WorkerError(worker,
@@ -353,20 +407,27 @@ InferenceResult WorkerGroup::infer(unsigned worker, const InferenceRequest& requ
 }
 
 std::vector<InferenceResult> WorkerGroup::infer_all(std::span<const InferenceRequest> requests) {
+  std::vector<std::string> messages;  // all made first: nothing can fail half way through
+  messages.reserve(requests.size());
+  for (const auto& r : requests) messages.push_back("infer " + nlohmann::json(r).dump());
   std::vector<InferenceResult> results(requests.size());
   const std::size_t n = size();
   std::optional<WorkerError> first;
+  const auto keep_first = [&first](unsigned worker, const std::string& what) {
+    if (!first) first.emplace(worker, what);
+  };
   // In rounds of one request per worker: every worker busy, and no socket ever holds more
-  // than one request and one reply.
+  // than one request and one reply. Every reply to a request sent is received, whatever
+  // fails, so that no reply is left for a later call to mistake for its own.
   for (std::size_t round = 0; round < requests.size(); round += n) {
     const std::size_t end = std::min(requests.size(), round + n);
     std::vector<bool> sent(end - round, false);
     for (std::size_t i = round; i < end; ++i) {
       try {
-        send(static_cast<unsigned>(i % n), "infer " + nlohmann::json(requests[i]).dump());
+        send(static_cast<unsigned>(i % n), messages[i]);
         sent[i - round] = true;
       } catch (const WorkerError& e) {
-        if (!first) first = e;
+        keep_first(e.worker(), e.what());
       }
     }
     for (std::size_t i = round; i < end; ++i) {
@@ -376,7 +437,10 @@ std::vector<InferenceResult> WorkerGroup::infer_all(std::span<const InferenceReq
         results[i] = nlohmann::json::parse(receive(worker)).get<InferenceResult>();
         results[i].worker = worker;
       } catch (const WorkerError& e) {
-        if (!first) first = e;
+        keep_first(e.worker(), e.what());
+      } catch (const std::exception& e) {
+        keep_first(worker, fmt::format("{}: a reply that is not a result: {}", impl_->name(worker),
+                                       e.what()));
       }
     }
   }

@@ -104,7 +104,24 @@ std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes
                                   const BackendOptions& backend_options) {
   const BackendUri u = parse_backend_uri(uri);
   const auto where = object_path(u);
-  if (!where) return Pool::create(create_backend(uri, size_bytes, backend_options), options);
+  if (!where) {
+    // No file-system name to rename into place (a devdax device, a registered scheme): made
+    // where it lies. What this call created is removed again if the pool cannot be made in
+    // it (a device is not ours to remove).
+    auto backend = create_backend(uri, size_bytes, backend_options);
+    try {
+      return Pool::create(std::move(backend), options);
+    } catch (...) {
+      if (u.scheme == BackendUri::Scheme::kRegistered) {
+        try {
+          remove_backend(uri);
+        } catch (const std::exception& e) {
+          logger().warn("{}: made for a pool that failed; it stays: {}", uri, e.what());
+        }
+      }
+      throw;
+    }
+  }
   if (backend_exists(uri)) {
     throw BackendError(
         fmt::format("{}: already exists (remove it with `xlshare pool rm {}`)", uri, uri));

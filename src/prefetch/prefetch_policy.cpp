@@ -12,7 +12,10 @@ std::span<const TensorKey> PrefetchPolicy::plan(const PrefetchContext& ctx) {
   std::uint64_t bytes = 0;
   bool over_budget = false;
   for (TensorKey k : proposed_) {
-    if (k >= ctx.cache.key_count() || seen_[k]) continue;  // out of range or a duplicate
+    if (k >= ctx.cache.key_count() || seen_[k]) {  // out of range, or named twice
+      ++stats_.keys_dropped_invalid;
+      continue;
+    }
     seen_[k] = true;
     if (ctx.cache.state(k) != EntryState::kAbsent) {
       ++stats_.keys_dropped_present;

@@ -249,6 +249,34 @@ TEST(EvictionPolicy, SelectableByName) {
   EXPECT_THROW(make_eviction_policy("schedule"), ConfigError);  // needs the schedule
 }
 
+// What the conformance suite holds policies to: the base corrects a choice outside the
+// candidates, or a refusal where none is allowed, and counts it.
+TEST(EvictionPolicyBase, CorrectsAndCountsInvalidChoices) {
+  class Wild final : public EvictionPolicy {
+   public:
+    std::optional<std::size_t> answer;
+    std::string_view name() const noexcept override { return "wild"; }
+
+   protected:
+    std::optional<std::size_t> do_choose_victim(std::span<const TensorKey>, TensorKey,
+                                                bool) override {
+      return answer;
+    }
+  };
+  Wild p;
+  const TensorKey candidates[] = {4, 5, 6};
+  p.answer = 999;
+  EXPECT_EQ(p.choose_victim(candidates, 1, false), 0u);
+  EXPECT_EQ(p.choose_victim(candidates, 1, true), std::nullopt);
+  p.answer = std::nullopt;
+  EXPECT_EQ(p.choose_victim(candidates, 1, false), 0u);
+  EXPECT_EQ(p.stats().invalid_choices, 3u);
+  EXPECT_EQ(p.choose_victim(candidates, 1, true), std::nullopt);  // a refusal it may make
+  p.answer = 2;
+  EXPECT_EQ(p.choose_victim(candidates, 1, false), 2u);
+  EXPECT_EQ(p.stats().invalid_choices, 3u);
+}
+
 // The installed conformance suite, for every built-in policy as the engine makes it.
 struct LruKind {
   static std::unique_ptr<EvictionPolicy> make(const CacheKeys&) {

@@ -60,6 +60,20 @@ TEST(WorkerGroup, StartsWorkersThatAnswerInOrderAndStopCleanly) {
   EXPECT_TRUE(no_children_left());
 }
 
+TEST(WorkerGroup, TwoGroupsAliveAtOnceStopEachOnItsOwn) {
+  // A worker of the second group must not hold the first group's sockets open: the first
+  // group's workers would never see their end and would be killed after stop_timeout.
+  const auto make = [](unsigned i) { return std::make_unique<Echo>(i); };
+  WorkerGroup first(make, {.workers = 2, .stop_timeout = std::chrono::seconds(5)});
+  WorkerGroup second(make, {.workers = 2, .stop_timeout = std::chrono::seconds(5)});
+  EXPECT_EQ(second.call(1, "x"), "1:x");
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(first.stop().empty());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));  // none killed
+  EXPECT_EQ(second.call(0, "y"), "0:y");
+  EXPECT_TRUE(second.stop().empty());
+}
+
 TEST(WorkerGroup, AnExceptionInHandleFailsThatMessageOnly) {
   WorkerGroup group([](unsigned i) { return std::make_unique<Echo>(i); }, {.workers = 1});
   try {

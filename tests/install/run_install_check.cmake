@@ -57,6 +57,12 @@ if(link_line MATCHES "[Ee]igen|omp|xlshare_engine")
   message(FATAL_ERROR "the core consumer links more than xlshare::core: ${link_line}")
 endif()
 
+# The engine component alone (core is loaded first, as it depends on it).
+run(${CMAKE_COMMAND} -S "${CONSUMER_SOURCE_DIR}" -B "${WORK_DIR}/engine" -G "${GENERATOR}"
+    -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release -DENGINE_ONLY=ON)
+run(${CMAKE_COMMAND} --build "${WORK_DIR}/engine" -j2)
+run("${WORK_DIR}/engine/consumer")
+
 # pkg-config from the moved prefix: the flags name it, and they build and link the consumer.
 find_program(PKG_CONFIG pkg-config REQUIRED)
 set(ENV{PKG_CONFIG_PATH} "${pc_dir}")
@@ -64,6 +70,11 @@ execute_process(COMMAND ${PKG_CONFIG} --cflags --libs xlshare-core OUTPUT_VARIAB
                 OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0 OR NOT flags MATCHES "moved")
   message(FATAL_ERROR "pkg-config xlshare-core from ${pc_dir}: '${flags}'")
+endif()
+file(STRINGS "${core_pc}" requires_lines REGEX "^Requires:")
+list(LENGTH requires_lines n_requires)
+if(NOT n_requires EQUAL 1)
+  message(FATAL_ERROR "xlshare-core.pc has ${n_requires} Requires lines (pkg-config 0.29 reads the last only)")
 endif()
 execute_process(COMMAND ${PKG_CONFIG} --exists xlshare RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)

@@ -35,6 +35,9 @@ namespace xlshare {
 struct EvictionStats {
   std::uint64_t victims_chosen = 0;
   std::uint64_t refusals = 0;  ///< requests the policy refused to make room for (see may_refuse)
+  /// Choices the base corrected: an index outside the candidates, or a refusal where none
+  /// was allowed (then candidates[0] goes). A sound policy makes none.
+  std::uint64_t invalid_choices = 0;
 };
 void to_json(nlohmann::json& j, const EvictionStats& s);
 

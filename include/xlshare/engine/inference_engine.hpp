@@ -86,7 +86,9 @@ struct EngineConfig {
   /// instead of open_backend(): for a backend built in code rather than named by a URI
   /// scheme (for a scheme, register_backend_scheme() is the simpler way). The URIs are then
   /// only labels. register_model creates a pool in the backend when its first bytes are
-  /// blank, and attaches to the one there otherwise; the engine never removes it.
+  /// blank, and attaches to the one there otherwise; the engine never removes it. Creating
+  /// is not guarded against a second process creating at the same moment: let one process
+  /// register the model (as a loader does) before others attach.
   std::function<std::unique_ptr<MemoryBackend>(const std::string& uri)> backend_factory;
 };
 
@@ -214,6 +216,8 @@ class InferenceEngine {
   /// The pool register_model writes to: the existing one, or a new one of size_if_new()
   /// bytes, `*created_by_uri` set when it was created by URI (and is removed on failure).
   /// `*existing_has` is set when the existing pool holds a sealed model `name`.
+  /// After a failed load: removes the pool when this call created it and it holds no model.
+  void discard_created_pool(std::unique_ptr<Pool> pool, bool created) const noexcept;
   std::unique_ptr<Pool> writer_pool(const std::string& name,
                                     const std::function<std::uint64_t()>& size_if_new,
                                     bool* created_by_uri, bool* existing_has) const;

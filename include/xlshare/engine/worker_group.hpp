@@ -2,8 +2,9 @@
 // makes each one's ProcessWorker there (an InferenceEngine attached to the pool, for a
 // serving group), sends them messages (requests) and collects the replies (results),
 // reads each one's memory from /proc (PSS: what sharing one copy is measured by), and
-// stops them on every exit path: stop(), the destructor, or this process dying (each
-// worker gets SIGKILL then: PR_SET_PDEATHSIG).
+// stops them on every exit path: stop(), the destructor, or the death of the thread that
+// built the group (each worker gets SIGKILL then: PR_SET_PDEATHSIG follows the forking
+// thread, so build the group on a thread that outlives it, the main thread say).
 //
 //   auto group = WorkerGroup::serving(config, "llama", {.workers = 4});
 //   auto results = group->infer_all(requests);   // request i on worker i % 4, all at once
@@ -12,8 +13,9 @@
 //
 // A worker is a fork of this process made when the group is constructed: it sees this
 // process's memory as it was then (copy on write). Build the group before starting
-// threads that hold locks a worker would need. Messages are framed byte strings over a
-// socket pair per worker; a worker answers its messages in order, one at a time.
+// threads that hold locks a worker would need. Messages are framed byte strings (at most
+// 1 GiB) over a socket pair per worker; a worker answers its messages in order, one at a
+// time. A group is not thread-safe: one thread talks to it (or the caller locks).
 #pragma once
 
 #include <sys/types.h>
@@ -89,8 +91,10 @@ class WorkerGroup {
   pid_t pid(unsigned worker) const;
   const std::string& ready_report(unsigned worker) const;
 
-  /// Sends `message` to `worker`; its reply is for receive(). Several may be in flight.
-  /// @throws WorkerError when the worker is gone.
+  /// Sends `message` to `worker`; its reply is for receive(). Several may be in flight
+  /// only while their replies fit the socket's buffer (a few hundred KiB): a worker blocked
+  /// writing a reply reads no further message, and send() waits. One at a time is safe.
+  /// @throws WorkerError when the worker is gone; ConfigError for a message over 1 GiB.
   void send(unsigned worker, std::string_view message);
   /// The reply to the oldest message of `worker` not yet received. Waits.
   /// @throws WorkerError with the worker's message when handle() threw, or saying how it

@@ -305,7 +305,9 @@ std::uint64_t pool_lock_timeout_ms() noexcept;
 /// Creates a pool crash-safely: the object is created, sized and laid out under a temporary
 /// name and renamed into place only when its header is complete, so a creator killed at any
 /// point leaves no half-made pool under `uri` (shm, numa and file backends; a devdax device
-/// cannot be renamed and is laid out in place). Temporary objects of dead creators of the
+/// and an object of a registered scheme are laid out in place, so a creator killed there
+/// leaves a blank or half-made object; a registered one is removed when the pool cannot be
+/// made in it). Temporary objects of dead creators of the
 /// same name are removed first. Returns the new pool attached as a writer.
 /// @throws ConfigError, BackendError (e.g. `uri` exists), PoolError.
 std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes,

@@ -43,6 +43,7 @@ struct PrefetchStats {
   std::uint64_t keys_planned = 0;          ///< what plan() kept
   std::uint64_t keys_dropped_present = 0;  ///< already resident or in flight
   std::uint64_t keys_dropped_budget = 0;   ///< beyond the budget
+  std::uint64_t keys_dropped_invalid = 0;  ///< not a key of the cache, or named twice in a plan
   std::uint64_t bytes_planned = 0;
 };
 void to_json(nlohmann::json& j, const PrefetchStats& s);

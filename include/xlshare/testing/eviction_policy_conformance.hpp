@@ -62,6 +62,9 @@ TYPED_TEST_P(EvictionPolicyConformance, ChoosesOnlyAmongTheCandidatesItIsOffered
     }
     if (rng() % 2 == 0) policy->on_access(candidates[rng() % candidates.size()]);
   }
+  // The base corrects an index outside the candidates and a refusal where none is allowed;
+  // it counts each, and a sound policy makes none.
+  EXPECT_EQ(policy->stats().invalid_choices, 0u);
   EXPECT_FALSE(policy->failed()) << policy->take_error();
 }
 
@@ -97,6 +100,7 @@ TYPED_TEST_P(EvictionPolicyConformance, TakesAnyOrderOfHooksTheCacheCanMake) {
     }
     (void)policy->long_lived(k);
   }
+  EXPECT_EQ(policy->stats().invalid_choices, 0u);
   EXPECT_FALSE(policy->failed()) << policy->take_error();
 }
 

@@ -40,7 +40,8 @@ class NearTierRig {
   };
 
   explicit NearTierRig(std::size_t steps = 6, std::uint64_t seed = 1)
-      : uri_(fmt::format("shm://xlshare-conformance-{}-{}", ::getpid(), counter()++)) {
+      : uri_(fmt::format("shm://xlshare-conformance-{}-{}", ::getpid(), counter()++)),
+        remover_{uri_} {
     static constexpr std::uint64_t kFloats[3] = {3000, 12000, 40000};  // 12, 48, 160 KB
     std::vector<std::string> names;
     {
@@ -74,13 +75,7 @@ class NearTierRig {
     }
     schedule_ = Schedule::for_transformer(key_tensors_);
   }
-  ~NearTierRig() {
-    pool_.reset();
-    try {
-      remove_backend(uri_);
-    } catch (...) {
-    }
-  }
+  ~NearTierRig() { pool_.reset(); }  // then remover_ removes the pool
   NearTierRig(const NearTierRig&) = delete;
   NearTierRig& operator=(const NearTierRig&) = delete;
 
@@ -148,7 +143,19 @@ class NearTierRig {
     return n;
   }
 
+  // Removes the pool when the rig goes, also when its constructor throws part way.
+  struct Remover {
+    const std::string& uri;
+    ~Remover() {
+      try {
+        if (backend_exists(uri)) remove_backend(uri);
+      } catch (...) {
+      }
+    }
+  };
+
   std::string uri_;
+  Remover remover_;
   std::unique_ptr<Pool> pool_;
   std::vector<TensorSource> sources_;
   std::vector<std::uint64_t> key_bytes_;

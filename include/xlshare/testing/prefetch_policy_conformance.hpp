@@ -65,6 +65,11 @@ TYPED_TEST_P(PrefetchPolicyConformance, PlansNameScheduleKeysOnceWithinTheBudget
       policy->on_step_end(s);
     }
   }
+  // plan() drops what do_plan got wrong and counts it: a sound policy names only keys of
+  // the cache, each once a plan.
+  const PrefetchStats st = policy->stats();
+  EXPECT_EQ(st.keys_dropped_invalid, 0u);
+  EXPECT_EQ(st.keys_proposed, st.keys_planned + st.keys_dropped_present + st.keys_dropped_budget);
 }
 
 TYPED_TEST_P(PrefetchPolicyConformance, ARealPrefetcherHandsComputeTheRightBytes) {
