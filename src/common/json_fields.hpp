@@ -12,7 +12,8 @@
     NLOHMANN_JSON_EXPAND(NLOHMANN_JSON_PASTE(NLOHMANN_JSON_TO, __VA_ARGS__)) \
   }
 #define XLSHARE_JSON_TO(Type, ...) XLSHARE_JSON_TO_FN(to_json, Type, __VA_ARGS__)
-#define XLSHARE_JSON_FROM(Type, ...)                                             \
-  void from_json(const nlohmann::json& nlohmann_json_j, Type& nlohmann_json_t) { \
-    NLOHMANN_JSON_EXPAND(NLOHMANN_JSON_PASTE(NLOHMANN_JSON_FROM, __VA_ARGS__))   \
+#define XLSHARE_JSON_FROM_FN(fn, Type, ...)                                    \
+  void fn(const nlohmann::json& nlohmann_json_j, Type& nlohmann_json_t) {      \
+    NLOHMANN_JSON_EXPAND(NLOHMANN_JSON_PASTE(NLOHMANN_JSON_FROM, __VA_ARGS__)) \
   }
+#define XLSHARE_JSON_FROM(Type, ...) XLSHARE_JSON_FROM_FN(from_json, Type, __VA_ARGS__)

@@ -31,7 +31,8 @@ void to_json(nlohmann::json& j, const InferenceRequest& r) {
        {"top_k", r.sampling.top_k},
        {"top_p", r.sampling.top_p},
        {"seed", r.sampling.seed},
-       {"return_logits", r.return_logits}};
+       {"return_logits", r.return_logits},
+       {"stop_token_ids", r.stop_token_ids}};
 }
 
 void from_json(const nlohmann::json& j, InferenceRequest& r) {
@@ -44,11 +45,31 @@ void from_json(const nlohmann::json& j, InferenceRequest& r) {
   j.at("top_p").get_to(r.sampling.top_p);
   j.at("seed").get_to(r.sampling.seed);
   j.at("return_logits").get_to(r.return_logits);
+  if (j.contains("stop_token_ids")) j.at("stop_token_ids").get_to(r.stop_token_ids);
 }
 
-XLSHARE_JSON_TO(InferenceResult, id, output_tokens, last_logits, latency_ms, ready_rate, reuse_rate,
-                stall_ms, link_bytes, link_gbps, overlap, prefetch_accuracy, worker)
-XLSHARE_JSON_FROM(InferenceResult, id, output_tokens, last_logits, latency_ms, ready_rate,
-                  reuse_rate, stall_ms, link_bytes, link_gbps, overlap, prefetch_accuracy, worker)
+namespace {
+XLSHARE_JSON_TO_FN(result_fields, InferenceResult, id, output_tokens, last_logits, latency_ms,
+                   ready_rate, reuse_rate, stall_ms, link_bytes, link_gbps, overlap,
+                   prefetch_accuracy, worker, queue_ms, ttft_ms, tpot_ms)
+XLSHARE_JSON_FROM_FN(result_from_fields, InferenceResult, id, output_tokens, last_logits,
+                     latency_ms, ready_rate, reuse_rate, stall_ms, link_bytes, link_gbps, overlap,
+                     prefetch_accuracy, worker, queue_ms, ttft_ms, tpot_ms)
+}  // namespace
+
+void to_json(nlohmann::json& j, const InferenceResult& r) {
+  result_fields(j, r);
+  j["finish_reason"] = to_string(r.finish_reason);
+}
+
+void from_json(const nlohmann::json& j, InferenceResult& r) {
+  r = InferenceResult{};
+  result_from_fields(j, r);
+  const auto reason = j.at("finish_reason").get<std::string>();
+  if (reason != "length" && reason != "stop") {
+    throw nlohmann::json::other_error::create(501, "finish_reason '" + reason + "'", &j);
+  }
+  r.finish_reason = reason == "stop" ? FinishReason::kStop : FinishReason::kLength;
+}
 
 }  // namespace xlshare

@@ -42,6 +42,10 @@ std::uint64_t pool_size_for(std::uint64_t bytes, std::size_t tensors) {
 
 }  // namespace
 
+const char* to_string(FinishReason r) noexcept {
+  return r == FinishReason::kStop ? "stop" : "length";
+}
+
 SyntheticModel create_sample_transformer_model(std::uint32_t dim, std::uint32_t n_layers,
                                                std::uint32_t n_heads, std::uint32_t n_kv_heads,
                                                std::uint32_t ffn_dim, std::uint32_t vocab,
@@ -270,10 +274,12 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(
     const std::vector<InferenceRequest>& requests) {
   std::vector<InferenceResult> results(requests.size());
   if (requests.empty()) return results;
+  const auto t_call = SteadyClock::now();
   std::unique_lock<std::mutex> lock;
   unsigned index = 0;
   Worker& worker = take_worker(lock, index);
   const auto t0 = SteadyClock::now();
+  const double queue_ms = std::chrono::duration<double, std::milli>(t0 - t_call).count();
   const Counters before = worker.counters();
   const LlamaConfig& c = model_->config();
 
@@ -293,6 +299,7 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(
     std::vector<std::int32_t> next;  // the token to feed next
     std::mt19937_64 rng;
     bool done = false;
+    double first_token_ms = 0;  // since the call
   };
   std::vector<Live> live;
   std::uint64_t tokens = 0;
@@ -334,7 +341,14 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(
         }
         const std::int32_t t = sample_token(l.logits, requests[i].sampling, l.rng);
         results[i].output_tokens.push_back(t);
+        if (results[i].output_tokens.size() == 1) l.first_token_ms = ms_since(t_call);
         if (requests[i].return_logits) results[i].last_logits = l.logits;
+        const auto& stops = requests[i].stop_token_ids;
+        if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
+          results[i].finish_reason = FinishReason::kStop;
+          l.done = true;
+          continue;
+        }
         if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
           l.done = true;
           continue;
@@ -362,6 +376,14 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(
       results[i].last_logits = live[i].logits;
     results[i].latency_ms = latency;
     results[i].worker = index;
+    results[i].queue_ms = queue_ms;
+    const std::size_t n_out = results[i].output_tokens.size();
+    if (n_out > 0) {
+      results[i].ttft_ms = live[i].first_token_ms;
+      const double end_ms = latency + queue_ms;
+      results[i].tpot_ms =
+          n_out > 1 ? (end_ms - live[i].first_token_ms) / static_cast<double>(n_out - 1) : 0.0;
+    }
     fill_rates(results[i], before, after);
   }
   {

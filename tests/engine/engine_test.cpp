@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <stdexcept>
 
@@ -329,7 +330,9 @@ TEST(EngineJson, RequestsAndResultsRoundTrip) {
   r.sampling.top_p = 0.9f;
   r.sampling.seed = 99;
   r.return_logits = true;
+  r.stop_token_ids = {2, 7};
   const InferenceRequest back = nlohmann::json(r).get<InferenceRequest>();
+  EXPECT_EQ(back.stop_token_ids, r.stop_token_ids);
   EXPECT_EQ(back.id, r.id);
   EXPECT_EQ(back.prompt, r.prompt);
   EXPECT_EQ(back.max_new_tokens, r.max_new_tokens);
@@ -345,15 +348,59 @@ TEST(EngineJson, RequestsAndResultsRoundTrip) {
   res.latency_ms = 3.5;
   res.link_bytes = 1234;
   res.worker = 2;
+  res.finish_reason = FinishReason::kStop;
+  res.ttft_ms = 1.25;
+  res.tpot_ms = 0.5;
+  res.queue_ms = 0.125;
   const InferenceResult res_back = nlohmann::json(res).get<InferenceResult>();
   EXPECT_EQ(res_back.output_tokens, res.output_tokens);
   EXPECT_EQ(res_back.last_logits, res.last_logits);
   EXPECT_EQ(res_back.latency_ms, res.latency_ms);
   EXPECT_EQ(res_back.link_bytes, res.link_bytes);
   EXPECT_EQ(res_back.worker, res.worker);
+  EXPECT_EQ(res_back.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(res_back.ttft_ms, res.ttft_ms);
+  EXPECT_EQ(res_back.tpot_ms, res.tpot_ms);
+  EXPECT_EQ(res_back.queue_ms, res.queue_ms);
   nlohmann::json missing = nlohmann::json(r);
   missing.erase("prompt");
   EXPECT_THROW(missing.get<InferenceRequest>(), nlohmann::json::exception);
+}
+
+TEST_F(EngineTest, AStopTokenEndsGenerationAndTheResultSaysWhy) {
+  EngineConfig c = config();
+  c.cache_bytes = model_bytes_ / 3;
+  InferenceEngine engine(c);
+  engine.attach_model("m");
+  InferenceRequest base;
+  base.id = "base";
+  base.prompt = test::some_tokens(model_.config.vocab, 5, 3);
+  base.max_new_tokens = 10;
+  const auto full = engine.inference(base);
+  ASSERT_EQ(full.output_tokens.size(), 10u);
+  EXPECT_EQ(full.finish_reason, FinishReason::kLength);
+  EXPECT_GT(full.ttft_ms, 0.0);
+  EXPECT_LE(full.ttft_ms, full.queue_ms + full.latency_ms);
+  EXPECT_GT(full.tpot_ms, 0.0);
+  // Stop at the token generated fourth: the output is the prefix up to its first time.
+  const std::int32_t stop = full.output_tokens[3];
+  const auto first = static_cast<std::size_t>(
+      std::find(full.output_tokens.begin(), full.output_tokens.end(), stop) -
+      full.output_tokens.begin());
+  InferenceRequest stopping = base;
+  stopping.id = "stopping";
+  stopping.stop_token_ids = {stop};
+  // In one batch with the request that does not stop: neither changes the other.
+  const auto both = engine.batch_inference({stopping, base});
+  EXPECT_EQ(both[0].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(both[0].output_tokens,
+            std::vector<std::int32_t>(full.output_tokens.begin(),
+                                      full.output_tokens.begin() + static_cast<long>(first) + 1));
+  EXPECT_EQ(both[1].output_tokens, full.output_tokens);
+  EXPECT_EQ(both[1].finish_reason, FinishReason::kLength);
+  const nlohmann::json j = both[0];
+  EXPECT_EQ(j.at("finish_reason"), "stop");
+  EXPECT_EQ(j.get<InferenceResult>().finish_reason, FinishReason::kStop);
 }
 
 TEST(EngineFiles, AttachingToALoadedPoolNeverOpensTheModelFile) {

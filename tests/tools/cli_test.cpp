@@ -383,6 +383,21 @@ TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
   ASSERT_EQ(r.status, 0) << r.out;
   const auto want = read_jsonl(alone_out);
   ASSERT_EQ(want.size(), 2u);
+  EXPECT_EQ(want[0]["finish_reason"], "length") << want[0];
+  EXPECT_GE(want[0]["tpot_ms"].get<double>(), 0.0) << want[0];
+  // A stop token ends a request early, the token kept, and its result says so.
+  const std::int32_t stop = want[0]["tokens"][1].get<std::int32_t>();
+  const auto stopping = dir_.path() / "stop.jsonl", stopping_out = dir_.path() / "stop.out.jsonl";
+  std::ofstream(stopping) << R"({"id": "s", "prompt": [1, 2, 3], "max_new_tokens": 5, )"
+                          << R"("stop_token_ids": [)" << stop << "]}\n";
+  r = run("worker --pool " + uri_ + " --model tiny --requests " + stopping.string() + " --out " +
+          stopping_out.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto stopped = read_jsonl(stopping_out);
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["finish_reason"], "stop") << stopped[0];
+  EXPECT_EQ(stopped[0]["tokens"].back(), stop) << stopped[0];
+  EXPECT_LE(stopped[0]["tokens"].size(), 2u) << stopped[0];
 
   // Each bad request and the id its error result carries (empty: none could be read, so the
   // line number stands in, as it does for a good request without one).
@@ -394,6 +409,7 @@ TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
       {R"({"id": "noprompt", "max_new_tokens": 2})", "noprompt"},
       {R"({"id": "type", "prompt": [1], "temperature": "hot"})", "type"},
       {R"({"id": "long", "prompt": [1], "max_new_tokens": 100000})", "long"},  // past the context
+      {R"({"id": "stops", "prompt": [1], "stop_token_ids": [3, -1]})", "stops"},
       {R"({"id": "broken", "prompt": [1)", ""},
       {R"([1, 2, 3])", ""},
   };
@@ -406,7 +422,7 @@ TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
   }
   r = run("worker --pool " + uri_ + " --model tiny --requests " + mixed.string() + " --out " +
           mixed_out.string());
-  EXPECT_TRUE(one_error_line(r, "8 of 10 requests failed")) << r.out;
+  EXPECT_TRUE(one_error_line(r, "9 of 11 requests failed")) << r.out;
   const auto got = read_jsonl(mixed_out);
   ASSERT_EQ(got.size(), bad.size() + 2) << r.out;
   EXPECT_EQ(got.front()["id"], "a");

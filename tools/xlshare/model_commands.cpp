@@ -459,6 +459,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option("--requests", a->requests,
                     "JSONL: {\"id\": ..., \"prompt\": [ids], \"max_new_tokens\": N, "
+                    "\"stop_token_ids\": [ids], "
                     "\"temperature\": T, \"top_k\": K, "
                     "\"top_p\": P, \"seed\": S}")
         ->required();
@@ -498,7 +499,10 @@ void add_model_commands(CLI::App& app) {
             out << nlohmann::json{{"id", res.id},
                                   {"line", l.line},
                                   {"tokens", res.output_tokens},
+                                  {"finish_reason", to_string(res.finish_reason)},
                                   {"latency_ms", res.latency_ms},
+                                  {"ttft_ms", res.ttft_ms},
+                                  {"tpot_ms", res.tpot_ms},
                                   {"ready_rate", res.ready_rate},
                                   {"reuse_rate", res.reuse_rate},
                                   {"stall_ms", res.stall_ms},
@@ -643,6 +647,21 @@ std::vector<RequestLine> parse_request_lines(std::istream& in) {
           return;
         }
         r.sampling.seed = j["seed"].get<std::uint64_t>();
+      }
+      if (j.contains("stop_token_ids")) {
+        const auto& stops = j["stop_token_ids"];
+        if (!stops.is_array() || stops.size() > 1024) {
+          l.error = "\"stop_token_ids\" must be an array of at most 1024 token ids";
+          return;
+        }
+        for (const auto& t : stops) {
+          if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
+              t.get<std::int64_t>() > INT32_MAX) {
+            l.error = "a stop token is not a token id";
+            return;
+          }
+          r.stop_token_ids.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
+        }
       }
     }();
     out.push_back(std::move(l));

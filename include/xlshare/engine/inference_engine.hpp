@@ -100,7 +100,14 @@ struct InferenceRequest {
   SamplingOptions sampling;
   /// Return the logits of the last position.
   bool return_logits = false;
+  /// Generation ends after any of these tokens (it is kept in the output). Default none.
+  std::vector<std::int32_t> stop_token_ids;
 };
+
+/// Why a request's generation ended: it reached max_new_tokens, or produced a stop token.
+enum class FinishReason : std::uint8_t { kLength, kStop };
+/// "length", "stop".
+const char* to_string(FinishReason r) noexcept;
 
 /// Requests and results as JSON objects (the `xlshare worker` protocol's fields; from_json
 /// throws nlohmann::json::exception for a missing or mistyped field).
@@ -120,6 +127,11 @@ struct InferenceResult {
   double overlap = 1;            ///< 1 - stall / link busy time
   double prefetch_accuracy = 0;  ///< prefetched bytes used / prefetched bytes (0: none)
   unsigned worker = 0;           ///< which worker ran it
+  FinishReason finish_reason = FinishReason::kLength;
+  /// Serving figures, ms: waiting for a free worker (queue), from the call to the first
+  /// generated token (time to first token, queue included), per output token after the
+  /// first (time per output token; 0 with fewer than two).
+  double queue_ms = 0, ttft_ms = 0, tpot_ms = 0;
 };
 
 void to_json(nlohmann::json& j, const InferenceResult& r);
