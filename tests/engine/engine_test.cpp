@@ -6,6 +6,10 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <stdexcept>
 
 #include "model/model_support.hpp"
@@ -401,6 +405,46 @@ TEST_F(EngineTest, AStopTokenEndsGenerationAndTheResultSaysWhy) {
   const nlohmann::json j = both[0];
   EXPECT_EQ(j.at("finish_reason"), "stop");
   EXPECT_EQ(j.get<InferenceResult>().finish_reason, FinishReason::kStop);
+}
+
+TEST_F(EngineTest, StatsInThePrometheusTextFormat) {
+  EngineConfig c = config();
+  c.cache_bytes = model_bytes_ / 3;
+  c.workers = 2;
+  InferenceEngine engine(c);
+  engine.attach_model("m");
+  for (int i = 0; i < 3; ++i) engine.generate(test::some_tokens(model_.config.vocab, 4, i), 2);
+  const EngineStats s = engine.stats();
+  const std::string text = s.to_prometheus();
+  // Every line a comment (HELP/TYPE) or a sample: name{labels} value; a family's TYPE comes
+  // before its samples, and no family is declared twice.
+  const std::regex sample(R"re(^(xlshare_[a-z_]+)\{model="m"(,[a-z]+="[^"]*")?\} (\S+)$)re");
+  const std::regex type(R"re(^# TYPE (xlshare_[a-z_]+) (counter|gauge|summary)$)re");
+  std::set<std::string> declared;
+  std::map<std::string, double> values;  // the unlabelled samples and worker 0's
+  std::istringstream lines(text);
+  std::string line;
+  std::smatch m;
+  while (std::getline(lines, line)) {
+    if (std::regex_match(line, m, type)) {
+      EXPECT_TRUE(declared.insert(m[1]).second) << "declared twice: " << line;
+    } else if (std::regex_match(line, m, sample)) {
+      EXPECT_TRUE(declared.count(m[1])) << "a sample before its TYPE: " << line;
+      EXPECT_NO_THROW((void)std::stod(m[3])) << line;
+      if (m[2].length() == 0 || m[2] == ",worker=\"0\"") values[m[1]] = std::stod(m[3]);
+    } else {
+      EXPECT_EQ(line.rfind("# HELP xlshare_", 0), 0u) << "not a metric line: " << line;
+    }
+  }
+  EXPECT_EQ(values["xlshare_requests_total"], 3.0);
+  EXPECT_EQ(values["xlshare_model_bytes"], static_cast<double>(s.model_bytes));
+  EXPECT_EQ(values["xlshare_cache_acquires_total"],
+            static_cast<double>(s.workers[0].cache.acquires));
+  EXPECT_EQ(values["xlshare_link_bytes_total"],
+            static_cast<double>(s.workers[0].transfers.link_bytes));
+  EXPECT_NE(text.find("xlshare_request_latency_ms{model=\"m\",quantile=\"0.99\"}"),
+            std::string::npos);
+  EXPECT_NE(text.find("worker=\"1\""), std::string::npos);
 }
 
 TEST(EngineFiles, AttachingToALoadedPoolNeverOpensTheModelFile) {

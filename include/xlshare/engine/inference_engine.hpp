@@ -165,6 +165,10 @@ struct EngineStats {
   static constexpr std::size_t kLatencyWindow = 4096;
   std::vector<WorkerReport> workers;
   std::string to_json() const;
+  /// The same figures in the Prometheus text format (a /metrics body): families named
+  /// xlshare_*, counters ending in _total, every sample labelled with the model and, per
+  /// worker, the worker's index.
+  std::string to_prometheus() const;
 };
 /// Everything above, each worker's cache, transfer, link and scrub figures included.
 void to_json(nlohmann::json& j, const EngineStats& s);
