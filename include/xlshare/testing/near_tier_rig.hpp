@@ -5,8 +5,10 @@
 // compute is handed. Header-only; used by the policy conformance suites.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -97,6 +99,19 @@ class NearTierRig {
     std::uint64_t total = 0;
     for (auto b : key_bytes_) total += b;
     return total;
+  }
+  /// The caches the suites run in: a roomy one (half the model) and the smallest that runs
+  /// the schedule.
+  std::array<std::uint64_t, 2> cache_sizes() const noexcept {
+    return {total_bytes() / 2, heaviest_step_bytes() + 4096};
+  }
+  /// What every run must show: each key of each pass handed to compute with the pool's
+  /// bytes, the cache sound and never over its budget.
+  void expect_served_right(const Run& r, int passes, std::uint64_t cache_bytes) const {
+    EXPECT_EQ(r.acquires, static_cast<std::uint64_t>(passes) * key_count());
+    EXPECT_EQ(r.wrong_bytes, 0u);
+    EXPECT_EQ(r.cache_problem, "");
+    EXPECT_LE(r.cache.peak_bytes, cache_bytes);
   }
   /// What an EvictionPolicyFactory receives for a cache of `cache_bytes`.
   CacheKeys keys(std::uint64_t cache_bytes) const noexcept {
