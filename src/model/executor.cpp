@@ -27,16 +27,6 @@ namespace xlshare {
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Stride = Eigen::OuterStride<>;
 
-// --- KvCache ----------------------------------------------------------------------------
-
-KvCache::KvCache(const LlamaConfig& c, std::uint32_t capacity_tokens)
-    : capacity_(std::min(capacity_tokens, c.context)), row_(c.n_kv_heads * c.head_dim) {
-  if (capacity_ == 0) throw ConfigError("KV cache: capacity must be > 0 tokens");
-  const std::size_t n = std::size_t{c.n_layers} * capacity_ * row_;
-  k_.assign(n, 0.0f);
-  v_.assign(n, 0.0f);
-}
-
 // --- WeightProvider ---------------------------------------------------------------------
 
 void WeightProvider::read_rows(std::size_t index, const TensorDesc& desc,
@@ -252,6 +242,8 @@ void Executor::forward_batch(std::span<Segment> segments) {
       throw ConfigError(fmt::format("KV cache full: {} + {} tokens exceed its {}", seg.kv->size_,
                                     seg.tokens.size(), seg.kv->capacity_));
     }
+    if (seg.kv->row_ != c.n_kv_heads * c.head_dim || seg.kv->layers_ != c.n_layers)
+      throw ConfigError("forward: a KV cache made for another model shape");
     for (auto t : seg.tokens) {
       if (t < 0 || static_cast<std::uint32_t>(t) >= c.vocab) {
         throw ConfigError(
@@ -259,6 +251,12 @@ void Executor::forward_batch(std::span<Segment> segments) {
       }
     }
     n += seg.tokens.size();
+  }
+  for (auto& seg : segments) {  // blocks for the new tokens (a caller may have taken them)
+    if (!seg.kv->reserve(static_cast<std::uint32_t>(seg.tokens.size()))) {
+      throw ConfigError(fmt::format("KV cache: its block pool has no room for {} more tokens",
+                                    seg.tokens.size()));
+    }
   }
   if (n == 0) {
     for (auto& seg : segments) seg.logits->clear();
@@ -334,12 +332,11 @@ void Executor::forward_batch(std::span<Segment> segments) {
     for (std::size_t s = 0; s < segments.size(); ++s) {
       KvCache& kv = *segments[s].kv;
       const std::size_t rows = segments[s].tokens.size();
-      float* K = kv.k_.data() + l * std::size_t{kv.capacity_} * kv_dim;
-      float* V = kv.v_.data() + l * std::size_t{kv.capacity_} * kv_dim;
-      std::copy_n(k.data() + first_row[s] * kv_dim, rows * kv_dim,
-                  K + std::size_t{kv.size_} * kv_dim);
-      std::copy_n(v.data() + first_row[s] * kv_dim, rows * kv_dim,
-                  V + std::size_t{kv.size_} * kv_dim);
+      for (std::size_t i = 0; i < rows; ++i) {
+        const std::size_t pos = std::size_t{kv.size_} + i;
+        std::copy_n(k.data() + (first_row[s] + i) * kv_dim, kv_dim, kv.key(l, pos));
+        std::copy_n(v.data() + (first_row[s] + i) * kv_dim, kv_dim, kv.value(l, pos));
+      }
     }
     std::atomic<std::size_t> next_item{0};  // a dynamic schedule: heads differ in cost
     team_->run([&](unsigned, unsigned) {
@@ -349,19 +346,23 @@ void Executor::forward_batch(std::span<Segment> segments) {
         const Segment& seg = segments[s];
         const std::size_t rows = seg.tokens.size();
         if (rows == 0) continue;
-        const std::size_t p0 = seg.kv->size_, T = p0 + rows;
-        const float* K = seg.kv->k_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
-        const float* V = seg.kv->v_.data() + l * std::size_t{seg.kv->capacity_} * kv_dim;
+        KvCache& kv = *seg.kv;
+        const std::size_t p0 = kv.size_, T = p0 + rows, B = kv.block_tokens_;
+        // The positions' keys and values lie in blocks of B tokens: one product per block.
+        const auto block = [&](float* at, std::size_t len) {
+          return Eigen::Map<const RowMat, 0, Stride>(at + g * hd, static_cast<Eigen::Index>(len),
+                                                     static_cast<Eigen::Index>(hd),
+                                                     Stride(static_cast<Eigen::Index>(kv_dim)));
+        };
         Eigen::Map<const RowMat, 0, Stride> Qh(
             q.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
             static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
-        Eigen::Map<const RowMat, 0, Stride> Kg(K + g * hd, static_cast<Eigen::Index>(T),
-                                               static_cast<Eigen::Index>(hd),
-                                               Stride(static_cast<Eigen::Index>(kv_dim)));
-        Eigen::Map<const RowMat, 0, Stride> Vg(V + g * hd, static_cast<Eigen::Index>(T),
-                                               static_cast<Eigen::Index>(hd),
-                                               Stride(static_cast<Eigen::Index>(kv_dim)));
-        RowMat S = (Qh * Kg.transpose()) * scale;
+        RowMat S(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(T));
+        for (std::size_t t0 = 0; t0 < T; t0 += B) {
+          const std::size_t len = std::min(B, T - t0);
+          S.middleCols(static_cast<Eigen::Index>(t0), static_cast<Eigen::Index>(len)).noalias() =
+              (Qh * block(kv.key(l, t0), len).transpose()) * scale;
+        }
         for (std::size_t i = 0; i < rows; ++i) {
           const std::size_t visible = p0 + i + 1;  // causal: positions 0 .. p0+i
           float m = -std::numeric_limits<float>::infinity();
@@ -378,7 +379,13 @@ void Executor::forward_batch(std::span<Segment> segments) {
         Eigen::Map<RowMat, 0, Stride> Oh(
             att.data() + first_row[s] * q_dim + h * hd, static_cast<Eigen::Index>(rows),
             static_cast<Eigen::Index>(hd), Stride(static_cast<Eigen::Index>(q_dim)));
-        Oh.noalias() = S * Vg;
+        Oh.setZero();
+        for (std::size_t t0 = 0; t0 < T; t0 += B) {
+          const std::size_t len = std::min(B, T - t0);
+          Oh.noalias() +=
+              S.middleCols(static_cast<Eigen::Index>(t0), static_cast<Eigen::Index>(len)) *
+              block(kv.value(l, t0), len);
+        }
       }
     });
     matmul_weight(L.wo, dim, q_dim, att.data(), n, tmp.data());

@@ -407,7 +407,8 @@ TEST(Executor, ABatchEqualsEachSequenceAlone) {
     ex.forward(prompts[i], kv, alone[i], true);
   }
   // Together, then one more decode step together.
-  std::vector<KvCache> kvs(3, KvCache(m.config, 64));
+  std::vector<KvCache> kvs;
+  for (int i = 0; i < 3; ++i) kvs.emplace_back(m.config, 64);
   std::vector<std::vector<float>> together(3);
   std::vector<Executor::Segment> segs;
   for (std::size_t i = 0; i < 3; ++i) segs.push_back({prompts[i], &kvs[i], true, &together[i]});
@@ -429,6 +430,56 @@ TEST(Executor, ABatchEqualsEachSequenceAlone) {
   // Two segments may not share a cache.
   segs[1].kv = segs[0].kv;
   EXPECT_THROW(ex.forward_batch(segs), ConfigError);
+}
+
+}  // namespace
+}  // namespace xlshare
+
+namespace xlshare {
+namespace {
+
+TEST(KvCache, TakesBlocksAsItGrowsAllOrNothingAndGivesThemBack) {
+  const auto c = test::small_config(64, 2, 4, 2, 160, 256);
+  auto pool = std::make_shared<KvBlockPool>(c, 3, 4);  // 12 tokens in all
+  EXPECT_EQ(pool->block_bytes(), KvBlockPool::token_bytes(c) * 4);
+  KvCache a(pool, c, 64), b(pool, c, 64);
+  EXPECT_TRUE(a.reserve(5));  // two blocks
+  EXPECT_EQ(a.blocks_held(), 2u);
+  EXPECT_EQ(pool->free_blocks(), 1u);
+  EXPECT_FALSE(b.reserve(5));  // needs two, one is free: takes none
+  EXPECT_EQ(pool->free_blocks(), 1u);
+  EXPECT_EQ(b.blocks_held(), 0u);
+  EXPECT_TRUE(b.reserve(4));
+  EXPECT_EQ(pool->used_bytes(), pool->capacity_bytes());
+  KvCache moved = std::move(a);  // the blocks move with it
+  EXPECT_EQ(moved.blocks_held(), 2u);
+  moved.clear();
+  EXPECT_EQ(pool->free_blocks(), 2u);
+  { KvCache gone = std::move(b); }
+  EXPECT_EQ(pool->free_blocks(), 3u);
+  KvCache small(pool, c, 6);
+  EXPECT_FALSE(small.reserve(7));  // beyond its capacity
+  // Another model's shape cannot use the pool.
+  EXPECT_THROW(KvCache(pool, test::small_config(64, 3, 4, 2, 160, 256), 8), ConfigError);
+  EXPECT_THROW(KvBlockPool(c, 0), ConfigError);
+}
+
+TEST(KvCache, AForwardPassFailsCleanlyWhenThePoolIsFull) {
+  const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 21);
+  test::InMemoryModel in_memory(m);
+  Executor ex(in_memory.model, in_memory.weights);
+  auto pool = std::make_shared<KvBlockPool>(m.config, 1, 4);
+  KvCache kv(pool, m.config, 64);
+  std::vector<float> logits, alone;
+  const auto prompt = test::some_tokens(256, 4, 3);
+  ex.forward(prompt, kv, logits, false);
+  const std::int32_t next = 5;
+  EXPECT_THROW(ex.forward(std::span(&next, 1), kv, logits, false), ConfigError);
+  EXPECT_EQ(kv.size(), 4u);  // unchanged
+  // A pool of its own or a shared one: the same numbers.
+  KvCache own(m.config, 64);
+  ex.forward(prompt, own, alone, false);
+  EXPECT_EQ(logits, alone);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "xlshare/dtype.hpp"
+#include "xlshare/model/kv_cache.hpp"
 #include "xlshare/model/llama_config.hpp"
 #include "xlshare/prefetch/schedule.hpp"
 
@@ -177,20 +178,6 @@ class SpanWeights final : public WeightProvider {
 
  private:
   std::vector<std::span<const std::byte>> tensors_;
-};
-
-/// Keys and values of every layer for one sequence.
-class KvCache {
- public:
-  KvCache(const LlamaConfig& config, std::uint32_t capacity_tokens);
-  std::uint32_t size() const noexcept { return size_; }
-  std::uint32_t capacity() const noexcept { return capacity_; }
-  void clear() noexcept { size_ = 0; }
-
- private:
-  friend class Executor;
-  std::uint32_t capacity_, size_ = 0, row_;  // row_: n_kv_heads * head_dim
-  std::vector<float> k_, v_;                 // [layer][capacity][row_]
 };
 
 struct ExecutorOptions {
