@@ -9,11 +9,15 @@ namespace xlshare {
 XLSHARE_JSON_TO(ScrubStats, verify_ns, verify_bytes, bytes_scrubbed, passes, mismatches, failovers,
                 failed, cpu_ns, wall_ns)
 
+XLSHARE_JSON_TO(ServingStats, running, waiting, steps, step_sequences, step_tokens, output_tokens,
+                preemptions, cancelled, failed, kv_used_bytes, kv_capacity_bytes,
+                mean_batch_sequences, output_tokens_per_s)
+
 namespace {
 XLSHARE_JSON_TO_FN(report_fields, WorkerReport, index, placement, hot_set_bytes,
-                   hot_set_target_bytes, requests, tokens, figures, cache, scrub)
+                   hot_set_target_bytes, requests, tokens, figures, cache, scrub, serving)
 XLSHARE_JSON_TO_FN(engine_fields, EngineStats, pool, model, model_bytes, attach_ms, requests,
-                   latency_p50_ms, latency_p99_ms, workers)
+                   latency_p50_ms, latency_p99_ms, serving, workers)
 }  // namespace
 
 void to_json(nlohmann::json& j, const WorkerReport& w) {
@@ -51,10 +55,10 @@ void from_json(const nlohmann::json& j, InferenceRequest& r) {
 namespace {
 XLSHARE_JSON_TO_FN(result_fields, InferenceResult, id, output_tokens, last_logits, latency_ms,
                    ready_rate, reuse_rate, stall_ms, link_bytes, link_gbps, overlap,
-                   prefetch_accuracy, worker, queue_ms, ttft_ms, tpot_ms)
+                   prefetch_accuracy, worker, queue_ms, ttft_ms, tpot_ms, preemptions, error)
 XLSHARE_JSON_FROM_FN(result_from_fields, InferenceResult, id, output_tokens, last_logits,
                      latency_ms, ready_rate, reuse_rate, stall_ms, link_bytes, link_gbps, overlap,
-                     prefetch_accuracy, worker, queue_ms, ttft_ms, tpot_ms)
+                     prefetch_accuracy, worker, queue_ms, ttft_ms, tpot_ms, preemptions)
 }  // namespace
 
 void to_json(nlohmann::json& j, const InferenceResult& r) {
@@ -65,11 +69,16 @@ void to_json(nlohmann::json& j, const InferenceResult& r) {
 void from_json(const nlohmann::json& j, InferenceResult& r) {
   r = InferenceResult{};
   result_from_fields(j, r);
+  if (j.contains("error")) j.at("error").get_to(r.error);
   const auto reason = j.at("finish_reason").get<std::string>();
-  if (reason != "length" && reason != "stop") {
-    throw nlohmann::json::other_error::create(501, "finish_reason '" + reason + "'", &j);
+  for (const auto f : {FinishReason::kLength, FinishReason::kStop, FinishReason::kCancelled,
+                       FinishReason::kError}) {
+    if (reason == to_string(f)) {
+      r.finish_reason = f;
+      return;
+    }
   }
-  r.finish_reason = reason == "stop" ? FinishReason::kStop : FinishReason::kLength;
+  throw nlohmann::json::other_error::create(501, "finish_reason '" + reason + "'", &j);
 }
 
 }  // namespace xlshare

@@ -1,5 +1,7 @@
 #include "xlshare/engine/inference_engine.hpp"
 
+#include "engine/scheduler.hpp"
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -18,21 +20,8 @@
 namespace xlshare {
 namespace {
 
-using SteadyClock = std::chrono::steady_clock;
-
 double ms_since(SteadyClock::time_point t0) {
   return std::chrono::duration<double, std::milli>(SteadyClock::now() - t0).count();
-}
-
-void fill_rates(InferenceResult& r, const Counters& a, const Counters& b) {
-  const Figures f = figures_between(a, b);
-  r.ready_rate = f.ready_rate;
-  r.reuse_rate = f.reuse_rate;
-  r.stall_ms = f.stall_ms;
-  r.link_bytes = f.link_bytes;
-  r.link_gbps = f.link_gbps;
-  r.overlap = f.overlap;
-  r.prefetch_accuracy = f.prefetch_accuracy;
 }
 
 // Pool size for a model of `bytes` in `tensors` tensors.
@@ -43,7 +32,17 @@ std::uint64_t pool_size_for(std::uint64_t bytes, std::size_t tensors) {
 }  // namespace
 
 const char* to_string(FinishReason r) noexcept {
-  return r == FinishReason::kStop ? "stop" : "length";
+  switch (r) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
+    case FinishReason::kLength:
+      break;
+  }
+  return "length";
 }
 
 SyntheticModel create_sample_transformer_model(std::uint32_t dim, std::uint32_t n_layers,
@@ -80,6 +79,7 @@ InferenceEngine::InferenceEngine(EngineConfig config) : config_(std::move(config
 }
 
 InferenceEngine::~InferenceEngine() {
+  scheduler_.reset();  // its threads use the workers
   workers_.clear();
   view_.reset();
 }
@@ -206,6 +206,7 @@ bool InferenceEngine::register_model(const SyntheticModel& model, const std::str
 
 void InferenceEngine::attach_model(const std::string& name) {
   const auto t0 = SteadyClock::now();
+  scheduler_.reset();
   workers_.clear();
   view_.reset();
   pool_ = open_reader(config_.pool_uri, true);
@@ -231,13 +232,26 @@ void InferenceEngine::attach_model(const std::string& name) {
     made.push_back(std::make_unique<Worker>(*pool_, replica_.get(), view_, *model_, wo,
                                             i > 0 ? made[0].get() : nullptr));
   }
+  SchedulerOptions so;
+  so.kv_bytes = config_.kv_cache_bytes;
+  if (so.kv_bytes == 0) {
+    const LlamaConfig& c = model_->config();
+    so.kv_bytes = KvBlockPool::token_bytes(c) * config_.max_batch_sequences *
+                  std::min<std::uint64_t>(config_.max_context, c.context);
+  }
+  so.kv_block_tokens = config_.kv_block_tokens;
+  so.max_batch_sequences = config_.max_batch_sequences;
+  so.max_step_tokens = config_.max_step_tokens;
+  so.max_context = config_.max_context;
+  so.pool_uri = config_.pool_uri;
+  so.model_name = name;
+  std::vector<Worker*> ws;
+  for (auto& w : made) ws.push_back(w.get());
+  auto scheduler = std::make_unique<Scheduler>(std::move(ws), model_->config(), std::move(so));
   {
     std::lock_guard g(stats_mu_);
     workers_ = std::move(made);
-    requests_.assign(config_.workers, 0);
-    tokens_.assign(config_.workers, 0);
-    latencies_ms_.clear();
-    latency_next_ = 0;
+    scheduler_ = std::move(scheduler);
     attach_ms_ = ms_since(t0);
   }
   logger().info(
@@ -247,158 +261,34 @@ void InferenceEngine::attach_model(const std::string& name) {
       workers_.size(), to_string(workers_.front()->placement()), config_.cache_bytes);
 }
 
-Worker& InferenceEngine::take_worker(std::unique_lock<std::mutex>& lock, unsigned& index) {
-  if (workers_.empty()) throw ConfigError("engine: no model attached (call attach_model first)");
-  const unsigned n = static_cast<unsigned>(workers_.size());
-  const unsigned start = next_worker_.fetch_add(1) % n;
-  for (unsigned i = 0; i < n; ++i) {  // a free one if there is one ...
-    const unsigned w = (start + i) % n;
-    std::unique_lock<std::mutex> l(workers_[w]->busy(), std::try_to_lock);
-    if (l.owns_lock()) {
-      lock = std::move(l);
-      index = w;
-      return *workers_[w];
-    }
-  }
-  lock = std::unique_lock<std::mutex>(workers_[start]->busy());  // ... else wait for ours
-  index = start;
-  return *workers_[start];
+RequestHandle InferenceEngine::submit(InferenceRequest request, RequestCallbacks callbacks) {
+  if (!scheduler_) throw ConfigError("engine: no model attached (call attach_model first)");
+  std::vector<InferenceRequest> one;
+  one.push_back(std::move(request));
+  std::vector<RequestCallbacks> cbs;
+  cbs.push_back(std::move(callbacks));
+  return scheduler_->submit(std::move(one), std::move(cbs)).front();
 }
 
 InferenceResult InferenceEngine::inference(const InferenceRequest& request) {
-  auto results = batch_inference({request});
-  return std::move(results.front());
+  return submit(request).wait();
 }
 
 std::vector<InferenceResult> InferenceEngine::batch_inference(
     const std::vector<InferenceRequest>& requests) {
   std::vector<InferenceResult> results(requests.size());
   if (requests.empty()) return results;
-  const auto t_call = SteadyClock::now();
-  std::unique_lock<std::mutex> lock;
-  unsigned index = 0;
-  Worker& worker = take_worker(lock, index);
-  const auto t0 = SteadyClock::now();
-  const double queue_ms = std::chrono::duration<double, std::milli>(t0 - t_call).count();
-  const Counters before = worker.counters();
-  const LlamaConfig& c = model_->config();
-
-  for (const auto& r : requests) {
-    const std::size_t need = r.prompt.size() + r.max_new_tokens;
-    if (r.prompt.empty()) throw ConfigError(fmt::format("request '{}': empty prompt", r.id));
-    if (need > config_.max_context || need > c.context) {
-      throw ConfigError(fmt::format("request '{}': {} tokens exceed the context of {}", r.id, need,
-                                    std::min<std::size_t>(config_.max_context, c.context)));
+  if (!scheduler_) throw ConfigError("engine: no model attached (call attach_model first)");
+  const auto handles = scheduler_->submit(requests, {});
+  std::exception_ptr first;
+  for (std::size_t i = 0; i < handles.size(); ++i) {
+    try {
+      results[i] = handles[i].wait();
+    } catch (...) {
+      if (!first) first = std::current_exception();
     }
   }
-  worker.check_weights();  // a weight with no verified copy left: one clear line, no answer
-
-  struct Live {
-    KvCache kv;
-    std::vector<float> logits;
-    std::vector<std::int32_t> next;  // the token to feed next
-    std::mt19937_64 rng;
-    bool done = false;
-    double first_token_ms = 0;  // since the call
-  };
-  std::vector<Live> live;
-  std::uint64_t tokens = 0;
-  std::vector<Executor::Segment> segments;
-  // A weight found changed while the batch ran (the Scrubber switched it to the replica's
-  // copy, or failed it) may have reached these numbers: the batch runs again from the start
-  // on verified weights. Switches are rare events; a few attempts always settle.
-  constexpr unsigned kAttempts = 4;
-  for (unsigned attempt = 1;; ++attempt) {
-    const std::uint64_t epoch = worker.weights_epoch();
-    results.assign(requests.size(), InferenceResult{});
-    live.clear();
-    live.reserve(requests.size());
-    tokens = 0;
-    for (const auto& r : requests) {
-      const std::size_t need = r.prompt.size() + r.max_new_tokens;
-      live.push_back(Live{KvCache(c, static_cast<std::uint32_t>(need)),
-                          {},
-                          {},
-                          std::mt19937_64(r.sampling.seed),
-                          false});
-    }
-    // Prefill every prompt together.
-    segments.clear();
-    for (std::size_t i = 0; i < requests.size(); ++i) {
-      segments.push_back({requests[i].prompt, &live[i].kv, false, &live[i].logits});
-      tokens += requests[i].prompt.size();
-    }
-    worker.executor().forward_batch(segments);
-    // Then decode, one token per live request per step, all together.
-    for (;;) {
-      segments.clear();
-      for (std::size_t i = 0; i < requests.size(); ++i) {
-        Live& l = live[i];
-        if (l.done) continue;
-        if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
-          l.done = true;
-          continue;
-        }
-        const std::int32_t t = sample_token(l.logits, requests[i].sampling, l.rng);
-        results[i].output_tokens.push_back(t);
-        if (results[i].output_tokens.size() == 1) l.first_token_ms = ms_since(t_call);
-        if (requests[i].return_logits) results[i].last_logits = l.logits;
-        const auto& stops = requests[i].stop_token_ids;
-        if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
-          results[i].finish_reason = FinishReason::kStop;
-          l.done = true;
-          continue;
-        }
-        if (results[i].output_tokens.size() == requests[i].max_new_tokens) {
-          l.done = true;
-          continue;
-        }
-        l.next.assign(1, t);
-        segments.push_back({l.next, &l.kv, false, &l.logits});
-        ++tokens;
-      }
-      if (segments.empty()) break;
-      worker.executor().forward_batch(segments);
-    }
-    if (worker.weights_epoch() == epoch) break;
-    worker.check_weights();
-    if (attempt == kAttempts) {
-      throw PoolError(
-          fmt::format("{}: the weights of model '{}' kept changing during {} attempts of a request",
-                      config_.pool_uri, view_->name(), kAttempts));
-    }
-  }
-  const Counters after = worker.counters();
-  const double latency = ms_since(t0);
-  for (std::size_t i = 0; i < requests.size(); ++i) {
-    results[i].id = requests[i].id;
-    if (requests[i].return_logits && requests[i].max_new_tokens == 0)
-      results[i].last_logits = live[i].logits;
-    results[i].latency_ms = latency;
-    results[i].worker = index;
-    results[i].queue_ms = queue_ms;
-    const std::size_t n_out = results[i].output_tokens.size();
-    if (n_out > 0) {
-      results[i].ttft_ms = live[i].first_token_ms;
-      const double end_ms = latency + queue_ms;
-      results[i].tpot_ms =
-          n_out > 1 ? (end_ms - live[i].first_token_ms) / static_cast<double>(n_out - 1) : 0.0;
-    }
-    fill_rates(results[i], before, after);
-  }
-  {
-    std::lock_guard g(stats_mu_);
-    requests_[index] += requests.size();
-    tokens_[index] += tokens;
-    for (std::size_t i = 0; i < requests.size(); ++i) {  // each request waited the batch
-      if (latencies_ms_.size() < EngineStats::kLatencyWindow) {
-        latencies_ms_.push_back(latency);
-      } else {
-        latencies_ms_[latency_next_] = latency;
-        latency_next_ = (latency_next_ + 1) % EngineStats::kLatencyWindow;
-      }
-    }
-  }
+  if (first) std::rethrow_exception(first);
   return results;
 }
 
@@ -435,8 +325,9 @@ EngineStats InferenceEngine::stats() const {
   }
   std::lock_guard g(stats_mu_);
   s.attach_ms = attach_ms_;
-  if (!latencies_ms_.empty()) {
-    std::vector<double> sorted = latencies_ms_;
+  if (!scheduler_) return s;
+  std::vector<double> sorted = scheduler_->latencies();
+  if (!sorted.empty()) {
     std::sort(sorted.begin(), sorted.end());
     const auto rank = [&](double p) {  // nearest rank
       const auto r = static_cast<std::size_t>(std::ceil(p * static_cast<double>(sorted.size())));
@@ -445,6 +336,7 @@ EngineStats InferenceEngine::stats() const {
     s.latency_p50_ms = rank(0.50);
     s.latency_p99_ms = rank(0.99);
   }
+  double batch_steps = 0;
   for (unsigned i = 0; i < workers_.size(); ++i) {
     WorkerReport w;
     w.index = i;
@@ -455,11 +347,29 @@ EngineStats InferenceEngine::stats() const {
     w.placement = to_string(workers_[i]->placement());
     w.hot_set_bytes = workers_[i]->hot_set_bytes();
     w.hot_set_target_bytes = workers_[i]->hot_set_target_bytes();
-    w.requests = requests_[i];
-    w.tokens = tokens_[i];
-    s.requests += requests_[i];
+    w.requests = scheduler_->requests(i);
+    w.tokens = scheduler_->tokens(i);
+    w.serving = scheduler_->stats(i);
+    s.requests += w.requests;
+    ServingStats& t = s.serving;
+    const ServingStats& v = w.serving;
+    t.running += v.running;
+    t.steps += v.steps;
+    t.step_sequences += v.step_sequences;
+    t.step_tokens += v.step_tokens;
+    t.output_tokens += v.output_tokens;
+    t.preemptions += v.preemptions;
+    t.cancelled += v.cancelled;
+    t.failed += v.failed;
+    t.kv_used_bytes += v.kv_used_bytes;
+    t.kv_capacity_bytes += v.kv_capacity_bytes;
+    t.output_tokens_per_s += v.output_tokens_per_s;
+    batch_steps += static_cast<double>(v.steps);
     s.workers.push_back(w);
   }
+  s.serving.waiting = scheduler_->waiting();
+  s.serving.mean_batch_sequences =
+      batch_steps > 0 ? static_cast<double>(s.serving.step_sequences) / batch_steps : 0.0;
   return s;
 }
 

@@ -10,8 +10,12 @@
 //   engine.attach_model("llama");
 //   auto out = engine.generate({1, 2, 3}, 32);
 //
-// Thread-safe: inference(), batch_inference() and generate() may be called from several
-// threads; each call runs on a free worker (config.workers of them).
+// Serving: submit() queues a request and returns a handle at once; tokens stream to a
+// callback as they come. Each worker's scheduler runs all the sequences it holds in one
+// forward pass per step, admitting and retiring them at any step (continuous batching).
+//
+// Thread-safe: submit(), inference(), batch_inference() and generate() may be called from
+// several threads; requests go to whichever worker (config.workers of them) has room.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +29,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "xlshare/engine/request.hpp"
 #include "xlshare/engine/worker.hpp"
 #include "xlshare/memory/cxl_emulator.hpp"
 #include "xlshare/memory/pool.hpp"
@@ -90,52 +95,37 @@ struct EngineConfig {
   /// is not guarded against a second process creating at the same moment: let one process
   /// register the model (as a loader does) before others attach.
   std::function<std::unique_ptr<MemoryBackend>(const std::string& uri)> backend_factory;
+
+  // Serving: each worker's scheduler runs every request it holds in one forward pass per
+  // step (continuous batching; see submit()).
+  /// KV memory per worker, bytes: sequences are admitted while their KV fits, and grow
+  /// into it block by block. 0: room for max_batch_sequences sequences of max_context.
+  std::uint64_t kv_cache_bytes = 0;
+  /// Tokens per KV block. Default 32.
+  std::uint32_t kv_block_tokens = 32;
+  /// Sequences a worker runs together at most. Default 32.
+  unsigned max_batch_sequences = 32;
+  /// Tokens one step computes at most: one per generating sequence, the rest chunks of
+  /// prompts (chunked prefill). At least max_batch_sequences. Default 512.
+  std::uint32_t max_step_tokens = 512;
 };
 
-struct InferenceRequest {
-  std::string id;
-  std::vector<std::int32_t> prompt;
-  /// Tokens to generate after the prompt (0: only score the prompt).
-  std::size_t max_new_tokens = 0;
-  SamplingOptions sampling;
-  /// Return the logits of the last position.
-  bool return_logits = false;
-  /// Generation ends after any of these tokens (it is kept in the output). Default none.
-  std::vector<std::int32_t> stop_token_ids;
+/// What a worker's scheduler did (EngineStats::serving: the sum over workers).
+struct ServingStats {
+  std::uint64_t running = 0;         ///< sequences in the batch now
+  std::uint64_t waiting = 0;         ///< requests queued for admission now (engine only)
+  std::uint64_t steps = 0;           ///< forward passes run
+  std::uint64_t step_sequences = 0;  ///< sequences over every step (/ steps: batch size)
+  std::uint64_t step_tokens = 0;     ///< tokens over every step: prompt chunks and decodes
+  std::uint64_t output_tokens = 0;   ///< tokens generated
+  std::uint64_t preemptions = 0;     ///< sequences whose KV was freed to let others grow
+  std::uint64_t cancelled = 0, failed = 0;
+  std::uint64_t kv_used_bytes = 0, kv_capacity_bytes = 0;  ///< KV blocks held / budget
+  double mean_batch_sequences = 0;  ///< step_sequences / steps
+  double output_tokens_per_s = 0;   ///< output_tokens over the time since attach
 };
 
-/// Why a request's generation ended: it reached max_new_tokens, or produced a stop token.
-enum class FinishReason : std::uint8_t { kLength, kStop };
-/// "length", "stop".
-const char* to_string(FinishReason r) noexcept;
-
-/// Requests and results as JSON objects (the `xlshare worker` protocol's fields; from_json
-/// throws nlohmann::json::exception for a missing or mistyped field).
-void to_json(nlohmann::json& j, const InferenceRequest& r);
-void from_json(const nlohmann::json& j, InferenceRequest& r);
-
-struct InferenceResult {
-  std::string id;
-  std::vector<std::int32_t> output_tokens;
-  std::vector<float> last_logits;  ///< when requested: the logits that chose the last token
-  double latency_ms = 0;
-  double ready_rate = 0;  ///< over this request's tensor acquisitions
-  double reuse_rate = 0;
-  double stall_ms = 0;
-  std::uint64_t link_bytes = 0;
-  double link_gbps = 0;          ///< link_bytes / time the link was busy for this request
-  double overlap = 1;            ///< 1 - stall / link busy time
-  double prefetch_accuracy = 0;  ///< prefetched bytes used / prefetched bytes (0: none)
-  unsigned worker = 0;           ///< which worker ran it
-  FinishReason finish_reason = FinishReason::kLength;
-  /// Serving figures, ms: waiting for a free worker (queue), from the call to the first
-  /// generated token (time to first token, queue included), per output token after the
-  /// first (time per output token; 0 with fewer than two).
-  double queue_ms = 0, ttft_ms = 0, tpot_ms = 0;
-};
-
-void to_json(nlohmann::json& j, const InferenceResult& r);
-void from_json(const nlohmann::json& j, InferenceResult& r);
+void to_json(nlohmann::json& j, const ServingStats& s);
 
 struct WorkerReport {
   unsigned index = 0;
@@ -149,6 +139,7 @@ struct WorkerReport {
   std::uint64_t hot_set_target_bytes = 0;  ///< ... and when complete (built after the first token)
   std::uint64_t requests = 0;
   std::uint64_t tokens = 0;  ///< prompt + generated tokens processed
+  ServingStats serving;
 };
 
 void to_json(nlohmann::json& j, const WorkerReport& w);
@@ -163,6 +154,7 @@ struct EngineStats {
   /// median and the 99th percentile (nearest rank); 0 with no request yet.
   double latency_p50_ms = 0, latency_p99_ms = 0;
   static constexpr std::size_t kLatencyWindow = 4096;
+  ServingStats serving;  ///< every worker's, summed (waiting: the engine's queue)
   std::vector<WorkerReport> workers;
   std::string to_json() const;
   /// The same figures in the Prometheus text format (a /metrics body): families named
@@ -179,6 +171,8 @@ SyntheticModel create_sample_transformer_model(std::uint32_t dim = 256, std::uin
                                                std::uint32_t n_kv_heads = 4,
                                                std::uint32_t ffn_dim = 688,
                                                std::uint32_t vocab = 1024, std::uint64_t seed = 1);
+
+class Scheduler;
 
 class InferenceEngine {
  public:
@@ -203,12 +197,22 @@ class InferenceEngine {
   /// when one has no verified copy, or when the replica holds a different model.
   void attach_model(const std::string& name);
 
-  /// @throws PoolError (naming the pool, the model and the tensor) once a weight has no
-  /// verified copy left; never answers from weights found changed.
+  /// Queues a request and returns at once: a worker's scheduler admits it (first come,
+  /// first served, while its KV fits the worker's budget), runs it in one forward pass per
+  /// step with every other sequence it holds, and calls `callbacks.on_token` with each
+  /// token as it comes. Wait for the result or cancel it through the handle.
+  /// @throws ConfigError at once for a request that could never run (empty prompt, longer
+  /// than the context, a token outside the vocabulary, more KV than a worker's budget).
+  RequestHandle submit(InferenceRequest request, RequestCallbacks callbacks = {});
+  /// Same as handle.cancel().
+  void cancel(const RequestHandle& handle) { handle.cancel(); }
+
+  /// submit() and wait(). @throws PoolError (naming the pool, the model and the tensor)
+  /// once a weight has no verified copy left; never answers from weights found changed.
   InferenceResult inference(const InferenceRequest& request);
-  /// Runs the requests together on one worker: each layer's weights are fetched once per
-  /// batch step, not once per request. A batch during which a weight switched to its
-  /// replica copy is run again. @throws as inference().
+  /// Submits the requests together (all are checked first) and waits for every one: the
+  /// scheduler batches them, so each layer's weights are fetched once per step for all.
+  /// @throws as inference(), what failed the first that failed (after all have finished).
   std::vector<InferenceResult> batch_inference(const std::vector<InferenceRequest>& requests);
   /// Generates `n` tokens after `prompt`.
   std::vector<std::int32_t> generate(std::span<const std::int32_t> prompt, std::size_t n,
@@ -226,7 +230,6 @@ class InferenceEngine {
   Pool& pool();
 
  private:
-  Worker& take_worker(std::unique_lock<std::mutex>& lock, unsigned& index);
   std::unique_ptr<Pool> open_reader(const std::string& uri, bool primary) const;
   std::unique_ptr<MemoryBackend> open_pool_backend(const std::string& uri) const;
   /// The pool register_model writes to: the existing one, or a new one of size_if_new()
@@ -243,12 +246,9 @@ class InferenceEngine {
   std::shared_ptr<const ModelView> view_;
   std::unique_ptr<LlamaModel> model_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::vector<std::uint64_t> requests_, tokens_;
-  std::vector<double> latencies_ms_;  // the last EngineStats::kLatencyWindow, a ring
-  std::size_t latency_next_ = 0;
+  std::unique_ptr<Scheduler> scheduler_;  // one thread per worker; stopped before them
   double attach_ms_ = 0;
   mutable std::mutex stats_mu_;
-  std::atomic<unsigned> next_worker_{0};
 };
 
 }  // namespace xlshare

@@ -91,8 +91,6 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   Executor& executor() noexcept { return *executor_; }
-  /// Held while a request runs on this worker.
-  std::mutex& busy() noexcept { return busy_; }
   bool has_cache() const noexcept { return cache_ != nullptr; }
   Placement placement() const noexcept {
     return in_place_ != nullptr ? Placement::kInPlace : Placement::kCopy;
@@ -140,7 +138,6 @@ class Worker {
   std::unique_ptr<Prefetcher> prefetcher_;
   std::unique_ptr<WeightProvider> weights_;
   std::unique_ptr<Executor> executor_;
-  std::mutex busy_;
 };
 
 }  // namespace xlshare
