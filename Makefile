@@ -55,7 +55,7 @@ sanitize: deps
 	cd build-asan && ctest -j$(JOBS) --output-on-failure --timeout 900 -E "^(bench|experiments)\\."
 	cmake --preset tsan
 	cmake --build build-tsan -j$(JOBS) --target xlshare_cache_tests xlshare_engine_tests xlshare_reliability_tests xlshare_model_tests
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_cache_tests && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_engine_tests --gtest_filter='EngineTest.Threads*:EngineTest.Caching*' && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_reliability_tests --gtest_filter='ReadVerification.*' && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_model_tests --gtest_filter='ComputeTeam.*'
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_cache_tests && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_engine_tests --gtest_filter='EngineTest.Threads*:EngineTest.Caching*:Serving.*' && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_reliability_tests --gtest_filter='ReadVerification.*' && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_model_tests --gtest_filter='ComputeTeam.*'
 
 # Every C++ file formatted as .clang-format says (clang-format 14, Debian 12's): `make
 # format` rewrites them, `make format-check` (run by .ci/run) fails on any difference.

@@ -80,6 +80,28 @@ std::string EngineStats::to_prometheus() const {
       e.sample(name, static_cast<double>(value(w)), fmt::format("worker=\"{}\"", w.index));
     }
   };
+  e.family("xlshare_waiting_requests", "gauge", "Requests queued for admission to a batch.");
+  e.sample("xlshare_waiting_requests", static_cast<double>(serving.waiting));
+  per_worker("xlshare_running_sequences", "gauge", "Sequences in the worker's running batch.",
+             [](const WorkerReport& w) { return w.serving.running; });
+  per_worker("xlshare_steps_total", "counter", "Forward passes (scheduler steps) run.",
+             [](const WorkerReport& w) { return w.serving.steps; });
+  per_worker("xlshare_step_sequences_total", "counter",
+             "Sequences over every step (divided by steps: the mean batch size).",
+             [](const WorkerReport& w) { return w.serving.step_sequences; });
+  per_worker("xlshare_output_tokens_total", "counter", "Tokens generated.",
+             [](const WorkerReport& w) { return w.serving.output_tokens; });
+  per_worker("xlshare_preemptions_total", "counter",
+             "Sequences whose KV was freed to let older ones grow (recomputed later).",
+             [](const WorkerReport& w) { return w.serving.preemptions; });
+  per_worker("xlshare_requests_cancelled_total", "counter", "Requests cancelled.",
+             [](const WorkerReport& w) { return w.serving.cancelled; });
+  per_worker("xlshare_requests_failed_total", "counter", "Requests that failed.",
+             [](const WorkerReport& w) { return w.serving.failed; });
+  per_worker("xlshare_kv_used_bytes", "gauge", "KV memory held by running sequences.",
+             [](const WorkerReport& w) { return w.serving.kv_used_bytes; });
+  per_worker("xlshare_kv_capacity_bytes", "gauge", "The worker's KV budget.",
+             [](const WorkerReport& w) { return w.serving.kv_capacity_bytes; });
   per_worker("xlshare_worker_tokens_total", "counter", "Prompt and generated tokens processed.",
              [](const WorkerReport& w) { return w.tokens; });
   per_worker("xlshare_cache_acquires_total", "counter", "Tensor acquisitions by compute.",

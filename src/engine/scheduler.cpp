@@ -99,7 +99,8 @@ Scheduler::Scheduler(std::vector<Worker*> workers, const LlamaConfig& config,
       config_(config),
       options_(std::move(options)),
       queue_(std::make_shared<SchedulerQueue>()) {
-  if (options_.max_batch_sequences == 0) throw ConfigError("engine: max_batch_sequences must be > 0");
+  if (options_.max_batch_sequences == 0)
+    throw ConfigError("engine: max_batch_sequences must be > 0");
   if (options_.max_step_tokens < options_.max_batch_sequences) {
     throw ConfigError(fmt::format(
         "engine: max_step_tokens ({}) must be at least max_batch_sequences ({}): every running "
@@ -110,10 +111,11 @@ Scheduler::Scheduler(std::vector<Worker*> workers, const LlamaConfig& config,
   const std::size_t blocks =
       KvBlockPool::blocks_in(config_, options_.kv_bytes, options_.kv_block_tokens);
   if (blocks == 0) {
-    throw ConfigError(fmt::format("engine: a KV budget of {} bytes holds no block of {} tokens ({} "
-                                  "bytes each)",
-                                  options_.kv_bytes, options_.kv_block_tokens,
-                                  KvBlockPool::token_bytes(config_) * options_.kv_block_tokens));
+    throw ConfigError(
+        fmt::format("engine: a KV budget of {} bytes holds no block of {} tokens ({} "
+                    "bytes each)",
+                    options_.kv_bytes, options_.kv_block_tokens,
+                    KvBlockPool::token_bytes(config_) * options_.kv_block_tokens));
   }
   for (std::size_t i = 0; i < workers_.size(); ++i) {
     auto slot = std::make_unique<Slot>();
@@ -141,8 +143,8 @@ Scheduler::~Scheduler() {
   queue_->cv.notify_all();
   for (auto& t : threads_) t.join();
   // Whatever still waits will never run.
-  const auto stopped = std::make_exception_ptr(
-      ConfigError("engine: stopped before the request finished"));
+  const auto stopped =
+      std::make_exception_ptr(ConfigError("engine: stopped before the request finished"));
   std::deque<std::shared_ptr<RequestState>> left;
   {
     std::lock_guard g(queue_->mu);
@@ -162,8 +164,9 @@ void Scheduler::validate(const InferenceRequest& r) const {
   }
   for (const auto t : r.prompt) {
     if (t < 0 || static_cast<std::uint32_t>(t) >= config_.vocab) {
-      throw ConfigError(fmt::format("request '{}': prompt token {} is outside the vocabulary (0..{})",
-                                    r.id, t, config_.vocab - 1));
+      throw ConfigError(
+          fmt::format("request '{}': prompt token {} is outside the vocabulary (0..{})", r.id, t,
+                      config_.vocab - 1));
     }
   }
   const KvBlockPool& pool = *slots_.front()->kv;
@@ -208,9 +211,8 @@ void Scheduler::run(unsigned w) {
   for (;;) {
     {
       std::unique_lock lk(queue_->mu);
-      queue_->cv.wait(lk, [&] {
-        return queue_->stopping || !running.empty() || !queue_->waiting.empty();
-      });
+      queue_->cv.wait(
+          lk, [&] { return queue_->stopping || !running.empty() || !queue_->waiting.empty(); });
       if (queue_->stopping) break;
       auto& waiting = queue_->waiting;
       for (auto it = waiting.begin(); it != waiting.end();) {
@@ -229,8 +231,9 @@ void Scheduler::run(unsigned w) {
         if (slot.kv->blocks_for(total) + watermark > slot.kv->free_blocks()) break;
         auto seq = std::make_unique<Sequence>(Sequence{
             waiting.front(),
-            KvCache(slot.kv, config_,
-                    static_cast<std::uint32_t>(st.request.prompt.size() + st.request.max_new_tokens)),
+            KvCache(
+                slot.kv, config_,
+                static_cast<std::uint32_t>(st.request.prompt.size() + st.request.max_new_tokens)),
             {},
             {}});
         if (!seq->kv.reserve(static_cast<std::uint32_t>(total))) break;  // cannot happen: checked
@@ -273,6 +276,7 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
   const auto drop = [&](std::size_t i) { running.erase(running.begin() + static_cast<long>(i)); };
   for (std::size_t i = 0; i < running.size();) {  // cancelled: out, their blocks freed
     if (running[i]->st->cancel_requested.load()) {
+      running[i]->kv.clear();  // freed before the caller hears it finished
       finish(w, *running[i]->st, FinishReason::kCancelled);
       drop(i);
     } else {
@@ -347,10 +351,11 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
         why = fmt::format("the weights kept changing during {} attempts", kRestarts + 1);
       }
       if (!why.empty()) {
+        running[i]->kv.clear();
         finish(w, st, FinishReason::kError,
-               std::make_exception_ptr(PoolError(fmt::format(
-                   "{}: request '{}' of model '{}': {}", options_.pool_uri, st.request.id,
-                   options_.model_name, why))));
+               std::make_exception_ptr(
+                   PoolError(fmt::format("{}: request '{}' of model '{}': {}", options_.pool_uri,
+                                         st.request.id, options_.model_name, why))));
         drop(i);
         continue;
       }
@@ -372,9 +377,10 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
     const InferenceRequest& r = st.request;
     FinishReason reason = FinishReason::kLength;
     bool finished = st.output.size() >= r.max_new_tokens;  // only scoring the prompt
+    std::exception_ptr threw;
     if (finished) {
       if (r.return_logits) st.last_logits = s->logits;
-      if (!emit(w, st, -1, true, reason)) continue;
+      threw = emit(st, -1, true, reason);
     } else {
       const std::int32_t t = sample_token(s->logits, r.sampling, st.rng);
       st.output.push_back(t);
@@ -389,9 +395,16 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
       } else if (st.output.size() == r.max_new_tokens) {
         finished = true;
       }
-      if (!emit(w, st, t, finished, reason)) continue;
+      threw = emit(st, t, finished, reason);
     }
-    if (finished) finish(w, st, reason);
+    if (threw || finished) {
+      s->kv.clear();  // freed before the caller hears it finished
+      if (threw) {
+        finish(w, st, FinishReason::kError, threw);
+      } else {
+        finish(w, st, reason);
+      }
+    }
   }
   // Out go the finished and failed, their blocks back to the pool.
   for (std::size_t i = 0; i < running.size();) {
@@ -408,9 +421,9 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
   }
 }
 
-bool Scheduler::emit(unsigned w, RequestState& st, std::int32_t token, bool finished,
-                     FinishReason reason) {
-  if (!st.callbacks.on_token || st.callback_failed) return true;
+std::exception_ptr Scheduler::emit(RequestState& st, std::int32_t token, bool finished,
+                                   FinishReason reason) {
+  if (!st.callbacks.on_token || st.callback_failed) return {};
   TokenEvent e;
   e.id = st.request.id;
   e.token = token;
@@ -420,11 +433,10 @@ bool Scheduler::emit(unsigned w, RequestState& st, std::int32_t token, bool fini
   try {
     st.callbacks.on_token(e);
     if (token >= 0) st.streamed = true;
-    return true;
+    return {};
   } catch (...) {
     st.callback_failed = true;
-    finish(w, st, FinishReason::kError, std::current_exception());
-    return false;
+    return std::current_exception();
   }
 }
 
@@ -492,7 +504,10 @@ void Scheduler::finish(unsigned w, RequestState& st, FinishReason reason,
 
 void Scheduler::fail_all(unsigned w, std::vector<std::unique_ptr<Sequence>>& running,
                          const std::exception_ptr& error) {
-  for (auto& s : running) finish(w, *s->st, FinishReason::kError, error);
+  for (auto& s : running) {
+    s->kv.clear();
+    finish(w, *s->st, FinishReason::kError, error);
+  }
   running.clear();
 }
 

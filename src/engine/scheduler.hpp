@@ -98,8 +98,8 @@ class Scheduler {
   void step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running);
   // Frees its KV and puts it back in front of the queue.
   void preempt(Slot& slot, std::unique_ptr<Sequence> seq);
-  // Emits a token event; false when the callback threw (the request is then failed).
-  bool emit(unsigned w, RequestState& st, std::int32_t token, bool finished, FinishReason reason);
+  // Emits a token event; what the callback threw, if it threw.
+  std::exception_ptr emit(RequestState& st, std::int32_t token, bool finished, FinishReason reason);
   void finish(unsigned w, RequestState& st, FinishReason reason, std::exception_ptr error = {});
   void fail_all(unsigned w, std::vector<std::unique_ptr<Sequence>>& running,
                 const std::exception_ptr& error);

@@ -121,8 +121,8 @@ struct ServingStats {
   std::uint64_t preemptions = 0;     ///< sequences whose KV was freed to let others grow
   std::uint64_t cancelled = 0, failed = 0;
   std::uint64_t kv_used_bytes = 0, kv_capacity_bytes = 0;  ///< KV blocks held / budget
-  double mean_batch_sequences = 0;  ///< step_sequences / steps
-  double output_tokens_per_s = 0;   ///< output_tokens over the time since attach
+  double mean_batch_sequences = 0;                         ///< step_sequences / steps
+  double output_tokens_per_s = 0;  ///< output_tokens over the time since attach
 };
 
 void to_json(nlohmann::json& j, const ServingStats& s);

@@ -75,8 +75,8 @@ void from_json(const nlohmann::json& j, InferenceResult& r);
 /// One event of a request's stream: a generated token, and with the last one (or alone,
 /// token -1, when the request was cancelled or failed) finished and why.
 struct TokenEvent {
-  std::string_view id;      ///< the request's id (valid during the call)
-  std::int32_t token = -1;  ///< -1: no token in this event
+  std::string_view id;       ///< the request's id (valid during the call)
+  std::int32_t token = -1;   ///< -1: no token in this event
   std::size_t position = 0;  ///< the token's index among the generated tokens
   bool finished = false;
   FinishReason reason = FinishReason::kLength;  ///< when finished
