@@ -13,7 +13,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -370,6 +372,51 @@ std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
   std::string line;
   while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
   return out;
+}
+
+// Driven through a pipe: requests on stdin, token events and results on stdout, as JSONL.
+TEST_F(CliWithModel, WorkerStreamsTokensFromStdinToStdout) {
+  const auto requests = dir_.path() / "stdin.jsonl";
+  std::ofstream(requests) << R"({"id": "a", "prompt": [1, 2, 3], "max_new_tokens": 5})"
+                          << "\n"
+                          << R"({"id": "b", "prompt": [9, 4], "max_new_tokens": 3})"
+                          << "\n";
+  const auto r = run("worker --pool " + uri_ + " --model tiny --stream < " + requests.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::map<std::string, std::vector<std::int32_t>> streamed;
+  std::vector<nlohmann::json> results;
+  std::istringstream lines(r.out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] != '{') continue;  // stderr's "requests served"
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("event")) {
+      EXPECT_EQ(j["event"], "token") << j;
+      auto& got = streamed[j["id"].get<std::string>()];
+      EXPECT_EQ(j["position"], got.size()) << j;  // in order, none missing
+      got.push_back(j["token"].get<std::int32_t>());
+      EXPECT_TRUE(results.empty() || results.back()["id"] != j["id"]) << "a token after its result";
+    } else {
+      results.push_back(j);
+    }
+  }
+  ASSERT_EQ(results.size(), 2u) << r.out;
+  EXPECT_EQ(results[0]["id"], "a");  // results in the order of the requests
+  EXPECT_EQ(results[1]["id"], "b");
+  for (const auto& res : results) {
+    EXPECT_EQ(res["tokens"].get<std::vector<std::int32_t>>(),
+              streamed[res["id"].get<std::string>()])
+        << res;
+  }
+  // The same tokens as without streaming, from a file to a file.
+  const auto out = dir_.path() / "plain.jsonl";
+  ASSERT_EQ(run("worker --pool " + uri_ + " --model tiny --requests " + requests.string() +
+                " --out " + out.string())
+                .status,
+            0);
+  std::ifstream in(out);
+  std::getline(in, line);
+  EXPECT_EQ(nlohmann::json::parse(line)["tokens"], results[0]["tokens"]);
 }
 
 TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {

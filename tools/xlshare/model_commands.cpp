@@ -120,9 +120,6 @@ namespace {
 // after one pass, so more than a model's layers is never needed.
 constexpr std::uint64_t kMaxThreads = 256;
 constexpr std::uint64_t kMaxLookahead = 1024;
-constexpr std::uint64_t kMaxNewTokens = 1u
-                                        << 20;  // generate -n and a worker request's max_new_tokens
-constexpr double kMaxTemperature = 100.0;  // far past any useful setting (1: the model's own odds)
 constexpr std::uint64_t kMaxCacheBytes = 1ull << 40;
 
 // Options every serving command shares.
@@ -450,91 +447,27 @@ void add_model_commands(CLI::App& app) {
   {
     struct Args {
       EngineArgs engine;
-      std::string model, requests, out;
+      std::string model, requests = "-", out = "-";
+      bool stream = false;
     };
     auto a = std::make_shared<Args>();
-    CLI::App* cmd =
-        app.add_subcommand("worker", "serve requests from a JSONL file as one worker process");
+    CLI::App* cmd = app.add_subcommand(
+        "worker", "serve JSONL requests from a file or stdin, batched continuously as they come");
     a->engine.add(cmd, true);
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option("--requests", a->requests,
-                    "JSONL: {\"id\": ..., \"prompt\": [ids], \"max_new_tokens\": N, "
-                    "\"stop_token_ids\": [ids], "
-                    "\"temperature\": T, \"top_k\": K, "
-                    "\"top_p\": P, \"seed\": S}")
-        ->required();
+                    "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids], "
+                    "\"max_new_tokens\": N, \"stop_token_ids\": [ids], \"temperature\": T, "
+                    "\"top_k\": K, \"top_p\": P, \"seed\": S}; each is submitted as it is read");
     cmd->add_option("--out", a->out,
-                    "JSONL results, one per request, in order; a bad request gets {\"id\", "
-                    "\"line\", \"error\"} "
-                    "and the rest are still served")
-        ->required();
-    cmd->callback([a] {
-      std::ifstream in(a->requests);
-      if (!in) throw ConfigError(fmt::format("{}: cannot open the requests file", a->requests));
-      auto lines = parse_request_lines(in);
-      if (in.bad()) throw BackendError(fmt::format("{}: read failed", a->requests));
-      InferenceEngine engine(a->engine.config());
-      engine.attach_model(a->model);
-      const std::uint32_t vocab = engine.model().config().vocab;
-      std::ofstream out(a->out, std::ios::trunc);
-      if (!out) throw BackendError(fmt::format("{}: cannot create", a->out));
-      const auto error_result = [&](const RequestLine& l) {
-        return nlohmann::json{
-            {"id", l.request.id}, {"line", l.line}, {"error", l.error}, {"pid", ::getpid()}};
-      };
-      std::size_t served = 0, failed = 0;
-      for (auto& l : lines) {
-        if (l.error.empty()) {
-          for (const auto t : l.request.prompt) {
-            if (static_cast<std::uint32_t>(t) >= vocab) {
-              l.error =
-                  fmt::format("prompt token {} is outside the vocabulary (0..{})", t, vocab - 1);
-              break;
-            }
-          }
-        }
-        if (l.error.empty()) {
-          try {
-            const auto res = engine.inference(l.request);
-            out << nlohmann::json{{"id", res.id},
-                                  {"line", l.line},
-                                  {"tokens", res.output_tokens},
-                                  {"finish_reason", to_string(res.finish_reason)},
-                                  {"latency_ms", res.latency_ms},
-                                  {"ttft_ms", res.ttft_ms},
-                                  {"tpot_ms", res.tpot_ms},
-                                  {"ready_rate", res.ready_rate},
-                                  {"reuse_rate", res.reuse_rate},
-                                  {"stall_ms", res.stall_ms},
-                                  {"link_bytes", res.link_bytes},
-                                  {"pid", ::getpid()}}
-                       .dump()
-                << "\n";
-            ++served;
-            continue;
-          } catch (const ConfigError& e) {
-            l.error = e.what();  // this request is impossible (too long for the context, ...); the
-                                 // next may not be
-          } catch (const std::exception& e) {
-            // The pool, the link or the cache failed: later requests would fail the same way.
-            l.error = e.what();
-            out << error_result(l).dump() << "\n";
-            out.flush();
-            throw;
-          }
-        }
-        out << error_result(l).dump() << "\n";
-        ++failed;
-      }
-      out.flush();
-      if (!out) throw BackendError(fmt::format("{}: write failed", a->out));
-      if (failed > 0) {
-        throw ConfigError(
-            fmt::format("worker {}: {} of {} requests failed ({} served; errors in {})", ::getpid(),
-                        failed, served + failed, served, a->out));
-      }
-      fmt::print(stderr, "worker {}: {} requests served\n", ::getpid(), served);
-    });
+                    "JSONL results, - for stdout (the default): one per request, in the order of "
+                    "the requests, each as soon as it and those before it are done; a bad "
+                    "request gets {\"id\", \"line\", \"error\"} and the rest are still served");
+    cmd->add_flag("--stream", a->stream,
+                  "also write each token as it is generated: {\"event\": \"token\", \"id\", "
+                  "\"line\", \"token\", \"position\"}");
+    cmd->callback(
+        [a] { run_worker(a->engine.config(), a->model, a->requests, a->out, a->stream); });
   }
   // stats
   {
@@ -563,125 +496,6 @@ void add_model_commands(CLI::App& app) {
       for (const auto& n : pool->model_names()) fmt::print("  {}\n", n);
     });
   }
-}
-
-std::vector<RequestLine> parse_request_lines(std::istream& in) {
-  std::vector<RequestLine> out;
-  std::string text;
-  std::size_t number = 0;
-  while (std::getline(in, text)) {
-    ++number;
-    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    RequestLine l;
-    l.line = number;
-    l.request.id = std::to_string(number);
-    // Each check sets the error and stops at the first problem; the id is read first so that
-    // an error result names the request its sender knows.
-    [&] {
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(text);
-      } catch (const nlohmann::json::exception& e) {
-        // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." less its tag.
-        const std::string what = e.what();
-        const auto tag_end = what.find("] ");
-        l.error =
-            "not valid JSON: " + (tag_end == std::string::npos ? what : what.substr(tag_end + 2));
-        return;
-      }
-      if (!j.is_object()) {
-        l.error = "not a JSON object";
-        return;
-      }
-      InferenceRequest& r = l.request;
-      if (j.contains("id"))
-        r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
-      if (!j.contains("prompt") || !j["prompt"].is_array() || j["prompt"].empty()) {
-        l.error = "\"prompt\" must be a non-empty array of token ids";
-        return;
-      }
-      if (j["prompt"].size() > (1u << 20)) {
-        l.error = "\"prompt\" is too long";
-        return;
-      }
-      for (const auto& t : j["prompt"]) {
-        if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
-            t.get<std::int64_t>() > INT32_MAX) {
-          l.error = "a prompt token is not a token id";
-          return;
-        }
-        r.prompt.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
-      }
-      if (j.contains("max_new_tokens")) {
-        if (!j["max_new_tokens"].is_number_unsigned() ||
-            j["max_new_tokens"].get<std::uint64_t>() > kMaxNewTokens) {
-          l.error = fmt::format("\"max_new_tokens\" must be an integer in 0..{}", kMaxNewTokens);
-          return;
-        }
-        r.max_new_tokens = j["max_new_tokens"].get<std::size_t>();
-      }
-      // JSON has no NaN, but 1e999 reads as infinity: bound the reals as the options are.
-      const auto real = [&](const char* key, double hi, float& to) {
-        if (!j.contains(key)) return true;
-        const auto& v = j[key];
-        if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0 ||
-            v.get<double>() > hi) {
-          l.error = fmt::format("\"{}\" must be a number in 0..{}", key, hi);
-          return false;
-        }
-        to = v.get<float>();
-        return true;
-      };
-      if (!real("temperature", kMaxTemperature, r.sampling.temperature)) return;
-      if (!real("top_p", 1.0, r.sampling.top_p)) return;
-      if (j.contains("top_k")) {
-        if (!j["top_k"].is_number_unsigned() || j["top_k"].get<std::uint64_t>() > UINT32_MAX) {
-          l.error = fmt::format("\"top_k\" must be an integer in 0..{}", UINT32_MAX);
-          return;
-        }
-        r.sampling.top_k = j["top_k"].get<std::uint32_t>();
-      }
-      if (j.contains("seed")) {
-        if (!j["seed"].is_number_unsigned()) {
-          l.error = "\"seed\" must be a non-negative integer";
-          return;
-        }
-        r.sampling.seed = j["seed"].get<std::uint64_t>();
-      }
-      if (j.contains("stop_token_ids")) {
-        const auto& stops = j["stop_token_ids"];
-        if (!stops.is_array() || stops.size() > 1024) {
-          l.error = "\"stop_token_ids\" must be an array of at most 1024 token ids";
-          return;
-        }
-        for (const auto& t : stops) {
-          if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
-              t.get<std::int64_t>() > INT32_MAX) {
-            l.error = "a stop token is not a token id";
-            return;
-          }
-          r.stop_token_ids.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
-        }
-      }
-    }();
-    out.push_back(std::move(l));
-  }
-  return out;
-}
-
-std::vector<InferenceRequest> parse_requests(std::istream& in, const std::string& where) {
-  std::vector<InferenceRequest> out;
-  for (auto& l : parse_request_lines(in)) {
-    if (!l.error.empty()) throw ConfigError(fmt::format("{}:{}: {}", where, l.line, l.error));
-    out.push_back(std::move(l.request));
-  }
-  return out;
-}
-
-std::vector<InferenceRequest> parse_requests_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open the requests file", path));
-  return parse_requests(in, path);
 }
 
 }  // namespace xlshare::cli
