@@ -6,7 +6,8 @@
 //
 // Prints a markdown table of tokens/s (median of --repeats runs): prefill of 128 and 512
 // tokens (one forward over the prompt), decode of 64 tokens (one forward per token after a
-// 16-token prompt, as llama-bench's tg64), with 1 and 2 threads.
+// 16-token prompt, as llama-bench's tg64), and decode of 16 sequences together (one forward
+// per step with a token of each, as a serving step), with 1 and 2 threads.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> columns{"weights", "threads"};
   for (int p : prefills) columns.push_back(fmt::format("prefill {} tok/s", p));
   columns.push_back(fmt::format("decode (tg{}) tok/s", decode_n));
+  columns.push_back("decode, 16 sequences a step, tok/s");
   report.table("executor", columns);
   for (DType dtype : {DType::kF32, DType::kF16}) {
     Resident r = make_resident(synthetic, dtype);
@@ -104,6 +106,33 @@ int main(int argc, char** argv) {
                                            logits.begin());
         }
         rates.push_back(decode_n / std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      row.push_back(bench::cell(bench::median(rates), 1));
+      // Batched decode: 16 sequences, one token each per forward (a serving step).
+      rates.clear();
+      constexpr std::size_t kBatch = 16;
+      const int steps = quick ? 4 : 16;
+      for (int rep = 0; rep < repeats; ++rep) {
+        std::vector<KvCache> kvs;
+        std::vector<std::vector<float>> out(kBatch);
+        std::vector<std::int32_t> next(kBatch, 2);
+        std::vector<std::vector<std::int32_t>> prompts(kBatch);
+        std::vector<Executor::Segment> segs;
+        for (std::size_t b = 0; b < kBatch; ++b) {
+          kvs.emplace_back(c, 1024);
+          prompts[b].assign(16, static_cast<std::int32_t>(b + 1));
+        }
+        for (std::size_t b = 0; b < kBatch; ++b)
+          segs.push_back({prompts[b], &kvs[b], false, &out[b]});
+        ex.forward_batch(segs);
+        const auto t0 = Clock::now();
+        for (int i = 0; i < steps; ++i) {
+          for (std::size_t b = 0; b < kBatch; ++b)
+            segs[b] = {std::span(&next[b], 1), &kvs[b], false, &out[b]};
+          ex.forward_batch(segs);
+        }
+        rates.push_back(static_cast<double>(kBatch) * steps /
+                        std::chrono::duration<double>(Clock::now() - t0).count());
       }
       row.push_back(bench::cell(bench::median(rates), 1));
       report.row(row);
