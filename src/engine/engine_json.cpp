@@ -36,7 +36,8 @@ void to_json(nlohmann::json& j, const InferenceRequest& r) {
        {"top_p", r.sampling.top_p},
        {"seed", r.sampling.seed},
        {"return_logits", r.return_logits},
-       {"stop_token_ids", r.stop_token_ids}};
+       {"stop_token_ids", r.stop_token_ids},
+       {"ignore_eos", r.ignore_eos}};
 }
 
 void from_json(const nlohmann::json& j, InferenceRequest& r) {
@@ -50,6 +51,7 @@ void from_json(const nlohmann::json& j, InferenceRequest& r) {
   j.at("seed").get_to(r.sampling.seed);
   j.at("return_logits").get_to(r.return_logits);
   if (j.contains("stop_token_ids")) j.at("stop_token_ids").get_to(r.stop_token_ids);
+  if (j.contains("ignore_eos")) j.at("ignore_eos").get_to(r.ignore_eos);
 }
 
 namespace {

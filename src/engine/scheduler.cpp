@@ -388,8 +388,10 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
       slot.output_tokens.fetch_add(1);
       if (st.output.size() == 1) st.first_token_ms = ms_since(st.submitted);
       if (r.return_logits) st.last_logits = s->logits;
+      const auto& eos = config_.eos_token_ids;
       if (std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), t) !=
-          r.stop_token_ids.end()) {
+              r.stop_token_ids.end() ||
+          (!r.ignore_eos && std::find(eos.begin(), eos.end(), t) != eos.end())) {
         finished = true;
         reason = FinishReason::kStop;
       } else if (st.output.size() == r.max_new_tokens) {

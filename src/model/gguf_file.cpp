@@ -244,6 +244,14 @@ ModelFile open_gguf(const fs::path& path) {
   if (embd->second.n_dims != 2) fail(path, "tensor 'token_embd.weight' is not a matrix");
   c.vocab = clamp32(embd->second.shape[1], "the vocabulary size");
   c.tie_embeddings = by_name.find("output.weight") == by_name.end();
+  if (kv.count("tokenizer.ggml.eos_token_id")) {
+    const std::uint64_t eos = get_u("tokenizer.ggml.eos_token_id", std::nullopt);
+    if (eos >= c.vocab) {
+      fail(path, fmt::format("tokenizer.ggml.eos_token_id {} is outside the vocabulary of {}", eos,
+                             c.vocab));
+    }
+    c.eos_token_ids.push_back(static_cast<std::int32_t>(eos));
+  }
   c.validate(path.string());
 
   ModelFile m;

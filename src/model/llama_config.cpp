@@ -32,10 +32,15 @@ void LlamaConfig::validate(const std::string& where) const {
     bad(fmt::format("rope theta {} is not > 1", rope_theta));
   if (!std::isfinite(norm_eps) || norm_eps <= 0.0 || norm_eps > 1.0)
     bad(fmt::format("norm epsilon {} is not in (0, 1]", norm_eps));
+  if (eos_token_ids.size() > 64) bad("more than 64 end-of-sequence tokens");
+  for (const auto t : eos_token_ids) {
+    if (t < 0 || static_cast<std::uint32_t>(t) >= vocab)
+      bad(fmt::format("end-of-sequence token {} is outside the vocabulary of {}", t, vocab));
+  }
 }
 
 XLSHARE_JSON_TO(LlamaConfig, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, context,
-                rope_theta, norm_eps, tie_embeddings)
+                rope_theta, norm_eps, tie_embeddings, eos_token_ids)
 std::string LlamaConfig::to_json() const { return nlohmann::json(*this).dump(); }
 
 LlamaConfig LlamaConfig::from_json(const std::string& json, const std::string& where) {
@@ -53,6 +58,8 @@ LlamaConfig LlamaConfig::from_json(const std::string& json, const std::string& w
     c.rope_theta = j.at("rope_theta").get<double>();
     c.norm_eps = j.at("norm_eps").get<double>();
     c.tie_embeddings = j.at("tie_embeddings").get<bool>();
+    // Absent from pools written before it was recorded: none known.
+    if (j.contains("eos_token_ids")) j.at("eos_token_ids").get_to(c.eos_token_ids);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(fmt::format("{}: model config: {}", where, e.what()));
   }

@@ -125,6 +125,15 @@ LlamaConfig read_hf_config(const fs::path& file) {
     c.rope_theta = j.value("rope_theta", 10000.0);
     c.norm_eps = j.value("rms_norm_eps", 1e-6);
     c.tie_embeddings = j.value("tie_word_embeddings", false);
+    if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {  // a number or a list
+      const auto& e = j["eos_token_id"];
+      if (e.is_array()) {
+        if (e.size() > 64) fail(file, "eos_token_id: more than 64 tokens");
+        for (const auto& t : e) c.eos_token_ids.push_back(t.get<std::int32_t>());
+      } else {
+        c.eos_token_ids.push_back(e.get<std::int32_t>());
+      }
+    }
     c.validate(file.string());
     return c;
   } catch (const nlohmann::json::exception& e) {

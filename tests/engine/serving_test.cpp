@@ -373,3 +373,37 @@ TEST_F(Serving, ConfigurationAndHandlesAreChecked) {
 
 }  // namespace
 }  // namespace xlshare
+
+namespace xlshare {
+namespace {
+
+// The model's end-of-sequence token (from its file's metadata) ends generation as a stop
+// token does, unless the request ignores it.
+TEST_F(Serving, TheModelsEndOfSequenceTokenStopsGenerationUnlessIgnored) {
+  auto with_eos = create_sample_transformer_model(64, 4, 4, 2, 160, kVocab, 91);
+  auto e = engine(config());
+  auto r = request("eos", 5, 12, 3);
+  const auto all = e->inference(r).output_tokens;
+  ASSERT_EQ(all.size(), 12u);
+  const std::int32_t eos = all[4];
+  const auto first = std::find(all.begin(), all.end(), eos) - all.begin();
+  with_eos.config.eos_token_ids = {eos};
+  {
+    InferenceEngine loader(config());
+    loader.register_model(with_eos, "m-eos");  // the same weights, an end-of-sequence token
+  }
+  InferenceEngine eng(config());
+  eng.attach_model("m-eos");
+  EXPECT_EQ(eng.model().config().eos_token_ids, std::vector<std::int32_t>{eos});
+  const auto stopped = eng.inference(r);
+  EXPECT_EQ(stopped.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(stopped.output_tokens,
+            std::vector<std::int32_t>(all.begin(), all.begin() + first + 1));
+  r.ignore_eos = true;
+  const auto ignored = eng.inference(r);
+  EXPECT_EQ(ignored.output_tokens, all);
+  EXPECT_EQ(ignored.finish_reason, FinishReason::kLength);
+}
+
+}  // namespace
+}  // namespace xlshare

@@ -457,7 +457,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option("--requests", a->requests,
                     "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids], "
-                    "\"max_new_tokens\": N, \"stop_token_ids\": [ids], \"temperature\": T, "
+                    "\"max_new_tokens\": N, \"stop_token_ids\": [ids], \"ignore_eos\": B, \"temperature\": T, "
                     "\"top_k\": K, \"top_p\": P, \"seed\": S}; each is submitted as it is read");
     cmd->add_option("--out", a->out,
                     "JSONL results, - for stdout (the default): one per request, in the order of "

@@ -88,6 +88,13 @@ RequestLine parse_request_line(const std::string& text, std::size_t number) {
       }
       r.sampling.seed = j["seed"].get<std::uint64_t>();
     }
+    if (j.contains("ignore_eos")) {
+      if (!j["ignore_eos"].is_boolean()) {
+        l.error = "\"ignore_eos\" must be true or false";
+        return;
+      }
+      r.ignore_eos = j["ignore_eos"].get<bool>();
+    }
     if (j.contains("stop_token_ids")) {
       const auto& stops = j["stop_token_ids"];
       if (!stops.is_array() || stops.size() > 1024) {

@@ -33,9 +33,13 @@ struct InferenceRequest {
   bool return_logits = false;
   /// Generation ends after any of these tokens (it is kept in the output). Default none.
   std::vector<std::int32_t> stop_token_ids;
+  /// Go on past the model's end-of-sequence tokens (LlamaConfig::eos_token_ids), which
+  /// otherwise end generation as stop tokens do. Default false.
+  bool ignore_eos = false;
 };
 
-/// Why a request's generation ended: it reached max_new_tokens, produced a stop token, was
+/// Why a request's generation ended: it reached max_new_tokens, produced a stop token (or
+/// the model's end-of-sequence token), was
 /// cancelled, or failed (the pool, the link, a callback; InferenceResult::error says what).
 enum class FinishReason : std::uint8_t { kLength, kStop, kCancelled, kError };
 /// "length", "stop", "cancelled", "error".

@@ -25,6 +25,9 @@ struct LlamaConfig {
   double rope_theta = 10000.0;
   double norm_eps = 1e-5;
   bool tie_embeddings = false;  ///< the output head reuses token_embd
+  /// End-of-sequence tokens from the file's metadata (GGUF tokenizer.ggml.eos_token_id,
+  /// config.json eos_token_id): generation stops after one unless a request ignores them.
+  std::vector<std::int32_t> eos_token_ids;
 
   /// @throws FormatError naming `where` and the first impossible or absurd value.
   void validate(const std::string& where) const;
