@@ -206,8 +206,17 @@ bool InferenceEngine::register_model(const SyntheticModel& model, const std::str
 
 void InferenceEngine::attach_model(const std::string& name) {
   const auto t0 = SteadyClock::now();
-  scheduler_.reset();
-  workers_.clear();
+  {  // stopped and gone before stats() can see them half torn down
+    std::unique_ptr<Scheduler> scheduler;
+    std::vector<std::unique_ptr<Worker>> workers;
+    {
+      std::lock_guard g(stats_mu_);
+      scheduler = std::move(scheduler_);
+      workers = std::move(workers_);
+      workers_.clear();
+    }
+    scheduler.reset();  // its threads use the workers
+  }
   view_.reset();
   pool_ = open_reader(config_.pool_uri, true);
   if (!config_.replica_pool_uri.empty()) replica_ = open_reader(config_.replica_pool_uri, false);

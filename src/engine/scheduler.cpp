@@ -84,6 +84,7 @@ struct Scheduler::Sequence {
   KvCache kv;
   std::vector<std::int32_t> tokens;  // prompt + output: what the KV holds or will
   std::vector<float> logits;
+  std::uint64_t epoch = 0;  // the worker's weights_epoch() its KV and output were made under
 };
 
 struct Scheduler::Slot {
@@ -237,6 +238,7 @@ void Scheduler::run(unsigned w) {
             {},
             {}});
         if (!seq->kv.reserve(static_cast<std::uint32_t>(total))) break;  // cannot happen: checked
+        seq->epoch = st.output.empty() ? worker.weights_epoch() : st.epoch;  // stale: restarted
         seq->tokens = st.request.prompt;
         seq->tokens.insert(seq->tokens.end(), st.output.begin(), st.output.end());
         if (!st.admitted || st.worker != w) {
@@ -249,10 +251,15 @@ void Scheduler::run(unsigned w) {
         waiting.pop_front();
       }
     }
-    for (auto& st : cancelled) finish(w, *st, FinishReason::kCancelled);
+    for (auto& st : cancelled)  // counted where it ran, if it ran (it may have been preempted)
+      finish(st->admitted ? st->worker : w, *st, FinishReason::kCancelled);
     cancelled.clear();
     slot.running.store(running.size());
-    if (!running.empty()) step(w, running);
+    try {
+      if (!running.empty() && !restart_stale(w, running)) step(w, running);
+    } catch (...) {  // out of memory, a sampler's error: these requests fail, the thread goes on
+      fail_all(w, running, std::current_exception());
+    }
     slot.running.store(running.size());
   }
   fail_all(w, running,
@@ -266,8 +273,63 @@ void Scheduler::preempt(Slot& slot, std::unique_ptr<Sequence> seq) {
   slot.preemptions.fetch_add(1);
   logger().debug("request '{}' preempted: its KV is freed and will be recomputed",
                  seq->st->request.id);
-  std::lock_guard g(queue_->mu);
-  queue_->waiting.push_front(std::move(seq->st));
+  seq->st->epoch = seq->epoch;
+  {
+    std::lock_guard g(queue_->mu);
+    queue_->waiting.push_front(std::move(seq->st));
+  }
+  queue_->cv.notify_all();  // an idle worker may have room for it
+}
+
+bool Scheduler::restart_stale(unsigned w, std::vector<std::unique_ptr<Sequence>>& running) {
+  Worker& worker = *workers_[w];
+  const std::uint64_t now = worker.weights_epoch();
+  const bool any =
+      std::any_of(running.begin(), running.end(), [&](const auto& s) { return s->epoch != now; });
+  if (!any) return false;
+  try {
+    worker.check_weights();
+  } catch (...) {
+    fail_all(w, running, std::current_exception());
+    return true;
+  }
+  // Every sequence computed before the change starts again on verified weights, unless it
+  // streamed tokens already: those cannot be taken back, so it fails rather than go on
+  // from numbers that may be wrong.
+  constexpr std::uint32_t kRestarts = 3;
+  for (std::size_t i = 0; i < running.size();) {
+    Sequence& s = *running[i];
+    RequestState& st = *s.st;
+    if (s.epoch == now) {
+      ++i;
+      continue;
+    }
+    std::string why;
+    if (st.streamed) {
+      why = "the weights changed while it ran, after tokens were streamed";
+    } else if (++st.restarts > kRestarts) {
+      why = fmt::format("the weights kept changing during {} attempts", kRestarts + 1);
+    }
+    if (!why.empty()) {
+      s.kv.clear();
+      finish(w, st, FinishReason::kError,
+             std::make_exception_ptr(
+                 PoolError(fmt::format("{}: request '{}' of model '{}': {}", options_.pool_uri,
+                                       st.request.id, options_.model_name, why))));
+      running.erase(running.begin() + static_cast<long>(i));
+      continue;
+    }
+    slots_[w]->output_tokens.fetch_sub(st.output.size());  // made again
+    st.output.clear();
+    st.last_logits.clear();
+    st.rng.seed(st.request.sampling.seed);
+    s.kv.clear();
+    s.tokens = st.request.prompt;
+    (void)s.kv.reserve(static_cast<std::uint32_t>(s.tokens.size()));  // it held more
+    s.epoch = now;
+    ++i;
+  }
+  return true;
 }
 
 void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running) {
@@ -320,7 +382,6 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
     in_step.push_back(s.get());
     tokens += chunk;
   }
-  const std::uint64_t epoch = worker.weights_epoch();
   try {
     worker.executor().forward_batch(segments);
   } catch (...) {
@@ -330,46 +391,9 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
   slot.steps.fetch_add(1);
   slot.step_sequences.fetch_add(segments.size());
   slot.step_tokens.fetch_add(tokens);
-  if (worker.weights_epoch() != epoch) {
-    // A weight was found changed while the step ran (the Scrubber switched it to the
-    // replica's copy, or failed it): these numbers may have used it. Every running
-    // sequence starts again on verified weights, unless it streamed tokens already: those
-    // cannot be taken back, so it fails rather than go on from numbers that may be wrong.
-    try {
-      worker.check_weights();
-    } catch (...) {
-      fail_all(w, running, std::current_exception());
-      return;
-    }
-    constexpr std::uint32_t kRestarts = 3;
-    for (std::size_t i = 0; i < running.size();) {
-      RequestState& st = *running[i]->st;
-      std::string why;
-      if (st.streamed) {
-        why = "the weights changed while it ran, after tokens were streamed";
-      } else if (++st.restarts > kRestarts) {
-        why = fmt::format("the weights kept changing during {} attempts", kRestarts + 1);
-      }
-      if (!why.empty()) {
-        running[i]->kv.clear();
-        finish(w, st, FinishReason::kError,
-               std::make_exception_ptr(
-                   PoolError(fmt::format("{}: request '{}' of model '{}': {}", options_.pool_uri,
-                                         st.request.id, options_.model_name, why))));
-        drop(i);
-        continue;
-      }
-      Sequence& s = *running[i];
-      st.output.clear();
-      st.last_logits.clear();
-      st.rng.seed(st.request.sampling.seed);
-      s.kv.clear();
-      s.tokens = st.request.prompt;
-      (void)s.kv.reserve(static_cast<std::uint32_t>(s.tokens.size()));  // it held more
-      ++i;
-    }
-    return;
-  }
+  // Numbers made before a weight was found changed (the Scrubber switched it to the
+  // replica's copy, or failed it) may have used it: at any step, before or during this one.
+  if (restart_stale(w, running)) return;
   // Each sequence whose tokens are all in its KV now picks its next token.
   for (Sequence* s : in_step) {
     if (s->kv.size() != s->tokens.size()) continue;  // a prompt chunk: more to come
@@ -384,6 +408,7 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
     } else {
       const std::int32_t t = sample_token(s->logits, r.sampling, st.rng);
       st.output.push_back(t);
+      st.epoch = s->epoch;
       s->tokens.push_back(t);
       slot.output_tokens.fetch_add(1);
       if (st.output.size() == 1) st.first_token_ms = ms_since(st.submitted);

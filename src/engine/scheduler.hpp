@@ -48,6 +48,7 @@ struct RequestState {
   bool admitted = false, streamed = false, callback_failed = false;
   double queue_ms = 0, first_token_ms = 0;
   std::uint32_t preemptions = 0, restarts = 0;
+  std::uint64_t epoch = 0;  // the weights epoch `output` was computed under
   Counters before;
   unsigned worker = 0;
 
@@ -96,6 +97,9 @@ class Scheduler {
   struct Slot;
   void run(unsigned w);
   void step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running);
+  // Restarts (or fails) the sequences computed under an older weights epoch than the
+  // worker's; true when there were any (the step is over).
+  bool restart_stale(unsigned w, std::vector<std::unique_ptr<Sequence>>& running);
   // Frees its KV and puts it back in front of the queue.
   void preempt(Slot& slot, std::unique_ptr<Sequence> seq);
   // Emits a token event; what the callback threw, if it threw.

@@ -252,7 +252,22 @@ void Executor::forward_batch(std::span<Segment> segments) {
     }
     n += seg.tokens.size();
   }
-  for (auto& seg : segments) {  // blocks for the new tokens (a caller may have taken them)
+  // Blocks for the new tokens (a caller may have taken them); those taken here go back if
+  // the pass fails, so a failed pass leaves every cache as it was.
+  std::vector<std::size_t> held(segments.size());
+  for (std::size_t s = 0; s < segments.size(); ++s) held[s] = segments[s].kv->blocks_held();
+  struct GiveBack {
+    std::span<Segment> segments;
+    const std::vector<std::size_t>& held;
+    bool done = false;
+    ~GiveBack() {
+      if (done) return;
+      for (std::size_t s = 0; s < segments.size(); ++s) {
+        if (segments[s].kv->blocks_held() > held[s]) segments[s].kv->release_unused();
+      }
+    }
+  } give_back{segments, held};
+  for (auto& seg : segments) {
     if (!seg.kv->reserve(static_cast<std::uint32_t>(seg.tokens.size()))) {
       throw ConfigError(fmt::format("KV cache: its block pool has no room for {} more tokens",
                                     seg.tokens.size()));
@@ -425,6 +440,7 @@ void Executor::forward_batch(std::span<Segment> segments) {
   }
   matmul_weight(model_.output(), c.vocab, dim, xn.data(), wanted.size(), out.data());
   weights_.end_step(c.n_layers + 1);
+  give_back.done = true;
   std::size_t next = 0;
   for (auto& seg : segments) {
     const std::size_t rows = seg.tokens.empty() ? 0 : (seg.all_logits ? seg.tokens.size() : 1);

@@ -130,7 +130,17 @@ void KvCache::clear() noexcept {
   blocks_.clear();
 }
 
+void KvCache::release_unused() noexcept {
+  if (!pool_) return;
+  const std::size_t keep = pool_->blocks_for(size_);
+  while (blocks_.size() > keep) {
+    pool_->give(blocks_.back());
+    blocks_.pop_back();
+  }
+}
+
 std::size_t KvCache::blocks_needed(std::uint32_t tokens) const noexcept {
+  if (!pool_) return 0;
   const std::size_t want = pool_->blocks_for(std::uint64_t{size_} + tokens);
   return want > blocks_.size() ? want - blocks_.size() : 0;
 }

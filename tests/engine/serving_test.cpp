@@ -154,14 +154,19 @@ TEST_F(Serving, CancellingFreesTheSequencesKvAndItsSlot) {
   std::atomic<int> seen{0};
   std::promise<RequestHandle> handle;  // the callback may run before submit returns
   std::shared_future<RequestHandle> own = handle.get_future().share();
+  std::promise<void> queued_cancelled;  // "long" holds the only slot until then
+  std::shared_future<void> go = queued_cancelled.get_future().share();
   handle.set_value(e->submit(request("long", 4, 200, 1), {.on_token = [&](const TokenEvent& ev) {
-                               if (ev.token >= 0 && ++seen == 3) own.get().cancel();
+                               if (ev.token < 0) return;
+                               if (ev.position == 0) go.wait();
+                               if (++seen == 3) own.get().cancel();
                              }}));
   const RequestHandle long_one = own.get();
   // Waiting behind it (one slot): cancelled before it ever runs.
   auto queued = e->submit(request("queued", 4, 5, 2));
   queued.cancel();
   const InferenceResult q = queued.wait();
+  queued_cancelled.set_value();
   EXPECT_EQ(q.finish_reason, FinishReason::kCancelled);
   EXPECT_TRUE(q.output_tokens.empty());
   const InferenceResult r = long_one.wait();
@@ -356,16 +361,32 @@ TEST_F(Serving, ConfigurationAndHandlesAreChecked) {
   outside.prompt[1] = static_cast<std::int32_t>(kVocab);
   EXPECT_THROW(e->submit(outside), ConfigError);
   EXPECT_THROW(e->submit(request("long", 200, 100, 1)), ConfigError);  // over max_context
-  // A handle outlives its engine: what had not finished fails, clearly.
+  // A handle outlives its engine: what had not finished fails, clearly. The orphan waits
+  // behind a request that holds the only slot inside its callback until well after the
+  // engine began stopping, so it cannot have run.
   RequestHandle h;
+  std::promise<void> release;
+  std::thread releaser;
   {
-    auto short_lived = engine(config());
-    h = short_lived->submit(request("orphan", 4, 250, 1));
+    EngineConfig one = config();
+    one.max_batch_sequences = 1;
+    auto short_lived = engine(one);
+    auto released = release.get_future().share();
+    (void)short_lived->submit(request("holder", 4, 250, 1),
+                              {.on_token = [released](const TokenEvent& ev) {
+                                if (ev.position == 0) released.wait();
+                              }});
+    h = short_lived->submit(request("orphan", 4, 5, 1));
+    releaser = std::thread([&release] {
+      std::this_thread::sleep_for(100ms);  // the engine's destructor is waiting by then
+      release.set_value();
+    });
   }
+  releaser.join();
   EXPECT_TRUE(h.done());
   try {
     (void)h.wait();
-    ADD_FAILURE() << "250 tokens finished while the engine was being destroyed";
+    ADD_FAILURE() << "a request queued behind the only slot finished";
   } catch (const ConfigError& x) {
     EXPECT_NE(std::string(x.what()).find("stopped"), std::string::npos) << x.what();
   }
@@ -397,8 +418,7 @@ TEST_F(Serving, TheModelsEndOfSequenceTokenStopsGenerationUnlessIgnored) {
   EXPECT_EQ(eng.model().config().eos_token_ids, std::vector<std::int32_t>{eos});
   const auto stopped = eng.inference(r);
   EXPECT_EQ(stopped.finish_reason, FinishReason::kStop);
-  EXPECT_EQ(stopped.output_tokens,
-            std::vector<std::int32_t>(all.begin(), all.begin() + first + 1));
+  EXPECT_EQ(stopped.output_tokens, std::vector<std::int32_t>(all.begin(), all.begin() + first + 1));
   r.ignore_eos = true;
   const auto ignored = eng.inference(r);
   EXPECT_EQ(ignored.output_tokens, all);

@@ -459,6 +459,7 @@ TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
       {R"({"id": "stops", "prompt": [1], "stop_token_ids": [3, -1]})", "stops"},
       {R"({"id": "broken", "prompt": [1)", ""},
       {R"([1, 2, 3])", ""},
+      {"{\"id\": \"u\xff\"}", ""},  // not UTF-8: the error quotes the byte, replaced
   };
   const auto mixed = dir_.path() / "mixed.jsonl", mixed_out = dir_.path() / "mixed.out.jsonl";
   {
@@ -469,7 +470,7 @@ TEST_F(CliWithModel, WorkerAnswersABadRequestWithAnErrorAndServesTheRest) {
   }
   r = run("worker --pool " + uri_ + " --model tiny --requests " + mixed.string() + " --out " +
           mixed_out.string());
-  EXPECT_TRUE(one_error_line(r, "9 of 11 requests failed")) << r.out;
+  EXPECT_TRUE(one_error_line(r, "10 of 12 requests failed")) << r.out;
   const auto got = read_jsonl(mixed_out);
   ASSERT_EQ(got.size(), bad.size() + 2) << r.out;
   EXPECT_EQ(got.front()["id"], "a");

@@ -59,23 +59,27 @@ void run_worker(const EngineConfig& config, const std::string& model, const std:
     if (!out_file) throw BackendError(fmt::format("{}: cannot create", out_path));
     out = &out_file;
   }
-  InferenceEngine engine(config);
-  engine.attach_model(model);
-
   std::mutex out_mu;  // token events (scheduler threads) and results (the writer)
   const auto write = [&](const nlohmann::json& j) {
     std::lock_guard g(out_mu);
-    *out << j.dump() << "\n";
+    // Request text may hold bytes that are not UTF-8 (quoted in a parse error): replaced.
+    *out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     out->flush();  // a reader at the other end of a pipe sees each line at once
   };
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Entry> pending;
-  bool input_done = false, stop = false;
+  bool input_done = false;
   std::exception_ptr fatal;
+  std::string fatal_what;
   std::size_t served = 0, failed = 0;
+  // Declared after what its callbacks use: destroyed (its threads stopped) before them.
+  InferenceEngine engine(config);
+  engine.attach_model(model);
 
-  // Results in the order of the requests, each written as soon as it is done.
+  // Results in the order of the requests, each written as soon as it is done. After a
+  // failure of the pool, the link or the cache, every later request is answered with an
+  // error line (and cancelled) until the input ends.
   std::thread writer([&] {
     for (;;) {
       Entry e;
@@ -91,69 +95,91 @@ void run_worker(const EngineConfig& config, const std::string& model, const std:
                {"line", e.line.line},
                {"error", why},
                {"pid", ::getpid()}});
+        ++failed;
       };
-      if (!e.handle) {
-        error_line(e.line.error);
-        ++failed;
-        continue;
-      }
       try {
-        const InferenceResult res = e.handle.wait();
-        write(result_line(res, e.line.line));
-        ++served;
-      } catch (const ConfigError& x) {
-        error_line(x.what());  // this request was impossible; the next may not be
-        ++failed;
-      } catch (const std::exception& x) {
-        // The pool, the link or the cache failed: later requests would fail the same way.
-        error_line(x.what());
+        if (!e.handle) {
+          error_line(e.line.error);
+        } else if (fatal) {
+          e.handle.cancel();
+          (void)e.handle.wait_for(std::chrono::milliseconds(0));
+          error_line("not served: the worker failed: " + fatal_what);
+        } else {
+          try {
+            const InferenceResult res = e.handle.wait();
+            write(result_line(res, e.line.line));
+            ++served;
+          } catch (const ConfigError& x) {
+            error_line(x.what());  // this request was impossible; the next may not be
+          } catch (const std::exception& x) {
+            // The pool, the link or the cache failed: later requests would fail the same way.
+            error_line(x.what());
+            std::lock_guard l(mu);
+            fatal = std::current_exception();
+            fatal_what = x.what();
+          }
+        }
+      } catch (...) {  // writing failed: the output is gone; answer nothing more
         std::lock_guard l(mu);
-        fatal = std::current_exception();
-        stop = true;
-        return;
+        if (!fatal) fatal = std::current_exception();
+        fatal_what = "the output failed";
       }
     }
   });
-
-  std::string text;
-  std::size_t number = 0;
-  while (std::getline(*in, text)) {
-    ++number;
-    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    Entry e;
-    e.line = parse_request_line(text, number);
-    if (e.line.error.empty()) {
-      RequestCallbacks callbacks;
-      if (stream) {
-        callbacks.on_token = [&write, line = number](const TokenEvent& ev) {
-          if (ev.token < 0) return;
-          write({{"event", "token"},
-                 {"id", ev.id},
-                 {"line", line},
-                 {"token", ev.token},
-                 {"position", ev.position}});
-        };
-      }
-      try {
-        e.handle = engine.submit(e.line.request, std::move(callbacks));
-      } catch (const ConfigError& x) {  // too long, a token outside the vocabulary, ...
-        e.line.error = x.what();
-      }
-    }
+  const auto finish_writer = [&] {
     {
       std::lock_guard l(mu);
-      if (stop) break;
-      pending.push_back(std::move(e));
+      input_done = true;
     }
     cv.notify_one();
+    if (writer.joinable()) writer.join();
+  };
+
+  try {
+    std::string text;
+    std::size_t number = 0;
+    while (std::getline(*in, text)) {
+      ++number;
+      if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+      Entry e;
+      e.line = parse_request_line(text, number);
+      bool failed_already;
+      {
+        std::lock_guard l(mu);
+        failed_already = fatal != nullptr;
+      }
+      if (e.line.error.empty() && !failed_already) {
+        RequestCallbacks callbacks;
+        if (stream) {
+          callbacks.on_token = [&write, line = number](const TokenEvent& ev) {
+            if (ev.token < 0) return;
+            write({{"event", "token"},
+                   {"id", ev.id},
+                   {"line", line},
+                   {"token", ev.token},
+                   {"position", ev.position}});
+          };
+        }
+        try {
+          e.handle = engine.submit(e.line.request, std::move(callbacks));
+        } catch (const ConfigError& x) {  // too long, a token outside the vocabulary, ...
+          e.line.error = x.what();
+        }
+      } else if (failed_already && e.line.error.empty()) {
+        e.line.error = "not served: the worker failed earlier";
+      }
+      {
+        std::lock_guard l(mu);
+        pending.push_back(std::move(e));
+      }
+      cv.notify_one();
+    }
+  } catch (...) {
+    finish_writer();
+    throw;
   }
   const bool read_failed = in->bad();
-  {
-    std::lock_guard l(mu);
-    input_done = true;
-  }
-  cv.notify_one();
-  writer.join();
+  finish_writer();
   if (fatal) std::rethrow_exception(fatal);
   if (read_failed) throw BackendError(fmt::format("{}: read failed", requests));
   out->flush();

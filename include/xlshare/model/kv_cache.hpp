@@ -82,8 +82,11 @@ class KvCache {
   /// Blocks needed for `tokens` more tokens beyond those already room for.
   std::size_t blocks_needed(std::uint32_t tokens) const noexcept;
   std::size_t blocks_held() const noexcept { return blocks_.size(); }
-  std::uint64_t bytes_held() const noexcept { return blocks_.size() * pool_->block_bytes(); }
-  const KvBlockPool& pool() const noexcept { return *pool_; }
+  std::uint64_t bytes_held() const noexcept {
+    return pool_ ? blocks_.size() * pool_->block_bytes() : 0;
+  }
+  /// Gives back the blocks beyond those its tokens fill.
+  void release_unused() noexcept;
 
  private:
   friend class Executor;
