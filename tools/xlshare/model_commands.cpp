@@ -455,10 +455,11 @@ void add_model_commands(CLI::App& app) {
         "worker", "serve JSONL requests from a file or stdin, batched continuously as they come");
     a->engine.add(cmd, true);
     cmd->add_option("--model", a->model, "model name in the pool")->required();
-    cmd->add_option("--requests", a->requests,
-                    "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids], "
-                    "\"max_new_tokens\": N, \"stop_token_ids\": [ids], \"ignore_eos\": B, \"temperature\": T, "
-                    "\"top_k\": K, \"top_p\": P, \"seed\": S}; each is submitted as it is read");
+    cmd->add_option(
+        "--requests", a->requests,
+        "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids], "
+        "\"max_new_tokens\": N, \"stop_token_ids\": [ids], \"ignore_eos\": B, \"temperature\": T, "
+        "\"top_k\": K, \"top_p\": P, \"seed\": S}; each is submitted as it is read");
     cmd->add_option("--out", a->out,
                     "JSONL results, - for stdout (the default): one per request, in the order of "
                     "the requests, each as soon as it and those before it are done; a bad "
