@@ -65,8 +65,9 @@ int main(int argc, char** argv) {
   try {
     fs::create_directories(s.out);
     // The bench shape (F32), or a tiny one for --quick.
-    s.shape = s.quick ? LlamaConfig{128, 12, 4, 4, 32, 344, 1000, 1024, 10000.0, 1e-5, false, {}}
-                      : LlamaConfig{768, 12, 12, 12, 64, 2048, 32000, 1024, 10000.0, 1e-5, false, {}};
+    s.shape = s.quick
+                  ? LlamaConfig{128, 12, 4, 4, 32, 344, 1000, 1024, 10000.0, 1e-5, false, {}}
+                  : LlamaConfig{768, 12, 12, 12, 64, 2048, 32000, 1024, 10000.0, 1e-5, false, {}};
     s.blocks = s.shape.n_layers;
     s.gguf =
         s.out / "experiments-model.gguf";  // on disk: exp. 5 drops its pages from the page cache
