@@ -165,8 +165,8 @@ TEST_F(Serving, CancellingFreesTheSequencesKvAndItsSlot) {
   // Waiting behind it (one slot): cancelled before it ever runs.
   auto queued = e->submit(request("queued", 4, 5, 2));
   queued.cancel();
+  queued_cancelled.set_value();  // (the worker answers the cancel once "long" lets it go on)
   const InferenceResult q = queued.wait();
-  queued_cancelled.set_value();
   EXPECT_EQ(q.finish_reason, FinishReason::kCancelled);
   EXPECT_TRUE(q.output_tokens.empty());
   const InferenceResult r = long_one.wait();
