@@ -89,9 +89,9 @@ struct TokenEvent {
 
 /// Called on the worker's scheduler thread, in order, one request's events never
 /// concurrently (the last event of a request still queued when its engine is destroyed or
-/// re-attached comes on the thread doing that): keep them short (queue the work elsewhere). A callback may cancel any
-/// request; it must not wait() for one. One that throws fails its own request only
-/// (wait() rethrows what it threw) and is not called again.
+/// re-attached comes on the thread doing that): keep them short (queue the work elsewhere). A
+/// callback may cancel any request; it must not wait() for one. One that throws fails its own
+/// request only (wait() rethrows what it threw) and is not called again.
 struct RequestCallbacks {
   std::function<void(const TokenEvent&)> on_token;
 };
