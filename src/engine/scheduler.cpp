@@ -85,6 +85,7 @@ struct Scheduler::Sequence {
   std::vector<std::int32_t> tokens;  // prompt + output: what the KV holds or will
   std::vector<float> logits;
   std::uint64_t epoch = 0;  // the worker's weights_epoch() its KV and output were made under
+  bool done = false;        // finished this step: leaves the batch at its end
 };
 
 struct Scheduler::Slot {
@@ -425,6 +426,7 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
       threw = emit(st, t, finished, reason);
     }
     if (threw || finished) {
+      s->done = true;
       s->kv.clear();  // freed before the caller hears it finished
       if (threw) {
         finish(w, st, FinishReason::kError, threw);
@@ -433,19 +435,7 @@ void Scheduler::step(unsigned w, std::vector<std::unique_ptr<Sequence>>& running
       }
     }
   }
-  // Out go the finished and failed, their blocks back to the pool.
-  for (std::size_t i = 0; i < running.size();) {
-    bool done;
-    {
-      std::lock_guard g(running[i]->st->mu);
-      done = running[i]->st->finished;
-    }
-    if (done) {
-      drop(i);
-    } else {
-      ++i;
-    }
-  }
+  std::erase_if(running, [](const auto& s) { return s->done; });  // out go the finished
 }
 
 std::exception_ptr Scheduler::emit(RequestState& st, std::int32_t token, bool finished,

@@ -102,7 +102,6 @@ void run_worker(const EngineConfig& config, const std::string& model, const std:
           error_line(e.line.error);
         } else if (fatal) {
           e.handle.cancel();
-          (void)e.handle.wait_for(std::chrono::milliseconds(0));
           error_line("not served: the worker failed: " + fatal_what);
         } else {
           try {
