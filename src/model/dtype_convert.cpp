@@ -1,5 +1,7 @@
 #include "xlshare/model/dtype_convert.hpp"
 
+#include "model/quant_blocks.hpp"
+
 #include <Eigen/Core>
 
 #include <cmath>
@@ -62,14 +64,6 @@ void to_f32(DType type, const std::byte* src, float* dst, std::size_t n) noexcep
         dst[i] = bf16_to_f32(h);
       }
       return;
-    case DType::kQ8_0:
-      for (std::size_t b = 0; b < n / 32; ++b) {
-        BlockQ8_0 block;
-        std::memcpy(&block, src + b * sizeof(BlockQ8_0), sizeof block);
-        const float d = f16_to_f32(block.d);
-        for (int i = 0; i < 32; ++i) dst[b * 32 + i] = d * static_cast<float>(block.qs[i]);
-      }
-      return;
     case DType::kI32:
       for (std::size_t i = 0; i < n; ++i) {
         std::int32_t v;
@@ -81,6 +75,13 @@ void to_f32(DType type, const std::byte* src, float* dst, std::size_t n) noexcep
       for (std::size_t i = 0; i < n; ++i)
         dst[i] = static_cast<float>(std::to_integer<std::uint8_t>(src[i]));
       return;
+    default: {  // the quantized types
+      const std::size_t per_block = dtype_block_elements(type);
+      const std::size_t block_bytes = dtype_block_bytes(type);
+      for (std::size_t b = 0; b < n / per_block; ++b)
+        quant::dequantize_block(type, src + b * block_bytes, dst + b * per_block);
+      return;
+    }
   }
 }
 
@@ -117,7 +118,14 @@ void from_f32(DType type, const float* src, std::byte* dst, std::size_t n) noexc
       for (std::size_t i = 0; i < n; ++i)
         dst[i] = static_cast<std::byte>(static_cast<std::uint8_t>(src[i]));
       return;
+    default:  // no quantizer: callers check can_convert_from_f32 (the bytes are zeroed)
+      std::memset(dst, 0, row_bytes(type, n));
+      return;
   }
+}
+
+bool can_convert_from_f32(DType type) noexcept {
+  return !dtype_is_quantized(type) || type == DType::kQ8_0;
 }
 
 }  // namespace xlshare

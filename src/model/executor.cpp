@@ -1,6 +1,7 @@
 #include "xlshare/model/executor.hpp"
 
 #include "model/compute_team.hpp"
+#include "model/quant_blocks.hpp"
 
 #include <fmt/format.h>
 #include <Eigen/Dense>
@@ -104,6 +105,20 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
           for (std::size_t i = 0; i < n; ++i) {
             acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
             acc[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + k0 + 16), acc[i]);
+          }
+        }
+      } else if (dtype_is_quantized(dtype)) {
+        // Every other ggml block: dequantized one block at a time into L1 (32 or 256
+        // floats), then multiplied like F32.
+        const std::size_t per_block = dtype_block_elements(dtype);
+        const std::size_t block_bytes = dtype_block_bytes(dtype);
+        alignas(64) float blk[256];
+        for (std::size_t b = 0; b < cols / per_block; ++b, k0 += per_block) {
+          quant::dequantize_block(dtype, wr + b * block_bytes, blk);
+          for (std::size_t j = 0; j < per_block; j += 16) {
+            const __m512 wv = _mm512_load_ps(blk + j);
+            for (std::size_t i = 0; i < n; ++i)
+              acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * cols + k0 + j), acc[i]);
           }
         }
       }

@@ -81,8 +81,26 @@ std::optional<DType> ggml_type(std::uint32_t t) {
       return DType::kF32;
     case 1:
       return DType::kF16;
+    case 2:
+      return DType::kQ4_0;
+    case 3:
+      return DType::kQ4_1;
+    case 6:
+      return DType::kQ5_0;
+    case 7:
+      return DType::kQ5_1;
     case 8:
       return DType::kQ8_0;
+    case 10:
+      return DType::kQ2_K;
+    case 11:
+      return DType::kQ3_K;
+    case 12:
+      return DType::kQ4_K;
+    case 13:
+      return DType::kQ5_K;
+    case 14:
+      return DType::kQ6_K;
     case 30:
       return DType::kBF16;
     default:
@@ -166,11 +184,11 @@ ModelFile open_gguf(const fs::path& path) {
     const auto type = r.scalar<std::uint32_t>("a tensor type");
     const auto dtype = ggml_type(type);
     if (!dtype) {
-      fail(
-          path,
-          fmt::format(
-              "tensor '{}' has ggml type {}, which xlshare does not support (F32, F16, BF16, Q8_0)",
-              t.name, type));
+      fail(path,
+           fmt::format(
+               "tensor '{}' has ggml type {}, which xlshare does not support (F32, F16, BF16, "
+               "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
+               t.name, type));
     }
     t.dtype = *dtype;
     t.offset_bytes = r.scalar<std::uint64_t>("a tensor offset");

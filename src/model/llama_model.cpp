@@ -30,9 +30,9 @@ LlamaModel::LlamaModel(LlamaConfig config, std::vector<TensorDesc> tensors, std:
       throw FormatError(
           fmt::format("{}: tensor '{}' has an unusable dtype or size", where, spec.name));
     }
-    if (t.dtype == DType::kQ8_0 && t.shape[0] % 32 != 0) {
-      throw FormatError(
-          fmt::format("{}: tensor '{}': Q8_0 rows must be whole blocks", where, spec.name));
+    if (t.shape[0] % dtype_block_elements(t.dtype) != 0) {
+      throw FormatError(fmt::format("{}: tensor '{}': {} rows must be whole blocks of {}", where,
+                                    spec.name, to_string(t.dtype), dtype_block_elements(t.dtype)));
     }
     return it->second;
   };

@@ -144,6 +144,10 @@ inline std::uint64_t checked_bytes(const fs::path& path, const std::string& tens
       fail(path, fmt::format("tensor '{}': element count overflows", tensor));
     n *= shape[d];
   }
+  if (shape[0] % dtype_block_elements(dtype) != 0) {
+    fail(path, fmt::format("tensor '{}': rows of {} elements are not whole {} blocks of {}", tensor,
+                           shape[0], to_string(dtype), dtype_block_elements(dtype)));
+  }
   const auto bytes = dtype_bytes(dtype, n);
   if (!bytes) {
     fail(path, fmt::format("tensor '{}': {} elements are not a whole number of {} blocks", tensor,

@@ -142,8 +142,19 @@ TEST_F(BadFiles, GgufLyingTensors) {
   }
   {
     GgufBuilder b(config_);
-    b.tensors[2].type = 12;  // Q4_K: not supported
-    expect_refused(write("dtype.gguf", b.bytes()), {b.tensors[2].name, "type 12"});
+    b.tensors[2].type = 16;  // IQ2_XXS: not supported
+    expect_refused(write("dtype.gguf", b.bytes()), {b.tensors[2].name, "type 16"});
+  }
+  {
+    GgufBuilder b(config_);
+    b.tensors[2].type = 12;  // Q4_K rows of 32 values: not whole blocks of 256
+    expect_refused(write("q4k-rows.gguf", b.bytes()), {b.tensors[2].name, "whole q4_k blocks"});
+  }
+  {
+    GgufBuilder b(config_);  // Q6_K blocks whose bytes run past the end of the file
+    b.tensors.back().type = 14;
+    b.tensors.back().dims = {256, 4000};
+    expect_refused(write("q6k-truncated.gguf", b.bytes()), {b.tensors.back().name});
   }
   {
     GgufBuilder b(config_);

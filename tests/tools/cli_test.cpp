@@ -143,6 +143,36 @@ TEST(Cli, EvalReproducesTheOracleLogits) {
   }
 }
 
+TEST(Cli, EvalReadsQuantizedFilesFromTheFileAndFromAPool) {
+  // The quantized oracle (tests/data/oracle-quant/README.md): a K-family file and a
+  // 32-value-block file, each from the file and from a pool, against ggml's dequantized
+  // reference (5e-4: the reference's attention rounds to F16, see tests/model/quant_test).
+  test::TempDir dir;
+  const std::string data = XLSHARE_TEST_DATA "/oracle-quant";
+  const std::string uri = "shm://" + test::unique_name("cli-quant");
+  test::BackendGuard guard(uri);
+  const auto out = dir.path() / "logits.bin";
+  ASSERT_EQ(run("pool create " + uri + " --size 16M").status, 0);
+  for (const std::string q : {"q4_k_m", "q5_1"}) {
+    const std::string file = data + "/oracle-quant-" + q + ".gguf";
+    auto r = run("load " + file + " --pool " + uri + " --name " + q);
+    ASSERT_EQ(r.status, 0) << r.out;
+    for (const std::string& source : {"--model " + file, "--pool " + uri + " --model " + q}) {
+      r = run("eval " + source + " --tokens 5,200,33,7,255,0,64,128,9,17,250,3 --logits-out " +
+              out.string());
+      ASSERT_EQ(r.status, 0) << r.out;
+      const auto got = read_floats(out), want = read_floats(data + "/logits_dequant_" + q + ".bin");
+      ASSERT_EQ(got.size(), want.size());
+      double diff = 0, scale = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+        scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+      }
+      EXPECT_LT(diff / scale, 5e-4) << source;
+    }
+  }
+}
+
 TEST(Cli, EveryModelCommandOnASmallModel) {
   test::TempDir dir;
   const std::string uri = "shm://" + test::unique_name("cli-model");

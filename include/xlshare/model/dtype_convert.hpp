@@ -35,12 +35,17 @@ static_assert(sizeof(BlockQ8_0) == 34);
 /// Quantizes 32 floats as llama.cpp does (d = max|x| / 127, q = round(x / d)).
 BlockQ8_0 quantize_q8_0(const float* x) noexcept;
 
-/// Converts `n` elements stored as `type` at `src` to float. For Q8_0, n is a multiple
-/// of 32 and src points at a block boundary.
+/// Converts `n` elements stored as `type` at `src` to float. For a quantized type, n is a
+/// multiple of dtype_block_elements(type) and src points at a block boundary; the values
+/// are exactly ggml's dequantization.
 void to_f32(DType type, const std::byte* src, float* dst, std::size_t n) noexcept;
 
-/// Converts `n` floats to `type` at `dst` (the inverse; Q8_0 quantizes).
+/// Converts `n` floats to `type` at `dst` (the inverse; Q8_0 quantizes). `type` must be
+/// one for which can_convert_from_f32 holds.
 void from_f32(DType type, const float* src, std::byte* dst, std::size_t n) noexcept;
+
+/// True when from_f32 can write `type`.
+bool can_convert_from_f32(DType type) noexcept;
 
 /// Bytes one row of `n` elements takes as `type`.
 inline std::size_t row_bytes(DType type, std::size_t n) noexcept {

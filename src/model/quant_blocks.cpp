@@ -1,0 +1,188 @@
+#include "model/quant_blocks.hpp"
+
+namespace xlshare::quant {
+namespace {
+
+void dq_q4_0(const BlockQ4_0& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d);
+  for (int j = 0; j < kQK / 2; ++j) {
+    y[j] = static_cast<float>((x.qs[j] & 0x0F) - 8) * d;
+    y[j + kQK / 2] = static_cast<float>((x.qs[j] >> 4) - 8) * d;
+  }
+}
+
+void dq_q4_1(const BlockQ4_1& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d), m = f16_to_f32(x.m);
+  for (int j = 0; j < kQK / 2; ++j) {
+    y[j] = static_cast<float>(x.qs[j] & 0x0F) * d + m;
+    y[j + kQK / 2] = static_cast<float>(x.qs[j] >> 4) * d + m;
+  }
+}
+
+void dq_q5_0(const BlockQ5_0& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d);
+  std::uint32_t qh;
+  std::memcpy(&qh, x.qh, 4);
+  for (int j = 0; j < kQK / 2; ++j) {
+    const std::uint32_t h0 = ((qh >> j) << 4) & 0x10;
+    const std::uint32_t h1 = (qh >> (j + 12)) & 0x10;
+    y[j] = static_cast<float>(static_cast<int>((x.qs[j] & 0x0F) | h0) - 16) * d;
+    y[j + kQK / 2] = static_cast<float>(static_cast<int>((x.qs[j] >> 4) | h1) - 16) * d;
+  }
+}
+
+void dq_q5_1(const BlockQ5_1& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d), m = f16_to_f32(x.m);
+  std::uint32_t qh;
+  std::memcpy(&qh, x.qh, 4);
+  for (int j = 0; j < kQK / 2; ++j) {
+    const std::uint32_t h0 = ((qh >> j) << 4) & 0x10;
+    const std::uint32_t h1 = (qh >> (j + 12)) & 0x10;
+    y[j] = static_cast<float>((x.qs[j] & 0x0F) | h0) * d + m;
+    y[j + kQK / 2] = static_cast<float>((x.qs[j] >> 4) | h1) * d + m;
+  }
+}
+
+void dq_q2_k(const BlockQ2_K& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d), min = f16_to_f32(x.dmin);
+  const std::uint8_t* q = x.qs;
+  int is = 0;
+  for (int n = 0; n < kQK_K; n += 128) {
+    int shift = 0;
+    for (int j = 0; j < 4; ++j) {
+      for (int half = 0; half < 2; ++half) {
+        const std::uint8_t sc = x.scales[is++];
+        const float dl = d * static_cast<float>(sc & 0xF);
+        const float ml = min * static_cast<float>(sc >> 4);
+        for (int l = 0; l < 16; ++l)
+          *y++ = dl * static_cast<float>((q[l + 16 * half] >> shift) & 3) - ml;
+      }
+      shift += 2;
+    }
+    q += 32;
+  }
+}
+
+void dq_q3_k(const BlockQ3_K& x, float* y) noexcept {
+  const float d_all = f16_to_f32(x.d);
+  std::int8_t scales[16];
+  q3_k_scales(x.scales, scales);
+  const std::uint8_t* q = x.qs;
+  const std::uint8_t* hm = x.hmask;
+  std::uint8_t m = 1;
+  int is = 0;
+  for (int n = 0; n < kQK_K; n += 128) {
+    int shift = 0;
+    for (int j = 0; j < 4; ++j) {
+      for (int half = 0; half < 2; ++half) {
+        const float dl = d_all * static_cast<float>(scales[is++] - 32);
+        for (int l = 16 * half; l < 16 * half + 16; ++l) {
+          const int v = ((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4);
+          *y++ = dl * static_cast<float>(v);
+        }
+      }
+      shift += 2;
+      m = static_cast<std::uint8_t>(m << 1);
+    }
+    q += 32;
+  }
+}
+
+void dq_q4_k(const BlockQ4_K& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d), min = f16_to_f32(x.dmin);
+  const std::uint8_t* q = x.qs;
+  int is = 0;
+  for (int j = 0; j < kQK_K; j += 64) {
+    std::uint8_t sc, m;
+    scale_min_k4(is, x.scales, sc, m);
+    const float d1 = d * sc, m1 = min * m;
+    scale_min_k4(is + 1, x.scales, sc, m);
+    const float d2 = d * sc, m2 = min * m;
+    for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
+    for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+    q += 32;
+    is += 2;
+  }
+}
+
+void dq_q5_k(const BlockQ5_K& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d), min = f16_to_f32(x.dmin);
+  const std::uint8_t* ql = x.qs;
+  const std::uint8_t* qh = x.qh;
+  int is = 0;
+  std::uint8_t u1 = 1, u2 = 2;
+  for (int j = 0; j < kQK_K; j += 64) {
+    std::uint8_t sc, m;
+    scale_min_k4(is, x.scales, sc, m);
+    const float d1 = d * sc, m1 = min * m;
+    scale_min_k4(is + 1, x.scales, sc, m);
+    const float d2 = d * sc, m2 = min * m;
+    for (int l = 0; l < 32; ++l)
+      *y++ = d1 * static_cast<float>((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+    for (int l = 0; l < 32; ++l)
+      *y++ = d2 * static_cast<float>((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+    ql += 32;
+    is += 2;
+    u1 = static_cast<std::uint8_t>(u1 << 2);
+    u2 = static_cast<std::uint8_t>(u2 << 2);
+  }
+}
+
+void dq_q6_k(const BlockQ6_K& x, float* y) noexcept {
+  const float d = f16_to_f32(x.d);
+  const std::uint8_t* ql = x.ql;
+  const std::uint8_t* qh = x.qh;
+  const std::int8_t* sc = x.scales;
+  for (int n = 0; n < kQK_K; n += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[l] = d * static_cast<float>(sc[is]) * static_cast<float>(q1);
+      y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
+      y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
+      y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
+    }
+    y += 128;
+    ql += 64;
+    qh += 32;
+    sc += 8;
+  }
+}
+
+}  // namespace
+
+void dequantize_block(DType type, const std::byte* src, float* y) noexcept {
+  switch (type) {
+    case DType::kQ8_0: {
+      const auto b = load<BlockQ8_0>(src);
+      const float d = f16_to_f32(b.d);
+      for (int i = 0; i < kQK; ++i) y[i] = static_cast<float>(b.qs[i]) * d;
+      return;
+    }
+    case DType::kQ4_0:
+      return dq_q4_0(load<BlockQ4_0>(src), y);
+    case DType::kQ4_1:
+      return dq_q4_1(load<BlockQ4_1>(src), y);
+    case DType::kQ5_0:
+      return dq_q5_0(load<BlockQ5_0>(src), y);
+    case DType::kQ5_1:
+      return dq_q5_1(load<BlockQ5_1>(src), y);
+    case DType::kQ2_K:
+      return dq_q2_k(load<BlockQ2_K>(src), y);
+    case DType::kQ3_K:
+      return dq_q3_k(load<BlockQ3_K>(src), y);
+    case DType::kQ4_K:
+      return dq_q4_k(load<BlockQ4_K>(src), y);
+    case DType::kQ5_K:
+      return dq_q5_k(load<BlockQ5_K>(src), y);
+    case DType::kQ6_K:
+      return dq_q6_k(load<BlockQ6_K>(src), y);
+    default:
+      return;
+  }
+}
+
+}  // namespace xlshare::quant

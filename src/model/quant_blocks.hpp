@@ -1,0 +1,106 @@
+// llama.cpp's quantized block layouts (ggml-common.h) and their dequantization to float,
+// one block at a time, in the order and with the arithmetic ggml's dequantize_row_* use:
+// these are the weights of the "exact" mode, whose reference is the dequantized model.
+//
+// Every block is read through memcpy into a struct of bytes (no alignment assumed: pool
+// extents and file offsets need not align a 210-byte Q6_K block).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "xlshare/dtype.hpp"
+#include "xlshare/model/dtype_convert.hpp"
+
+namespace xlshare::quant {
+
+constexpr int kQK = 32;     // values per block of Q4_0 .. Q8_0
+constexpr int kQK_K = 256;  // values per block of the K family
+
+struct BlockQ4_0 {
+  std::uint16_t d;
+  std::uint8_t qs[kQK / 2];
+};
+struct BlockQ4_1 {
+  std::uint16_t d, m;
+  std::uint8_t qs[kQK / 2];
+};
+struct BlockQ5_0 {
+  std::uint16_t d;
+  std::uint8_t qh[4];
+  std::uint8_t qs[kQK / 2];
+};
+struct BlockQ5_1 {
+  std::uint16_t d, m;
+  std::uint8_t qh[4];
+  std::uint8_t qs[kQK / 2];
+};
+struct BlockQ2_K {
+  std::uint8_t scales[kQK_K / 16];  // low nibble scale, high nibble min
+  std::uint8_t qs[kQK_K / 4];
+  std::uint16_t d, dmin;
+};
+struct BlockQ3_K {
+  std::uint8_t hmask[kQK_K / 8];
+  std::uint8_t qs[kQK_K / 4];
+  std::uint8_t scales[12];  // 16 6-bit scales
+  std::uint16_t d;
+};
+struct BlockQ4_K {
+  std::uint16_t d, dmin;
+  std::uint8_t scales[12];  // 8 6-bit scales and 8 6-bit mins
+  std::uint8_t qs[kQK_K / 2];
+};
+struct BlockQ5_K {
+  std::uint16_t d, dmin;
+  std::uint8_t scales[12];
+  std::uint8_t qh[kQK_K / 8];
+  std::uint8_t qs[kQK_K / 2];
+};
+struct BlockQ6_K {
+  std::uint8_t ql[kQK_K / 2];
+  std::uint8_t qh[kQK_K / 4];
+  std::int8_t scales[kQK_K / 16];
+  std::uint16_t d;
+};
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 &&
+              sizeof(BlockQ5_1) == 24);
+static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144 &&
+              sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210);
+
+template <typename Block>
+inline Block load(const std::byte* p) noexcept {
+  Block b;
+  std::memcpy(&b, p, sizeof b);
+  return b;
+}
+
+/// The 6-bit scale and min `j` (0..7) of a Q4_K/Q5_K block (ggml's get_scale_min_k4).
+inline void scale_min_k4(int j, const std::uint8_t* q, std::uint8_t& d, std::uint8_t& m) noexcept {
+  if (j < 4) {
+    d = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    d = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+/// The 16 signed 6-bit scales of a Q3_K block, unpacked (ggml's kmask shuffle).
+inline void q3_k_scales(const std::uint8_t* packed, std::int8_t* out) noexcept {
+  constexpr std::uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+  std::uint32_t aux[4];
+  std::memcpy(aux, packed, 12);
+  const std::uint32_t tmp = aux[2];
+  aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+  aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+  aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+  aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+  std::memcpy(out, aux, 16);
+}
+
+/// Dequantizes one block of `type` (a quantized type) at `src` into
+/// dtype_block_elements(type) floats at `y`.
+void dequantize_block(DType type, const std::byte* src, float* y) noexcept;
+
+}  // namespace xlshare::quant
