@@ -118,6 +118,12 @@ void from_f32(DType type, const float* src, std::byte* dst, std::size_t n) noexc
       for (std::size_t i = 0; i < n; ++i)
         dst[i] = static_cast<std::byte>(static_cast<std::uint8_t>(src[i]));
       return;
+    case DType::kQ4_K:
+      for (std::size_t b = 0; b < n / 256; ++b) quant::quantize_q4_k(src + b * 256, dst + b * 144);
+      return;
+    case DType::kQ6_K:
+      for (std::size_t b = 0; b < n / 256; ++b) quant::quantize_q6_k(src + b * 256, dst + b * 210);
+      return;
     default:  // no quantizer: callers check can_convert_from_f32 (the bytes are zeroed)
       std::memset(dst, 0, row_bytes(type, n));
       return;
@@ -125,7 +131,8 @@ void from_f32(DType type, const float* src, std::byte* dst, std::size_t n) noexc
 }
 
 bool can_convert_from_f32(DType type) noexcept {
-  return !dtype_is_quantized(type) || type == DType::kQ8_0;
+  return !dtype_is_quantized(type) || type == DType::kQ8_0 || type == DType::kQ4_K ||
+         type == DType::kQ6_K;
 }
 
 }  // namespace xlshare

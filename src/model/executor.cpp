@@ -2,6 +2,7 @@
 
 #include "model/compute_team.hpp"
 #include "model/quant_blocks.hpp"
+#include "model/quant_dot.hpp"
 
 #include <fmt/format.h>
 #include <Eigen/Dense>
@@ -157,6 +158,10 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
     });
     return;
   }
+  if (options_.quantized_activations && quant::has_int_dot(dtype)) {
+    int_matmul(w.data(), dtype, rows, cols, x, n, y);
+    return;
+  }
   if (n <= kMaxFusedRows) {
     fused_gemv(dtype, w.data(), rows, cols, x, n, y, *team_);
     return;
@@ -182,6 +187,33 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
                                   static_cast<Eigen::Index>(cols));
       Y.middleCols(static_cast<Eigen::Index>(r0), static_cast<Eigen::Index>(r1 - r0)).noalias() =
           X * Wt.transpose();
+    }
+  });
+}
+
+void Executor::int_matmul(const std::byte* w, DType dtype, std::size_t rows, std::size_t cols,
+                          const float* x, std::size_t n, float* y) {
+  // The activations quantized once for every row of W (64-byte aligned blocks).
+  const std::size_t stride = quant::act_row_bytes(dtype, cols);
+  std::vector<std::byte>& raw = buf_.act;
+  if (raw.size() < n * stride + 64) raw.resize(n * stride + 64);
+  std::byte* act = raw.data() + (64 - reinterpret_cast<std::uintptr_t>(raw.data()) % 64) % 64;
+  team_->run([&](unsigned t, unsigned members) {
+    const auto [i0, i1] = ComputeTeam::static_range(n, t, members);
+    for (std::size_t i = i0; i < i1; ++i)
+      quant::quantize_activations(dtype, x + i * cols, cols, act + i * stride);
+  });
+  const std::size_t rb = row_bytes(dtype, cols);
+  constexpr std::size_t kChunk = 8;  // activation rows per pass over the thread's weight rows
+  team_->run([&](unsigned t, unsigned members) {
+    const auto [r0, r1] = ComputeTeam::static_range(rows, t, members);
+    float out[kChunk];
+    for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
+      const std::size_t m = std::min(kChunk, n - c0);
+      for (std::size_t r = r0; r < r1; ++r) {
+        quant::int_dot(dtype, w + r * rb, act + c0 * stride, stride, m, cols, out);
+        for (std::size_t i = 0; i < m; ++i) y[(c0 + i) * rows + r] = out[i];
+      }
     }
   });
 }

@@ -1,5 +1,8 @@
 #include "model/quant_blocks.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 namespace xlshare::quant {
 namespace {
 
@@ -183,6 +186,91 @@ void dequantize_block(DType type, const std::byte* src, float* y) noexcept {
     default:
       return;
   }
+}
+
+namespace {
+
+std::uint8_t clamp_round(float v, int lo, int hi) noexcept {
+  const long r = std::lround(v);
+  return static_cast<std::uint8_t>(std::clamp<long>(r, lo, hi));
+}
+
+}  // namespace
+
+void quantize_q4_k(const float* x, std::byte* out) noexcept {
+  float scale[8], min[8];  // per sub-block: x ~ scale * q - min, q in 0..15, min >= 0
+  for (int j = 0; j < 8; ++j) {
+    float lo = 0.0f, hi = 0.0f;
+    for (int l = 0; l < 32; ++l) {
+      lo = std::min(lo, x[32 * j + l]);
+      hi = std::max(hi, x[32 * j + l]);
+    }
+    scale[j] = (hi - lo) / 15.0f;
+    min[j] = -lo;
+  }
+  const float max_scale = *std::max_element(scale, scale + 8);
+  const float max_min = *std::max_element(min, min + 8);
+  BlockQ4_K b{};
+  b.d = f32_to_f16(max_scale / 63.0f);
+  b.dmin = f32_to_f16(max_min / 63.0f);
+  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+  std::uint8_t sc[8], mn[8];
+  for (int j = 0; j < 8; ++j) {
+    sc[j] = d > 0 ? clamp_round(scale[j] / d, 0, 63) : 0;
+    mn[j] = dmin > 0 ? clamp_round(min[j] / dmin, 0, 63) : 0;
+  }
+  for (int k = 0; k < 4; ++k) {  // the inverse of scale_min_k4
+    b.scales[k] = static_cast<std::uint8_t>((sc[k] & 63) | ((sc[k + 4] >> 4) << 6));
+    b.scales[k + 4] = static_cast<std::uint8_t>((mn[k] & 63) | ((mn[k + 4] >> 4) << 6));
+    b.scales[k + 8] = static_cast<std::uint8_t>((sc[k + 4] & 0xF) | ((mn[k + 4] & 0xF) << 4));
+  }
+  for (int c = 0; c < 4; ++c) {  // 64 values per 32 bytes: low nibbles, then high
+    for (int h = 0; h < 2; ++h) {
+      const int j = 2 * c + h;
+      const float step = d * sc[j], offset = dmin * mn[j];
+      for (int l = 0; l < 32; ++l) {
+        const std::uint8_t q =
+            step > 0 ? clamp_round((x[32 * j + l] + offset) / step, 0, 15) : std::uint8_t{0};
+        b.qs[32 * c + l] = static_cast<std::uint8_t>(b.qs[32 * c + l] | (q << (4 * h)));
+      }
+    }
+  }
+  std::memcpy(out, &b, sizeof b);
+}
+
+void quantize_q6_k(const float* x, std::byte* out) noexcept {
+  float scale[16];  // per 16 values: x ~ scale * q, q in -32..31
+  float max_abs_scale = 0.0f;
+  for (int g = 0; g < 16; ++g) {
+    float amax = 0.0f;
+    for (int l = 0; l < 16; ++l) amax = std::max(amax, std::fabs(x[16 * g + l]));
+    scale[g] = amax / 31.0f;
+    max_abs_scale = std::max(max_abs_scale, scale[g]);
+  }
+  BlockQ6_K b{};
+  b.d = f32_to_f16(max_abs_scale / 127.0f);
+  const float d = f16_to_f32(b.d);
+  std::uint8_t q[256];
+  for (int g = 0; g < 16; ++g) {
+    b.scales[g] = d > 0 ? static_cast<std::int8_t>(clamp_round(scale[g] / d, 0, 127)) : 0;
+    const float step = d * b.scales[g];
+    for (int l = 0; l < 16; ++l) {
+      const int v = step > 0 ? static_cast<int>(std::lround(x[16 * g + l] / step)) : 0;
+      q[16 * g + l] = static_cast<std::uint8_t>(std::clamp(v, -32, 31) + 32);
+    }
+  }
+  for (int h = 0; h < 2; ++h) {  // the inverse of dq_q6_k's layout
+    const std::uint8_t* v = q + 128 * h;
+    for (int l = 0; l < 32; ++l) {
+      b.ql[64 * h + l] = static_cast<std::uint8_t>((v[l] & 0xF) | ((v[l + 64] & 0xF) << 4));
+      b.ql[64 * h + l + 32] =
+          static_cast<std::uint8_t>((v[l + 32] & 0xF) | ((v[l + 96] & 0xF) << 4));
+      b.qh[32 * h + l] =
+          static_cast<std::uint8_t>((v[l] >> 4) | ((v[l + 32] >> 4) << 2) |
+                                    ((v[l + 64] >> 4) << 4) | ((v[l + 96] >> 4) << 6));
+    }
+  }
+  std::memcpy(out, &b, sizeof b);
 }
 
 }  // namespace xlshare::quant

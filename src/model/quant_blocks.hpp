@@ -103,4 +103,11 @@ inline void q3_k_scales(const std::uint8_t* packed, std::int8_t* out) noexcept {
 /// dtype_block_elements(type) floats at `y`.
 void dequantize_block(DType type, const std::byte* src, float* y) noexcept;
 
+/// Quantizes 256 floats into one Q4_K block: per 32 values a scale and minimum from their
+/// range, both as 6-bit multiples of the block's F16 d and dmin (a direct rounding, not
+/// ggml's iterative search: valid blocks of the same size, slightly less accurate).
+void quantize_q4_k(const float* x, std::byte* out) noexcept;
+/// Quantizes 256 floats into one Q6_K block: per 16 values an int8 multiple of d.
+void quantize_q6_k(const float* x, std::byte* out) noexcept;
+
 }  // namespace xlshare::quant

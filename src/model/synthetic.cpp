@@ -52,6 +52,26 @@ bool is_matrix(const TensorSpec& s) { return s.shape.size() == 2; }
 
 DType stored_dtype(const TensorSpec& s, DType dtype) { return is_matrix(s) ? dtype : DType::kF32; }
 
+// GGUF's number for each type the writer can write (ggml.h's ggml_type).
+std::uint32_t ggml_type_id(DType t) {
+  switch (t) {
+    case DType::kF32:
+      return 0;
+    case DType::kF16:
+      return 1;
+    case DType::kQ8_0:
+      return 8;
+    case DType::kQ4_K:
+      return 12;
+    case DType::kQ6_K:
+      return 14;
+    case DType::kBF16:
+      return 30;
+    default:
+      return 0;  // refused by write_gguf before
+  }
+}
+
 std::vector<std::byte> encode(const std::vector<float>& v, DType dtype) {
   std::vector<std::byte> out(row_bytes(dtype, v.size()));
   from_f32(dtype, v.data(), out.data(), v.size());
@@ -92,10 +112,35 @@ SyntheticModel round_weights(const SyntheticModel& model, DType dtype) {
   return out;
 }
 
+DType q4_k_m_dtype(const TensorSpec& spec, const LlamaConfig& c) {
+  if (!is_matrix(spec)) return DType::kF32;
+  if (spec.name == "output.weight") return DType::kQ6_K;
+  const bool v = spec.name.ends_with(".attn_v.weight");
+  const bool down = spec.name.ends_with(".ffn_down.weight");
+  if ((v || down) && spec.name.starts_with("blk.")) {
+    const long i = std::strtol(spec.name.c_str() + 4, nullptr, 10);
+    const long n = c.n_layers;
+    // llama.cpp's use_more_bits: the first and last eighth of the layers, every third between.
+    if (i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2) return DType::kQ6_K;
+  }
+  return DType::kQ4_K;
+}
+
 void write_gguf(const SyntheticModel& m, const fs::path& file, DType dtype) {
-  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 &&
-      dtype != DType::kQ8_0) {
-    throw ConfigError(fmt::format("GGUF writer: dtype {} is not supported", to_string(dtype)));
+  write_gguf(m, file, [&](const TensorSpec& s) { return stored_dtype(s, dtype); });
+}
+
+void write_gguf(const SyntheticModel& m, const fs::path& file,
+                const std::function<DType(const TensorSpec&)>& dtype_of) {
+  for (const auto& s : m.specs) {
+    const DType dtype = dtype_of(s);
+    if (dtype == DType::kI32 || dtype == DType::kU8 || !can_convert_from_f32(dtype)) {
+      throw ConfigError(fmt::format("GGUF writer: dtype {} is not supported", to_string(dtype)));
+    }
+    if (s.shape[0] % dtype_block_elements(dtype) != 0) {
+      throw ConfigError(fmt::format("GGUF writer: tensor '{}': rows of {} are not whole {} blocks",
+                                    s.name, s.shape[0], to_string(dtype)));
+    }
   }
   std::ofstream out(file, std::ios::binary | std::ios::trunc);
   if (!out) throw BackendError(fmt::format("{}: cannot create", file.string()));
@@ -143,16 +188,12 @@ void write_gguf(const SyntheticModel& m, const fs::path& file, DType dtype) {
   std::vector<std::vector<std::byte>> blobs;
   for (std::size_t i = 0; i < m.specs.size(); ++i) {
     const auto& s = m.specs[i];
-    const DType t = stored_dtype(s, dtype);
+    const DType t = dtype_of(s);
     blobs.push_back(encode(m.data[i], t));
     str(s.name);
     u32(static_cast<std::uint32_t>(s.shape.size()));
     for (auto d : s.shape) u64(d);
-    const std::uint32_t ggml = t == DType::kF32    ? 0
-                               : t == DType::kF16  ? 1
-                               : t == DType::kQ8_0 ? 8
-                                                   : 30;
-    u32(ggml);
+    u32(ggml_type_id(t));
     u64(offset);
     offset += (blobs.back().size() + 31) / 32 * 32;
   }

@@ -312,6 +312,23 @@ TEST_F(ModelFiles, StoredDtypesComputeExactlyTheirRoundedWeights) {
     EXPECT_LT(test::relative_error(test::run_file(path, tokens, /*one_at_a_time=*/true), got), 1e-5)
         << to_string(c.dtype) << ": decode differs from prefill";
   }
+  // The K-family writers (blocks of 256 values: a wider model).
+  const auto wide = make_synthetic_llama(test::small_config(256, 1, 4, 2, 512, 256), 14);
+  const auto wide_f32 = test::reference_forward(wide, tokens);
+  for (const Case c : {Case{DType::kQ6_K, 5e-2}, Case{DType::kQ4_K, 2e-1}}) {
+    const auto path = dir_.path() / fmt::format("w-{}.gguf", to_string(c.dtype));
+    write_gguf(wide, path, c.dtype);
+    const auto got = test::run_file(path, tokens);
+    EXPECT_LT(
+        test::relative_error(got, test::reference_forward(round_weights(wide, c.dtype), tokens)),
+        1e-5)
+        << to_string(c.dtype);
+    const double err = test::relative_error(got, wide_f32);
+    EXPECT_LT(err, c.loose) << to_string(c.dtype);
+    EXPECT_GT(err, 1e-7) << to_string(c.dtype) << " did not round at all";
+    EXPECT_LT(test::relative_error(test::run_file(path, tokens, /*one_at_a_time=*/true), got), 1e-5)
+        << to_string(c.dtype) << ": decode differs from prefill";
+  }
   write_safetensors(m, dir_.path() / "hf-bf16", DType::kBF16);
   EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf-bf16", tokens),
                                  test::reference_forward(round_weights(m, DType::kBF16), tokens)),

@@ -72,7 +72,7 @@ inline std::vector<float> run_in_memory(const SyntheticModel& m,
 // Loads a model file into a fresh shm pool and runs it from the pool's mapping.
 inline std::vector<float> run_file(const std::filesystem::path& path,
                                    const std::vector<std::int32_t>& tokens,
-                                   bool one_at_a_time = false) {
+                                   bool one_at_a_time = false, ExecutorOptions options = {}) {
   const ModelFile file = open_model_file(path);
   const std::string uri = "shm://" + unique_name("model");
   BackendGuard guard(uri);
@@ -83,7 +83,7 @@ inline std::vector<float> run_file(const std::filesystem::path& path,
   auto view = load_model_into_pool(file, *pool, "m");
   const LlamaModel model = LlamaModel::from_pool(*view);
   SpanWeights weights = pool_weights(*pool, *view);
-  Executor ex(model, weights);
+  Executor ex(model, weights, options);
   KvCache kv(model.config(), 256);
   std::vector<float> all, logits;
   if (one_at_a_time) {

@@ -3,9 +3,12 @@
 // through the prefill kernels (12 tokens at once) and the decode kernels (one at a time).
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
+#include <random>
 
 #include "model/model_support.hpp"
+#include "model/quant_dot.hpp"
 #include "xlshare/model/dtype_convert.hpp"
 
 namespace xlshare {
@@ -66,6 +69,67 @@ TEST(QuantOracle, GreedyTokensAgreeWithLlamaCppNative) {
     const auto got = test::run_file(kDir / ("oracle-quant-" + q + ".gguf"), kTokens);
     EXPECT_EQ(greedy(got), greedy(native)) << q;
     EXPECT_LT(test::relative_error(got, native), 3e-2) << q;
+  }
+}
+
+TEST(QuantizedActivations, StayWithinLlamaCppsOwnRun) {
+  // The integer mode computes as llama.cpp does (8-bit activations), so its reference is
+  // llama.cpp's native run: within 2e-2, greedy tokens (nearly) the same.
+  ExecutorOptions eo;
+  eo.quantized_activations = true;
+  for (const std::string q : {"q8_0", "q6_k", "q4_k_m"}) {
+    const auto native = read_floats(kDir / ("logits_llamacpp_" + q + ".bin"));
+    const auto file = kDir / ("oracle-quant-" + q + ".gguf");
+    const auto got = test::run_file(file, kTokens, false, eo);
+    EXPECT_LT(test::relative_error(got, native), 2e-2) << q;
+    const auto ours = greedy(got), theirs = greedy(native);
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < ours.size(); ++i) same += ours[i] == theirs[i];
+    // Q4_K_M's logits are close at the top: one position of 12 picks the runner-up.
+    EXPECT_GE(same, q == "q4_k_m" ? 11u : 12u) << q;
+    // Decode (one token at a time) takes the same integer products.
+    EXPECT_LT(test::relative_error(test::run_file(file, kTokens, true, eo), got), 1e-5) << q;
+    // And it is a different computation from the exact mode, not the same one.
+    EXPECT_GT(test::relative_error(got, test::run_file(file, kTokens)), 1e-3) << q;
+  }
+}
+
+TEST(QuantizedActivations, VectorProductsEqualThePortableOnes) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::normal_distribution<float> normal;
+  constexpr std::size_t kCols = 512, kRows = 11;  // 11 rows: a chunk of 8 and a rest of 3
+  for (DType t : {DType::kQ8_0, DType::kQ4_K, DType::kQ6_K}) {
+    std::vector<std::byte> w(row_bytes(t, kCols));
+    for (auto& b : w) b = static_cast<std::byte>(byte(rng));
+    // Sane F16 scales where each block keeps them (random bytes could be inf or NaN).
+    const std::size_t bb = dtype_block_bytes(t);
+    const std::uint16_t d = f32_to_f16(0.01f), dmin = f32_to_f16(0.002f);
+    for (std::size_t off = 0; off < w.size(); off += bb) {
+      if (t == DType::kQ8_0) std::memcpy(&w[off], &d, 2);
+      if (t == DType::kQ4_K) {
+        std::memcpy(&w[off], &d, 2);
+        std::memcpy(&w[off + 2], &dmin, 2);
+      }
+      if (t == DType::kQ6_K) std::memcpy(&w[off + 208], &d, 2);
+    }
+    std::vector<float> x(kRows * kCols);
+    for (auto& v : x) v = normal(rng);
+    const std::size_t stride = quant::act_row_bytes(t, kCols);
+    std::vector<std::byte> raw(kRows * stride + 64);
+    std::byte* act = raw.data() + (64 - reinterpret_cast<std::uintptr_t>(raw.data()) % 64) % 64;
+    for (std::size_t i = 0; i < kRows; ++i)
+      quant::quantize_activations(t, x.data() + i * kCols, kCols, act + i * stride);
+    std::vector<float> fast(kRows), portable(kRows), exact(kRows, 0.0f), wf(kCols);
+    quant::int_dot(t, w.data(), act, stride, kRows, kCols, fast.data());
+    quant::int_dot_portable(t, w.data(), act, stride, kRows, kCols, portable.data());
+    to_f32(t, w.data(), wf.data(), kCols);
+    for (std::size_t i = 0; i < kRows; ++i)
+      for (std::size_t k = 0; k < kCols; ++k) exact[i] += wf[k] * x[i * kCols + k];
+    EXPECT_LT(test::relative_error(fast, portable), 1e-5)
+        << to_string(t) << " " << quant::int_dot_isa();
+    // The 8-bit activations cost about 1% of the exact product.
+    EXPECT_LT(test::relative_error(portable, exact), 3e-2) << to_string(t);
   }
 }
 

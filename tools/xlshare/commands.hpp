@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <istream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,8 +31,9 @@ void run_worker(const EngineConfig& config, const std::string& model, const std:
 std::uint64_t parse_bytes(const std::string& text);
 /// "1,2,3" -> token ids. @throws ConfigError.
 std::vector<std::int32_t> parse_tokens(const std::string& text);
-/// "f32", "f16", "bf16", "q8_0". @throws ConfigError.
-DType parse_dtype_arg(const std::string& text);
+/// synth's --dtype: "f32", "f16", "bf16", "q8_0", "q4_k", "q6_k", or "q4_k_m" (llama.cpp's
+/// mix of Q4_K and Q6_K: nullopt). @throws ConfigError.
+std::optional<DType> parse_dtype_arg(const std::string& text);
 
 /// Option checks (integer_in, real_in: option_checks.hpp, shared with the demo).
 /// A size option as parse_bytes reads it, in lo..hi bytes.

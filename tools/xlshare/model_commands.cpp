@@ -89,10 +89,14 @@ std::vector<std::int32_t> parse_tokens(const std::string& text) {
   return out;
 }
 
-DType parse_dtype_arg(const std::string& s) {
+// synth's --dtype: one type for every matrix, or "q4_k_m" (llama.cpp's mix, nullopt).
+std::optional<DType> parse_dtype_arg(const std::string& s) {
+  if (s == "q4_k_m") return std::nullopt;
   auto d = parse_dtype(s);
-  if (!d || (*d != DType::kF32 && *d != DType::kF16 && *d != DType::kBF16 && *d != DType::kQ8_0)) {
-    throw ConfigError(fmt::format("dtype '{}' is not one of f32, f16, bf16, q8_0", s));
+  if (!d || (*d != DType::kF32 && *d != DType::kF16 && *d != DType::kBF16 && *d != DType::kQ8_0 &&
+             *d != DType::kQ4_K && *d != DType::kQ6_K)) {
+    throw ConfigError(
+        fmt::format("dtype '{}' is not one of f32, f16, bf16, q8_0, q4_k, q6_k, q4_k_m", s));
   }
   return *d;
 }
@@ -286,7 +290,9 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--context", a->context, "context length")
         ->capture_default_str()
         ->check(integer_in(1, 1u << 20));
-    cmd->add_option("--dtype", a->dtype, "matrices as f32, f16, bf16 or q8_0 (GGUF only)")
+    cmd->add_option("--dtype", a->dtype,
+                    "matrices as f32, f16, bf16, or (GGUF only) q8_0, q4_k, q6_k or q4_k_m "
+                    "(llama.cpp's mix)")
         ->capture_default_str();
     cmd->add_option("--seed", a->seed, "random seed")
         ->capture_default_str()
@@ -305,7 +311,7 @@ void add_model_commands(CLI::App& app) {
         throw ConfigError(
             fmt::format("--kv-heads {} does not divide --heads {}", a->kv_heads, a->heads));
       }
-      const DType dtype = parse_dtype_arg(a->dtype);
+      const std::optional<DType> dtype = parse_dtype_arg(a->dtype);
       LlamaConfig c;  // as create_sample_transformer_model makes it, with --context honoured
       c.dim = a->dim;
       c.n_layers = a->layers;
@@ -318,9 +324,15 @@ void add_model_commands(CLI::App& app) {
       const auto m = make_synthetic_llama(c, a->seed);
       const std::filesystem::path out = a->out;
       if (out.extension() == ".gguf") {
-        write_gguf(m, out, dtype);
+        if (dtype) {
+          write_gguf(m, out, *dtype);
+        } else {
+          write_gguf(m, out, [&](const TensorSpec& s) { return q4_k_m_dtype(s, c); });
+        }
       } else {
-        write_safetensors(m, out, dtype, a->shards);
+        if (!dtype || dtype_is_quantized(*dtype))
+          throw ConfigError(fmt::format("--dtype {} is for GGUF files only", a->dtype));
+        write_safetensors(m, out, *dtype, a->shards);
       }
       fmt::print("wrote {} ({} layers, dim {}, {})\n", out.string(), a->layers, a->dim, a->dtype);
     });
@@ -393,6 +405,7 @@ void add_model_commands(CLI::App& app) {
     struct Args {
       std::string model, tokens, out, pool;
       unsigned threads = 1;
+      bool quantized_activations = false;
     };
     auto a = std::make_shared<Args>();
     CLI::App* cmd = app.add_subcommand("eval", "write the float32 logits of every position");
@@ -407,12 +420,17 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--threads", a->threads, "compute threads")
         ->capture_default_str()
         ->check(integer_in(1, kMaxThreads));
+    cmd->add_flag("--quantized-activations", a->quantized_activations,
+                  "Q8_0/Q4_K/Q6_K products against 8-bit activations, as llama.cpp computes "
+                  "them (faster; not exactly the dequantized model)");
     cmd->callback([a] {
       const auto tokens = parse_tokens(a->tokens);
       std::vector<float> logits;
       std::uint32_t vocab = 0;
       auto run = [&](const LlamaModel& model, WeightProvider& weights) {
-        Executor ex(model, weights, ExecutorOptions{a->threads});
+        ExecutorOptions eo{a->threads};
+        eo.quantized_activations = a->quantized_activations;
+        Executor ex(model, weights, eo);
         KvCache kv(model.config(), static_cast<std::uint32_t>(tokens.size()));
         ex.forward(tokens, kv, logits, true);
         vocab = model.config().vocab;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,9 +31,19 @@ SyntheticModel make_synthetic_llama(const LlamaConfig& config, std::uint64_t see
 /// an F32 computation on it is exactly what a `dtype` file computes.
 SyntheticModel round_weights(const SyntheticModel& model, DType dtype);
 
-/// Writes a GGUF v3 file; matrices as `dtype` (F32, F16, BF16 or Q8_0), norms F32.
-/// @throws ConfigError for an unsupported dtype, BackendError when writing fails.
+/// Writes a GGUF v3 file; matrices as `dtype` (F32, F16, BF16, Q8_0, Q4_K or Q6_K), norms
+/// F32. @throws ConfigError for an unsupported dtype, BackendError when writing fails.
 void write_gguf(const SyntheticModel& model, const std::filesystem::path& file, DType dtype);
+
+/// Writes a GGUF v3 file with each tensor as `dtype_of(spec)` says (e.g. q4_k_m_dtype).
+/// @throws ConfigError for an unsupported dtype or a row that is not whole blocks.
+void write_gguf(const SyntheticModel& model, const std::filesystem::path& file,
+                const std::function<DType(const TensorSpec&)>& dtype_of);
+
+/// llama.cpp's Q4_K_M mix: Q6_K for output.weight and for attn_v and ffn_down in the
+/// first and last eighth of the layers and every third between, Q4_K for the other
+/// matrices, F32 for the norms.
+DType q4_k_m_dtype(const TensorSpec& spec, const LlamaConfig& config);
 
 /// Writes a Hugging Face directory: config.json and model.safetensors (or `shards` files
 /// with model.safetensors.index.json), Hugging Face names and q/k layout; matrices as

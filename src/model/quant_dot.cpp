@@ -1,0 +1,349 @@
+#include "model/quant_dot.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "model/quant_blocks.hpp"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace xlshare::quant {
+namespace {
+
+// Q4_K's nibbles hold sub-blocks in this order (32 bytes of low nibbles, then of high).
+constexpr int kQ4KOrder[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+// Symmetric 8-bit quantization of n values: d = max|x| / 127.
+float quantize_i8(const float* x, int n, std::int8_t* q) noexcept {
+  float amax = 0.0f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int i = 0; i < n; ++i) q[i] = static_cast<std::int8_t>(std::lround(x[i] * id));
+  return d;
+}
+
+void quantize_q8k(DType weights, const float* x, ActQ8K& a) noexcept {
+  std::int8_t q[256];
+  a.d = quantize_i8(x, 256, q);
+  std::fill(std::begin(a.bsums), std::end(a.bsums), 0);
+  if (weights == DType::kQ4_K) {
+    for (int s = 0; s < 8; ++s) {
+      const int j = kQ4KOrder[s];
+      std::memcpy(a.qs + 32 * s, q + 32 * j, 32);
+      for (int l = 0; l < 32; ++l) a.bsums[j] += q[32 * j + l];
+    }
+  } else {
+    std::memcpy(a.qs, q, 256);
+    for (int i = 0; i < 256; ++i) a.bsums[i / 16] += q[i];
+  }
+}
+
+// --- products ------------------------------------------------------------------------------
+// Each takes one weight row and n <= kMaxRows activation rows (act + i * stride bytes) and
+// writes the n dot products: a weight block is unpacked once for all n rows.
+
+constexpr std::size_t kMaxRows = 8;
+
+template <typename Act>
+const Act* act_row(const std::byte* act, std::size_t stride, std::size_t i) noexcept {
+  return reinterpret_cast<const Act*>(act + i * stride);
+}
+
+void dot_q8_0_scalar(const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n,
+                     std::size_t blocks, float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    const ActQ8_0* a = act_row<ActQ8_0>(act, stride, i);
+    float sum = 0.0f;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const auto blk = load<BlockQ8_0>(w + b * sizeof(BlockQ8_0));
+      std::int32_t s = 0;
+      for (int l = 0; l < 32; ++l) s += blk.qs[l] * a[b].qs[l];
+      sum += f16_to_f32(blk.d) * a[b].d * static_cast<float>(s);
+    }
+    out[i] = sum;
+  }
+}
+
+void dot_q4_k_scalar(const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n,
+                     std::size_t blocks, float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    const ActQ8K* a = act_row<ActQ8K>(act, stride, i);
+    float sum = 0.0f;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const auto blk = load<BlockQ4_K>(w + b * sizeof(BlockQ4_K));
+      std::int32_t isum = 0, msum = 0;
+      for (int s = 0; s < 8; ++s) {
+        const int j = kQ4KOrder[s];  // sub-block j: chunk j / 2, nibble j % 2
+        std::uint8_t sc, m;
+        scale_min_k4(j, blk.scales, sc, m);
+        std::int32_t dot = 0;
+        for (int l = 0; l < 32; ++l)
+          dot += ((blk.qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0xF) * a[b].qs[32 * s + l];
+        isum += sc * dot;
+        msum += m * a[b].bsums[j];
+      }
+      sum += a[b].d * (f16_to_f32(blk.d) * static_cast<float>(isum) -
+                       f16_to_f32(blk.dmin) * static_cast<float>(msum));
+    }
+    out[i] = sum;
+  }
+}
+
+void dot_q6_k_scalar(const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n,
+                     std::size_t blocks, float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    const ActQ8K* a = act_row<ActQ8K>(act, stride, i);
+    float sum = 0.0f;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const auto blk = load<BlockQ6_K>(w + b * sizeof(BlockQ6_K));
+      std::int32_t isum = 0;
+      for (int h = 0; h < 2; ++h) {
+        const std::uint8_t* ql = blk.ql + 64 * h;
+        const std::uint8_t* qh = blk.qh + 32 * h;
+        for (int l = 0; l < 128; ++l) {
+          const int quarter = l / 32, k = l % 32;
+          const int lo = quarter % 2 == 0 ? ql[k] : ql[k + 32];
+          const int nib = quarter < 2 ? lo & 0xF : lo >> 4;
+          const int q = nib | (((qh[k] >> (2 * quarter)) & 3) << 4);  // 0..63
+          const int v = 128 * h + l;
+          isum += blk.scales[v / 16] * (q - 32) * a[b].qs[v];
+        }
+      }
+      sum += a[b].d * f16_to_f32(blk.d) * static_cast<float>(isum);
+    }
+    out[i] = sum;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define XLSHARE_VNNI \
+  __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
+
+XLSHARE_VNNI float hsum256(__m256 v) noexcept {
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+
+XLSHARE_VNNI void dot_q8_0_vnni(const std::byte* w, const std::byte* act, std::size_t stride,
+                                std::size_t n, std::size_t blocks, float* out) noexcept {
+  __m256 acc[kMaxRows];
+  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm256_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(BlockQ8_0);
+    const float dw = _cvtsh_ss(load<std::uint16_t>(p));
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+    const __m256i aq = _mm256_abs_epi8(q);
+    for (std::size_t i = 0; i < n; ++i) {
+      const ActQ8_0& a = act_row<ActQ8_0>(act, stride, i)[b];
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+      // dpbusd multiplies unsigned by signed bytes: |w| times x with w's sign.
+      const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aq, _mm256_sign_epi8(x, q));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * a.d), acc[i]);
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = hsum256(acc[i]);
+}
+
+XLSHARE_VNNI void dot_q4_k_vnni(const std::byte* w, const std::byte* act, std::size_t stride,
+                                std::size_t n, std::size_t blocks, float* out) noexcept {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  // 8 lanes per sub-block, two sub-blocks per product (order 0,2 | 1,3 | 4,6 | 5,7): each
+  // lane's sub-block scale.
+  const __m512i pick[4] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+                           _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+                           _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
+                           _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
+  __m512 acc[kMaxRows];
+  float mins[kMaxRows] = {};
+  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(BlockQ4_K);
+    const auto blk_scales = load<std::array<std::uint8_t, 12>>(p + 4);
+    alignas(64) std::int32_t sc32[16] = {};
+    std::int32_t m8[8];
+    for (int j = 0; j < 8; ++j) {
+      std::uint8_t sc, m;
+      scale_min_k4(j, blk_scales.data(), sc, m);
+      sc32[j] = sc;
+      m8[j] = m;
+    }
+    const __m512i scales = _mm512_load_si512(sc32);
+    const __m512i s[4] = {
+        _mm512_permutexvar_epi32(pick[0], scales), _mm512_permutexvar_epi32(pick[1], scales),
+        _mm512_permutexvar_epi32(pick[2], scales), _mm512_permutexvar_epi32(pick[3], scales)};
+    const __m512i v0 = _mm512_loadu_si512(p + 16);
+    const __m512i v1 = _mm512_loadu_si512(p + 16 + 64);
+    const __m512i q[4] = {
+        _mm512_and_si512(v0, low4), _mm512_and_si512(_mm512_srli_epi16(v0, 4), low4),
+        _mm512_and_si512(v1, low4), _mm512_and_si512(_mm512_srli_epi16(v1, 4), low4)};
+    const float dw = _cvtsh_ss(load<std::uint16_t>(p));
+    const float mw = _cvtsh_ss(load<std::uint16_t>(p + 2));
+    for (std::size_t i = 0; i < n; ++i) {
+      const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
+      __m512i isum = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        const __m512i dot =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[k], _mm512_load_si512(a.qs + 64 * k));
+        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s[k]));
+      }
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(dw * a.d), acc[i]);
+      std::int32_t msum = 0;
+      for (int j = 0; j < 8; ++j) msum += m8[j] * a.bsums[j];
+      mins[i] += mw * a.d * static_cast<float>(msum);
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - mins[i];
+}
+
+XLSHARE_VNNI void dot_q6_k_vnni(const std::byte* w, const std::byte* act, std::size_t stride,
+                                std::size_t n, std::size_t blocks, float* out) noexcept {
+  const __m512i low4 = _mm512_set1_epi8(0x0F), two_bits = _mm512_set1_epi8(0x03);
+  // Each 64 values are 4 groups of 16 (4 lanes each): each lane's group scale.
+  const __m512i pick[4] = {
+      _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+      _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4),
+      _mm512_set_epi32(11, 11, 11, 11, 10, 10, 10, 10, 9, 9, 9, 9, 8, 8, 8, 8),
+      _mm512_set_epi32(15, 15, 15, 15, 14, 14, 14, 14, 13, 13, 13, 13, 12, 12, 12, 12)};
+  // qh's bit pairs: values 0..31 | 32..63 of a half at shifts 0 | 2, 64..95 | 96..127 at 4 | 6.
+  constexpr long long k2 = 0x0002000200020002, k4 = 0x0004000400040004, k6 = 0x0006000600060006;
+  const __m512i shift_a = _mm512_set_epi64(k2, k2, k2, k2, 0, 0, 0, 0);
+  const __m512i shift_b = _mm512_set_epi64(k6, k6, k6, k6, k4, k4, k4, k4);
+  __m512 acc[kMaxRows];
+  float offsets[kMaxRows] = {};
+  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(BlockQ6_K);
+    const auto sc8 = load<std::array<std::int8_t, 16>>(p + 192);
+    const __m512i scales =
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc8.data())));
+    __m512i q[4], s[4];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(p + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h)));
+      const __m512i ha =
+          _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_a), two_bits), 4);
+      const __m512i hb =
+          _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_b), two_bits), 4);
+      q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, low4), ha);
+      q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4), hb);
+      s[2 * h] = _mm512_permutexvar_epi32(pick[2 * h], scales);
+      s[2 * h + 1] = _mm512_permutexvar_epi32(pick[2 * h + 1], scales);
+    }
+    const float dw = _cvtsh_ss(load<std::uint16_t>(p + 208));
+    for (std::size_t i = 0; i < n; ++i) {
+      const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
+      __m512i isum = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        const __m512i dot =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[k], _mm512_load_si512(a.qs + 64 * k));
+        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s[k]));
+      }
+      const float d = dw * a.d;
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d), acc[i]);
+      std::int32_t offset = 0;  // the values are stored plus 32: take 32 * scale * x away
+      for (int g = 0; g < 16; ++g) offset += sc8[static_cast<std::size_t>(g)] * a.bsums[g];
+      offsets[i] += 32.0f * d * static_cast<float>(offset);
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - offsets[i];
+}
+
+bool cpu_has_vnni() noexcept {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c");
+}
+#else
+bool cpu_has_vnni() noexcept { return false; }
+#endif
+
+using Kernel = void (*)(const std::byte*, const std::byte*, std::size_t, std::size_t, std::size_t,
+                        float*) noexcept;
+struct Kernels {
+  Kernel q8_0, q4_k, q6_k;
+  const char* isa;
+};
+
+const Kernels& kernels() noexcept {
+  static const Kernels k = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!std::getenv("XLSHARE_NO_VNNI") && cpu_has_vnni())
+      return Kernels{dot_q8_0_vnni, dot_q4_k_vnni, dot_q6_k_vnni, "avx512-vnni"};
+#endif
+    return Kernels{dot_q8_0_scalar, dot_q4_k_scalar, dot_q6_k_scalar, "scalar"};
+  }();
+  return k;
+}
+
+}  // namespace
+
+bool has_int_dot(DType weights) noexcept {
+  return weights == DType::kQ8_0 || weights == DType::kQ4_K || weights == DType::kQ6_K;
+}
+
+std::size_t act_row_bytes(DType weights, std::size_t cols) noexcept {
+  if (weights == DType::kQ8_0) return cols / 32 * sizeof(ActQ8_0);
+  return cols / 256 * sizeof(ActQ8K);
+}
+
+void quantize_activations(DType weights, const float* x, std::size_t cols,
+                          std::byte* out) noexcept {
+  if (weights == DType::kQ8_0) {
+    auto* a = reinterpret_cast<ActQ8_0*>(out);
+    for (std::size_t b = 0; b < cols / 32; ++b) a[b].d = quantize_i8(x + 32 * b, 32, a[b].qs);
+    return;
+  }
+  auto* a = reinterpret_cast<ActQ8K*>(out);
+  for (std::size_t b = 0; b < cols / 256; ++b) quantize_q8k(weights, x + 256 * b, a[b]);
+}
+
+namespace {
+
+void run_kernels(const Kernels& k, DType weights, const std::byte* w, const std::byte* act,
+                 std::size_t act_stride, std::size_t n, std::size_t cols, float* out) noexcept {
+  for (std::size_t i0 = 0; i0 < n; i0 += kMaxRows) {
+    const std::size_t rows = std::min(kMaxRows, n - i0);
+    const std::byte* a = act + i0 * act_stride;
+    switch (weights) {
+      case DType::kQ8_0:
+        k.q8_0(w, a, act_stride, rows, cols / 32, out + i0);
+        break;
+      case DType::kQ4_K:
+        k.q4_k(w, a, act_stride, rows, cols / 256, out + i0);
+        break;
+      case DType::kQ6_K:
+        k.q6_k(w, a, act_stride, rows, cols / 256, out + i0);
+        break;
+      default:
+        std::fill_n(out + i0, rows, 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
+void int_dot(DType weights, const std::byte* w, const std::byte* act, std::size_t act_stride,
+             std::size_t n, std::size_t cols, float* out) noexcept {
+  run_kernels(kernels(), weights, w, act, act_stride, n, cols, out);
+}
+
+void int_dot_portable(DType weights, const std::byte* w, const std::byte* act,
+                      std::size_t act_stride, std::size_t n, std::size_t cols,
+                      float* out) noexcept {
+  static const Kernels portable{dot_q8_0_scalar, dot_q4_k_scalar, dot_q6_k_scalar, "scalar"};
+  run_kernels(portable, weights, w, act, act_stride, n, cols, out);
+}
+
+const char* int_dot_isa() noexcept { return kernels().isa; }
+
+}  // namespace xlshare::quant

@@ -1,0 +1,57 @@
+// The quantized-activation mode (ExecutorOptions::quantized_activations): the decode
+// products of Q8_0, Q4_K and Q6_K weights as integer dot products against activations
+// quantized to 8 bits, as llama.cpp computes them (its Q8_0 and Q8_K activation blocks),
+// instead of converting every weight to float. Faster, and no longer exactly the
+// dequantized model: its reference is llama.cpp's own run of the file (within 2e-2).
+//
+// Each product has a portable scalar version and an AVX-512 VNNI one, chosen once at run
+// time from what the CPU reports (so a binary built for any x86-64 uses VNNI where it is).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "xlshare/dtype.hpp"
+
+namespace xlshare::quant {
+
+/// 256 activations as int8 with one float scale (x ~ d * qs) and sums of the int8 values:
+/// for Q4_K weights per 32 values (bsums[0..7]) with qs in the order of Q4_K's nibbles
+/// (sub-blocks 0,2,1,3,4,6,5,7), for Q6_K per 16 values (bsums[0..15]) in natural order.
+struct ActQ8K {
+  float d;
+  std::int32_t bsums[16];
+  alignas(64) std::int8_t qs[256];
+};
+
+/// 32 activations as int8 with one float scale, for Q8_0 weights.
+struct ActQ8_0 {
+  float d;
+  std::int8_t qs[32];
+};
+
+/// True for the weight types with an integer product (Q8_0, Q4_K, Q6_K).
+bool has_int_dot(DType weights) noexcept;
+
+/// Bytes of activation blocks one row of `cols` values needs for `weights`.
+std::size_t act_row_bytes(DType weights, std::size_t cols) noexcept;
+
+/// Quantizes one row of `cols` activations for products with `weights` into `out`
+/// (act_row_bytes bytes, 64-byte aligned).
+void quantize_activations(DType weights, const float* x, std::size_t cols, std::byte* out) noexcept;
+
+/// The dot products of one weight row (`cols` values stored as `weights`) with `n`
+/// quantized activation rows (row i at act + i * act_stride bytes), into out[0..n).
+void int_dot(DType weights, const std::byte* w, const std::byte* act, std::size_t act_stride,
+             std::size_t n, std::size_t cols, float* out) noexcept;
+
+/// int_dot with the portable code, whatever the CPU: the reference the tests hold the
+/// vector products to.
+void int_dot_portable(DType weights, const std::byte* w, const std::byte* act,
+                      std::size_t act_stride, std::size_t n, std::size_t cols, float* out) noexcept;
+
+/// "avx512-vnni" or "scalar": the products this CPU runs.
+const char* int_dot_isa() noexcept;
+
+}  // namespace xlshare::quant
