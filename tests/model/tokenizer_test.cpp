@@ -9,6 +9,7 @@
 #include <random>
 
 #include "model/model_support.hpp"
+#include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/error.hpp"
 
 namespace xlshare {
@@ -479,6 +480,50 @@ TEST(TokenizerPool, AModelWithoutAVocabularyHasNone) {
   auto pool = Pool::create(create_backend(uri, file.total_bytes() + (16u << 20)));
   const auto view = load_model_into_pool(file, *pool, "m");
   EXPECT_FALSE(pool_tokenizer(*view));
+}
+
+TEST(TokenizerPool, TheEngineTokenizesPromptText) {
+  EngineConfig config;
+  config.pool_uri = "shm://" + test::unique_name("tok-engine");
+  config.cache_bytes = 0;
+  test::BackendGuard guard(config.pool_uri);
+  InferenceEngine engine(config);
+  engine.register_model(kData / "tok-spm.gguf", "spm");
+  const LlamaConfig c = test::small_config(32, 1, 2, 1, 64, 40);
+  test::TempDir dir;
+  write_gguf(make_synthetic_llama(c, 1), dir.path() / "ids.gguf", DType::kF32);
+  engine.register_model(dir.path() / "ids.gguf", "ids");
+  engine.attach_model("spm");
+  ASSERT_NE(engine.tokenizer(), nullptr);
+  InferenceRequest text;
+  text.id = "text";
+  text.prompt_text = "The quick brown fox";
+  text.max_new_tokens = 4;
+  InferenceRequest ids = text;
+  ids.prompt_text.clear();
+  ids.prompt = {1, 450, 4996, 17354, 1701, 29916};
+  const auto a = engine.inference(text), b = engine.inference(ids);
+  EXPECT_EQ(a.output_tokens, b.output_tokens);
+  EXPECT_EQ(engine.batch_inference({text, ids})[0].output_tokens, b.output_tokens);
+  InferenceRequest both = ids;
+  both.prompt_text = "x";
+  EXPECT_THROW(engine.submit(both), ConfigError);
+  // Through the worker protocol's JSON too.
+  nlohmann::json j = text;
+  EXPECT_EQ(j["prompt_text"], "The quick brown fox");
+  InferenceRequest back = j.get<InferenceRequest>();
+  EXPECT_EQ(back.prompt_text, text.prompt_text);
+  EXPECT_TRUE(back.prompt.empty());
+  engine.attach_model("ids");
+  EXPECT_EQ(engine.tokenizer(), nullptr);
+  try {
+    engine.submit(text);
+    ADD_FAILURE() << "text accepted by a model without a tokenizer";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("no tokenizer"), std::string::npos) << e.what();
+  }
+  ids.prompt = {1, 2, 3};  // ids still work
+  EXPECT_EQ(engine.inference(ids).output_tokens.size(), 4u);
 }
 
 }  // namespace
