@@ -677,6 +677,15 @@ TEST_F(CliText, GenerateFromTextInAPool) {
   ASSERT_EQ(r.status, 0) << r.out;
   const std::string text = from_text["text"];
   EXPECT_EQ(r.out.substr(0, text.size() + 1), text + "\n") << r.out;
+  // The worker's JSONL takes text too.
+  const auto requests = dir_.path() / "req.jsonl";
+  std::ofstream(requests) << R"({"id": "t", "prompt_text": "The quick brown fox", )"
+                          << R"("max_new_tokens": 6})"
+                          << "\n";
+  r = run("worker --pool " + uri + " --model spm --cache 0 --requests " + requests.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out.substr(0, r.out.find('\n')))["tokens"],
+            from_text["tokens"]);
   expect_one_line_error(gen + "--prompt x --prompt-tokens 1", "excludes");
   expect_one_line_error(gen, "--prompt");
 }

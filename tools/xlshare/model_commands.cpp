@@ -577,7 +577,8 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option(
         "--requests", a->requests,
-        "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids], "
+        "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids] (or \"prompt_text\": "
+        "\"text\"), "
         "\"max_new_tokens\": N, \"stop_token_ids\": [ids], \"ignore_eos\": B, \"temperature\": T, "
         "\"top_k\": K, \"top_p\": P, \"seed\": S}; each is submitted as it is read");
     cmd->add_option("--out", a->out,
