@@ -462,7 +462,7 @@ class ByteReader {
   void take(void* dst, std::size_t n) {
     if (n > s_.size() - pos_)
       bad(where_, fmt::format("tokenizer: truncated at offset {} ({} bytes)", pos_, s_.size()));
-    std::memcpy(dst, s_.data() + pos_, n);
+    if (n > 0) std::memcpy(dst, s_.data() + pos_, n);  // dst may be an empty vector's null
     pos_ += n;
   }
   bool done() const noexcept { return pos_ == s_.size(); }
@@ -477,7 +477,9 @@ class ByteReader {
 
 std::string serialize_tokenizer(const TokenizerData& d) {
   std::string out(kMagic, sizeof kMagic);
-  auto put = [&](const void* p, std::size_t n) { out.append(static_cast<const char*>(p), n); };
+  auto put = [&](const void* p, std::size_t n) {
+    if (n > 0) out.append(static_cast<const char*>(p), n);
+  };
   auto u32 = [&](std::uint32_t v) { put(&v, 4); };
   auto u64 = [&](std::uint64_t v) { put(&v, 8); };
   auto str = [&](const std::string& s) {

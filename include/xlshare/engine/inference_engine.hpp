@@ -230,6 +230,7 @@ class InferenceEngine {
   std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> cache_trace() const;
   const LlamaModel& model() const;
   /// The attached model's tokenizer (kept in the pool with it), or nullptr when it has none.
+  /// Valid until the next attach_model.
   const Tokenizer* tokenizer() const noexcept { return tokenizer_.get(); }
   const EngineConfig& config() const noexcept { return config_; }
   Pool& pool();

@@ -8,7 +8,8 @@
 //    falls back to its bytes (<0xNN> tokens).
 //  - kBpe ("gpt2"): byte-level BPE. The text is split by the pre-tokenizer (`pre`: "gpt-2"
 //    and its aliases, or "llama-bpe"/"llama3"), each piece's bytes are mapped to printable
-//    code points (GPT-2's bytes_to_unicode) and merged by merge rank.
+//    code points (GPT-2's bytes_to_unicode) and merged by merge rank. An absent `pre` is
+//    taken as "gpt-2" (llama.cpp uses a "default" split of its own there, and warns).
 // Other kinds and pre-tokenizers are not implemented: such a model has no Tokenizer and is
 // driven with token ids, as a model without a vocabulary ("none") is.
 //
