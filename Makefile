@@ -42,8 +42,8 @@ FUZZ_SECONDS ?= 60
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DXLSHARE_BUILD_FUZZERS=ON -DXLSHARE_BUILD_BENCH=OFF -DXLSHARE_BUILD_EXAMPLES=OFF
-	cmake --build build-fuzz -j$(JOBS) --target fuzz_gguf fuzz_safetensors fuzz_pool_attach fuzz_cli
-	for t in fuzz_gguf fuzz_safetensors fuzz_pool_attach fuzz_cli; do \
+	cmake --build build-fuzz -j$(JOBS) --target fuzz_gguf fuzz_safetensors fuzz_pool_attach fuzz_cli fuzz_tokenizer
+	for t in fuzz_gguf fuzz_safetensors fuzz_pool_attach fuzz_cli fuzz_tokenizer; do \
 	  mkdir -p build-fuzz/corpus/$$t && cp -n tests/fuzz/corpus/$$t/* build-fuzz/corpus/$$t/ ; \
 	  (cd build-fuzz && ./bin/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 corpus/$$t) || exit 1; \
 	done

@@ -35,6 +35,7 @@
 #include "xlshare/model/model_file.hpp"
 #include "xlshare/model/model_loader.hpp"
 #include "xlshare/model/synthetic.hpp"
+#include "xlshare/model/tokenizer.hpp"
 #include "xlshare/prefetch/prefetch_policy.hpp"
 #include "xlshare/prefetch/prefetcher.hpp"
 #include "xlshare/prefetch/schedule.hpp"

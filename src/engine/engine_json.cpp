@@ -38,12 +38,14 @@ void to_json(nlohmann::json& j, const InferenceRequest& r) {
        {"return_logits", r.return_logits},
        {"stop_token_ids", r.stop_token_ids},
        {"ignore_eos", r.ignore_eos}};
+  if (!r.prompt_text.empty()) j["prompt_text"] = r.prompt_text;
 }
 
 void from_json(const nlohmann::json& j, InferenceRequest& r) {
   r = InferenceRequest{};
   j.at("id").get_to(r.id);
-  j.at("prompt").get_to(r.prompt);
+  if (j.contains("prompt_text")) j.at("prompt_text").get_to(r.prompt_text);
+  if (r.prompt_text.empty() || j.contains("prompt")) j.at("prompt").get_to(r.prompt);
   j.at("max_new_tokens").get_to(r.max_new_tokens);
   j.at("temperature").get_to(r.sampling.temperature);
   j.at("top_k").get_to(r.sampling.top_k);

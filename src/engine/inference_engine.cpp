@@ -222,6 +222,11 @@ void InferenceEngine::attach_model(const std::string& name) {
   if (!config_.replica_pool_uri.empty()) replica_ = open_reader(config_.replica_pool_uri, false);
   view_ = pool_->model(name);
   model_ = std::make_unique<LlamaModel>(LlamaModel::from_pool(*view_));
+  tokenizer_.reset();
+  if (auto vocabulary = pool_tokenizer(*view_)) {
+    tokenizer_ =
+        std::make_unique<const Tokenizer>(std::move(*vocabulary), fmt::format("model '{}'", name));
+  }
   WorkerOptions wo;
   wo.placement = config_.placement;
   wo.cache_bytes = config_.cache_bytes;
@@ -270,10 +275,26 @@ void InferenceEngine::attach_model(const std::string& name) {
       workers_.size(), to_string(workers_.front()->placement()), config_.cache_bytes);
 }
 
+InferenceRequest InferenceEngine::with_prompt_tokens(InferenceRequest r) const {
+  if (r.prompt_text.empty()) return r;
+  if (!r.prompt.empty()) {
+    throw ConfigError(
+        fmt::format("request '{}': give prompt_text or prompt token ids, not both", r.id));
+  }
+  if (!tokenizer_) {
+    throw ConfigError(
+        fmt::format("request '{}': model '{}' has no tokenizer; give the prompt as token ids", r.id,
+                    view_ ? view_->name() : std::string()));
+  }
+  r.prompt = tokenizer_->encode(r.prompt_text, true);
+  r.prompt_text.clear();
+  return r;
+}
+
 RequestHandle InferenceEngine::submit(InferenceRequest request, RequestCallbacks callbacks) {
   if (!scheduler_) throw ConfigError("engine: no model attached (call attach_model first)");
   std::vector<InferenceRequest> one;
-  one.push_back(std::move(request));
+  one.push_back(with_prompt_tokens(std::move(request)));
   std::vector<RequestCallbacks> cbs;
   cbs.push_back(std::move(callbacks));
   return scheduler_->submit(std::move(one), std::move(cbs)).front();
@@ -288,7 +309,10 @@ std::vector<InferenceResult> InferenceEngine::batch_inference(
   std::vector<InferenceResult> results(requests.size());
   if (requests.empty()) return results;
   if (!scheduler_) throw ConfigError("engine: no model attached (call attach_model first)");
-  const auto handles = scheduler_->submit(requests, {});
+  std::vector<InferenceRequest> tokenized;
+  tokenized.reserve(requests.size());
+  for (const auto& r : requests) tokenized.push_back(with_prompt_tokens(r));
+  const auto handles = scheduler_->submit(std::move(tokenized), {});
   std::exception_ptr first;
   for (std::size_t i = 0; i < handles.size(); ++i) {
     try {

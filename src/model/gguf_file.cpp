@@ -1,5 +1,7 @@
 // Reading a GGUF file: its header, metadata, tensor table and the checks on each.
 #include "model/model_file_detail.hpp"
+#include "xlshare/log.hpp"
+#include "xlshare/model/tokenizer.hpp"
 
 namespace xlshare::model_file_detail {
 namespace {
@@ -108,6 +110,121 @@ std::optional<DType> ggml_type(std::uint32_t t) {
   }
 }
 
+// The tokenizer.ggml.* arrays, read instead of skipped (other arrays are skipped).
+struct TokenizerArrays {
+  std::optional<std::vector<std::string>> tokens, merges;
+  std::optional<std::vector<float>> scores;
+  std::optional<std::vector<std::int32_t>> types;
+  std::uint64_t string_bytes = 0;  // of both string arrays, against kMaxTokenizerBytes
+};
+
+void read_tokenizer_array(HeaderReader& r, const fs::path& path, const std::string& key,
+                          std::uint32_t elem, std::uint64_t n, TokenizerArrays& a) {
+  auto expect = [&](std::initializer_list<std::uint32_t> types, const char* what) {
+    if (std::find(types.begin(), types.end(), elem) == types.end())
+      fail(path, fmt::format("key '{}' is an array of type {}, not of {}", key, elem, what));
+  };
+  const std::uint64_t size = elem == kString ? 8 : scalar_size(elem);
+  if (size == 0) fail(path, fmt::format("array '{}' has unknown element type {}", key, elem));
+  if (n > r.remaining() / size || n > kMaxTokenizerTokens) {
+    fail(path, fmt::format("array '{}' claims {} elements; the file cannot hold them (or more "
+                           "than {})",
+                           key, n, kMaxTokenizerTokens));
+  }
+  if (key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.merges") {
+    expect({kString}, "strings");
+    const std::string what = "a string of " + key;
+    std::vector<std::string> out(n);
+    for (auto& s : out) {
+      s = r.string(what.c_str(), kMaxTokenBytes);
+      a.string_bytes += s.size();
+      if (a.string_bytes > kMaxTokenizerBytes) {
+        fail(path, fmt::format("key '{}': the tokenizer's strings exceed {} bytes", key,
+                               kMaxTokenizerBytes));
+      }
+    }
+    (key == "tokenizer.ggml.tokens" ? a.tokens : a.merges) = std::move(out);
+  } else if (key == "tokenizer.ggml.scores") {
+    expect({kF32}, "f32");
+    std::vector<float> out(n);
+    r.read(out.data(), n * 4, "tokenizer.ggml.scores");
+    a.scores = std::move(out);
+  } else if (key == "tokenizer.ggml.token_type") {
+    expect({kI32, kU32}, "i32");
+    std::vector<std::int32_t> out(n);
+    r.read(out.data(), n * 4, "tokenizer.ggml.token_type");
+    a.types = std::move(out);
+  } else {
+    r.skip(n * size, "an array");  // e.g. tokenizer.ggml.precompiled_charsmap: not used
+  }
+}
+
+// The file's tokenizer, validated against the vocabulary of `vocab` rows: std::nullopt
+// without one ("none", absent) or with a kind xlshare does not implement (logged).
+std::optional<TokenizerData> read_tokenizer(const fs::path& path,
+                                            const std::map<std::string, GgufValue>& kv,
+                                            TokenizerArrays arrays, std::uint32_t vocab) {
+  auto str = [&](const std::string& key) -> std::optional<std::string> {
+    const auto it = kv.find(key);
+    if (it == kv.end()) return std::nullopt;
+    if (const auto* s = std::get_if<std::string>(&it->second)) return *s;
+    fail(path, fmt::format("key '{}' is not a string", key));
+  };
+  const std::string model = str("tokenizer.ggml.model").value_or("none");
+  const std::string pre = str("tokenizer.ggml.pre").value_or("");
+  if (model == "none") return std::nullopt;
+  if (!tokenizer_supported(model, pre)) {
+    logger().warn(
+        "{}: tokenizer '{}' (pre-tokenizer '{}') is not supported; the model takes "
+        "token ids only",
+        path.string(), model, pre);
+    return std::nullopt;
+  }
+  TokenizerData d =
+      TokenizerData::defaults(model == "llama" ? TokenizerKind::kSpm : TokenizerKind::kBpe, pre);
+  if (!arrays.tokens) fail(path, "key 'tokenizer.ggml.tokens' is missing");
+  d.tokens = std::move(*arrays.tokens);
+  if (arrays.scores) d.scores = std::move(*arrays.scores);
+  if (arrays.types) d.types = std::move(*arrays.types);
+  if (arrays.merges) d.merges = std::move(*arrays.merges);
+  if (d.kind == TokenizerKind::kBpe && !arrays.merges)
+    fail(path, "key 'tokenizer.ggml.merges' is missing (a gpt2 tokenizer needs it)");
+  auto id = [&](const char* name, std::int32_t& out) {
+    const std::string key = std::string("tokenizer.ggml.") + name;
+    const auto it = kv.find(key);
+    if (it == kv.end()) return;
+    std::int64_t v = -1;
+    if (const auto* u = std::get_if<std::uint64_t>(&it->second)) {
+      v = *u > static_cast<std::uint64_t>(INT32_MAX) ? INT64_MAX : static_cast<std::int64_t>(*u);
+    } else if (const auto* s = std::get_if<std::int64_t>(&it->second)) {
+      v = *s;
+    } else {
+      fail(path, fmt::format("key '{}' is not an integer", key));
+    }
+    if (v < 0 || v >= static_cast<std::int64_t>(d.tokens.size())) {
+      fail(path, fmt::format("key '{}' = {} is outside the {} tokens", key, v, d.tokens.size()));
+    }
+    out = static_cast<std::int32_t>(v);
+  };
+  id("bos_token_id", d.bos_id);
+  id("eos_token_id", d.eos_id);
+  id("unknown_token_id", d.unk_id);
+  id("padding_token_id", d.pad_id);
+  auto flag = [&](const char* name, bool& out) {
+    const std::string key = std::string("tokenizer.ggml.") + name;
+    const auto it = kv.find(key);
+    if (it == kv.end()) return;
+    const auto* b = std::get_if<bool>(&it->second);
+    if (b == nullptr) fail(path, fmt::format("key '{}' is not a bool", key));
+    out = *b;
+  };
+  flag("add_bos_token", d.add_bos);
+  flag("add_eos_token", d.add_eos);
+  flag("add_space_prefix", d.add_space_prefix);
+  d.validate(vocab, path.string());
+  return d;
+}
+
 }  // namespace
 
 ModelFile open_gguf(const fs::path& path) {
@@ -130,6 +247,7 @@ ModelFile open_gguf(const fs::path& path) {
   }
 
   std::map<std::string, GgufValue> kv;
+  TokenizerArrays arrays;
   for (std::uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.string("a key", 1u << 16);
     const auto type = r.scalar<std::uint32_t>("a value type");
@@ -138,7 +256,9 @@ ModelFile open_gguf(const fs::path& path) {
     } else if (type == kArray) {
       const auto elem = r.scalar<std::uint32_t>("an array type");
       const auto n = r.scalar<std::uint64_t>("an array length");
-      if (elem == kString) {
+      if (key.starts_with("tokenizer.ggml.")) {
+        read_tokenizer_array(r, path, key, elem, n, arrays);
+      } else if (elem == kString) {
         if (n > r.remaining() / 8)
           fail(path,
                fmt::format("array '{}' claims {} strings; the file cannot hold them", key, n));
@@ -273,6 +393,7 @@ ModelFile open_gguf(const fs::path& path) {
   c.validate(path.string());
 
   ModelFile m;
+  m.tokenizer = read_tokenizer(path, kv, std::move(arrays), c.vocab);
   m.path = path;
   m.format = ModelFormat::kGguf;
   m.config = c;

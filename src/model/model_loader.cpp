@@ -1,6 +1,7 @@
 #include "xlshare/model/model_loader.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -32,25 +33,88 @@ std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Poo
     }
   }
   writer.set_metadata(model_metadata(LlamaModel::from_file(file), file.path.string(),
-                                     file.format == ModelFormat::kGguf ? "gguf" : "safetensors"));
+                                     file.format == ModelFormat::kGguf ? "gguf" : "safetensors",
+                                     file.tokenizer ? &*file.tokenizer : nullptr));
   writer.seal();
   return pool.model(name);
 }
 
+namespace {
+
+constexpr char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+std::string base64_encode(std::string_view in) {
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  for (std::size_t i = 0; i < in.size(); i += 3) {
+    std::uint32_t v = static_cast<std::uint8_t>(in[i]) << 16;
+    if (i + 1 < in.size()) v |= static_cast<std::uint8_t>(in[i + 1]) << 8;
+    if (i + 2 < in.size()) v |= static_cast<std::uint8_t>(in[i + 2]);
+    out += kBase64[(v >> 18) & 63];
+    out += kBase64[(v >> 12) & 63];
+    out += i + 1 < in.size() ? kBase64[(v >> 6) & 63] : '=';
+    out += i + 2 < in.size() ? kBase64[v & 63] : '=';
+  }
+  return out;
+}
+
+std::string base64_decode(std::string_view in, const std::string& where) {
+  if (in.size() % 4 != 0)
+    throw FormatError(fmt::format("{}: tokenizer: base64 of {} characters", where, in.size()));
+  std::string out;
+  out.reserve(in.size() / 4 * 3);
+  for (std::size_t i = 0; i < in.size(); i += 4) {
+    std::uint32_t v = 0;
+    int pad = 0;
+    for (std::size_t k = 0; k < 4; ++k) {
+      const char c = in[i + k];
+      const char* p = c == '\0' ? nullptr : std::strchr(kBase64, c);
+      const bool tail = i + 4 == in.size() && k >= 2 && c == '=' && (k == 3 || in[i + 3] == '=');
+      if (p == nullptr && !tail)
+        throw FormatError(fmt::format("{}: tokenizer: not base64 at character {}", where, i + k));
+      pad += tail ? 1 : 0;
+      v = (v << 6) | (tail ? 0u : static_cast<std::uint32_t>(p - kBase64));
+    }
+    out += static_cast<char>((v >> 16) & 255);
+    if (pad < 2) out += static_cast<char>((v >> 8) & 255);
+    if (pad < 1) out += static_cast<char>(v & 255);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<TokenizerData> pool_tokenizer(const ModelView& view) {
+  const std::string where = fmt::format("model '{}'", view.name());
+  std::string encoded;
+  LlamaConfig config;
+  try {
+    const auto j = nlohmann::json::parse(view.metadata());
+    if (!j.contains("tokenizer")) return std::nullopt;  // none, or loaded before they were kept
+    j.at("tokenizer").get_to(encoded);
+    config = LlamaConfig::from_json(j.at("config").dump(), where);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(
+        fmt::format("{}: its metadata holds no usable tokenizer ({})", where, e.what()));
+  }
+  return parse_tokenizer(base64_decode(encoded, where), config.vocab, where);
+}
+
 std::string model_metadata(const LlamaModel& model, std::string_view source,
-                           std::string_view source_format) {
+                           std::string_view source_format, const TokenizerData* tokenizer) {
   nlohmann::json schedule = nlohmann::json::array();
   for (const auto& step : model.schedule().steps()) {
     nlohmann::json names = nlohmann::json::array();
     for (auto k : step.keys) names.push_back(model.tensors()[k].name);
     schedule.push_back({{"step", step.name}, {"tensors", names}});
   }
-  return nlohmann::json{{"format", "xlshare-llama/1"},
-                        {"config", model.config()},
-                        {"schedule", schedule},
-                        {"source", source},
-                        {"source_format", source_format}}
-      .dump();
+  nlohmann::json j{{"format", "xlshare-llama/1"},
+                   {"config", model.config()},
+                   {"schedule", schedule},
+                   {"source", source},
+                   {"source_format", source_format}};
+  if (tokenizer != nullptr) j["tokenizer"] = base64_encode(serialize_tokenizer(*tokenizer));
+  return j.dump();
 }
 
 SpanWeights pool_weights(const Pool& pool, const ModelView& view) {

@@ -4,10 +4,12 @@
 #include <fstream>
 #include <string>
 
+#include "fuzz/tiny_vocab.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/pool.hpp"
 #include "xlshare/model/model_loader.hpp"
 #include "xlshare/model/synthetic.hpp"
+#include "xlshare/model/tokenizer.hpp"
 
 namespace fs = std::filesystem;
 
@@ -66,6 +68,14 @@ int main(int argc, char** argv) {
   put(out / "fuzz_cli" / "size", std::string(1, '\2') + "64M");
   put(out / "fuzz_cli" / "dtype", std::string(1, '\3') + "q8_0");
   put(out / "fuzz_cli" / "uri", std::string(1, '\4') + "numa://0/pool");
+  put(out / "fuzz_tokenizer" / "spm-blob",
+      std::string(1, '\0') + xlshare::serialize_tokenizer(xlshare::fuzz::tiny_spm()));
+  put(out / "fuzz_tokenizer" / "bpe-blob",
+      std::string(1, '\0') + xlshare::serialize_tokenizer(xlshare::fuzz::tiny_bpe()));
+  put(out / "fuzz_tokenizer" / "spm-text",
+      std::string(1, '\1') + "ab a\xC3\xA9 \xF0\x9F\x9A\x80 b\xE2");
+  put(out / "fuzz_tokenizer" / "bpe-text",
+      std::string(1, '\2') + "the thin  theme's 123\n\tcaf\xC3\xA9 \xFF");
   fs::remove_all(tmp);
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -616,6 +617,145 @@ TEST(DemoSignals, SigtermRemovesThePool) {
   EXPECT_TRUE(appeared) << "the demo never made its pool";
   EXPECT_EQ(test::wait_exit(pid), 128 + SIGTERM);
   EXPECT_FALSE(backend_exists(uri)) << "SIGTERM left the demo's pool behind";
+}
+
+}  // namespace
+}  // namespace xlshare
+
+namespace xlshare {
+namespace {
+
+// Text in and out: `tokenize`, `eval --prompt`, `generate --prompt`, on the tokenizer oracle.
+class CliText : public ::testing::Test {
+ protected:
+  static std::string model(const std::string& name) {
+    return XLSHARE_TEST_DATA "/oracle-tokenizer/" + name;
+  }
+  static std::vector<std::pair<std::string, std::vector<std::int32_t>>> oracle(
+      const std::string& name) {
+    std::ifstream in(model(name));
+    std::vector<std::pair<std::string, std::vector<std::int32_t>>> out;
+    for (const auto& c : nlohmann::json::parse(in)) out.emplace_back(c.at("text"), c.at("tokens"));
+    return out;
+  }
+  // Exit status 1 and one line "xlshare: error: ..." holding `word`.
+  static void expect_one_line_error(const std::string& args, const std::string& word) {
+    const auto r = run(args);
+    EXPECT_EQ(r.status, 1) << args << ": " << r.out;
+    EXPECT_EQ(r.out.rfind("xlshare: error: ", 0), 0u) << args << ": " << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << args << ": " << r.out;
+    EXPECT_NE(r.out.find(word), std::string::npos) << args << ": " << r.out;
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(CliText, TokenizeReproducesLlamaCppForEveryOracleText) {
+  for (const std::string name : {"tok-spm", "tok-gpt2"}) {
+    int i = 0;
+    for (const auto& [text, tokens] : oracle(name + ".tokens.json")) {
+      const auto file = dir_.path() / fmt::format("{}-{}.txt", name, i++);
+      std::ofstream(file, std::ios::binary) << text;
+      auto r =
+          run("tokenize --model " + model(name + ".gguf") + " --file " + file.string() + " --json");
+      ASSERT_EQ(r.status, 0) << r.out;
+      const auto j = nlohmann::json::parse(r.out);
+      EXPECT_EQ(j["tokens"].get<std::vector<std::int32_t>>(), tokens) << name << ": " << text;
+      EXPECT_EQ(j["count"], tokens.size());
+    }
+  }
+  auto r = run("tokenize --model " + model("tok-spm.gguf") + " --text 'Hello world'");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, "1,15043,3186\n");
+  r = run("tokenize --model " + model("tok-spm.gguf") + " --text 'Hello world' --no-special");
+  EXPECT_EQ(r.out, "15043,3186\n");
+}
+
+TEST_F(CliText, EvalFromTextMatchesLlamaCppsLogits) {
+  const auto out = dir_.path() / "logits.bin";
+  auto r =
+      run("eval --model " + model("tok-spm.gguf") +
+          " --prompt 'The quick brown fox jumps over the lazy dog.' --logits-out " + out.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto got = read_floats(out), want = read_floats(model("tok-spm.text.logits.bin"));
+  ASSERT_EQ(got.size(), want.size());  // 13 positions: the text's ids, BOS included
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+  }
+  EXPECT_LT(diff / scale, 1e-3);
+}
+
+TEST_F(CliText, GenerateFromTextInAPool) {
+  const std::string uri = "shm://" + test::unique_name("cli-text");
+  test::BackendGuard guard(uri);
+  auto r = run("load " + model("tok-spm.gguf") + " --pool " + uri + " --name spm");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::string gen = "generate --pool " + uri + " --model spm --cache 0 -n 6 ";
+  r = run(gen + "--prompt 'The quick brown fox' --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto from_text = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(from_text.contains("text"));
+  // The same as the ids llama.cpp gives the text.
+  r = run(gen + "--prompt-tokens 1,450,4996,17354,1701,29916 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto from_ids = nlohmann::json::parse(r.out);
+  EXPECT_EQ(from_ids["tokens"], from_text["tokens"]);
+  EXPECT_EQ(from_ids["text"], from_text["text"]);
+  // Streamed: the text on stdout (then the figures on stderr).
+  r = run(gen + "--prompt 'The quick brown fox'");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::string text = from_text["text"];
+  EXPECT_EQ(r.out.substr(0, text.size() + 1), text + "\n") << r.out;
+  // The worker's JSONL takes text too.
+  const auto requests = dir_.path() / "req.jsonl";
+  std::ofstream(requests) << R"({"id": "t", "prompt_text": "The quick brown fox", )"
+                          << R"("max_new_tokens": 6})"
+                          << "\n";
+  r = run("worker --pool " + uri + " --model spm --cache 0 --requests " + requests.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out.substr(0, r.out.find('\n')))["tokens"],
+            from_text["tokens"]);
+  expect_one_line_error(gen + "--prompt x --prompt-tokens 1", "excludes");
+  expect_one_line_error(gen, "--prompt");
+}
+
+TEST_F(CliText, AModelWithoutATokenizerIsAClearError) {
+  const auto tiny = dir_.path() / "tiny.gguf";
+  auto r = run("synth --dim 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64 --vocab 40 --out " +
+               tiny.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  expect_one_line_error("tokenize --model " + tiny.string() + " --text hi", "no tokenizer");
+  expect_one_line_error(
+      "eval --model " + tiny.string() + " --prompt hi --logits-out " + (dir_.path() / "l").string(),
+      "no tokenizer");
+  const std::string uri = "shm://" + test::unique_name("cli-notok");
+  test::BackendGuard guard(uri);
+  r = run("load " + tiny.string() + " --pool " + uri);
+  ASSERT_EQ(r.status, 0) << r.out;
+  expect_one_line_error("generate --pool " + uri + " --model tiny --prompt hi -n 2",
+                        "no tokenizer");
+  expect_one_line_error("tokenize --pool " + uri + " --model tiny --text hi", "no tokenizer");
+  // Token ids still work.
+  r = run("generate --pool " + uri + " --model tiny --prompt-tokens 1,2 -n 2 --cache 0");
+  EXPECT_EQ(r.status, 0) << r.out;
+  expect_one_line_error("tokenize --model " + model("tok-spm.gguf"), "--text");
+  expect_one_line_error("tokenize --model /nonexistent.gguf --text hi", "no such file");
+  expect_one_line_error("tokenize --model " + model("tok-spm.gguf") + " --file /nonexistent",
+                        "cannot read");
+  // A file with a hostile vocabulary: the GGUF reader's error, one line.
+  std::string bytes;
+  {
+    std::ifstream in(model("tok-spm.gguf"), std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string key = "tokenizer.ggml.bos_token_id";
+  const std::size_t at = bytes.find(key) + key.size() + 4;  // after the value's type (u32)
+  const std::uint32_t outside = 99999;
+  std::memcpy(bytes.data() + at, &outside, 4);
+  const auto hostile = dir_.path() / "hostile.gguf";
+  std::ofstream(hostile, std::ios::binary) << bytes;
+  expect_one_line_error("tokenize --model " + hostile.string() + " --text hi", "tokenizer.ggml");
 }
 
 }  // namespace

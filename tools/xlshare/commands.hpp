@@ -16,7 +16,7 @@ namespace xlshare::cli {
 
 /// `xlshare pool create|info|rm|reclaim`.
 void add_pool_commands(CLI::App& app);
-/// `xlshare load|synth|generate|eval|worker|stats`.
+/// `xlshare load|synth|tokenize|generate|eval|worker|stats`.
 void add_model_commands(CLI::App& app);
 
 /// `xlshare worker`: serves the JSONL requests of `requests` ("-": stdin) with an engine of

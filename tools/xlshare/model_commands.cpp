@@ -1,11 +1,15 @@
-// xlshare load | synth | generate | eval | worker | stats
+// xlshare load | synth | tokenize | generate | eval | worker | stats
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
+#include <optional>
+#include <span>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -17,6 +21,7 @@
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/model/model_file.hpp"
 #include "xlshare/model/synthetic.hpp"
+#include "xlshare/model/tokenizer.hpp"
 
 namespace xlshare::cli {
 
@@ -221,9 +226,77 @@ std::string default_name(const std::filesystem::path& p) {
   return out.substr(0, 63);
 }
 
+// The tokenizer of a model file, or of model `model` in `pool` when a pool is given.
+// @throws ConfigError for a model without one.
+Tokenizer open_tokenizer(const std::string& model, const std::string& pool) {
+  std::optional<TokenizerData> data;
+  std::string where = model;
+  if (!pool.empty()) {
+    auto p = Pool::attach(open_backend(pool));
+    data = pool_tokenizer(*p->model(model));
+    where = fmt::format("model '{}' in {}", model, pool);
+  } else {
+    data = open_model_file(model).tokenizer;
+  }
+  if (!data) {
+    throw ConfigError(
+        fmt::format("{} has no tokenizer xlshare can use (tokenizer.ggml.model "
+                    "absent, 'none' or not supported); give token ids",
+                    where));
+  }
+  return Tokenizer(std::move(*data), where);
+}
+
+// The text of --text, or of --file ("-": stdin).
+std::string read_text(const std::string& file) {
+  std::ostringstream text;
+  if (file == "-") {
+    text << std::cin.rdbuf();
+    return text.str();
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw ConfigError(fmt::format("{}: cannot read", file));
+  text << in.rdbuf();
+  if (in.bad()) throw BackendError(fmt::format("{}: read failed", file));
+  return text.str();
+}
+
+std::string join_ids(std::span<const std::int32_t> ids) {
+  std::string out;
+  for (auto t : ids) out += fmt::format("{}{}", out.empty() ? "" : ",", t);
+  return out;
+}
+
 }  // namespace
 
 void add_model_commands(CLI::App& app) {
+  // tokenize
+  {
+    struct Args {
+      std::string model, pool, text, file;
+      bool json = false, no_special = false;
+    };
+    auto a = std::make_shared<Args>();
+    CLI::App* cmd = app.add_subcommand("tokenize", "print the token ids of a text");
+    cmd->add_option("--model", a->model, "GGUF file, or a model name in --pool")->required();
+    cmd->add_option("--pool", a->pool, "read the model's tokenizer from this pool");
+    auto* text = cmd->add_option("--text", a->text, "the text");
+    auto* file = cmd->add_option("--file", a->file, "read the text from this file (-: stdin)");
+    text->excludes(file);
+    cmd->add_flag("--no-special", a->no_special, "leave out the BOS/EOS the model adds");
+    cmd->add_flag("--json", a->json, "print {\"tokens\": [ids], \"count\": n}");
+    cmd->callback([a, text, file] {
+      if (text->count() == 0 && file->count() == 0) throw ConfigError("give --text or --file");
+      const Tokenizer tokenizer = open_tokenizer(a->model, a->pool);
+      const auto ids =
+          tokenizer.encode(file->count() ? read_text(a->file) : a->text, !a->no_special);
+      if (a->json) {
+        fmt::print("{}\n", nlohmann::json{{"tokens", ids}, {"count", ids.size()}}.dump());
+      } else {
+        fmt::print("{}\n", join_ids(ids));
+      }
+    });
+  }
   // load
   {
     struct Args {
@@ -341,7 +414,7 @@ void add_model_commands(CLI::App& app) {
   {
     struct Args {
       EngineArgs engine;
-      std::string model, prompt;
+      std::string model, prompt, text;
       std::size_t n = 32;
       float temperature = 0.0f, top_p = 1.0f;
       std::uint32_t top_k = 0;
@@ -352,8 +425,13 @@ void add_model_commands(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("generate", "generate tokens from a model in a pool");
     a->engine.add(cmd, true);
     cmd->add_option("--model", a->model, "model name in the pool")->required();
-    cmd->add_option("--prompt-tokens", a->prompt, "comma-separated token ids, e.g. 1,2,3")
-        ->required();
+    auto* ids =
+        cmd->add_option("--prompt-tokens", a->prompt, "comma-separated token ids, e.g. 1,2,3");
+    auto* text = cmd->add_option(
+        "--prompt", a->text,
+        "the prompt as text (the model's tokenizer makes the ids); the text generated is "
+        "printed as it comes");
+    ids->excludes(text);
     cmd->add_option("-n", a->n, "tokens to generate")
         ->capture_default_str()
         ->check(integer_in(0, kMaxNewTokens));
@@ -371,27 +449,62 @@ void add_model_commands(CLI::App& app) {
         ->capture_default_str()
         ->check(integer_in(0, UINT64_MAX));
     cmd->add_flag("--json", a->json, "print JSON");
-    cmd->callback([a] {
+    cmd->callback([a, ids, text] {
+      if (ids->count() == 0 && text->count() == 0)
+        throw ConfigError("give --prompt TEXT or --prompt-tokens IDS");
+      const bool as_text = text->count() > 0;
+      if (as_text && a->text.empty()) throw ConfigError("--prompt is empty");
       InferenceEngine engine(a->engine.config());
       engine.attach_model(a->model);
+      const Tokenizer* tokenizer = engine.tokenizer();
+      if (as_text && tokenizer == nullptr) {
+        throw ConfigError(fmt::format("model '{}' in {} has no tokenizer; give --prompt-tokens",
+                                      a->model, a->engine.pool));
+      }
       InferenceRequest r;
       r.id = "cli";
-      r.prompt = parse_tokens(a->prompt);
+      if (as_text) {
+        r.prompt_text = a->text;  // the engine tokenizes it
+      } else {
+        r.prompt = parse_tokens(a->prompt);
+      }
       r.max_new_tokens = a->n;
       r.sampling = {a->temperature, a->top_k, a->top_p, a->seed};
-      const auto res = engine.inference(r);
+      // Text is printed as each token comes (on the scheduler's thread; wait() orders the
+      // rest after it), whole characters only.
+      std::optional<TokenStreamDecoder> stream;
+      RequestCallbacks callbacks;
+      if (as_text && !a->json) {
+        stream.emplace(*tokenizer);
+        callbacks.on_token = [&stream](const TokenEvent& e) {
+          if (e.token < 0) return;
+          const std::string piece = stream->push(e.token);
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
+          std::fflush(stdout);
+        };
+      }
+      const auto res = engine.submit(r, std::move(callbacks)).wait();
       if (a->json) {
-        fmt::print("{}\n", nlohmann::json{{"tokens", res.output_tokens},
-                                          {"latency_ms", res.latency_ms},
-                                          {"ready_rate", res.ready_rate},
-                                          {"reuse_rate", res.reuse_rate},
-                                          {"stall_ms", res.stall_ms},
-                                          {"link_bytes", res.link_bytes}}
-                               .dump());
+        nlohmann::json j{{"tokens", res.output_tokens},  {"latency_ms", res.latency_ms},
+                         {"ready_rate", res.ready_rate}, {"reuse_rate", res.reuse_rate},
+                         {"stall_ms", res.stall_ms},     {"link_bytes", res.link_bytes}};
+        if (tokenizer != nullptr) {
+          // Bytes JSON cannot carry as text (a character cut off by -n) become U+FFFD.
+          TokenStreamDecoder whole(*tokenizer);
+          std::string generated;
+          for (const auto t : res.output_tokens) generated += whole.push(t);
+          generated += whole.finish();
+          j["text"] = generated;
+        }
+        fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
       } else {
-        std::string toks;
-        for (auto t : res.output_tokens) toks += fmt::format("{}{}", toks.empty() ? "" : ",", t);
-        fmt::print("{}\n", toks);
+        if (stream) {
+          const std::string rest = stream->finish();
+          fmt::print("{}\n", rest);
+          std::fflush(stdout);  // the text before the figures on stderr
+        } else {
+          fmt::print("{}\n", join_ids(res.output_tokens));
+        }
         fmt::print(
             stderr,
             "latency {:.1f} ms, ready {:.2f}, reuse {:.2f}, stall {:.1f} ms, link {:.1f} MiB\n",
@@ -403,7 +516,7 @@ void add_model_commands(CLI::App& app) {
   // eval
   {
     struct Args {
-      std::string model, tokens, out, pool;
+      std::string model, tokens, text, out, pool;
       unsigned threads = 1;
       bool quantized_activations = false;
     };
@@ -412,7 +525,10 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--model", a->model,
                     "GGUF file, Hugging Face directory, or a model name in --pool")
         ->required();
-    cmd->add_option("--tokens", a->tokens, "comma-separated token ids")->required();
+    auto* ids = cmd->add_option("--tokens", a->tokens, "comma-separated token ids");
+    auto* text = cmd->add_option("--prompt", a->text,
+                                 "the input as text (the model's tokenizer makes the ids)");
+    ids->excludes(text);
     cmd->add_option("--logits-out", a->out,
                     "output: n_tokens x n_vocab float32, little-endian, row-major")
         ->required();
@@ -423,8 +539,12 @@ void add_model_commands(CLI::App& app) {
     cmd->add_flag("--quantized-activations", a->quantized_activations,
                   "Q8_0/Q4_K/Q6_K products against 8-bit activations, as llama.cpp computes "
                   "them (faster; not exactly the dequantized model)");
-    cmd->callback([a] {
-      const auto tokens = parse_tokens(a->tokens);
+    cmd->callback([a, ids, text] {
+      if (ids->count() == 0 && text->count() == 0)
+        throw ConfigError("give --tokens IDS or --prompt TEXT");
+      const auto tokens = text->count() ? open_tokenizer(a->model, a->pool).encode(a->text, true)
+                                        : parse_tokens(a->tokens);
+      if (tokens.empty()) throw ConfigError("--prompt gives no tokens");
       std::vector<float> logits;
       std::uint32_t vocab = 0;
       auto run = [&](const LlamaModel& model, WeightProvider& weights) {
@@ -475,7 +595,8 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--model", a->model, "model name in the pool")->required();
     cmd->add_option(
         "--requests", a->requests,
-        "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids], "
+        "JSONL, - for stdin (the default): {\"id\": ..., \"prompt\": [ids] (or \"prompt_text\": "
+        "\"text\"), "
         "\"max_new_tokens\": N, \"stop_token_ids\": [ids], \"ignore_eos\": B, \"temperature\": T, "
         "\"top_k\": K, \"top_p\": P, \"seed\": S}; each is submitted as it is read");
     cmd->add_option("--out", a->out,

@@ -36,21 +36,33 @@ RequestLine parse_request_line(const std::string& text, std::size_t number) {
     }
     InferenceRequest& r = l.request;
     if (j.contains("id")) r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
-    if (!j.contains("prompt") || !j["prompt"].is_array() || j["prompt"].empty()) {
-      l.error = "\"prompt\" must be a non-empty array of token ids";
+    if (j.contains("prompt_text")) {  // tokenized by the engine at submit
+      if (!j["prompt_text"].is_string() || j["prompt_text"].get<std::string>().empty()) {
+        l.error = "\"prompt_text\" must be a non-empty string";
+        return;
+      }
+      if (j.contains("prompt")) {
+        l.error = "give \"prompt\" or \"prompt_text\", not both";
+        return;
+      }
+      r.prompt_text = j["prompt_text"].get<std::string>();
+    } else if (!j.contains("prompt") || !j["prompt"].is_array() || j["prompt"].empty()) {
+      l.error = "\"prompt\" must be a non-empty array of token ids (or \"prompt_text\" a string)";
       return;
     }
-    if (j["prompt"].size() > (1u << 20)) {
+    if (r.prompt_text.empty() && j["prompt"].size() > (1u << 20)) {
       l.error = "\"prompt\" is too long";
       return;
     }
-    for (const auto& t : j["prompt"]) {
-      if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
-          t.get<std::int64_t>() > INT32_MAX) {
-        l.error = "a prompt token is not a token id";
-        return;
+    if (r.prompt_text.empty()) {
+      for (const auto& t : j["prompt"]) {
+        if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
+            t.get<std::int64_t>() > INT32_MAX) {
+          l.error = "a prompt token is not a token id";
+          return;
+        }
+        r.prompt.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
       }
-      r.prompt.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
     }
     if (j.contains("max_new_tokens")) {
       if (!j["max_new_tokens"].is_number_unsigned() ||

@@ -36,6 +36,7 @@
 #include "xlshare/model/executor.hpp"
 #include "xlshare/model/model_loader.hpp"
 #include "xlshare/model/synthetic.hpp"
+#include "xlshare/model/tokenizer.hpp"
 
 namespace xlshare {
 
@@ -201,8 +202,10 @@ class InferenceEngine {
   /// first served, while its KV fits the worker's budget), runs it in one forward pass per
   /// step with every other sequence it holds, and calls `callbacks.on_token` with each
   /// token as it comes. Wait for the result or cancel it through the handle.
+  /// A request with prompt_text is tokenized here first.
   /// @throws ConfigError at once for a request that could never run (empty prompt, longer
-  /// than the context, a token outside the vocabulary, more KV than a worker's budget).
+  /// than the context, a token outside the vocabulary, more KV than a worker's budget, text
+  /// for a model without a tokenizer, both text and ids).
   RequestHandle submit(InferenceRequest request, RequestCallbacks callbacks = {});
   /// Same as handle.cancel().
   void cancel(const RequestHandle& handle) { handle.cancel(); }
@@ -226,10 +229,15 @@ class InferenceEngine {
   /// Worker 0's cache trace (see Worker::cache_trace).
   std::pair<std::vector<TensorKey>, std::vector<std::uint64_t>> cache_trace() const;
   const LlamaModel& model() const;
+  /// The attached model's tokenizer (kept in the pool with it), or nullptr when it has none.
+  /// Valid until the next attach_model.
+  const Tokenizer* tokenizer() const noexcept { return tokenizer_.get(); }
   const EngineConfig& config() const noexcept { return config_; }
   Pool& pool();
 
  private:
+  /// Turns a request's prompt_text into its prompt. @throws ConfigError.
+  InferenceRequest with_prompt_tokens(InferenceRequest request) const;
   std::unique_ptr<Pool> open_reader(const std::string& uri, bool primary) const;
   std::unique_ptr<MemoryBackend> open_pool_backend(const std::string& uri) const;
   /// The pool register_model writes to: the existing one, or a new one of size_if_new()
@@ -245,6 +253,7 @@ class InferenceEngine {
   std::unique_ptr<Pool> pool_, replica_;
   std::shared_ptr<const ModelView> view_;
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<const Tokenizer> tokenizer_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<Scheduler> scheduler_;  // one thread per worker; stopped before them
   double attach_ms_ = 0;

@@ -26,6 +26,10 @@ namespace xlshare {
 struct InferenceRequest {
   std::string id;
   std::vector<std::int32_t> prompt;
+  /// The prompt as text instead of ids: the engine tokenizes it at submit with the model's
+  /// tokenizer (its BOS/EOS as the vocabulary says). Set this or `prompt`, not both; a model
+  /// without a tokenizer refuses it. Default empty.
+  std::string prompt_text;
   /// Tokens to generate after the prompt (0: only score the prompt).
   std::size_t max_new_tokens = 0;
   SamplingOptions sampling;

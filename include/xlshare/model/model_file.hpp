@@ -11,12 +11,14 @@
 #include <array>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "xlshare/dtype.hpp"
 #include "xlshare/model/llama_config.hpp"
+#include "xlshare/model/tokenizer.hpp"
 
 namespace xlshare {
 
@@ -42,6 +44,10 @@ struct ModelFile {
   ModelFormat format = ModelFormat::kGguf;
   LlamaConfig config;
   std::vector<FileTensor> tensors;  ///< in llama_tensor_specs() order
+  /// The vocabulary of a GGUF file's tokenizer.ggml.* metadata, validated against the
+  /// model's (std::nullopt: none, or a kind xlshare does not implement; safetensors files
+  /// never carry one here).
+  std::optional<TokenizerData> tokenizer;
   std::uint64_t total_bytes() const noexcept;
   const FileTensor* find(const std::string& name) const noexcept;
 };

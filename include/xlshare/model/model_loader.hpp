@@ -4,12 +4,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "xlshare/memory/pool.hpp"
 #include "xlshare/model/executor.hpp"
 #include "xlshare/model/model_file.hpp"
+#include "xlshare/model/tokenizer.hpp"
 
 namespace xlshare {
 
@@ -26,9 +28,17 @@ std::shared_ptr<const ModelView> load_model_into_pool(const ModelFile& file, Poo
                                                       const LoadProgress& progress = {});
 
 /// The metadata a loaded model carries: its config (which LlamaModel::from_pool reads back),
-/// its schedule as steps of tensor names, and where it came from.
+/// its schedule as steps of tensor names, where it came from, and its tokenizer when it has
+/// one ("tokenizer": serialize_tokenizer()'s bytes in base64, since tokens are bytes that
+/// JSON text cannot always hold; the pool checksums the whole blob like its catalog).
 std::string model_metadata(const LlamaModel& model, std::string_view source,
-                           std::string_view source_format);
+                           std::string_view source_format,
+                           const TokenizerData* tokenizer = nullptr);
+
+/// The tokenizer a pool's model carries, validated against its config exactly as the GGUF
+/// reader validates a file's (std::nullopt: it has none).
+/// @throws FormatError naming the model and the problem.
+std::optional<TokenizerData> pool_tokenizer(const ModelView& view);
 
 /// The pool's read-only mapping of each tensor of `view`, in its table order: weights for
 /// an Executor that reads the pool directly (no cache, no link emulation). Every tensor is
