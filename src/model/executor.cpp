@@ -204,17 +204,9 @@ void Executor::int_matmul(const std::byte* w, DType dtype, std::size_t rows, std
       quant::quantize_activations(dtype, x + i * cols, cols, act + i * stride);
   });
   const std::size_t rb = row_bytes(dtype, cols);
-  constexpr std::size_t kChunk = 8;  // activation rows per pass over the thread's weight rows
   team_->run([&](unsigned t, unsigned members) {
     const auto [r0, r1] = ComputeTeam::static_range(rows, t, members);
-    float out[kChunk];
-    for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
-      const std::size_t m = std::min(kChunk, n - c0);
-      for (std::size_t r = r0; r < r1; ++r) {
-        quant::int_dot(dtype, w + r * rb, act + c0 * stride, stride, m, cols, out);
-        for (std::size_t i = 0; i < m; ++i) y[(c0 + i) * rows + r] = out[i];
-      }
-    }
+    if (r0 < r1) quant::int_dot(dtype, w + r0 * rb, r1 - r0, act, stride, n, cols, y + r0, rows);
   });
 }
 
@@ -361,15 +353,23 @@ void Executor::forward_batch(std::span<Segment> segments) {
   weights_.end_step(0);
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // The rotation of every row's position, computed once for all layers and heads.
+  std::vector<float>& rot = sized(buf_.rope, n * hd);
+  for (std::size_t r = 0; r < n; ++r) {
+    const double pos = static_cast<double>(pos_of[r]);
+    for (std::size_t j = 0; j < hd / 2; ++j) {
+      const double theta = pos * inv_freq_[j];
+      rot[r * hd + 2 * j] = static_cast<float>(std::cos(theta));
+      rot[r * hd + 2 * j + 1] = static_cast<float>(std::sin(theta));
+    }
+  }
   auto rope = [&](float* rows, std::size_t heads, std::size_t stride) {
     for (std::size_t r = 0; r < n; ++r) {
-      const double pos = static_cast<double>(pos_of[r]);
+      const float* cs_sn = rot.data() + r * hd;
       for (std::size_t h = 0; h < heads; ++h) {
         float* p = rows + r * stride + h * hd;
         for (std::size_t j = 0; j < hd / 2; ++j) {
-          const double theta = pos * inv_freq_[j];
-          const float cs = static_cast<float>(std::cos(theta)),
-                      sn = static_cast<float>(std::sin(theta));
+          const float cs = cs_sn[2 * j], sn = cs_sn[2 * j + 1];
           const float a = p[2 * j], b = p[2 * j + 1];
           p[2 * j] = a * cs - b * sn;
           p[2 * j + 1] = a * sn + b * cs;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "model/quant_blocks.hpp"
+#include "xlshare/model/dtype_convert.hpp"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -24,7 +25,7 @@ float quantize_i8(const float* x, int n, std::int8_t* q) noexcept {
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
   const float d = amax / 127.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  for (int i = 0; i < n; ++i) q[i] = static_cast<std::int8_t>(std::lround(x[i] * id));
+  for (int i = 0; i < n; ++i) q[i] = static_cast<std::int8_t>(std::nearbyint(x[i] * id));
   return d;
 }
 
@@ -55,8 +56,8 @@ const Act* act_row(const std::byte* act, std::size_t stride, std::size_t i) noex
   return reinterpret_cast<const Act*>(act + i * stride);
 }
 
-void dot_q8_0_scalar(const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n,
-                     std::size_t blocks, float* out) noexcept {
+inline void dot_q8_0_scalar(const std::byte* w, const std::byte* act, std::size_t stride,
+                            std::size_t n, std::size_t blocks, float* out) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
     const ActQ8_0* a = act_row<ActQ8_0>(act, stride, i);
     float sum = 0.0f;
@@ -70,8 +71,8 @@ void dot_q8_0_scalar(const std::byte* w, const std::byte* act, std::size_t strid
   }
 }
 
-void dot_q4_k_scalar(const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n,
-                     std::size_t blocks, float* out) noexcept {
+inline void dot_q4_k_scalar(const std::byte* w, const std::byte* act, std::size_t stride,
+                            std::size_t n, std::size_t blocks, float* out) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
     const ActQ8K* a = act_row<ActQ8K>(act, stride, i);
     float sum = 0.0f;
@@ -95,8 +96,8 @@ void dot_q4_k_scalar(const std::byte* w, const std::byte* act, std::size_t strid
   }
 }
 
-void dot_q6_k_scalar(const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n,
-                     std::size_t blocks, float* out) noexcept {
+inline void dot_q6_k_scalar(const std::byte* w, const std::byte* act, std::size_t stride,
+                            std::size_t n, std::size_t blocks, float* out) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
     const ActQ8K* a = act_row<ActQ8K>(act, stride, i);
     float sum = 0.0f;
@@ -121,6 +122,22 @@ void dot_q6_k_scalar(const std::byte* w, const std::byte* act, std::size_t strid
   }
 }
 
+// Over `rows` weight rows (rb bytes apart): y[i * y_stride + r].
+#define XLSHARE_ROWS(name, kernel, attrs)                                                     \
+  attrs void name(const std::byte* w, std::size_t rb, std::size_t rows, const std::byte* act, \
+                  std::size_t stride, std::size_t n, std::size_t blocks, float* y,            \
+                  std::size_t y_stride) noexcept {                                            \
+    float out[kMaxRows];                                                                      \
+    for (std::size_t r = 0; r < rows; ++r) {                                                  \
+      kernel(w + r * rb, act, stride, n, blocks, out);                                        \
+      for (std::size_t i = 0; i < n; ++i) y[i * y_stride + r] = out[i];                       \
+    }                                                                                         \
+  }
+#define XLSHARE_NO_ATTRS
+XLSHARE_ROWS(rows_q8_0_scalar, dot_q8_0_scalar, XLSHARE_NO_ATTRS)
+XLSHARE_ROWS(rows_q4_k_scalar, dot_q4_k_scalar, XLSHARE_NO_ATTRS)
+XLSHARE_ROWS(rows_q6_k_scalar, dot_q6_k_scalar, XLSHARE_NO_ATTRS)
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define XLSHARE_VNNI \
   __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
@@ -132,8 +149,9 @@ XLSHARE_VNNI float hsum256(__m256 v) noexcept {
   return _mm_cvtss_f32(r);
 }
 
-XLSHARE_VNNI void dot_q8_0_vnni(const std::byte* w, const std::byte* act, std::size_t stride,
-                                std::size_t n, std::size_t blocks, float* out) noexcept {
+XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q8_0_vnni(
+    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
+    float* out) noexcept {
   __m256 acc[kMaxRows];
   for (std::size_t i = 0; i < n; ++i) acc[i] = _mm256_setzero_ps();
   for (std::size_t b = 0; b < blocks; ++b) {
@@ -152,8 +170,9 @@ XLSHARE_VNNI void dot_q8_0_vnni(const std::byte* w, const std::byte* act, std::s
   for (std::size_t i = 0; i < n; ++i) out[i] = hsum256(acc[i]);
 }
 
-XLSHARE_VNNI void dot_q4_k_vnni(const std::byte* w, const std::byte* act, std::size_t stride,
-                                std::size_t n, std::size_t blocks, float* out) noexcept {
+XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
+    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
+    float* out) noexcept {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   // 8 lanes per sub-block, two sub-blocks per product (order 0,2 | 1,3 | 4,6 | 5,7): each
   // lane's sub-block scale.
@@ -162,20 +181,29 @@ XLSHARE_VNNI void dot_q4_k_vnni(const std::byte* w, const std::byte* act, std::s
                            _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
                            _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
   __m512 acc[kMaxRows];
-  float mins[kMaxRows] = {};
-  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
+  __m256 mins[kMaxRows];
+  for (std::size_t i = 0; i < n; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    mins[i] = _mm256_setzero_ps();
+  }
   for (std::size_t b = 0; b < blocks; ++b) {
     const std::byte* p = w + b * sizeof(BlockQ4_K);
-    const auto blk_scales = load<std::array<std::uint8_t, 12>>(p + 4);
-    alignas(64) std::int32_t sc32[16] = {};
-    std::int32_t m8[8];
-    for (int j = 0; j < 8; ++j) {
-      std::uint8_t sc, m;
-      scale_min_k4(j, blk_scales.data(), sc, m);
-      sc32[j] = sc;
-      m8[j] = m;
-    }
-    const __m512i scales = _mm512_load_si512(sc32);
+    // The 8 6-bit scales and 8 6-bit mins (scale_min_k4's layout), unpacked four at a time:
+    // bytes 0..3 hold scales 0..3 (low 6 bits) and the top bits of scales 4..7, bytes 4..7
+    // the mins 0..3 and the top bits of mins 4..7, bytes 8..11 the low nibbles of both.
+    std::uint32_t u[4];
+    std::memcpy(u, p + 4, 12);
+    constexpr std::uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    const std::uint32_t mins_hi = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);
+    const std::uint32_t mins_lo = u[1] & k6;
+    const std::uint32_t scales_hi = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);
+    u[0] &= k6;
+    u[1] = scales_hi;
+    u[2] = mins_lo;
+    u[3] = mins_hi;
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+    const __m512i scales = _mm512_cvtepu8_epi32(packed);  // lanes 0..7 scales, 8..15 mins
+    const __m256i m8 = _mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8));
     const __m512i s[4] = {
         _mm512_permutexvar_epi32(pick[0], scales), _mm512_permutexvar_epi32(pick[1], scales),
         _mm512_permutexvar_epi32(pick[2], scales), _mm512_permutexvar_epi32(pick[3], scales)};
@@ -195,16 +223,17 @@ XLSHARE_VNNI void dot_q4_k_vnni(const std::byte* w, const std::byte* act, std::s
         isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s[k]));
       }
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(dw * a.d), acc[i]);
-      std::int32_t msum = 0;
-      for (int j = 0; j < 8; ++j) msum += m8[j] * a.bsums[j];
-      mins[i] += mw * a.d * static_cast<float>(msum);
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums));
+      mins[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, bsums)),
+                                _mm256_set1_ps(mw * a.d), mins[i]);
     }
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - mins[i];
+  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - hsum256(mins[i]);
 }
 
-XLSHARE_VNNI void dot_q6_k_vnni(const std::byte* w, const std::byte* act, std::size_t stride,
-                                std::size_t n, std::size_t blocks, float* out) noexcept {
+XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
+    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
+    float* out) noexcept {
   const __m512i low4 = _mm512_set1_epi8(0x0F), two_bits = _mm512_set1_epi8(0x03);
   // Each 64 values are 4 groups of 16 (4 lanes each): each lane's group scale.
   const __m512i pick[4] = {
@@ -217,7 +246,6 @@ XLSHARE_VNNI void dot_q6_k_vnni(const std::byte* w, const std::byte* act, std::s
   const __m512i shift_a = _mm512_set_epi64(k2, k2, k2, k2, 0, 0, 0, 0);
   const __m512i shift_b = _mm512_set_epi64(k6, k6, k6, k6, k4, k4, k4, k4);
   __m512 acc[kMaxRows];
-  float offsets[kMaxRows] = {};
   for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
   for (std::size_t b = 0; b < blocks; ++b) {
     const std::byte* p = w + b * sizeof(BlockQ6_K);
@@ -247,15 +275,18 @@ XLSHARE_VNNI void dot_q6_k_vnni(const std::byte* w, const std::byte* act, std::s
             _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[k], _mm512_load_si512(a.qs + 64 * k));
         isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s[k]));
       }
-      const float d = dw * a.d;
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d), acc[i]);
-      std::int32_t offset = 0;  // the values are stored plus 32: take 32 * scale * x away
-      for (int g = 0; g < 16; ++g) offset += sc8[static_cast<std::size_t>(g)] * a.bsums[g];
-      offsets[i] += 32.0f * d * static_cast<float>(offset);
+      // The values are stored plus 32: take 32 * scale * (sum of the group's x) away.
+      const __m512i bsums = _mm512_loadu_si512(a.bsums);
+      isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(_mm512_mullo_epi32(scales, bsums), 5));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(dw * a.d), acc[i]);
     }
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - offsets[i];
+  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
+
+XLSHARE_ROWS(rows_q8_0_vnni, dot_q8_0_vnni, XLSHARE_VNNI)
+XLSHARE_ROWS(rows_q4_k_vnni, dot_q4_k_vnni, XLSHARE_VNNI)
+XLSHARE_ROWS(rows_q6_k_vnni, dot_q6_k_vnni, XLSHARE_VNNI)
 
 bool cpu_has_vnni() noexcept {
   __builtin_cpu_init();
@@ -267,8 +298,8 @@ bool cpu_has_vnni() noexcept {
 bool cpu_has_vnni() noexcept { return false; }
 #endif
 
-using Kernel = void (*)(const std::byte*, const std::byte*, std::size_t, std::size_t, std::size_t,
-                        float*) noexcept;
+using Kernel = void (*)(const std::byte*, std::size_t, std::size_t, const std::byte*, std::size_t,
+                        std::size_t, std::size_t, float*, std::size_t) noexcept;
 struct Kernels {
   Kernel q8_0, q4_k, q6_k;
   const char* isa;
@@ -278,9 +309,9 @@ const Kernels& kernels() noexcept {
   static const Kernels k = [] {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (!std::getenv("XLSHARE_NO_VNNI") && cpu_has_vnni())
-      return Kernels{dot_q8_0_vnni, dot_q4_k_vnni, dot_q6_k_vnni, "avx512-vnni"};
+      return Kernels{rows_q8_0_vnni, rows_q4_k_vnni, rows_q6_k_vnni, "avx512-vnni"};
 #endif
-    return Kernels{dot_q8_0_scalar, dot_q4_k_scalar, dot_q6_k_scalar, "scalar"};
+    return Kernels{rows_q8_0_scalar, rows_q4_k_scalar, rows_q6_k_scalar, "scalar"};
   }();
   return k;
 }
@@ -309,39 +340,35 @@ void quantize_activations(DType weights, const float* x, std::size_t cols,
 
 namespace {
 
-void run_kernels(const Kernels& k, DType weights, const std::byte* w, const std::byte* act,
-                 std::size_t act_stride, std::size_t n, std::size_t cols, float* out) noexcept {
+void run_kernels(const Kernels& k, DType weights, const std::byte* w, std::size_t rows,
+                 const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols,
+                 float* y, std::size_t y_stride) noexcept {
+  const Kernel kernel = weights == DType::kQ8_0   ? k.q8_0
+                        : weights == DType::kQ4_K ? k.q4_k
+                        : weights == DType::kQ6_K ? k.q6_k
+                                                  : nullptr;
+  if (kernel == nullptr) return;
+  const std::size_t rb = row_bytes(weights, cols);
+  const std::size_t blocks = cols / dtype_block_elements(weights);
   for (std::size_t i0 = 0; i0 < n; i0 += kMaxRows) {
-    const std::size_t rows = std::min(kMaxRows, n - i0);
-    const std::byte* a = act + i0 * act_stride;
-    switch (weights) {
-      case DType::kQ8_0:
-        k.q8_0(w, a, act_stride, rows, cols / 32, out + i0);
-        break;
-      case DType::kQ4_K:
-        k.q4_k(w, a, act_stride, rows, cols / 256, out + i0);
-        break;
-      case DType::kQ6_K:
-        k.q6_k(w, a, act_stride, rows, cols / 256, out + i0);
-        break;
-      default:
-        std::fill_n(out + i0, rows, 0.0f);
-    }
+    kernel(w, rb, rows, act + i0 * act_stride, act_stride, std::min(kMaxRows, n - i0), blocks,
+           y + i0 * y_stride, y_stride);
   }
 }
 
 }  // namespace
 
-void int_dot(DType weights, const std::byte* w, const std::byte* act, std::size_t act_stride,
-             std::size_t n, std::size_t cols, float* out) noexcept {
-  run_kernels(kernels(), weights, w, act, act_stride, n, cols, out);
+void int_dot(DType weights, const std::byte* w, std::size_t rows, const std::byte* act,
+             std::size_t act_stride, std::size_t n, std::size_t cols, float* y,
+             std::size_t y_stride) noexcept {
+  run_kernels(kernels(), weights, w, rows, act, act_stride, n, cols, y, y_stride);
 }
 
-void int_dot_portable(DType weights, const std::byte* w, const std::byte* act,
-                      std::size_t act_stride, std::size_t n, std::size_t cols,
-                      float* out) noexcept {
-  static const Kernels portable{dot_q8_0_scalar, dot_q4_k_scalar, dot_q6_k_scalar, "scalar"};
-  run_kernels(portable, weights, w, act, act_stride, n, cols, out);
+void int_dot_portable(DType weights, const std::byte* w, std::size_t rows, const std::byte* act,
+                      std::size_t act_stride, std::size_t n, std::size_t cols, float* y,
+                      std::size_t y_stride) noexcept {
+  static const Kernels portable{rows_q8_0_scalar, rows_q4_k_scalar, rows_q6_k_scalar, "scalar"};
+  run_kernels(portable, weights, w, rows, act, act_stride, n, cols, y, y_stride);
 }
 
 const char* int_dot_isa() noexcept { return kernels().isa; }

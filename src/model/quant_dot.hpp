@@ -41,15 +41,18 @@ std::size_t act_row_bytes(DType weights, std::size_t cols) noexcept;
 /// (act_row_bytes bytes, 64-byte aligned).
 void quantize_activations(DType weights, const float* x, std::size_t cols, std::byte* out) noexcept;
 
-/// The dot products of one weight row (`cols` values stored as `weights`) with `n`
-/// quantized activation rows (row i at act + i * act_stride bytes), into out[0..n).
-void int_dot(DType weights, const std::byte* w, const std::byte* act, std::size_t act_stride,
-             std::size_t n, std::size_t cols, float* out) noexcept;
+/// The products of `rows` weight rows (at w, each `cols` values stored as `weights`,
+/// row_bytes apart) with `n` quantized activation rows (row i at act + i * act_stride):
+/// y[i * y_stride + r].
+void int_dot(DType weights, const std::byte* w, std::size_t rows, const std::byte* act,
+             std::size_t act_stride, std::size_t n, std::size_t cols, float* y,
+             std::size_t y_stride) noexcept;
 
 /// int_dot with the portable code, whatever the CPU: the reference the tests hold the
 /// vector products to.
-void int_dot_portable(DType weights, const std::byte* w, const std::byte* act,
-                      std::size_t act_stride, std::size_t n, std::size_t cols, float* out) noexcept;
+void int_dot_portable(DType weights, const std::byte* w, std::size_t rows, const std::byte* act,
+                      std::size_t act_stride, std::size_t n, std::size_t cols, float* y,
+                      std::size_t y_stride) noexcept;
 
 /// "avx512-vnni" or "scalar": the products this CPU runs.
 const char* int_dot_isa() noexcept;

@@ -87,8 +87,10 @@ TEST(QuantizedActivations, StayWithinLlamaCppsOwnRun) {
     for (std::size_t i = 0; i < ours.size(); ++i) same += ours[i] == theirs[i];
     // Q4_K_M's logits are close at the top: one position of 12 picks the runner-up.
     EXPECT_GE(same, q == "q4_k_m" ? 11u : 12u) << q;
-    // Decode (one token at a time) takes the same integer products.
-    EXPECT_LT(test::relative_error(test::run_file(file, kTokens, true, eo), got), 1e-5) << q;
+    // Decode (one token at a time) takes the same integer products; where its attention
+    // differs from prefill's in the last float bit, an activation can round to the next
+    // 8-bit step, so the two agree to ~2e-3 rather than 1e-6.
+    EXPECT_LT(test::relative_error(test::run_file(file, kTokens, true, eo), got), 5e-3) << q;
     // And it is a different computation from the exact mode, not the same one.
     EXPECT_GT(test::relative_error(got, test::run_file(file, kTokens)), 1e-3) << q;
   }
@@ -121,8 +123,8 @@ TEST(QuantizedActivations, VectorProductsEqualThePortableOnes) {
     for (std::size_t i = 0; i < kRows; ++i)
       quant::quantize_activations(t, x.data() + i * kCols, kCols, act + i * stride);
     std::vector<float> fast(kRows), portable(kRows), exact(kRows, 0.0f), wf(kCols);
-    quant::int_dot(t, w.data(), act, stride, kRows, kCols, fast.data());
-    quant::int_dot_portable(t, w.data(), act, stride, kRows, kCols, portable.data());
+    quant::int_dot(t, w.data(), 1, act, stride, kRows, kCols, fast.data(), 1);
+    quant::int_dot_portable(t, w.data(), 1, act, stride, kRows, kCols, portable.data(), 1);
     to_f32(t, w.data(), wf.data(), kCols);
     for (std::size_t i = 0; i < kRows; ++i)
       for (std::size_t k = 0; k < kCols; ++k) exact[i] += wf[k] * x[i * kCols + k];

@@ -246,6 +246,7 @@ class Executor {
   // allocates nothing per layer or per token. (One forward at a time per Executor.)
   struct Buffers {
     std::vector<float> x, xn, q, k, v, att, tmp, gate, up, picked, out, norm_weight, piece;
+    std::vector<float> rope;     // cos, sin of each row's position, per pair of dimensions
     std::vector<std::byte> act;  // quantized activations (quantized_activations)
   } buf_;
 };
