@@ -158,7 +158,7 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
     });
     return;
   }
-  if (options_.quantized_activations && quant::has_int_dot(dtype)) {
+  if (options_.quantized_activations && quant::has_int_dot(dtype, cols)) {
     int_matmul(w.data(), dtype, rows, cols, x, n, y);
     return;
   }

@@ -59,13 +59,14 @@ const Act* act_row(const std::byte* act, std::size_t stride, std::size_t i) noex
 inline void dot_q8_0_scalar(const std::byte* w, const std::byte* act, std::size_t stride,
                             std::size_t n, std::size_t blocks, float* out) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
-    const ActQ8_0* a = act_row<ActQ8_0>(act, stride, i);
+    const ActQ8_0x2* a = act_row<ActQ8_0x2>(act, stride, i);
     float sum = 0.0f;
     for (std::size_t b = 0; b < blocks; ++b) {
       const auto blk = load<BlockQ8_0>(w + b * sizeof(BlockQ8_0));
+      const ActQ8_0x2& pair = a[b / 2];
       std::int32_t s = 0;
-      for (int l = 0; l < 32; ++l) s += blk.qs[l] * a[b].qs[l];
-      sum += f16_to_f32(blk.d) * a[b].d * static_cast<float>(s);
+      for (int l = 0; l < 32; ++l) s += blk.qs[l] * pair.qs[32 * (b % 2) + l];
+      sum += f16_to_f32(blk.d) * pair.d[8 * (b % 2)] * static_cast<float>(s);
     }
     out[i] = sum;
   }
@@ -152,22 +153,31 @@ XLSHARE_VNNI float hsum256(__m256 v) noexcept {
 XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q8_0_vnni(
     const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
     float* out) noexcept {
-  __m256 acc[kMaxRows];
-  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm256_setzero_ps();
-  for (std::size_t b = 0; b < blocks; ++b) {
+  // Two blocks per product: lanes 0..7 hold the first block's sums, 8..15 the second's.
+  __m512 acc[kMaxRows];
+  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  for (std::size_t b = 0; b < blocks; b += 2) {
     const std::byte* p = w + b * sizeof(BlockQ8_0);
-    const float dw = _cvtsh_ss(load<std::uint16_t>(p));
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
-    const __m256i aq = _mm256_abs_epi8(q);
+    const __m512i q = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + sizeof(BlockQ8_0) + 2)), 1);
+    // dpbusd multiplies unsigned by signed bytes: |w| times x with w's sign.
+    const __m512i aq = _mm512_abs_epi8(q);
+    const __mmask64 negative = _mm512_movepi8_mask(q);
+    const __m512 dw = _mm512_insertf32x8(
+        _mm512_set1_ps(_cvtsh_ss(load<std::uint16_t>(p))),
+        _mm256_set1_ps(_cvtsh_ss(load<std::uint16_t>(p + sizeof(BlockQ8_0)))), 1);
     for (std::size_t i = 0; i < n; ++i) {
-      const ActQ8_0& a = act_row<ActQ8_0>(act, stride, i)[b];
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
-      // dpbusd multiplies unsigned by signed bytes: |w| times x with w's sign.
-      const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aq, _mm256_sign_epi8(x, q));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * a.d), acc[i]);
+      const ActQ8_0x2& a = act_row<ActQ8_0x2>(act, stride, i)[b / 2];
+      const __m512i x = _mm512_load_si512(a.qs);
+      const __m512i sx = _mm512_mask_sub_epi8(x, negative, zero, x);
+      const __m512i dot = _mm512_dpbusd_epi32(zero, aq, sx);
+      acc[i] =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_loadu_ps(a.d)), acc[i]);
     }
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = hsum256(acc[i]);
+  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
 XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
@@ -318,20 +328,25 @@ const Kernels& kernels() noexcept {
 
 }  // namespace
 
-bool has_int_dot(DType weights) noexcept {
-  return weights == DType::kQ8_0 || weights == DType::kQ4_K || weights == DType::kQ6_K;
+bool has_int_dot(DType weights, std::size_t cols) noexcept {
+  return (weights == DType::kQ8_0 && cols % 64 == 0) || weights == DType::kQ4_K ||
+         weights == DType::kQ6_K;
 }
 
 std::size_t act_row_bytes(DType weights, std::size_t cols) noexcept {
-  if (weights == DType::kQ8_0) return cols / 32 * sizeof(ActQ8_0);
+  if (weights == DType::kQ8_0) return cols / 64 * sizeof(ActQ8_0x2);
   return cols / 256 * sizeof(ActQ8K);
 }
 
 void quantize_activations(DType weights, const float* x, std::size_t cols,
                           std::byte* out) noexcept {
   if (weights == DType::kQ8_0) {
-    auto* a = reinterpret_cast<ActQ8_0*>(out);
-    for (std::size_t b = 0; b < cols / 32; ++b) a[b].d = quantize_i8(x + 32 * b, 32, a[b].qs);
+    auto* a = reinterpret_cast<ActQ8_0x2*>(out);
+    for (std::size_t b = 0; b < cols / 32; ++b) {
+      ActQ8_0x2& pair = a[b / 2];
+      const float d = quantize_i8(x + 32 * b, 32, pair.qs + 32 * (b % 2));
+      std::fill_n(pair.d + 8 * (b % 2), 8, d);
+    }
     return;
   }
   auto* a = reinterpret_cast<ActQ8K*>(out);

@@ -25,14 +25,16 @@ struct ActQ8K {
   alignas(64) std::int8_t qs[256];
 };
 
-/// 32 activations as int8 with one float scale, for Q8_0 weights.
-struct ActQ8_0 {
-  float d;
-  std::int8_t qs[32];
+/// 64 activations (two Q8_0 blocks) as int8, each block with its float scale repeated
+/// over the 8 lanes its products land in (x ~ d * qs), for Q8_0 weights.
+struct ActQ8_0x2 {
+  alignas(64) std::int8_t qs[64];
+  float d[16];
 };
 
-/// True for the weight types with an integer product (Q8_0, Q4_K, Q6_K).
-bool has_int_dot(DType weights) noexcept;
+/// True when rows of `cols` values stored as `weights` have an integer product: Q4_K and
+/// Q6_K, and Q8_0 rows of whole pairs of blocks (a multiple of 64 values).
+bool has_int_dot(DType weights, std::size_t cols) noexcept;
 
 /// Bytes of activation blocks one row of `cols` values needs for `weights`.
 std::size_t act_row_bytes(DType weights, std::size_t cols) noexcept;
