@@ -171,6 +171,17 @@ TEST(Cli, EvalReadsQuantizedFilesFromTheFileAndFromAPool) {
       }
       EXPECT_LT(diff / scale, 5e-4) << source;
     }
+    // The integer products through the engine: the same tokens with every weight resident
+    // and through a small near cache filled over the emulated link.
+    const std::string gen = "generate --pool " + uri + " --model " + q +
+                            " --prompt-tokens 5,200,33 -n 8 --quantized-activations --json ";
+    r = run(gen + "--cache 0");
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto resident = nlohmann::json::parse(r.out)["tokens"];
+    EXPECT_EQ(resident.size(), 8u);
+    r = run(gen + "--cache 256K --placement copy --preset cxl-x8");
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"], resident) << q;
   }
 }
 

@@ -141,6 +141,7 @@ struct EngineArgs {
   unsigned prefetch_threads = 2;
   unsigned threads = 1;
   bool no_verify = false;
+  bool quantized_activations = false;
   std::string replica;
   std::string placement;  // empty: the backend's default (in-place on host memory)
   std::string scrub_rate = "256M";
@@ -181,6 +182,9 @@ struct EngineArgs {
         ->capture_default_str()
         ->check(integer_in(1, kMaxThreads));
     app->add_flag("--no-verify", no_verify, "skip checksum verification of transfers");
+    app->add_flag("--quantized-activations", quantized_activations,
+                  "Q8_0/Q4_K/Q6_K products against 8-bit activations, as llama.cpp computes "
+                  "them (faster; not exactly the dequantized model)");
     app->add_option("--replica", replica, "replica pool URI for failover");
   }
   EngineConfig config() const {
@@ -196,6 +200,7 @@ struct EngineArgs {
     c.compute_threads = threads;
     c.verify_checksums = !no_verify;
     c.replica_pool_uri = replica;
+    c.quantized_activations = quantized_activations;
     return c;
   }
 };

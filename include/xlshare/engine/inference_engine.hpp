@@ -82,6 +82,10 @@ struct EngineConfig {
   unsigned workers = 1;
   /// Compute threads per worker. Default 1.
   unsigned compute_threads = 1;
+  /// Q8_0/Q4_K/Q6_K products against 8-bit activations, as llama.cpp computes them
+  /// (ExecutorOptions::quantized_activations): faster, not exactly the dequantized model.
+  /// Default false.
+  bool quantized_activations = false;
   /// Longest sequence (prompt + generated) a request may have. Default 1024.
   std::uint32_t max_context = 1024;
   /// A user prefetch policy, made once per worker (overrides `lookahead`).
