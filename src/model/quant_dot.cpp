@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
+#include <vector>
 
 #include "model/quant_blocks.hpp"
 #include "xlshare/model/dtype_convert.hpp"
@@ -298,6 +300,140 @@ XLSHARE_ROWS(rows_q8_0_vnni, dot_q8_0_vnni, XLSHARE_VNNI)
 XLSHARE_ROWS(rows_q4_k_vnni, dot_q4_k_vnni, XLSHARE_VNNI)
 XLSHARE_ROWS(rows_q6_k_vnni, dot_q6_k_vnni, XLSHARE_VNNI)
 
+// --- AVX2 products (no VNNI): maddubs multiplies unsigned by signed bytes into int16 pairs,
+// madd by int16 scales (or ones) sums them into int32. No int16 saturates: |w| <= 128,
+// |x| <= 127, so a pair is at most 32512.
+
+#define XLSHARE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+XLSHARE_AVX2 inline float hsum256_avx2(__m256 v) noexcept {
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+
+XLSHARE_AVX2 inline __attribute__((always_inline)) void dot_q8_0_avx2(
+    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
+    float* out) noexcept {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[kMaxRows];
+  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm256_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(BlockQ8_0);
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+    const __m256i aq = _mm256_abs_epi8(q);
+    const float dw = _cvtsh_ss(load<std::uint16_t>(p));
+    for (std::size_t i = 0; i < n; ++i) {
+      const ActQ8_0x2& a = act_row<ActQ8_0x2>(act, stride, i)[b / 2];
+      const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(a.qs + 32 * (b % 2)));
+      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(x, q)), ones);
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw * a.d[8 * (b % 2)]), acc[i]);
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = hsum256_avx2(acc[i]);
+}
+
+XLSHARE_AVX2 inline __attribute__((always_inline)) void dot_q4_k_avx2(
+    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
+    float* out) noexcept {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[kMaxRows];
+  float mins[kMaxRows] = {};
+  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm256_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(BlockQ4_K);
+    std::uint8_t sc[8], m[8];
+    const auto packed = load<std::array<std::uint8_t, 12>>(p + 4);
+    for (int j = 0; j < 8; ++j) scale_min_k4(j, packed.data(), sc[j], m[j]);
+    // Chunk c (32 bytes of qs): low nibbles are sub-block 2c, high nibbles 2c+1; the
+    // activations hold sub-blocks in the order 0,2,1,3,4,6,5,7 (64 bytes per chunk pair).
+    __m256i q[8], s[8];
+    int x_at[8];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 + 32 * c));
+      q[2 * c] = _mm256_and_si256(v, low4);
+      q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+      s[2 * c] = _mm256_set1_epi16(sc[2 * c]);
+      s[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1]);
+      x_at[2 * c] = 64 * (c / 2) * 2 + 32 * (c % 2);  // sub-block 2c
+      x_at[2 * c + 1] = x_at[2 * c] + 64;             // sub-block 2c+1
+    }
+    const float dw = _cvtsh_ss(load<std::uint16_t>(p));
+    const float mw = _cvtsh_ss(load<std::uint16_t>(p + 2));
+    for (std::size_t i = 0; i < n; ++i) {
+      const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
+      __m256i isum = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(a.qs + x_at[j]));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], x), s[j]));
+      }
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dw * a.d), acc[i]);
+      std::int32_t msum = 0;
+      for (int j = 0; j < 8; ++j) msum += m[j] * a.bsums[j];
+      mins[i] += mw * a.d * static_cast<float>(msum);
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = hsum256_avx2(acc[i]) - mins[i];
+}
+
+XLSHARE_AVX2 inline __attribute__((always_inline)) void dot_q6_k_avx2(
+    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
+    float* out) noexcept {
+  const __m256i low4 = _mm256_set1_epi8(0x0F), two_bits = _mm256_set1_epi8(0x03);
+  __m256 acc[kMaxRows];
+  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm256_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(BlockQ6_K);
+    const auto sc = load<std::array<std::int8_t, 16>>(p + 192);
+    // Values 32 at a time in natural order: two groups of 16, one scale each.
+    __m256i q[8], s[8];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h));
+      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h));
+      const auto high = [&](int shift) {
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, shift), two_bits), 4);
+      };
+      q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(ql0, low4), high(0));
+      q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low4), high(2));
+      q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), high(4));
+      q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), high(6));
+    }
+    for (int k = 0; k < 8; ++k) {
+      s[k] = _mm256_set_m128i(_mm_set1_epi16(sc[static_cast<std::size_t>(2 * k + 1)]),
+                              _mm_set1_epi16(sc[static_cast<std::size_t>(2 * k)]));
+    }
+    const float dw = _cvtsh_ss(load<std::uint16_t>(p + 208));
+    for (std::size_t i = 0; i < n; ++i) {
+      const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
+      __m256i isum = _mm256_setzero_si256();
+      for (int k = 0; k < 8; ++k) {
+        const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(a.qs + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], x), s[k]));
+      }
+      std::int32_t offset = 0;  // the values are stored plus 32
+      for (int g = 0; g < 16; ++g) offset += sc[static_cast<std::size_t>(g)] * a.bsums[g];
+      const float d = dw * a.d;
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc[i]);
+      acc[i] = _mm256_sub_ps(
+          acc[i], _mm256_setr_ps(32.0f * d * static_cast<float>(offset), 0, 0, 0, 0, 0, 0, 0));
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = hsum256_avx2(acc[i]);
+}
+
+XLSHARE_ROWS(rows_q8_0_avx2, dot_q8_0_avx2, XLSHARE_AVX2)
+XLSHARE_ROWS(rows_q4_k_avx2, dot_q4_k_avx2, XLSHARE_AVX2)
+XLSHARE_ROWS(rows_q6_k_avx2, dot_q6_k_avx2, XLSHARE_AVX2)
+
+bool cpu_has_avx2() noexcept {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+
 bool cpu_has_vnni() noexcept {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -306,6 +442,7 @@ bool cpu_has_vnni() noexcept {
 }
 #else
 bool cpu_has_vnni() noexcept { return false; }
+bool cpu_has_avx2() noexcept { return false; }
 #endif
 
 using Kernel = void (*)(const std::byte*, std::size_t, std::size_t, const std::byte*, std::size_t,
@@ -315,17 +452,37 @@ struct Kernels {
   const char* isa;
 };
 
+// Every kernel set this CPU can run, best first; XLSHARE_INT_DOT=scalar|avx2|avx512-vnni
+// picks one of them (for measuring one against another).
+std::vector<Kernels> available() noexcept {
+  std::vector<Kernels> out;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_vnni())
+    out.push_back({rows_q8_0_vnni, rows_q4_k_vnni, rows_q6_k_vnni, "avx512-vnni"});
+  if (cpu_has_avx2()) out.push_back({rows_q8_0_avx2, rows_q4_k_avx2, rows_q6_k_avx2, "avx2"});
+#endif
+  out.push_back({rows_q8_0_scalar, rows_q4_k_scalar, rows_q6_k_scalar, "scalar"});
+  return out;
+}
+
+const Kernels* find_kernels(std::string_view isa) noexcept {
+  static const std::vector<Kernels> all = available();
+  for (const auto& k : all) {
+    if (isa == k.isa) return &k;
+  }
+  return nullptr;
+}
+
 const Kernels& kernels() noexcept {
   static const Kernels k = [] {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (!std::getenv("XLSHARE_NO_VNNI") && cpu_has_vnni())
-      return Kernels{rows_q8_0_vnni, rows_q4_k_vnni, rows_q6_k_vnni, "avx512-vnni"};
-#endif
-    return Kernels{rows_q8_0_scalar, rows_q4_k_scalar, rows_q6_k_scalar, "scalar"};
+    const char* wanted = std::getenv("XLSHARE_INT_DOT");
+    if (wanted != nullptr) {
+      if (const Kernels* found = find_kernels(wanted)) return *found;
+    }
+    return available().front();
   }();
   return k;
 }
-
 }  // namespace
 
 bool has_int_dot(DType weights, std::size_t cols) noexcept {
@@ -379,11 +536,13 @@ void int_dot(DType weights, const std::byte* w, std::size_t rows, const std::byt
   run_kernels(kernels(), weights, w, rows, act, act_stride, n, cols, y, y_stride);
 }
 
-void int_dot_portable(DType weights, const std::byte* w, std::size_t rows, const std::byte* act,
-                      std::size_t act_stride, std::size_t n, std::size_t cols, float* y,
-                      std::size_t y_stride) noexcept {
-  static const Kernels portable{rows_q8_0_scalar, rows_q4_k_scalar, rows_q6_k_scalar, "scalar"};
-  run_kernels(portable, weights, w, rows, act, act_stride, n, cols, y, y_stride);
+bool int_dot_with(std::string_view isa, DType weights, const std::byte* w, std::size_t rows,
+                  const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols,
+                  float* y, std::size_t y_stride) noexcept {
+  const Kernels* k = find_kernels(isa);
+  if (k == nullptr) return false;
+  run_kernels(*k, weights, w, rows, act, act_stride, n, cols, y, y_stride);
+  return true;
 }
 
 const char* int_dot_isa() noexcept { return kernels().isa; }

@@ -6,11 +6,13 @@
 //
 // Each product has a portable scalar version and an AVX-512 VNNI one, chosen once at run
 // time from what the CPU reports (so a binary built for any x86-64 uses VNNI where it is).
+// Without VNNI, AVX2; elsewhere portable C++.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string_view>
 
 #include "xlshare/dtype.hpp"
 
@@ -50,13 +52,14 @@ void int_dot(DType weights, const std::byte* w, std::size_t rows, const std::byt
              std::size_t act_stride, std::size_t n, std::size_t cols, float* y,
              std::size_t y_stride) noexcept;
 
-/// int_dot with the portable code, whatever the CPU: the reference the tests hold the
-/// vector products to.
-void int_dot_portable(DType weights, const std::byte* w, std::size_t rows, const std::byte* act,
-                      std::size_t act_stride, std::size_t n, std::size_t cols, float* y,
-                      std::size_t y_stride) noexcept;
+/// int_dot with one kernel set: "scalar" (portable), "avx2" or "avx512-vnni". False when
+/// this CPU cannot run it. The tests hold each to the portable one.
+bool int_dot_with(std::string_view isa, DType weights, const std::byte* w, std::size_t rows,
+                  const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols,
+                  float* y, std::size_t y_stride) noexcept;
 
-/// "avx512-vnni" or "scalar": the products this CPU runs.
+/// "avx512-vnni", "avx2" or "scalar": the products int_dot runs (the best this CPU has,
+/// or the one the environment variable XLSHARE_INT_DOT names).
 const char* int_dot_isa() noexcept;
 
 }  // namespace xlshare::quant
