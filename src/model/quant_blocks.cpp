@@ -2,6 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace xlshare::quant {
 namespace {
@@ -155,6 +160,101 @@ void dq_q6_k(const BlockQ6_K& x, float* y) noexcept {
   }
 }
 
+// --- AVX-512 dequantization of the K types of llama.cpp's *_K_M files (Q4_K, Q6_K): the
+// same arithmetic as the scalar code above (products and differences rounded separately,
+// in the same order), 16 values per instruction. Chosen at run time.
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define XLSHARE_AVX512 __attribute__((target("avx512f,avx512bw,f16c")))
+// GCC 12 warns that its own intrinsics' undefined vectors are used uninitialized when they
+// are inlined into a function with a target attribute (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+XLSHARE_AVX512 void dq_q4_k_avx512(const std::byte* src, float* y) noexcept {
+  const auto x = load<BlockQ4_K>(src);
+  const float d = _cvtsh_ss(x.d), min = _cvtsh_ss(x.dmin);
+  const __m512i low4 = _mm512_set1_epi32(0x0F);
+  for (int c = 0; c < 4; ++c) {
+    for (int h = 0; h < 2; ++h) {
+      std::uint8_t sc, m;
+      scale_min_k4(2 * c + h, x.scales, sc, m);
+      const __m512 dl = _mm512_set1_ps(d * sc), ml = _mm512_set1_ps(min * m);
+      for (int g = 0; g < 2; ++g) {
+        const __m512i raw = _mm512_cvtepu8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qs + 32 * c + 16 * g)));
+        const __m512i q = _mm512_and_si512(h == 0 ? raw : _mm512_srli_epi32(raw, 4), low4);
+        _mm512_storeu_ps(y + 64 * c + 32 * h + 16 * g,
+                         _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml));
+      }
+    }
+  }
+}
+
+XLSHARE_AVX512 void dq_q6_k_avx512(const std::byte* src, float* y) noexcept {
+  const auto x = load<BlockQ6_K>(src);
+  const float d = _cvtsh_ss(x.d);
+  const __m512i low4 = _mm512_set1_epi32(0x0F), two = _mm512_set1_epi32(3),
+                bias = _mm512_set1_epi32(32);
+  for (int h = 0; h < 2; ++h) {
+    const std::uint8_t* ql = x.ql + 64 * h;
+    const std::uint8_t* qh = x.qh + 32 * h;
+    const std::int8_t* sc = x.scales + 8 * h;
+    for (int g = 0; g < 2; ++g) {  // l = 16 g .. 16 g + 15, scale index is = g
+      const __m512i l0 =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ql + 16 * g)));
+      const __m512i l1 =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ql + 32 + 16 * g)));
+      const __m512i hb =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * g)));
+      const auto hi = [&](int shift) {
+        return _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, shift), two), 4);
+      };
+      const __m512i q[4] = {
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(l0, low4), hi(0)), bias),
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(l1, low4), hi(2)), bias),
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_srli_epi32(l0, 4), hi(4)), bias),
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_srli_epi32(l1, 4), hi(6)), bias)};
+      for (int k = 0; k < 4; ++k) {
+        const __m512 scale = _mm512_set1_ps(d * static_cast<float>(sc[g + 2 * k]));
+        _mm512_storeu_ps(y + 128 * h + 32 * k + 16 * g,
+                         _mm512_mul_ps(scale, _mm512_cvtepi32_ps(q[k])));
+      }
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+
+bool cpu_has_avx512() noexcept {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("f16c");
+}
+#else
+bool cpu_has_avx512() noexcept { return false; }
+#endif
+
+using BlockDequant = void (*)(const std::byte*, float*) noexcept;
+
+void dq_q4_k_scalar(const std::byte* src, float* y) noexcept { dq_q4_k(load<BlockQ4_K>(src), y); }
+void dq_q6_k_scalar(const std::byte* src, float* y) noexcept { dq_q6_k(load<BlockQ6_K>(src), y); }
+
+struct KDequant {
+  BlockDequant q4_k, q6_k;
+};
+
+const KDequant& k_dequant() noexcept {
+  static const KDequant k = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx512() && std::getenv("XLSHARE_NO_AVX512_DEQUANT") == nullptr)
+      return KDequant{dq_q4_k_avx512, dq_q6_k_avx512};
+#endif
+    return KDequant{dq_q4_k_scalar, dq_q6_k_scalar};
+  }();
+  return k;
+}
+
 }  // namespace
 
 void dequantize_block(DType type, const std::byte* src, float* y) noexcept {
@@ -178,11 +278,11 @@ void dequantize_block(DType type, const std::byte* src, float* y) noexcept {
     case DType::kQ3_K:
       return dq_q3_k(load<BlockQ3_K>(src), y);
     case DType::kQ4_K:
-      return dq_q4_k(load<BlockQ4_K>(src), y);
+      return k_dequant().q4_k(src, y);
     case DType::kQ5_K:
       return dq_q5_k(load<BlockQ5_K>(src), y);
     case DType::kQ6_K:
-      return dq_q6_k(load<BlockQ6_K>(src), y);
+      return k_dequant().q6_k(src, y);
     default:
       return;
   }
@@ -271,6 +371,12 @@ void quantize_q6_k(const float* x, std::byte* out) noexcept {
     }
   }
   std::memcpy(out, &b, sizeof b);
+}
+
+void dequantize_block_portable(DType type, const std::byte* src, float* y) noexcept {
+  if (type == DType::kQ4_K) return dq_q4_k_scalar(src, y);
+  if (type == DType::kQ6_K) return dq_q6_k_scalar(src, y);
+  dequantize_block(type, src, y);
 }
 
 }  // namespace xlshare::quant

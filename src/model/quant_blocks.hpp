@@ -103,6 +103,10 @@ inline void q3_k_scales(const std::uint8_t* packed, std::int8_t* out) noexcept {
 /// dtype_block_elements(type) floats at `y`.
 void dequantize_block(DType type, const std::byte* src, float* y) noexcept;
 
+/// dequantize_block with the portable code whatever the CPU (dequantize_block takes
+/// AVX-512 for Q4_K and Q6_K where the CPU has it): bit for bit the same values.
+void dequantize_block_portable(DType type, const std::byte* src, float* y) noexcept;
+
 /// Quantizes 256 floats into one Q4_K block: per 32 values a scale and minimum from their
 /// range, both as 6-bit multiples of the block's F16 d and dmin (a direct rounding, not
 /// ggml's iterative search: valid blocks of the same size, slightly less accurate).

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "model/model_support.hpp"
+#include "model/quant_blocks.hpp"
 #include "model/quant_dot.hpp"
 #include "xlshare/model/dtype_convert.hpp"
 
@@ -144,6 +145,24 @@ TEST(QuantizedActivations, VectorProductsEqualThePortableOnes) {
     quant::int_dot(t, w.data(), 1, act, stride, kRows, kCols, chosen.data(), 1);
     EXPECT_LT(test::relative_error(chosen, portable), 1e-5) << quant::int_dot_isa();
     RecordProperty("vector_kernel_sets", vector_sets);
+  }
+}
+
+TEST(QuantBlocks, VectorDequantizationIsBitForBitThePortableOne) {
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (DType t : {DType::kQ4_K, DType::kQ6_K}) {
+    for (int trial = 0; trial < 50; ++trial) {
+      std::vector<std::byte> block(dtype_block_bytes(t));
+      for (auto& b : block) b = static_cast<std::byte>(byte(rng));
+      const std::uint16_t d = f32_to_f16(0.001f * static_cast<float>(trial + 1));
+      std::memcpy(&block[t == DType::kQ4_K ? 0 : 208], &d, 2);
+      if (t == DType::kQ4_K) std::memcpy(&block[2], &d, 2);
+      float fast[256], portable[256];
+      quant::dequantize_block(t, block.data(), fast);
+      quant::dequantize_block_portable(t, block.data(), portable);
+      EXPECT_EQ(std::memcmp(fast, portable, sizeof fast), 0) << to_string(t) << " " << trial;
+    }
   }
 }
 
