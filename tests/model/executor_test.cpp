@@ -291,44 +291,29 @@ TEST_F(ModelFiles, GgufAndSafetensorsGiveTheSameLogits) {
 TEST_F(ModelFiles, StoredDtypesComputeExactlyTheirRoundedWeights) {
   const auto m = make_synthetic_llama(test::small_config(64, 2, 4, 2, 160, 256), 13);
   const auto tokens = test::some_tokens(256, 12, 4);  // > 8: the tiled path; decode: the fused one
-  const auto f32 = test::reference_forward(m, tokens);
-  struct Case {
-    DType dtype;
-    double loose;  // expected distance from the F32 model: the storage's rounding
-  };
-  for (const Case c :
-       {Case{DType::kF16, 5e-3}, Case{DType::kBF16, 4e-2}, Case{DType::kQ8_0, 4e-2}}) {
-    const auto path = dir_.path() / fmt::format("m-{}.gguf", to_string(c.dtype));
-    write_gguf(m, path, c.dtype);
-    const auto got = test::run_file(path, tokens);
-    // Exactly what F32 math on the stored (rounded) weights gives ...
-    EXPECT_LT(test::relative_error(got, test::reference_forward(round_weights(m, c.dtype), tokens)),
-              1e-5)
-        << to_string(c.dtype);
-    // ... and within the storage's rounding of the F32 model.
-    const double err = test::relative_error(got, f32);
-    EXPECT_LT(err, c.loose) << to_string(c.dtype);
-    EXPECT_GT(err, 1e-7) << to_string(c.dtype) << " did not round at all";
-    EXPECT_LT(test::relative_error(test::run_file(path, tokens, /*one_at_a_time=*/true), got), 1e-5)
-        << to_string(c.dtype) << ": decode differs from prefill";
-  }
-  // The K-family writers (blocks of 256 values: a wider model).
-  const auto wide = make_synthetic_llama(test::small_config(256, 1, 4, 2, 512, 256), 14);
-  const auto wide_f32 = test::reference_forward(wide, tokens);
-  for (const Case c : {Case{DType::kQ6_K, 5e-2}, Case{DType::kQ4_K, 2e-1}}) {
-    const auto path = dir_.path() / fmt::format("w-{}.gguf", to_string(c.dtype));
-    write_gguf(wide, path, c.dtype);
+  // `model` stored as `dtype`: exactly what F32 math on the stored (rounded) weights gives,
+  // within the storage's rounding (`loose`) of the F32 model, the same in decode.
+  const auto check = [&](const SyntheticModel& model, DType dtype, double loose) {
+    const auto path = dir_.path() / fmt::format("m{}-{}.gguf", model.config.dim, to_string(dtype));
+    write_gguf(model, path, dtype);
     const auto got = test::run_file(path, tokens);
     EXPECT_LT(
-        test::relative_error(got, test::reference_forward(round_weights(wide, c.dtype), tokens)),
+        test::relative_error(got, test::reference_forward(round_weights(model, dtype), tokens)),
         1e-5)
-        << to_string(c.dtype);
-    const double err = test::relative_error(got, wide_f32);
-    EXPECT_LT(err, c.loose) << to_string(c.dtype);
-    EXPECT_GT(err, 1e-7) << to_string(c.dtype) << " did not round at all";
+        << to_string(dtype);
+    const double err = test::relative_error(got, test::reference_forward(model, tokens));
+    EXPECT_LT(err, loose) << to_string(dtype);
+    EXPECT_GT(err, 1e-7) << to_string(dtype) << " did not round at all";
     EXPECT_LT(test::relative_error(test::run_file(path, tokens, /*one_at_a_time=*/true), got), 1e-5)
-        << to_string(c.dtype) << ": decode differs from prefill";
-  }
+        << to_string(dtype) << ": decode differs from prefill";
+  };
+  check(m, DType::kF16, 5e-3);
+  check(m, DType::kBF16, 4e-2);
+  check(m, DType::kQ8_0, 4e-2);
+  // The K-family writers (blocks of 256 values: a wider model).
+  const auto wide = make_synthetic_llama(test::small_config(256, 1, 4, 2, 512, 256), 14);
+  check(wide, DType::kQ6_K, 5e-2);
+  check(wide, DType::kQ4_K, 2e-1);
   write_safetensors(m, dir_.path() / "hf-bf16", DType::kBF16);
   EXPECT_LT(test::relative_error(test::run_file(dir_.path() / "hf-bf16", tokens),
                                  test::reference_forward(round_weights(m, DType::kBF16), tokens)),
