@@ -194,7 +194,7 @@ XLSHARE_AVX512 void dq_q4_k_avx512(const std::byte* src, float* y) noexcept {
 XLSHARE_AVX512 void dq_q6_k_avx512(const std::byte* src, float* y) noexcept {
   const auto x = load<BlockQ6_K>(src);
   const float d = _cvtsh_ss(x.d);
-  const __m512i low4 = _mm512_set1_epi32(0x0F), two = _mm512_set1_epi32(3),
+  const __m512i low4 = _mm512_set1_epi32(0x0F), two_bits = _mm512_set1_epi32(3),
                 bias = _mm512_set1_epi32(32);
   for (int h = 0; h < 2; ++h) {
     const std::uint8_t* ql = x.ql + 64 * h;
@@ -208,7 +208,7 @@ XLSHARE_AVX512 void dq_q6_k_avx512(const std::byte* src, float* y) noexcept {
       const __m512i hb =
           _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * g)));
       const auto hi = [&](int shift) {
-        return _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, shift), two), 4);
+        return _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, shift), two_bits), 4);
       };
       const __m512i q[4] = {
           _mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(l0, low4), hi(0)), bias),

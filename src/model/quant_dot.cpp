@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string_view>
 #include <vector>
 
@@ -21,13 +22,23 @@ namespace {
 // Q4_K's nibbles hold sub-blocks in this order (32 bytes of low nibbles, then of high).
 constexpr int kQ4KOrder[8] = {0, 2, 1, 3, 4, 6, 5, 7};
 
-// Symmetric 8-bit quantization of n values: d = max|x| / 127.
+// Symmetric 8-bit quantization of n values: d = max|x| / 127. A NaN or infinite value
+// makes d NaN (and every q 0), so the product is NaN as in the exact mode, never a number.
 float quantize_i8(const float* x, int n, std::int8_t* q) noexcept {
   float amax = 0.0f;
-  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  bool finite = true;
+  for (int i = 0; i < n; ++i) {
+    finite = finite && std::isfinite(x[i]);
+    amax = std::max(amax, std::fabs(x[i]));
+  }
+  if (!finite) {
+    std::fill_n(q, n, std::int8_t{0});
+    return std::numeric_limits<float>::quiet_NaN();
+  }
   const float d = amax / 127.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  for (int i = 0; i < n; ++i) q[i] = static_cast<std::int8_t>(std::nearbyint(x[i] * id));
+  const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (int i = 0; i < n; ++i)
+    q[i] = static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] * id), -127.0f, 127.0f));
   return d;
 }
 

@@ -4,7 +4,8 @@
 // instead of converting every weight to float. Faster, and no longer exactly the
 // dequantized model: its reference is llama.cpp's own run of the file (within 2e-2).
 //
-// Each product has a portable scalar version and an AVX-512 VNNI one, chosen once at run
+// Each product has a portable scalar version, an AVX2 one and an AVX-512 VNNI one, chosen once at
+// run
 // time from what the CPU reports (so a binary built for any x86-64 uses VNNI where it is).
 // Without VNNI, AVX2; elsewhere portable C++.
 #pragma once

@@ -103,6 +103,8 @@ std::vector<float> unpermute_rows(const std::vector<float>& v, std::uint64_t col
 }  // namespace
 
 SyntheticModel round_weights(const SyntheticModel& model, DType dtype) {
+  if (!can_convert_from_f32(dtype) || dtype == DType::kI32 || dtype == DType::kU8)
+    throw ConfigError(fmt::format("round_weights: dtype {} has no writer", to_string(dtype)));
   SyntheticModel out = model;
   for (std::size_t i = 0; i < out.specs.size(); ++i) {
     if (!is_matrix(out.specs[i])) continue;
@@ -114,7 +116,9 @@ SyntheticModel round_weights(const SyntheticModel& model, DType dtype) {
 
 DType q4_k_m_dtype(const TensorSpec& spec, const LlamaConfig& c) {
   if (!is_matrix(spec)) return DType::kF32;
-  if (spec.name == "output.weight") return DType::kQ6_K;
+  // The output projection (the embedding when they are tied) keeps 6 bits, as llama.cpp's.
+  if (spec.name == "output.weight" || (spec.name == "token_embd.weight" && c.tie_embeddings))
+    return DType::kQ6_K;
   const bool v = spec.name.ends_with(".attn_v.weight");
   const bool down = spec.name.ends_with(".ffn_down.weight");
   if ((v || down) && spec.name.starts_with("blk.")) {

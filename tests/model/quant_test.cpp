@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "model/model_support.hpp"
@@ -145,6 +146,27 @@ TEST(QuantizedActivations, VectorProductsEqualThePortableOnes) {
     quant::int_dot(t, w.data(), 1, act, stride, kRows, kCols, chosen.data(), 1);
     EXPECT_LT(test::relative_error(chosen, portable), 1e-5) << quant::int_dot_isa();
     RecordProperty("vector_kernel_sets", vector_sets);
+  }
+}
+
+TEST(QuantizedActivations, ANonFiniteActivationGivesNaNNotANumber) {
+  constexpr std::size_t kCols = 256;
+  for (DType t : {DType::kQ8_0, DType::kQ4_K, DType::kQ6_K}) {
+    std::vector<float> x(kCols, 0.5f);
+    x[7] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<std::byte> w(row_bytes(t, kCols));
+    std::vector<float> ones(kCols, 1.0f);
+    from_f32(t, ones.data(), w.data(), kCols);  // every weight 1
+    std::vector<std::byte> raw(quant::act_row_bytes(t, kCols) + 64);
+    std::byte* act = raw.data() + (64 - reinterpret_cast<std::uintptr_t>(raw.data()) % 64) % 64;
+    for (const float bad :
+         {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      x[7] = bad;
+      quant::quantize_activations(t, x.data(), kCols, act);
+      float y = 0.0f;
+      quant::int_dot(t, w.data(), 1, act, 0, 1, kCols, &y, 1);
+      EXPECT_TRUE(std::isnan(y)) << to_string(t) << " " << bad << " gave " << y;
+    }
   }
 }
 

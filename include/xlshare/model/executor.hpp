@@ -191,8 +191,8 @@ struct ExecutorOptions {
   /// quantized to 8 bits (per 32 values for Q8_0, per 256 for the K types), as llama.cpp
   /// computes them: several times faster than converting each weight to float, but no
   /// longer exactly the dequantized model (its reference is llama.cpp's own run, within
-  /// ~2e-2). Other types are unaffected. AVX-512 VNNI where the CPU has it (chosen at run
-  /// time), else portable code. Default false: the exact mode.
+  /// ~2e-2). Other types are unaffected. AVX-512 VNNI where the CPU has it, else AVX2, else
+  /// portable code (chosen at run time). Default false: the exact mode.
   bool quantized_activations = false;
 };
 

@@ -29,6 +29,7 @@ SyntheticModel make_synthetic_llama(const LlamaConfig& config, std::uint64_t see
 
 /// The same model with every matrix rounded to how `dtype` stores it (norms stay F32), so
 /// an F32 computation on it is exactly what a `dtype` file computes.
+/// @throws ConfigError for a dtype without a writer (can_convert_from_f32).
 SyntheticModel round_weights(const SyntheticModel& model, DType dtype);
 
 /// Writes a GGUF v3 file; matrices as `dtype` (F32, F16, BF16, Q8_0, Q4_K or Q6_K), norms
