@@ -191,11 +191,16 @@ XLSHARE_AVX512 void dq_q4_k_avx512(const std::byte* src, float* y) noexcept {
   }
 }
 
+// Bits shift..shift+1 of each 32-bit lane, moved to bits 4..5 (Q6_K's high bits).
+XLSHARE_AVX512 inline __m512i q6_high_bits(__m512i hb, int shift) noexcept {
+  return _mm512_slli_epi32(
+      _mm512_and_si512(_mm512_srlv_epi32(hb, _mm512_set1_epi32(shift)), _mm512_set1_epi32(3)), 4);
+}
+
 XLSHARE_AVX512 void dq_q6_k_avx512(const std::byte* src, float* y) noexcept {
   const auto x = load<BlockQ6_K>(src);
   const float d = _cvtsh_ss(x.d);
-  const __m512i low4 = _mm512_set1_epi32(0x0F), two_bits = _mm512_set1_epi32(3),
-                bias = _mm512_set1_epi32(32);
+  const __m512i low4 = _mm512_set1_epi32(0x0F), bias = _mm512_set1_epi32(32);
   for (int h = 0; h < 2; ++h) {
     const std::uint8_t* ql = x.ql + 64 * h;
     const std::uint8_t* qh = x.qh + 32 * h;
@@ -207,14 +212,11 @@ XLSHARE_AVX512 void dq_q6_k_avx512(const std::byte* src, float* y) noexcept {
           _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ql + 32 + 16 * g)));
       const __m512i hb =
           _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * g)));
-      const auto hi = [&](int shift) {
-        return _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, shift), two_bits), 4);
-      };
       const __m512i q[4] = {
-          _mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(l0, low4), hi(0)), bias),
-          _mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(l1, low4), hi(2)), bias),
-          _mm512_sub_epi32(_mm512_or_si512(_mm512_srli_epi32(l0, 4), hi(4)), bias),
-          _mm512_sub_epi32(_mm512_or_si512(_mm512_srli_epi32(l1, 4), hi(6)), bias)};
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(l0, low4), q6_high_bits(hb, 0)), bias),
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(l1, low4), q6_high_bits(hb, 2)), bias),
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_srli_epi32(l0, 4), q6_high_bits(hb, 4)), bias),
+          _mm512_sub_epi32(_mm512_or_si512(_mm512_srli_epi32(l1, 4), q6_high_bits(hb, 6)), bias)};
       for (int k = 0; k < 4; ++k) {
         const __m512 scale = _mm512_set1_ps(d * static_cast<float>(sc[g + 2 * k]));
         _mm512_storeu_ps(y + 128 * h + 32 * k + 16 * g,
@@ -228,8 +230,7 @@ XLSHARE_AVX512 void dq_q6_k_avx512(const std::byte* src, float* y) noexcept {
 
 bool cpu_has_avx512() noexcept {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("f16c");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 }
 #else
 bool cpu_has_avx512() noexcept { return false; }

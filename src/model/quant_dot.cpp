@@ -404,13 +404,16 @@ XLSHARE_AVX2 inline __attribute__((always_inline)) void dot_q6_k_avx2(
       const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h));
       const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * h + 32));
       const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h));
-      const auto high = [&](int shift) {
-        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, shift), two_bits), 4);
-      };
-      q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(ql0, low4), high(0));
-      q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low4), high(2));
-      q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), high(4));
-      q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), high(6));
+      // qh's bit pairs 0..1, 2..3, 4..5, 6..7 become bits 4..5 of each value (no lambda:
+      // it would not carry this function's target and its intrinsics would not inline).
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, two_bits), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two_bits), 4);
+      const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two_bits), 4);
+      const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two_bits), 4);
+      q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(ql0, low4), h0);
+      q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low4), h1);
+      q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), h2);
+      q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), h3);
     }
     for (int k = 0; k < 8; ++k) {
       s[k] = _mm256_set_m128i(_mm_set1_epi16(sc[static_cast<std::size_t>(2 * k + 1)]),
@@ -441,15 +444,14 @@ XLSHARE_ROWS(rows_q6_k_avx2, dot_q6_k_avx2, XLSHARE_AVX2)
 
 bool cpu_has_avx2() noexcept {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 bool cpu_has_vnni() noexcept {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c");
+         __builtin_cpu_supports("avx512vnni");  // F16C: every AVX2 CPU has it
 }
 #else
 bool cpu_has_vnni() noexcept { return false; }
