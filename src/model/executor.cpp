@@ -159,7 +159,7 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
     return;
   }
   if (options_.quantized_activations && quant::has_int_dot(dtype, cols)) {
-    int_matmul(w.data(), dtype, rows, cols, x, n, y);
+    int_products(w.data(), dtype, rows, cols, quantize_activations(dtype, x, n, cols), n, y, rows);
     return;
   }
   if (n <= kMaxFusedRows) {
@@ -191,9 +191,9 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
   });
 }
 
-void Executor::int_matmul(const std::byte* w, DType dtype, std::size_t rows, std::size_t cols,
-                          const float* x, std::size_t n, float* y) {
-  // The activations quantized once for every row of W (64-byte aligned blocks).
+const std::byte* Executor::quantize_activations(DType dtype, const float* x, std::size_t n,
+                                                std::size_t cols) {
+  // 64-byte aligned blocks in buf_.act, used by every row (and every piece) of W.
   const std::size_t stride = quant::act_row_bytes(dtype, cols);
   std::vector<std::byte>& raw = buf_.act;
   if (raw.size() < n * stride + 64) raw.resize(n * stride + 64);
@@ -203,10 +203,17 @@ void Executor::int_matmul(const std::byte* w, DType dtype, std::size_t rows, std
     for (std::size_t i = i0; i < i1; ++i)
       quant::quantize_activations(dtype, x + i * cols, cols, act + i * stride);
   });
+  return act;
+}
+
+void Executor::int_products(const std::byte* w, DType dtype, std::size_t rows, std::size_t cols,
+                            const std::byte* act, std::size_t n, float* y, std::size_t y_stride) {
   const std::size_t rb = row_bytes(dtype, cols);
+  const std::size_t stride = quant::act_row_bytes(dtype, cols);
   team_->run([&](unsigned t, unsigned members) {
     const auto [r0, r1] = ComputeTeam::static_range(rows, t, members);
-    if (r0 < r1) quant::int_dot(dtype, w + r0 * rb, r1 - r0, act, stride, n, cols, y + r0, rows);
+    if (r0 < r1)
+      quant::int_dot(dtype, w + r0 * rb, r1 - r0, act, stride, n, cols, y + r0, y_stride);
   });
 }
 
@@ -223,6 +230,11 @@ void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t co
   // then write them into place.
   const std::size_t rb = row_bytes(d.dtype, cols);
   std::vector<float>& part = buf_.piece;
+  // Integer products: the activations are quantized once for all pieces, and each piece's
+  // columns are written in place.
+  const std::byte* act = options_.quantized_activations && quant::has_int_dot(d.dtype, cols)
+                             ? quantize_activations(d.dtype, x, n, cols)
+                             : nullptr;
   std::size_t r0 = 0;
   for (std::size_t p = 0; p < pieces && r0 < rows; ++p) {
     WeightHandle w = weights_.acquire_piece(index, p);
@@ -233,6 +245,11 @@ void Executor::matmul_weight(std::size_t index, std::size_t rows, std::size_t co
           p, pieces, w.bytes().size(), rows));
     }
     const std::size_t r1 = r0 + piece_rows;
+    if (act != nullptr) {
+      int_products(w.bytes().data(), d.dtype, piece_rows, cols, act, n, y + r0, rows);
+      r0 = r1;
+      continue;
+    }
     sized(part, n * (r1 - r0));
     matmul(w.bytes(), d.dtype, r1 - r0, cols, x, n, part.data());
     for (std::size_t i = 0; i < n; ++i)

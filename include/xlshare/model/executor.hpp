@@ -229,9 +229,12 @@ class Executor {
   // Y[n x rows] = X[n x cols] * W^T for W stored [rows x cols] as `dtype`.
   void matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols,
               const float* x, std::size_t n, float* y);
-  // The quantized_activations product: integer dots against 8-bit activations.
-  void int_matmul(const std::byte* w, DType dtype, std::size_t rows, std::size_t cols,
-                  const float* x, std::size_t n, float* y);
+  // The quantized_activations products: `n` rows of x quantized to 8 bits for `dtype`
+  // (into buf_.act), then integer dots of W's `rows` with them into y[i * y_stride + r].
+  const std::byte* quantize_activations(DType dtype, const float* x, std::size_t n,
+                                        std::size_t cols);
+  void int_products(const std::byte* w, DType dtype, std::size_t rows, std::size_t cols,
+                    const std::byte* act, std::size_t n, float* y, std::size_t y_stride);
   // The same for weight `index` of the model, piece by piece as the provider hands it out.
   void matmul_weight(std::size_t index, std::size_t rows, std::size_t cols, const float* x,
                      std::size_t n, float* y);
