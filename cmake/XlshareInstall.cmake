@@ -14,7 +14,7 @@ write_basic_package_version_file("${PROJECT_BINARY_DIR}/xlshare-config-version.c
   COMPATIBILITY SameMinorVersion)
 install(FILES "${PROJECT_BINARY_DIR}/xlshare-config.cmake"
               "${PROJECT_BINARY_DIR}/xlshare-config-version.cmake"
-              cmake/Findxxhash.cmake cmake/FindNUMA.cmake
+              cmake/Findxxhash.cmake cmake/FindNUMA.cmake cmake/FindUCX.cmake
         DESTINATION ${XLSHARE_CMAKE_DIR})
 
 # pkg-config: the prefix is ${pcfiledir} less the path from the prefix to the .pc files.
@@ -23,11 +23,15 @@ file(RELATIVE_PATH XLSHARE_PC_TO_PREFIX "/prefix/${XLSHARE_PC_DIR}" "/prefix")
 string(REGEX REPLACE "/$" "" XLSHARE_PC_TO_PREFIX "${XLSHARE_PC_TO_PREFIX}")
 # One Requires line (pkg-config 0.29 keeps only the last of two): a static libxlshare_core
 # needs its own dependencies linked by the user; a shared one carries them.
+set(XLSHARE_PC_DEPS "libxxhash numa")
+if(XLSHARE_UCX)
+  string(APPEND XLSHARE_PC_DEPS " ucx")
+endif()
 if(BUILD_SHARED_LIBS)
   set(XLSHARE_PC_STATIC_REQUIRES "")
-  set(XLSHARE_PC_PRIVATE_LINE "Requires.private: libxxhash numa\n")
+  set(XLSHARE_PC_PRIVATE_LINE "Requires.private: ${XLSHARE_PC_DEPS}\n")
 else()
-  set(XLSHARE_PC_STATIC_REQUIRES " libxxhash numa")
+  set(XLSHARE_PC_STATIC_REQUIRES " ${XLSHARE_PC_DEPS}")
   set(XLSHARE_PC_PRIVATE_LINE "")
 endif()
 configure_file(cmake/xlshare-core.pc.in "${PROJECT_BINARY_DIR}/xlshare-core.pc" @ONLY)

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libeigen3-dev libspdlog-dev libfmt-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libucx-dev ucx-utils
   nlohmann-json3-dev libxxhash-dev libnuma-dev libcli11-dev
   clang libclang-rt-14-dev clang-format
   gnuplot-nox

@@ -98,7 +98,7 @@ const char* to_string(Placement placement) noexcept {
 }
 
 Placement default_placement(const MemoryBackend& backend) noexcept {
-  return backend.is_host() ? Placement::kInPlace : Placement::kCopy;
+  return backend.is_host() && backend.maps_data() ? Placement::kInPlace : Placement::kCopy;
 }
 
 Placement parse_placement(std::string_view name) {
@@ -146,6 +146,12 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
         "reservations run "
         "`lookahead` steps ahead and the HotSet is fixed: use Placement::kCopy with a policy of "
         "your own");
+  }
+  if ((in_place || options.cache_bytes == 0) && !primary.backend().maps_data()) {
+    throw ConfigError(fmt::format(
+        "pool {} is read over the network and has no local mapping: use the copy placement "
+        "with a near cache (cache bytes > 0)",
+        primary.uri()));
   }
   if ((options.cache_bytes == 0 || in_place) && share != nullptr && share->mapping_) {
     mapping_ = share->mapping_;

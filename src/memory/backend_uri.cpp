@@ -13,6 +13,7 @@
 #include "xlshare/memory/dax_backend.hpp"
 #include "xlshare/memory/numa_backend.hpp"
 #include "xlshare/memory/shared_memory_backend.hpp"
+#include "xlshare/remote/ucx_backend.hpp"
 
 namespace xlshare {
 namespace {
@@ -53,7 +54,7 @@ std::shared_ptr<const BackendScheme> registered(std::string_view name) {
 }
 
 std::string known_schemes() {
-  std::string names = "shm, dax, file, numa";
+  std::string names = "shm, dax, file, numa, ucx";
   Registry& r = registry();
   std::lock_guard lock(r.mutex);
   for (const auto& [name, scheme] : r.schemes) names += ", " + name;
@@ -61,7 +62,7 @@ std::string known_schemes() {
 }
 
 bool is_builtin(std::string_view name) {
-  return name == "shm" || name == "dax" || name == "file" || name == "numa";
+  return name == "shm" || name == "dax" || name == "file" || name == "numa" || name == "ucx";
 }
 
 // The scheme of `u`, which parse_backend_uri found registered; it may have been
@@ -96,6 +97,59 @@ std::unique_ptr<MemoryBackend> checked(const BackendUri& u, std::unique_ptr<Memo
                     u.text, u.scheme_name, a));
   }
   return b;
+}
+
+// ucx://HOST:PORT/NAME
+void parse_ucx(std::string_view uri, std::string_view rest, BackendUri& out) {
+  out.scheme = BackendUri::Scheme::kUcx;
+  const auto expected = [&] {
+    return ConfigError(fmt::format("'{}': expected ucx://HOST:PORT/NAME", uri.substr(0, 200)));
+  };
+  const auto slash = rest.find('/');
+  if (slash == std::string_view::npos) throw expected();
+  const std::string_view authority = rest.substr(0, slash);
+  std::string_view host, port;
+  if (!authority.empty() && authority.front() == '[') {
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos || close + 1 >= authority.size() ||
+        authority[close + 1] != ':')
+      throw expected();
+    host = authority.substr(1, close - 1);
+    port = authority.substr(close + 2);
+  } else {
+    const auto colon = authority.rfind(':');
+    if (colon == std::string_view::npos) throw expected();
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) {
+      throw ConfigError(fmt::format(
+          "'{}': write an IPv6 address in brackets: ucx://[ADDR]:PORT/NAME", uri.substr(0, 200)));
+    }
+  }
+  if (host.empty() || host.size() > 253) throw expected();
+  for (char c : host) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '-' || c == ':' || c == '%' || c == '_';
+    if (!ok) throw ConfigError(fmt::format("'{}': the host holds '{}'", uri.substr(0, 200), c));
+  }
+  unsigned value = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value == 0 ||
+      value > 65535) {
+    throw ConfigError(fmt::format("'{}': the port '{}' is not a number in 1..65535",
+                                  uri.substr(0, 200), port.substr(0, 20)));
+  }
+  out.host = std::string(host);
+  out.port = static_cast<std::uint16_t>(value);
+  check_name(uri, rest.substr(slash + 1));
+  out.target = std::string(rest.substr(slash + 1));
+}
+
+[[noreturn]] void refuse_remote(const BackendUri& u, std::string_view what) {
+  throw ConfigError(fmt::format(
+      "{}: a remote pool cannot be {} from here; do it on the pool's host (xlshare pool ... "
+      "on the served pool)",
+      u.text, what));
 }
 
 }  // namespace
@@ -143,8 +197,8 @@ BackendUri parse_backend_uri(std::string_view uri) {
   const auto sep = uri.find("://");
   if (sep == std::string_view::npos) {
     throw ConfigError(
-        fmt::format("'{}' is not a pool URI; use shm://NAME, dax:///dev/daxX.Y, file:///PATH or "
-                    "numa://NODE/NAME",
+        fmt::format("'{}' is not a pool URI; use shm://NAME, dax:///dev/daxX.Y, file:///PATH, "
+                    "numa://NODE/NAME or ucx://HOST:PORT/NAME",
                     uri));
   }
   const std::string_view scheme = uri.substr(0, sep);
@@ -177,6 +231,8 @@ BackendUri parse_backend_uri(std::string_view uri) {
     out.numa_node = value;
     check_name(uri, rest.substr(slash + 1));
     out.target = std::string(rest.substr(slash + 1));
+  } else if (scheme == "ucx") {
+    parse_ucx(uri, rest, out);
   } else if (registered(scheme)) {
     out.scheme = BackendUri::Scheme::kRegistered;
     if (rest.empty() || rest.size() > 4096) {
@@ -214,6 +270,8 @@ std::unique_ptr<MemoryBackend> create_backend(std::string_view uri, std::uint64_
       }
       return backend;
     }
+    case BackendUri::Scheme::kUcx:
+      refuse_remote(u, "created");
     case BackendUri::Scheme::kRegistered:
       return checked(u, scheme_of(u)->create(u, size_bytes, options));
   }
@@ -231,6 +289,8 @@ std::unique_ptr<MemoryBackend> open_backend(std::string_view uri, const BackendO
       return NumaBackend::open(u.numa_node, u.target, options);
     case BackendUri::Scheme::kDax:
       return DaxBackend::open_device(u.target, options);
+    case BackendUri::Scheme::kUcx:
+      return open_ucx_backend(u, options);
     case BackendUri::Scheme::kRegistered:
       return checked(u, scheme_of(u)->open(u, options));
   }
@@ -251,6 +311,8 @@ void remove_backend(std::string_view uri) {
     case BackendUri::Scheme::kDax:
       throw BackendError(
           fmt::format("{}: a devdax device cannot be removed; erase its pool instead", uri));
+    case BackendUri::Scheme::kUcx:
+      refuse_remote(u, "removed");
     case BackendUri::Scheme::kRegistered: {
       const auto scheme = scheme_of(u);
       if (!scheme->remove) {
@@ -272,6 +334,8 @@ bool backend_exists(std::string_view uri) {
     case BackendUri::Scheme::kFile:
     case BackendUri::Scheme::kDax:
       return ::access(u.target.c_str(), F_OK) == 0;
+    case BackendUri::Scheme::kUcx:
+      return true;  // whether it answers is known only by opening it
     case BackendUri::Scheme::kRegistered:
       return scheme_of(u)->exists(u);
   }

@@ -216,7 +216,13 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
   auto impl = std::make_unique<Impl>();
   impl->uri = uri;
   impl->role = role;
-  const std::uint64_t mapped = h.data_offset + h.data_bytes;
+  // A backend without a local mapping of its data (a remote pool) maps the metadata only;
+  // the data, model metadata and tile tables included, is read through read().
+  impl->data_mapped = backend->maps_data();
+  if (!impl->data_mapped && role == PoolRole::kWriter) {
+    throw fail("a writer needs a backend that maps the pool's data (this one is read remotely)");
+  }
+  const std::uint64_t mapped = impl->data_mapped ? h.data_offset + h.data_bytes : h.data_offset;
   impl->whole =
       backend->map(0, mapped, role == PoolRole::kWriter ? Access::kReadWrite : Access::kReadOnly);
   std::byte* base = impl->whole.data();
@@ -229,10 +235,12 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
     impl->control_map = backend->map(h.control_offset, h.control_bytes, Access::kReadWrite);
     impl->control = reinterpret_cast<pf::Control*>(impl->control_map.data());
   } else {
-    logger().warn(
-        "pool {}: opened read-only; this process's link traffic is not shared with "
-        "other attachers",
-        uri);
+    if (impl->data_mapped) {  // a remote pool's link is the network: nothing to share
+      logger().warn(
+          "pool {}: opened read-only; this process's link traffic is not shared with "
+          "other attachers",
+          uri);
+    }
     impl->private_control = std::make_unique<pf::Control>();
     impl->control = impl->private_control.get();
   }
@@ -250,6 +258,7 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
   // Every sealed model must validate before anything of it is trusted. One that does not
   // is quarantined: refused by name, listed as corrupted, droppable by reclaim or remove;
   // the other models stay servable.
+  impl->backend = std::move(backend);  // load_model reads through it when data is not mapped
   impl->quarantined.assign(h.max_models, std::string());
   for (std::uint32_t i = 0; i < h.max_models; ++i) {
     const std::uint64_t s = aload(impl->models[i].state);
@@ -274,7 +283,6 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
     impl->recover_locked();
   }
   impl->reset_link_clock_if_other_boot();
-  impl->backend = std::move(backend);
   impl->backend->bind_link_state(&impl->control->link);
   impl->claim_slot();
   return std::unique_ptr<Pool>(new Pool(std::move(impl)));
@@ -479,9 +487,7 @@ ReadStatus Pool::read(const TensorInfo& tensor, std::uint64_t offset_bytes,
 }
 
 std::span<const std::byte> Pool::view(const TensorInfo& tensor) const noexcept {
-  const auto& lay = impl_->lay;
-  if (!impl_->in_data(tensor.offset_bytes, tensor.size_bytes)) return {};
-  (void)lay;
+  if (!impl_->data_mapped || !impl_->in_data(tensor.offset_bytes, tensor.size_bytes)) return {};
   return {impl_->base + tensor.offset_bytes, tensor.size_bytes};
 }
 

@@ -231,11 +231,13 @@ std::shared_ptr<ModelView> Pool::Impl::load_model(std::uint32_t slot) const {
     if (!in_data(m.metadata_offset, m.metadata_bytes) || m.metadata_bytes > (1u << 30)) {
       corrupt(fmt::format("model '{}' has metadata outside the data area", *name));
     }
-    const auto* p = reinterpret_cast<const char*>(base + m.metadata_offset);
-    if (checksum64(p, m.metadata_bytes) != m.metadata_checksum) {
+    view->metadata_.resize(m.metadata_bytes);
+    read_data(m.metadata_offset,
+              std::as_writable_bytes(std::span<char>(view->metadata_.data(), m.metadata_bytes)),
+              fmt::format("model '{}' metadata", *name));
+    if (checksum64(view->metadata_.data(), m.metadata_bytes) != m.metadata_checksum) {
       corrupt(fmt::format("model '{}' metadata fails its checksum", *name));
     }
-    view->metadata_.assign(p, m.metadata_bytes);
   }
   std::vector<TensorInfo> found(m.tensor_count);
   std::vector<bool> seen(m.tensor_count, false);
@@ -326,7 +328,10 @@ std::shared_ptr<ModelView> Pool::Impl::load_model(std::uint32_t slot) const {
         m.tiles_bytes, m.tiles_offset, tiles));
   }
   auto table = std::make_shared<std::vector<std::uint64_t>>(tiles);
-  if (tiles > 0) std::memcpy(table->data(), base + m.tiles_offset, m.tiles_bytes);
+  if (tiles > 0) {
+    read_data(m.tiles_offset, std::as_writable_bytes(std::span<std::uint64_t>(*table)),
+              fmt::format("model '{}' tile table", *name));
+  }
   if (tiles > 0 && checksum64(table->data(), m.tiles_bytes) != m.tiles_checksum) {
     corrupt(fmt::format("model '{}' tile table fails its checksum", *name));
   }
@@ -351,6 +356,18 @@ std::optional<std::uint32_t> Pool::Impl::slot_of(std::string_view name) const {
     if (n && *n == name) return i;
   }
   return std::nullopt;
+}
+
+void Pool::Impl::read_data(std::uint64_t offset, std::span<std::byte> dst,
+                           std::string_view what) const {
+  if (data_mapped) {
+    std::memcpy(dst.data(), base + offset, dst.size());
+    return;
+  }
+  const ReadStatus status = backend->read(offset, dst);
+  if (status != ReadStatus::kOk) {
+    throw PoolError(fmt::format("{}: cannot read {}: {}", where(), what, to_string(status)));
+  }
 }
 
 }  // namespace xlshare

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -147,6 +148,9 @@ class Pool::Impl {
   pf::TensorRecord* tensors = nullptr;
   ExtentTable* extents = nullptr;
   std::byte* base = nullptr;
+  // Whether `whole` covers the data area. A remote backend maps the metadata only (header,
+  // control and catalog, a copy it received); its data is read through backend->read().
+  bool data_mapped = true;
   Layout lay{};
   std::uint64_t extent_capacity = 0;  // from the validated header
   int my_slot = -1;
@@ -254,6 +258,11 @@ class Pool::Impl {
   std::shared_ptr<ModelView> load_model(std::uint32_t slot) const;
 
   std::optional<std::uint32_t> slot_of(std::string_view name) const;
+
+  // Copies [offset, offset + dst.size()) of the data area (already checked with in_data):
+  // from the mapping, or over the backend's read path when the data is not mapped.
+  // @throws PoolError when the read fails.
+  void read_data(std::uint64_t offset, std::span<std::byte> dst, std::string_view what) const;
 };
 
 }  // namespace xlshare

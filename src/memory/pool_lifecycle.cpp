@@ -52,6 +52,7 @@ std::optional<ObjectPath> object_path(const BackendUri& u) {
       return ObjectPath{slash == 0 ? "/" : u.target.substr(0, slash), u.target.substr(slash + 1)};
     }
     case BackendUri::Scheme::kDax:
+    case BackendUri::Scheme::kUcx:
     case BackendUri::Scheme::kRegistered:
       return std::nullopt;
   }

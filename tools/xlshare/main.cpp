@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <new>
 #include <string>
 
@@ -43,6 +44,17 @@ int main(int argc, char** argv) {
         xlshare::set_log_level(count > 1 ? spdlog::level::debug : spdlog::level::info);
       },
       "log what happens to stderr: attach, load, failover (-vv: retries too)");
+  // --token-file anywhere on the command line: the token of remote pools (ucx://) for every
+  // command, and of `pool serve`. It becomes XLSHARE_TOKEN_FILE, so that processes this one
+  // starts (a worker group's) use it too.
+  app.add_option_function<std::string>(
+      "--token-file",
+      [](const std::string& path) {
+        if (path.empty()) throw CLI::ValidationError("--token-file", "the path is empty");
+        ::setenv("XLSHARE_TOKEN_FILE", path.c_str(), 1);
+      },
+      "the token of remote pools, in a file only you can read (0600); default: "
+      "$XLSHARE_TOKEN_FILE");
   xlshare::cli::add_pool_commands(app);
   xlshare::cli::add_model_commands(app);
   try {

@@ -1,12 +1,18 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
 #include "xlshare/error.hpp"
+#include "xlshare/log.hpp"
 #include "xlshare/memory/backend_uri.hpp"
 #include "xlshare/memory/pool.hpp"
+#include "xlshare/remote/pool_server.hpp"
 
 namespace xlshare::cli {
 namespace {
@@ -118,6 +124,55 @@ void pool_reclaim(const PoolArgs& a) {
   fmt::print("reclaimed {} abandoned model(s) in {}\n", n, a.uri);
 }
 
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+
+// "HOST:PORT" or "[ADDR]:PORT"; PORT 0 picks a free one.
+void parse_listen(const std::string& text, PoolServerOptions& o) {
+  const auto bad = [&] {
+    return ConfigError(fmt::format("--listen '{}': expected HOST:PORT or [ADDR]:PORT", text));
+  };
+  std::string host, port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      throw bad();
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) throw bad();
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (host.empty() || port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos || std::stoul(port) > 65535) {
+    throw bad();
+  }
+  o.listen_host = host;
+  o.port = static_cast<std::uint16_t>(std::stoul(port));
+}
+
+void pool_serve(const PoolArgs& a, const std::string& listen, const std::string& name,
+                std::uint32_t handshake_ms) {
+  PoolServerOptions o;
+  parse_listen(listen, o);
+  o.name = name;
+  o.handshake_timeout_ms = handshake_ms;
+  PoolServer server(a.uri, o);
+  struct sigaction sa {};
+  sa.sa_handler = &on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  fmt::print("serving pool {} as {}\n", a.uri, server.client_uri());
+  std::fflush(stdout);
+  if (logger().level() > spdlog::level::info) set_log_level(spdlog::level::info);  // logs clients
+  server.serve(&g_stop);
+  const auto s = server.stats();
+  fmt::print("stopped: {} client(s) attached, {} refused\n", s.clients_attached, s.clients_refused);
+}
+
 }  // namespace
 
 void add_pool_commands(CLI::App& app) {
@@ -164,6 +219,23 @@ void add_pool_commands(CLI::App& app) {
       pool->add_subcommand("reclaim", "free models whose loader died before sealing");
   reclaim->add_option("uri", args->uri, "the pool's URI")->required();
   reclaim->callback([args] { pool_reclaim(*args); });
+
+  auto listen = std::make_shared<std::string>();
+  auto name = std::make_shared<std::string>();
+  auto handshake_ms = std::make_shared<std::uint32_t>(5000);
+  CLI::App* serve = pool->add_subcommand(
+      "serve", "serve a pool to other hosts over UCX (read-only) until SIGINT or SIGTERM");
+  serve->add_option("uri", args->uri, "the pool's URI on this host")->required();
+  serve->add_option("--listen", *listen, "HOST:PORT to listen on (PORT 0: a free one)")->required();
+  serve->add_option("--name", *name,
+                    "the name clients ask for (ucx://HOST:PORT/NAME); default: the pool's own");
+  serve
+      ->add_option("--handshake-timeout-ms", *handshake_ms,
+                   "drop a client that has not authenticated after this long (1..600000)")
+      ->capture_default_str()
+      ->check(integer_in(1, 600000));
+  serve->callback(
+      [args, listen, name, handshake_ms] { pool_serve(*args, *listen, *name, *handshake_ms); });
 }
 
 }  // namespace xlshare::cli

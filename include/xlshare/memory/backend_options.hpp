@@ -23,6 +23,11 @@ struct BackendOptions {
   /// Treat a regular file as a devdax character device (for tests of the devdax path on
   /// machines without one). Default: false.
   bool allow_regular_file_as_devdax = false;
+  /// Remote pools (ucx://): the token file; empty: $XLSHARE_TOKEN_FILE.
+  std::string token_file;
+  /// Remote pools: how long a connection, a handshake or one read may take before it counts
+  /// as failed. Default 10 000 ms.
+  std::uint32_t remote_timeout_ms = 10000;
 };
 
 }  // namespace xlshare

@@ -3,6 +3,10 @@
 //   dax:///dev/daxX.Y   DaxBackend on a devdax character device
 //   file:///PATH        DaxBackend on a file (an fsdax mount, or any filesystem)
 //   numa://NODE/NAME    NumaBackend: shared memory bound to NUMA node NODE
+//   ucx://HOST:PORT/NAME  a pool served by `xlshare pool serve` on HOST, read over UCX
+//                       (read-only, no local mapping of the data: copy placement only;
+//                       xlshare/remote/ucx_backend.hpp). HOST: a name, an IPv4 address or
+//                       [an IPv6 address].
 //   NAME://TARGET       a backend of a scheme registered with register_backend_scheme()
 //
 // Everything that takes a pool URI (create_pool, remove_pool, InferenceEngine, the CLI in
@@ -21,13 +25,16 @@
 namespace xlshare {
 
 struct BackendUri {
-  enum class Scheme { kShm, kDax, kFile, kNuma, kRegistered };
+  enum class Scheme { kShm, kDax, kFile, kNuma, kUcx, kRegistered };
   Scheme scheme = Scheme::kShm;
-  std::string scheme_name;  ///< "shm", "dax", "file", "numa" or the registered name
-  /// shm/numa: the object name; dax/file: the absolute path; registered: all after "://"
+  std::string scheme_name;  ///< "shm", "dax", "file", "numa", "ucx" or the registered name
+  /// shm/numa: the object name; dax/file: the absolute path; ucx: the served pool's name;
+  /// registered: all after "://"
   std::string target;
-  int numa_node = -1;  ///< numa only
-  std::string text;    ///< the URI as given
+  int numa_node = -1;      ///< numa only
+  std::string host;        ///< ucx only: the server (brackets of an IPv6 address removed)
+  std::uint16_t port = 0;  ///< ucx only
+  std::string text;        ///< the URI as given
 };
 
 /// What a registered scheme does for its URIs "NAME://TARGET". Each function receives the

@@ -155,6 +155,7 @@ class CxlEmulator final : public MemoryBackend {
   std::uint64_t size_bytes() const noexcept override { return inner_->size_bytes(); }
   std::uint64_t alignment_bytes() const noexcept override { return inner_->alignment_bytes(); }
   bool is_host() const noexcept override { return inner_->is_host(); }
+  bool maps_data() const noexcept override { return inner_->maps_data(); }
   bool is_writable() const noexcept override { return inner_->is_writable(); }
   Mapping map(std::uint64_t offset_bytes, std::uint64_t length_bytes, Access access) override {
     return inner_->map(offset_bytes, length_bytes, access);

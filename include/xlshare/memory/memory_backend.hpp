@@ -19,6 +19,8 @@
 //   * optionally `bind_link_state(link)`: decorators that model a link shared by every
 //     attached process (CxlEmulator) account their transfers there. Default: ignored.
 //   * optionally `is_host()`: whether the CPU can load from the mapped bytes (true here).
+//   * optionally `maps_data()`: false for a remote backend that maps only a pool's
+//     metadata and reads its data over the network (true here).
 //
 // Threading: after construction, `read()` and `map()` may be called concurrently from any
 // number of threads. Reads are the hot path: they never throw, never allocate and never
@@ -93,6 +95,11 @@ class MemoryBackend {
   virtual bool is_host() const noexcept { return true; }
   /// Whether this process may map the backend read-write.
   virtual bool is_writable() const noexcept = 0;
+  /// Whether map() serves the whole backend. A remote backend (`ucx://`) has no local
+  /// mapping of a pool's data: it maps only the pool's metadata (header, control, catalog:
+  /// a copy received from the server), and a Pool reads everything else through read().
+  /// Such a pool supports the copy placement only.
+  virtual bool maps_data() const noexcept { return true; }
 
   /// Maps [offset_bytes, offset_bytes + length_bytes).
   /// @throws BackendError on a misaligned or out-of-range request, or when mmap fails.

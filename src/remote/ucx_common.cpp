@@ -1,0 +1,35 @@
+#include "remote/ucx_common.hpp"
+
+#include <fmt/format.h>
+
+namespace xlshare::ucx_detail {
+
+std::string status_text(ucs_status_t status) {
+  return fmt::format("UCX: {}", ucs_status_string(status));
+}
+
+ucs_status_t wait_request(ucp_worker_h worker, ucs_status_ptr_t request, Clock::time_point deadline,
+                          const bool* broken) {
+  if (request == nullptr) return UCS_OK;
+  if (UCS_PTR_IS_ERR(request)) return UCS_PTR_STATUS(request);
+  for (unsigned spins = 0;; ++spins) {
+    ucp_worker_progress(worker);
+    const ucs_status_t status = ucp_request_check_status(request);
+    if (status != UCS_INPROGRESS) {
+      ucp_request_free(request);
+      return status;
+    }
+    if ((spins & 255) == 0) {
+      if (broken != nullptr && *broken) {
+        ucp_request_free(request);  // completes (with an error) when the endpoint closes
+        return UCS_ERR_CONNECTION_RESET;
+      }
+      if (Clock::now() > deadline) {
+        ucp_request_free(request);
+        return UCS_ERR_TIMED_OUT;
+      }
+    }
+  }
+}
+
+}  // namespace xlshare::ucx_detail
