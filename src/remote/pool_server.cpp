@@ -370,11 +370,7 @@ PoolServer::PoolServer(std::string_view pool_uri, PoolServerOptions options)
   if (im.layout.data_bytes == 0) throw PoolError(fmt::format("pool {}: no data area", pool_uri));
   im.data = im.pool->backend().map(im.layout.data_offset, im.layout.data_bytes, Access::kReadOnly);
 
-  ucp_config_t* config = nullptr;
-  if (const ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
-    throw BackendError(
-        fmt::format("pool server: cannot read UCX's configuration: {}", status_text(s)));
-  }
+  ucp_config_t* config = read_config("pool server");
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_STREAM | UCP_FEATURE_WAKEUP;
@@ -464,19 +460,31 @@ std::string PoolServer::client_uri() const {
 
 void PoolServer::serve(const std::atomic<bool>* stop) {
   Impl& im = *impl_;
+  // Where UCX emulates a remote read in software (TCP, and shared memory for memory UCX did
+  // not allocate itself), this loop answers it. While reads flow it keeps polling (a read
+  // is answered in microseconds, not after a sleep); idle for kSpin, it sleeps on the
+  // worker's event descriptor, waking at least every kNap to look at deadlines and `stop`
+  // (some transports, shared memory among them, raise no event).
+  constexpr auto kSpin = std::chrono::milliseconds(2);
+  constexpr int kNapMs = 1;
+  auto last_event = Clock::now();
   while (!im.stop_requested.load(std::memory_order_acquire) &&
          (stop == nullptr || !stop->load(std::memory_order_acquire))) {
-    while (ucp_worker_progress(im.worker) != 0) {
-    }
+    bool active = false;
+    while (ucp_worker_progress(im.worker) != 0) active = true;
     im.step();
-    if (!im.pending.empty()) continue;
+    const auto now = Clock::now();
+    if (active || !im.pending.empty()) {
+      last_event = now;
+      continue;
+    }
+    if (now - last_event < kSpin) continue;
     if (im.efd >= 0) {
-      const ucs_status_t armed = ucp_worker_arm(im.worker);
-      if (armed == UCS_ERR_BUSY) continue;
+      if (ucp_worker_arm(im.worker) == UCS_ERR_BUSY) continue;
       pollfd pfd{im.efd, POLLIN, 0};
-      (void)::poll(&pfd, 1, 50);
+      (void)::poll(&pfd, 1, im.conns.empty() ? 50 : kNapMs);
     } else {
-      ::usleep(200);
+      ::usleep(kNapMs * 1000);
     }
   }
 }

@@ -167,11 +167,7 @@ class UcxBackend final : public MemoryBackend {
   }
 
   void start_ucx() {
-    ucp_config_t* config = nullptr;
-    if (const ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
-      throw BackendError(
-          fmt::format("{}: cannot read UCX's configuration: {}", uri_, status_text(s)));
-    }
+    ucp_config_t* config = read_config(uri_);
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
     params.features = UCP_FEATURE_RMA | UCP_FEATURE_STREAM;

@@ -2,10 +2,25 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
+
+#include "xlshare/error.hpp"
+
 namespace xlshare::ucx_detail {
 
 std::string status_text(ucs_status_t status) {
   return fmt::format("UCX: {}", ucs_status_string(status));
+}
+
+ucp_config_t* read_config(const std::string& who) {
+  ucp_config_t* config = nullptr;
+  if (const ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
+    throw BackendError(fmt::format("{}: cannot read UCX's configuration: {}", who, status_text(s)));
+  }
+  if (std::getenv("UCX_MM_ERROR_HANDLING") == nullptr) {
+    (void)ucp_config_modify(config, "MM_ERROR_HANDLING", "y");  // unknown to old UCX: no harm
+  }
+  return config;
 }
 
 ucs_status_t wait_request(ucp_worker_h worker, ucs_status_ptr_t request, Clock::time_point deadline,

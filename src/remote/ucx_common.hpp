@@ -64,6 +64,12 @@ using Clock = std::chrono::steady_clock;
 /// "UCX: <ucs_status_string>"
 std::string status_text(ucs_status_t status);
 
+/// UCX's configuration from its environment, with shared-memory transports allowed on
+/// endpoints that handle peer failure (UCX_MM_ERROR_HANDLING=y unless the environment says
+/// otherwise): without it, a pool served on the same host is read over TCP.
+/// @throws BackendError naming `who`.
+ucp_config_t* read_config(const std::string& who);
+
 /// Progresses `worker` until `request` (the result of a *_nbx call) completes or `deadline`
 /// passes or `*broken` becomes true. Frees the request. Returns its status, UCS_ERR_TIMED_OUT
 /// or UCS_ERR_CONNECTION_RESET (broken). A request still in flight on timeout is left to

@@ -64,7 +64,11 @@ class ServerProcess {
     // "serving pool URI as ucx://127.0.0.1:PORT/NAME", within 20 s.
     std::string line;
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < until) {
+    const auto complete = [&] {
+      const auto at = line.find("serving pool ");
+      return at != std::string::npos && line.find('\n', at) != std::string::npos;
+    };
+    while (!complete() && std::chrono::steady_clock::now() < until) {
       pollfd p{out_, POLLIN, 0};
       if (::poll(&p, 1, 100) <= 0) continue;
       char buf[256];
@@ -72,12 +76,12 @@ class ServerProcess {
       if (n <= 0) break;
       line.append(buf, static_cast<std::size_t>(n));
     }
-    const auto at = line.find(" as ");
+    const auto at = line.find(" as ", line.find("serving pool "));
     if (at == std::string::npos) {
       kill();
       throw std::runtime_error("the server did not start: '" + line + "'");
     }
-    uri_ = line.substr(at + 4, line.find('\n') - at - 4);
+    uri_ = line.substr(at + 4, line.find('\n', at) - at - 4);
   }
   ~ServerProcess() {
     kill();
