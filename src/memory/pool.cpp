@@ -195,6 +195,9 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
     throw fail(fmt::format("the backing object is {} bytes, too small to hold a pool header",
                            backend_bytes));
   }
+  if (role == PoolRole::kWriter && !backend->maps_data()) {
+    throw fail("a remote pool is read-only here: load and remove models on the pool's host");
+  }
   if (role == PoolRole::kWriter && !backend->is_writable()) {
     throw fail("a writer needs a writable backend");
   }
@@ -219,9 +222,6 @@ std::unique_ptr<Pool> Pool::attach(std::unique_ptr<MemoryBackend> backend, PoolR
   // A backend without a local mapping of its data (a remote pool) maps the metadata only;
   // the data, model metadata and tile tables included, is read through read().
   impl->data_mapped = backend->maps_data();
-  if (!impl->data_mapped && role == PoolRole::kWriter) {
-    throw fail("a writer needs a backend that maps the pool's data (this one is read remotely)");
-  }
   const std::uint64_t mapped = impl->data_mapped ? h.data_offset + h.data_bytes : h.data_offset;
   impl->whole =
       backend->map(0, mapped, role == PoolRole::kWriter ? Access::kReadWrite : Access::kReadOnly);

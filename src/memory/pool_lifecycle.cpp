@@ -163,6 +163,11 @@ std::unique_ptr<Pool> create_pool(std::string_view uri, std::uint64_t size_bytes
 
 void remove_pool(std::string_view uri, bool force) {
   const BackendUri u = parse_backend_uri(uri);
+  if (u.scheme == BackendUri::Scheme::kUcx) {
+    throw ConfigError(fmt::format(
+        "{}: a remote pool cannot be removed from here; stop its server and remove it on its host",
+        uri));
+  }
   // What creators of this name killed mid-create left behind goes first: it is ours.
   if (const auto where = object_path(u);
       where && remove_dead_creations(*where) > 0 && !backend_exists(uri)) {

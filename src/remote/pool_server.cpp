@@ -431,8 +431,9 @@ PoolServer::PoolServer(std::string_view pool_uri, PoolServerOptions options)
   ::freeaddrinfo(found);
   if (ls != UCS_OK) {
     im.listener = nullptr;
-    throw BackendError(fmt::format("pool server: cannot listen on {}:{}: {}",
-                                   im.options.listen_host, im.options.port, status_text(ls)));
+    throw BackendError(fmt::format("pool server: cannot listen on {}:{}: {}{}",
+                                   im.options.listen_host, im.options.port, status_text(ls),
+                                   ls == UCS_ERR_BUSY ? " (the address is in use)" : ""));
   }
   ucp_listener_attr_t la{};
   la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;

@@ -6,6 +6,8 @@
 
 #include "xlshare/error.hpp"
 
+#include <ucs/config/global_opts.h>
+
 namespace xlshare::ucx_detail {
 
 std::string status_text(ucs_status_t status) {
@@ -17,6 +19,10 @@ ucp_config_t* read_config(const std::string& who) {
   if (const ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
     throw BackendError(fmt::format("{}: cannot read UCX's configuration: {}", who, status_text(s)));
   }
+  // xlshare reports every UCX failure in its own one-line errors; UCX's own log lines (on
+  // stdout) only when asked for with UCX_LOG_LEVEL.
+  if (std::getenv("UCX_LOG_LEVEL") == nullptr)
+    (void)ucs_global_opts_set_value("LOG_LEVEL", "fatal");
   if (std::getenv("UCX_MM_ERROR_HANDLING") == nullptr) {
     (void)ucp_config_modify(config, "MM_ERROR_HANDLING", "y");  // unknown to old UCX: no harm
   }

@@ -11,10 +11,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <thread>
+#include <tuple>
 
 #include "model/model_support.hpp"
 #include "support/test_support.hpp"
@@ -280,6 +284,51 @@ TEST_F(Remote, FourWorkerProcessesReadFromOneServerAtOnce) {
     std::string line, last;
     while (std::getline(in, line)) last = line;
     EXPECT_EQ(last, want) << "worker " << i;
+  }
+}
+
+// Runs a shell command; its exit status and what it printed (stdout and stderr).
+std::pair<int, std::string> run(const std::string& command) {
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (p != nullptr && std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  const int status = p != nullptr ? ::pclose(p) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// The CLI: the same logits from the remote pool as from the local one; a wrong token, a
+// load into a remote pool and its removal are refused, each in one line.
+TEST_F(Remote, TheCliReadsARemotePoolAndRefusesWhatItCannotDo) {
+  ServerProcess server(uri_, token_file_);
+  const std::string cli = XLSHARE_CLI;
+  const auto local = dir_.path() / "local.bin", remote = dir_.path() / "remote.bin";
+  auto [rc, out] = run(fmt::format("{} eval --pool {} --model m --tokens 3,14,15 --logits-out {}",
+                                   cli, uri_, local.string()));
+  ASSERT_EQ(rc, 0) << out;
+  std::tie(rc, out) =
+      run(fmt::format("{} eval --pool {} --model m --tokens 3,14,15 --logits-out {}", cli,
+                      server.uri(), remote.string()));
+  ASSERT_EQ(rc, 0) << out;
+  std::ifstream a(local, std::ios::binary), b(remote, std::ios::binary);
+  const std::string la((std::istreambuf_iterator<char>(a)), {}),
+      lb((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_FALSE(la.empty());
+  EXPECT_EQ(la, lb);
+
+  const auto wrong = dir_.path() / "wrong";
+  write_token(wrong, "not-the-token-but-long-enough-0000");
+  for (const std::string& command :
+       {fmt::format("{} --token-file {} generate --pool {} --model m --prompt-tokens 1 -n 2", cli,
+                    wrong.string(), server.uri()),
+        fmt::format("{} pool rm {}", cli, server.uri()),
+        fmt::format("{} load {} --pool {} --name x", cli, token_file_.string(), server.uri()),
+        fmt::format("{} generate --pool {} --model m --placement in-place --prompt-tokens 1 -n 2",
+                    cli, server.uri())}) {
+    std::tie(rc, out) = run(command);
+    EXPECT_EQ(rc, 1) << command << "\n" << out;
+    EXPECT_EQ(out.rfind("xlshare: error: ", 0), 0u) << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
   }
 }
 

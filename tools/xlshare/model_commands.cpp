@@ -19,6 +19,7 @@
 #include "xlshare/engine/inference_engine.hpp"
 #include "xlshare/error.hpp"
 #include "xlshare/memory/backend_uri.hpp"
+#include "xlshare/memory/checksum.hpp"
 #include "xlshare/model/model_file.hpp"
 #include "xlshare/model/synthetic.hpp"
 #include "xlshare/model/tokenizer.hpp"
@@ -564,8 +565,29 @@ void add_model_commands(CLI::App& app) {
         auto pool = Pool::attach(open_backend(a->pool));
         auto view = pool->model(a->model);
         const LlamaModel model = LlamaModel::from_pool(*view);
-        SpanWeights w = pool_weights(*pool, *view);
-        run(model, w);
+        if (pool->backend().maps_data()) {
+          SpanWeights w = pool_weights(*pool, *view);
+          run(model, w);
+        } else {
+          // A remote pool: every tensor read over the network once, checked on arrival.
+          std::vector<std::vector<std::byte>> buffers;
+          std::vector<std::span<const std::byte>> spans;
+          for (const auto& t : view->tensors()) {
+            buffers.emplace_back(t.size_bytes);
+            if (const ReadStatus st = pool->read(t, 0, buffers.back()); st != ReadStatus::kOk) {
+              throw PoolError(fmt::format("{}: cannot read tensor '{}': {}", pool->uri(), t.name,
+                                          to_string(st)));
+            }
+            if (checksum64(std::span<const std::byte>(buffers.back())) != t.checksum) {
+              throw PoolError(
+                  fmt::format("{}: tensor '{}' of model '{}' does not match its checksum",
+                              pool->uri(), t.name, view->name()));
+            }
+            spans.emplace_back(buffers.back());
+          }
+          SpanWeights w(spans);
+          run(model, w);
+        }
       } else {
         const ModelFile file = open_model_file(a->model);
         std::vector<std::vector<std::byte>> buffers;
