@@ -147,11 +147,13 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
         "`lookahead` steps ahead and the HotSet is fixed: use Placement::kCopy with a policy of "
         "your own");
   }
-  if ((in_place || options.cache_bytes == 0) && !primary.backend().maps_data()) {
-    throw ConfigError(fmt::format(
-        "pool {} is read over the network and has no local mapping: use the copy placement "
-        "with a near cache (cache bytes > 0)",
-        primary.uri()));
+  for (Pool* p : {&primary, replica}) {
+    if ((in_place || options.cache_bytes == 0) && p != nullptr && !p->backend().maps_data()) {
+      throw ConfigError(fmt::format(
+          "pool {} is read over the network and has no local mapping: use the copy placement "
+          "with a near cache (cache bytes > 0)",
+          p->uri()));
+    }
   }
   if ((options.cache_bytes == 0 || in_place) && share != nullptr && share->mapping_) {
     mapping_ = share->mapping_;

@@ -142,6 +142,9 @@ void parse_ucx(std::string_view uri, std::string_view rest, BackendUri& out) {
   out.host = std::string(host);
   out.port = static_cast<std::uint16_t>(value);
   check_name(uri, rest.substr(slash + 1));
+  if (rest.size() - slash - 1 > 63) {
+    throw ConfigError(fmt::format("'{}': a served pool's name is 1..63 bytes", uri.substr(0, 200)));
+  }
   out.target = std::string(rest.substr(slash + 1));
 }
 

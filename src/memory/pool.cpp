@@ -530,7 +530,9 @@ PoolStats Pool::stats(bool read_mapping) const {
   s.link_busy_ns = link_field(link.busy_ns_total).load();
   s.link_faults = link_field(link.faults_total).load();
   s.link_clock_clamps = link_field(link.clock_clamps_total).load();
-  if (read_mapping) mapping_page_sizes(im.base, s.page_bytes, s.huge_mapped_bytes);
+  // (A remote pool maps only a copy of its catalog: nothing to say about its pages.)
+  if (read_mapping && im.data_mapped)
+    mapping_page_sizes(im.base, s.page_bytes, s.huge_mapped_bytes);
   return s;
 }
 

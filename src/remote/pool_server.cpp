@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -27,6 +28,15 @@ using namespace ucx_detail;
 bool ucx_available() noexcept { return true; }
 
 namespace {
+
+// `text` with every byte outside printable ASCII as '?', for logs and messages.
+std::string printable(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) {
+    if (c < 0x20 || c > 0x7e) c = '?';
+  }
+  return out;
+}
 
 std::string address_text(const sockaddr_storage& ss) {
   char host[INET6_ADDRSTRLEN] = "?";
@@ -70,6 +80,63 @@ void check_served_name(const std::string& name) {
   }
 }
 
+// One CIDR block of PoolServerOptions::allow.
+struct Cidr {
+  int family = AF_INET;
+  unsigned char bytes[16] = {};
+  unsigned prefix = 0;
+
+  static Cidr parse(const std::string& text) {
+    Cidr c;
+    const auto slash = text.find('/');
+    const std::string address = text.substr(0, slash);
+    if (::inet_pton(AF_INET, address.c_str(), c.bytes) == 1) {
+      c.family = AF_INET;
+      c.prefix = 32;
+    } else if (::inet_pton(AF_INET6, address.c_str(), c.bytes) == 1) {
+      c.family = AF_INET6;
+      c.prefix = 128;
+    } else {
+      throw ConfigError(fmt::format("--allow '{}': not an IPv4 or IPv6 address", text));
+    }
+    if (slash != std::string::npos) {
+      const std::string bits = text.substr(slash + 1);
+      const unsigned max = c.prefix;
+      if (bits.empty() || bits.size() > 3 ||
+          bits.find_first_not_of("0123456789") != std::string::npos || std::stoul(bits) > max) {
+        throw ConfigError(fmt::format("--allow '{}': the prefix must be 0..{}", text, max));
+      }
+      c.prefix = static_cast<unsigned>(std::stoul(bits));
+    }
+    return c;
+  }
+
+  bool contains(const sockaddr_storage& ss) const {
+    const unsigned char* a = nullptr;
+    unsigned char mapped[16] = {};
+    if (ss.ss_family == AF_INET && family == AF_INET) {
+      a = reinterpret_cast<const unsigned char*>(
+          &reinterpret_cast<const sockaddr_in&>(ss).sin_addr);
+    } else if (ss.ss_family == AF_INET6) {
+      const auto* b = reinterpret_cast<const unsigned char*>(
+          &reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr);
+      static const unsigned char v4_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+      if (family == AF_INET6) {
+        a = b;
+      } else if (std::memcmp(b, v4_prefix, 12) == 0) {  // ::ffff:a.b.c.d
+        std::memcpy(mapped, b + 12, 4);
+        a = mapped;
+      }
+    }
+    if (a == nullptr) return false;
+    for (unsigned bit = 0; bit < prefix; ++bit) {
+      const unsigned mask = 0x80u >> (bit % 8);
+      if ((a[bit / 8] & mask) != (bytes[bit / 8] & mask)) return false;
+    }
+    return true;
+  }
+};
+
 }  // namespace
 
 struct PoolServer::Impl {
@@ -82,12 +149,15 @@ struct PoolServer::Impl {
     ucs_status_ptr_t recv = nullptr;
     std::vector<std::byte> out;
     ucs_status_ptr_t send = nullptr;
+    char stray[64];  // a client says nothing after its handshake: anything here drops it
+    std::size_t stray_length = 0;
     enum class State { kHello, kReplying, kRefusing, kServing } state = State::kHello;
     bool broken = false;
     Clock::time_point deadline;
   };
 
   PoolServerOptions options;
+  std::vector<Cidr> allowed;
   std::string token;
   std::string name;
   std::unique_ptr<Pool> pool;
@@ -140,7 +210,16 @@ struct PoolServer::Impl {
     ucp_conn_request_attr_t attr{};
     attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
     std::string peer = "?";
-    if (ucp_conn_request_query(request, &attr) == UCS_OK) peer = address_text(attr.client_address);
+    const bool known = ucp_conn_request_query(request, &attr) == UCS_OK;
+    if (known) peer = address_text(attr.client_address);
+    if (!allowed.empty() &&
+        (!known || std::none_of(allowed.begin(), allowed.end(),
+                                [&](const Cidr& c) { return c.contains(attr.client_address); }))) {
+      ucp_listener_reject(listener, request);
+      refused.fetch_add(1);
+      logger().warn("pool server: refused {}: not an allowed address", peer);
+      return;
+    }
     if (conns.size() >= options.max_clients) {
       ucp_listener_reject(listener, request);
       refused.fetch_add(1);
@@ -197,7 +276,7 @@ struct PoolServer::Impl {
     } else if (std::string_view(h.name, h.name_bytes) != name) {
       status = kReplyNoSuchPool;
       problem = fmt::format("no pool '{}' here (this server serves '{}')",
-                            std::string_view(h.name, h.name_bytes), name);
+                            printable(std::string_view(h.name, h.name_bytes)), name);
     }
     const bool ok = status == kReplyOk;
     r.status = status;
@@ -221,12 +300,28 @@ struct PoolServer::Impl {
     ucp_request_param_t p{};
     c.send = ucp_stream_send_nbx(c.ep, c.out.data(), c.out.size(), &p);
     if (ok) {
+      hold_models();
       catalog_sent.fetch_add(catalog);
     } else {
       refused.fetch_add(1);
       logger().warn("pool server: refused {}: {}", c.peer, problem);
     }
     return ok;
+  }
+
+  // Marks every sealed model in use by this process, so that the pool's host cannot remove
+  // (and reuse the bytes of) a model whose catalog entry a client holds. Models loaded after
+  // the server started are held from the first handshake that hands them out.
+  void hold_models() {
+    try {
+      for (const auto& model : pool->model_names()) {
+        const bool held = std::any_of(models.begin(), models.end(),
+                                      [&](const auto& v) { return v->name() == model; });
+        if (!held) models.push_back(pool->model(model));
+      }
+    } catch (const std::exception& e) {
+      logger().warn("pool server: {}", e.what());
+    }
   }
 
   void begin_close(std::unique_ptr<Conn> conn) {
@@ -327,10 +422,17 @@ struct PoolServer::Impl {
             c.state = Conn::State::kServing;
             c.out.clear();
             c.out.shrink_to_fit();
+            ucp_request_param_t p{};
+            c.recv = ucp_stream_recv_nbx(c.ep, c.stray, sizeof c.stray, &c.stray_length, &p);
             attached.fetch_add(1);
             logger().info("pool server: {} attached", c.peer);
           }
         } else if (now > c.deadline + std::chrono::milliseconds(options.handshake_timeout_ms)) {
+          drop = true;
+        }
+      } else if (c.state == Conn::State::kServing) {
+        if (received(c.recv, c.stray_length, status)) {
+          logger().warn("pool server: dropped {}: it sent data after its handshake", c.peer);
           drop = true;
         }
       }
@@ -356,6 +458,7 @@ PoolServer::PoolServer(std::string_view pool_uri, PoolServerOptions options)
   }
   im.name = options.name.empty() ? default_name(pool_uri) : options.name;
   check_served_name(im.name);
+  for (const auto& block : options.allow) im.allowed.push_back(Cidr::parse(block));
   im.token = read_token_file(token_file_or_default(options.token_file));
   im.options = std::move(options);
 

@@ -33,7 +33,8 @@ struct Lane {
   ucp_worker_h worker = nullptr;
   ucp_ep_h ep = nullptr;
   ucp_rkey_h rkey = nullptr;
-  bool broken = false;  // set by the endpoint's error handler, inside progress
+  std::uint64_t remote_data_address = 0;  // where this connection's server has the data
+  bool broken = false;                    // set by the endpoint's error handler, inside progress
 
   Lane() = default;
   Lane(const Lane&) = delete;
@@ -48,7 +49,10 @@ struct Lane {
       p.flags = UCP_EP_CLOSE_FLAG_FORCE;
       ucs_status_ptr_t request = ucp_ep_close_nbx(ep, &p);
       if (request != nullptr && !UCS_PTR_IS_ERR(request)) {
-        while (ucp_request_check_status(request) == UCS_INPROGRESS) ucp_worker_progress(worker);
+        const auto until = Clock::now() + std::chrono::seconds(5);
+        while (ucp_request_check_status(request) == UCS_INPROGRESS && Clock::now() < until) {
+          ucp_worker_progress(worker);
+        }
         ucp_request_free(request);
       }
     }
@@ -72,18 +76,39 @@ class UcxBackend final : public MemoryBackend {
     if (options.remote_timeout_ms == 0 || options.remote_timeout_ms > 3600000) {
       throw ConfigError(fmt::format("{}: the remote timeout must be 1..3600000 ms", uri_));
     }
+    if (target_.target.size() >= kWireNameBytes) {
+      throw ConfigError(
+          fmt::format("{}: a served pool's name is at most {} bytes", uri_, kWireNameBytes - 1));
+    }
     timeout_ = std::chrono::milliseconds(options.remote_timeout_ms);
     token_ = read_token_file(token_file_or_default(options.token_file));
+    static_assert(kMaxSecretBytes <= kWireTokenBytes);
     resolve();
     start_ucx();
-    Reply reply{};
-    std::vector<std::byte> catalog;
-    ConnectFailure failure;
-    auto lane = connect(true, reply, &catalog, failure);
-    if (!lane) throw BackendError(fmt::format("{}: {}", uri_, failure.message));
-    reply_ = reply;
-    catalog_ = std::move(catalog);
-    idle_.push_back(std::move(lane));
+    try {
+      Reply reply{};
+      std::vector<std::byte> catalog;
+      ConnectFailure failure;
+      auto lane = connect(true, reply, &catalog, failure);
+      if (!lane) throw BackendError(fmt::format("{}: {}", uri_, failure.message));
+      // The header in the catalog must describe the pool the reply describes: Pool::attach
+      // checks the header against size_bytes() and alignment_bytes(), this the rest.
+      pool_format::Header h;
+      std::memcpy(&h, catalog.data(), sizeof h);
+      if (h.pool_bytes != reply.pool_bytes || h.alignment_bytes != reply.alignment_bytes ||
+          h.data_offset != reply.data_offset || h.data_bytes != reply.data_bytes ||
+          h.header_checksum != reply.header_checksum) {
+        throw BackendError(
+            fmt::format("{}: the server's catalog and its answer describe different pools", uri_));
+      }
+      reply_ = reply;
+      catalog_ = std::move(catalog);
+      idle_.push_back(std::move(lane));
+    } catch (...) {
+      idle_.clear();
+      ucp_cleanup(context_);
+      throw;
+    }
   }
 
   ~UcxBackend() override {
@@ -131,6 +156,8 @@ class UcxBackend final : public MemoryBackend {
           return ReadStatus::kOffline;
         }
         if (reply.header_checksum != reply_.header_checksum ||
+            reply.pool_bytes != reply_.pool_bytes ||
+            reply.alignment_bytes != reply_.alignment_bytes ||
             reply.data_offset != reply_.data_offset || reply.data_bytes != reply_.data_bytes) {
           note_failure("the server now serves another pool");
           return ReadStatus::kOffline;
@@ -290,6 +317,7 @@ class UcxBackend final : public MemoryBackend {
     if (s = receive(rkey.data(), rkey.size()); s != UCS_OK) {
       return fail(fmt::format("the remote key did not arrive: {}", status_text(s)));
     }
+    lane->remote_data_address = reply.remote_data_address;
     if (s = ucp_ep_rkey_unpack(lane->ep, rkey.data(), &lane->rkey); s != UCS_OK) {
       lane->rkey = nullptr;
       return fail(fmt::format("the remote key does not unpack: {}", status_text(s)));
@@ -308,7 +336,7 @@ class UcxBackend final : public MemoryBackend {
         const std::size_t n = std::min(kChunkBytes, dst.size() - pos);
         ucp_request_param_t p{};
         requests[posted] = ucp_get_nbx(lane.ep, dst.data() + pos, n,
-                                       reply_.remote_data_address + offset + pos, lane.rkey, &p);
+                                       lane.remote_data_address + offset + pos, lane.rkey, &p);
         pos += n;
       }
       bool ok = true;

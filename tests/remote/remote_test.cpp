@@ -230,6 +230,26 @@ TEST_F(Remote, AWrongTokenIsRefusedAndTheServerServesOthers) {
   EXPECT_EQ(remote.generate(prompt_, 16), want_);
 }
 
+TEST_F(Remote, OnlyAllowedAddressesMayConnect) {
+  ServerProcess elsewhere(uri_, token_file_, {"--allow", "10.0.0.0/8", "--allow", "fd00::/8"});
+  try {
+    (void)open_backend(elsewhere.uri());
+    ADD_FAILURE() << "a client outside --allow connected";
+  } catch (const BackendError& e) {
+    EXPECT_NE(std::string(e.what()).find(elsewhere.uri()), std::string::npos) << e.what();
+  }
+  ServerProcess here(uri_, token_file_, {"--allow", "10.0.0.0/8", "--allow", "127.0.0.1/32"});
+  InferenceEngine remote(config(here.uri()));
+  remote.attach_model("m");
+  EXPECT_EQ(remote.generate(prompt_, 16), want_);
+  PoolServerOptions bad;
+  bad.token_file = token_file_.string();
+  for (const char* block : {"10.0.0.0/33", "300.1.1.1", "::1/129", "10.0.0.0/", "host"}) {
+    bad.allow = {block};
+    EXPECT_THROW(PoolServer(uri_, bad), ConfigError) << block;
+  }
+}
+
 TEST_F(Remote, ReadsOutsideTheExportedRangeAreRefused) {
   ServerProcess server(uri_, token_file_);
   auto pool = Pool::attach(open_backend(server.uri()));
@@ -367,6 +387,8 @@ TEST(RemoteUri, ParsesHostPortAndName) {
                           "ucx://ho st:80/p", "ucx://host:8x/p", "ucx://[::1/p"}) {
     EXPECT_THROW((void)parse_backend_uri(bad), ConfigError) << bad;
   }
+  EXPECT_NO_THROW((void)parse_backend_uri("ucx://h:1/" + std::string(63, 'n')));
+  EXPECT_THROW((void)parse_backend_uri("ucx://h:1/" + std::string(64, 'n')), ConfigError);
   EXPECT_THROW((void)create_backend("ucx://h:1/p", 1 << 20), ConfigError);
   EXPECT_THROW(remove_backend("ucx://h:1/p"), ConfigError);
 }

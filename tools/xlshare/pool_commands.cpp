@@ -154,10 +154,11 @@ void parse_listen(const std::string& text, PoolServerOptions& o) {
 }
 
 void pool_serve(const PoolArgs& a, const std::string& listen, const std::string& name,
-                std::uint32_t handshake_ms) {
+                std::uint32_t handshake_ms, const std::vector<std::string>& allow) {
   PoolServerOptions o;
   parse_listen(listen, o);
   o.name = name;
+  o.allow = allow;
   o.handshake_timeout_ms = handshake_ms;
   PoolServer server(a.uri, o);
   struct sigaction sa {};
@@ -165,6 +166,13 @@ void pool_serve(const PoolArgs& a, const std::string& listen, const std::string&
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
+  if (allow.empty() && o.listen_host != "127.0.0.1" && o.listen_host != "::1" &&
+      o.listen_host != "localhost") {
+    logger().warn(
+        "pool server: every host that reaches {} may connect; UCX is not a security boundary "
+        "(docs/security.md): list trusted clients with --allow",
+        listen);
+  }
   fmt::print("serving pool {} as {}\n", a.uri, server.client_uri());
   std::fflush(stdout);
   if (logger().level() > spdlog::level::info) set_log_level(spdlog::level::info);  // logs clients
@@ -234,8 +242,13 @@ void add_pool_commands(CLI::App& app) {
                    "drop a client that has not authenticated after this long (1..600000)")
       ->capture_default_str()
       ->check(integer_in(1, 600000));
-  serve->callback(
-      [args, listen, name, handshake_ms] { pool_serve(*args, *listen, *name, *handshake_ms); });
+  auto allow = std::make_shared<std::vector<std::string>>();
+  serve->add_option("--allow", *allow,
+                    "client addresses allowed to connect, CIDR (repeatable: 10.0.0.0/8, "
+                    "192.168.1.7, fd00::/8); default: any that reaches the port");
+  serve->callback([args, listen, name, handshake_ms, allow] {
+    pool_serve(*args, *listen, *name, *handshake_ms, *allow);
+  });
 }
 
 }  // namespace xlshare::cli

@@ -1,14 +1,17 @@
 // PoolServer: one pool of this host served to workers on other hosts over UCX.
 //
 // The server attaches to an existing pool as a reader, registers the pool's data area with
-// UCX (ucp_mem_map, readable only: a client cannot write by construction) and listens on a
+// UCX (ucp_mem_map of a read-only mapping, remote read access only) and listens on a
 // UCX listener. A client connects, presents the token in a handshake and receives the pool's
 // metadata (header and catalog: models, tensors, offsets, checksums) and the packed remote
 // key; from then on it reads tensor bytes one-sidedly with ucp_get_nbx. On RDMA the NIC
 // serves those reads; on shared memory (CMA) the kernel does; on TCP the server's UCX
 // progress loop answers them without any xlshare code in the path. A client with a bad
 // token, a malformed hello or the name of another pool is refused (and logged); the server
-// keeps serving the others. See docs/security.md for the trust model.
+// keeps serving the others. UCX itself is not a security boundary: where it emulates remote
+// reads in software (TCP, shared memory) a peer running its own UCX code can address any
+// memory of this process. Serve on a network only trusted hosts reach, or name them in
+// `allow`; docs/security.md has the whole trust model.
 //
 // Threading: serve() runs the server in the calling thread until stop() is called (from any
 // thread) or `stop` becomes true (a flag a signal handler may set). Everything else may be
@@ -20,6 +23,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace xlshare {
 
@@ -37,6 +41,12 @@ struct PoolServerOptions {
   std::uint32_t handshake_timeout_ms = 5000;
   /// Connections served at once; further ones are rejected. Default 256.
   std::uint32_t max_clients = 256;
+  /// Client addresses allowed to connect, as CIDR blocks ("10.0.0.0/8", "192.168.1.7",
+  /// "fd00::/8"); a request from any other address is rejected before UCX makes an endpoint
+  /// for it. Empty: every address that can reach the port (see docs/security.md: UCX itself
+  /// is not a security boundary, so listen on a network only trusted hosts reach, or list
+  /// them here).
+  std::vector<std::string> allow;
 };
 
 struct PoolServerStats {
