@@ -93,6 +93,13 @@ class ServerProcess {
   }
   const std::string& uri() const { return uri_; }
   pid_t pid() const { return pid_; }
+  // SIGTERM, as a service manager stops it: returns its exit status.
+  int terminate() {
+    ::kill(pid_, SIGTERM);
+    const int status = test::wait_exit(pid_);
+    pid_ = -1;
+    return status;
+  }
   void kill() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
@@ -151,6 +158,7 @@ TEST_F(Remote, TokensEqualTheLocalPools) {
   remote.attach_model("m");
   EXPECT_EQ(remote.generate(prompt_, 16), want_);
   EXPECT_GT(remote.stats().workers.at(0).transfers.link_bytes, model_bytes_);  // it streamed
+  EXPECT_EQ(server.terminate(), 0);  // SIGTERM: a clean stop
 }
 
 TEST_F(Remote, TokensEqualOverTcpOnly) {
