@@ -14,6 +14,11 @@
 // refuses the token or that now serves another pool makes reads fail as offline (the
 // TransferEngine fails over to its replica, or fails the request). Reconnecting logs and
 // allocates: that cold path is the one exception to MemoryBackend's "reads never log".
+//
+// Processes: a process that has used UCX (opened a remote pool) must not fork children that
+// use UCX in turn (their connections time out): make a WorkerGroup before opening a remote
+// pool in its parent, or start workers with exec (`xlshare worker`). Each process opens the
+// pool itself, with a connection of its own.
 #pragma once
 
 #include <memory>
