@@ -49,16 +49,17 @@ fuzz: deps
 	done
 
 # The sanitizer runs of CI: every test under ASan + UBSan, the concurrency tests under TSan.
-# Under TSan, UCX's memory-event hooks (libucm's madvise hook, run as a thread exits) crash
-# TSan's runtime, so the remote tests run with UCX_MEM_EVENTS=no (xlshare registers the one
-# region it serves explicitly and needs no registration cache).
+# Under TSan, UCX's memory-event hooks (libucm patches madvise when it is loaded, and glibc
+# calls madvise as a thread exits) crash TSan's runtime, in every program linked with UCX,
+# so the TSan runs set UCX_MEM_EVENTS=no (xlshare registers the one region it serves
+# explicitly and needs no registration cache).
 sanitize: deps
 	cmake --preset asan-ubsan
 	cmake --build --preset asan-ubsan
 	cd build-asan && ctest -j$(JOBS) --output-on-failure --timeout 900 -E "^(bench|experiments)\\."
 	cmake --preset tsan
 	cmake --build build-tsan -j$(JOBS) --target xlshare_cache_tests xlshare_engine_tests xlshare_reliability_tests xlshare_model_tests xlshare xlshare_remote_tests
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_cache_tests && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_engine_tests --gtest_filter='EngineTest.Threads*:EngineTest.Caching*:Serving.*' && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_reliability_tests --gtest_filter='ReadVerification.*' && TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_model_tests --gtest_filter='ComputeTeam.*' && TSAN_OPTIONS=halt_on_error=1 UCX_MEM_EVENTS=no ./bin/xlshare_remote_tests
+	cd build-tsan && UCX_MEM_EVENTS=no TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_cache_tests && UCX_MEM_EVENTS=no TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_engine_tests --gtest_filter='EngineTest.Threads*:EngineTest.Caching*:Serving.*' && UCX_MEM_EVENTS=no TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_reliability_tests --gtest_filter='ReadVerification.*' && UCX_MEM_EVENTS=no TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_model_tests --gtest_filter='ComputeTeam.*' && UCX_MEM_EVENTS=no TSAN_OPTIONS=halt_on_error=1 ./bin/xlshare_remote_tests
 
 # Every C++ file formatted as .clang-format says (clang-format 14, Debian 12's): `make
 # format` rewrites them, `make format-check` (run by .ci/run) fails on any difference.
