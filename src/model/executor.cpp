@@ -83,16 +83,40 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       __m512 acc[kMaxFusedRows];
       for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
       if (dtype == DType::kF16 || dtype == DType::kBF16) {
+        // Two accumulators per token (even and odd 16-element pieces): one token's
+        // products are not a single chain of dependent FMAs, so decode (n = 1) is bound by
+        // memory, not by FMA latency. The same order for every n: a token's logits do not
+        // depend on the batch it is in.
         const auto* h = reinterpret_cast<const std::uint16_t*>(wr);
-        for (; k0 + 16 <= cols; k0 += 16) {
-          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0));
-          const __m512 wv =
+        __m512 odd[kMaxFusedRows];
+        for (std::size_t i = 0; i < n; ++i) odd[i] = _mm512_setzero_ps();
+        for (; k0 + 32 <= cols; k0 += 32) {
+          const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0));
+          const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0 + 16));
+          const __m512 w0 =
               dtype == DType::kF16
-                  ? _mm512_cvtph_ps(raw)
-                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-          for (std::size_t i = 0; i < n; ++i)
-            acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
+                  ? _mm512_cvtph_ps(r0)
+                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16));
+          const __m512 w1 =
+              dtype == DType::kF16
+                  ? _mm512_cvtph_ps(r1)
+                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16));
+          for (std::size_t i = 0; i < n; ++i) {
+            acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
+            odd[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + k0 + 16), odd[i]);
+          }
         }
+        if (k0 + 16 <= cols) {
+          const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0));
+          const __m512 w0 =
+              dtype == DType::kF16
+                  ? _mm512_cvtph_ps(r0)
+                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16));
+          for (std::size_t i = 0; i < n; ++i)
+            acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
+          k0 += 16;
+        }
+        for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_add_ps(acc[i], odd[i]);
       } else if (dtype == DType::kQ8_0) {
         for (std::size_t b = 0; b < cols / 32; ++b, k0 += 32) {
           BlockQ8_0 blk;
