@@ -151,7 +151,9 @@ struct PoolServer::Impl {
     ucs_status_ptr_t send = nullptr;
     char stray[64];  // a client says nothing after its handshake: anything here drops it
     std::size_t stray_length = 0;
-    enum class State { kHello, kReplying, kRefusing, kServing } state = State::kHello;
+    // kLingering: refused, the answer sent; the client closes once it has read it (closing
+    // first would reset the connection under the answer), or the server does after a while.
+    enum class State { kHello, kReplying, kRefusing, kLingering, kServing } state = State::kHello;
     bool broken = false;
     Clock::time_point deadline;
   };
@@ -396,7 +398,7 @@ struct PoolServer::Impl {
       if (c.broken) {
         if (c.state == Conn::State::kServing) {
           logger().info("pool server: {} disconnected", c.peer);
-        } else {
+        } else if (c.state != Conn::State::kLingering) {
           logger().warn("pool server: {} dropped before its handshake completed", c.peer);
         }
         drop = true;
@@ -416,8 +418,11 @@ struct PoolServer::Impl {
         }
       } else if (c.state == Conn::State::kReplying || c.state == Conn::State::kRefusing) {
         if (finished(c.send, status)) {
-          if (c.state == Conn::State::kRefusing || status != UCS_OK) {
+          if (status != UCS_OK) {
             drop = true;
+          } else if (c.state == Conn::State::kRefusing) {
+            c.state = Conn::State::kLingering;
+            c.deadline = now + std::chrono::seconds(2);
           } else {
             c.state = Conn::State::kServing;
             c.out.clear();
@@ -430,6 +435,8 @@ struct PoolServer::Impl {
         } else if (now > c.deadline + std::chrono::milliseconds(options.handshake_timeout_ms)) {
           drop = true;
         }
+      } else if (c.state == Conn::State::kLingering) {
+        drop = now > c.deadline;
       } else if (c.state == Conn::State::kServing) {
         if (received(c.recv, c.stray_length, status)) {
           logger().warn("pool server: dropped {}: it sent data after its handshake", c.peer);

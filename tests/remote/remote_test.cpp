@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -173,21 +174,37 @@ TEST_F(Remote, TokensEqualOverTcpOnly) {
 }
 
 TEST_F(Remote, AServerKilledMidGenerationIsSurvivedWithAReplica) {
+  // Three requests in flight at once; the server dies after the fourth token of the first.
+  const std::vector<std::vector<std::int32_t>> prompts = {prompt_, {1, 2, 3}, {7, 7, 7, 7, 7, 7}};
+  std::vector<std::vector<std::int32_t>> want;
+  {
+    InferenceEngine local(config(uri_));
+    local.attach_model("m");
+    for (const auto& p : prompts) want.push_back(local.generate(p, 16));
+  }
   ServerProcess server(uri_, token_file_);
   EngineConfig c = config(server.uri());
   c.replica_pool_uri = uri_;  // the same model, local
   InferenceEngine remote(c);
   remote.attach_model("m");
-  InferenceRequest request;
-  request.prompt = prompt_;
-  request.max_new_tokens = 16;
-  std::size_t seen = 0;
-  auto handle = remote.submit(request, {.on_token = [&](const TokenEvent&) {
-                                if (++seen == 4) server.kill();
-                              }});
-  const InferenceResult result = handle.wait();
-  EXPECT_EQ(result.output_tokens, want_);
-  EXPECT_GE(seen, 16u);
+  std::atomic<std::size_t> seen{0};
+  std::vector<RequestHandle> handles;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    InferenceRequest request;
+    request.prompt = prompts[i];
+    request.max_new_tokens = 16;
+    RequestCallbacks callbacks;
+    if (i == 0) {
+      callbacks.on_token = [&](const TokenEvent&) {
+        if (++seen == 4) server.kill();
+      };
+    }
+    handles.push_back(remote.submit(request, callbacks));
+  }
+  for (std::size_t i = 0; i < handles.size(); ++i) {
+    EXPECT_EQ(handles[i].wait().output_tokens, want[i]) << "request " << i;
+  }
+  EXPECT_GE(seen.load(), 16u);
   EXPECT_GT(remote.stats().workers.at(0).transfers.failovers, 0u);
   // Later requests too: the primary is remembered as gone.
   EXPECT_EQ(remote.generate(prompt_, 16), want_);
