@@ -8,16 +8,15 @@
 #include "xlshare/memory/clock.hpp"
 
 namespace xlshare {
-namespace {
-std::uint64_t now_ns() noexcept { return MonotonicClock::instance().now_ns(); }
-}  // namespace
 
 DeviceCache::DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> key_bytes,
-                         std::unique_ptr<EvictionPolicy> policy, LocalMemory& memory)
+                         std::unique_ptr<EvictionPolicy> policy, LocalMemory& memory,
+                         CacheWaiter* waiter)
     : budget_bytes_(budget_bytes),
       key_bytes_(std::move(key_bytes)),
       policy_(std::move(policy)),
       memory_(memory),
+      waiter_(waiter),
       entries_(key_bytes_.size()) {
   if (budget_bytes_ == 0) throw ConfigError("device cache: the budget must be > 0 bytes");
   if (!policy_) throw ConfigError("device cache: no eviction policy");
@@ -38,6 +37,33 @@ DeviceCache::DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> 
 }
 
 DeviceCache::~DeviceCache() { memory_.deallocate(arena_, arena_bytes_); }
+
+Clock& DeviceCache::clock() const noexcept {
+  return waiter_ != nullptr ? waiter_->clock() : MonotonicClock::instance();
+}
+
+template <class Done>
+void DeviceCache::wait_locked(std::unique_lock<std::mutex>& lock, Done done) {
+  if (waiter_ == nullptr) {
+    changed_.wait(lock, done);
+    return;
+  }
+  lock.unlock();
+  waiter_->wait_for([&] {
+    std::lock_guard g(mu_);
+    return done();
+  });
+  lock.lock();
+}
+
+void DeviceCache::notify_changed() noexcept {
+  {
+    std::lock_guard lock(mu_);
+    ++changes_;
+  }
+  changed_.notify_all();
+  if (waiter_ != nullptr) waiter_->notify();
+}
 
 void DeviceCache::release_buffer(TensorKey key) noexcept {
   Entry& e = entries_[key];
@@ -67,10 +93,10 @@ DeviceCache::Lease DeviceCache::acquire(TensorKey key, bool* ready, bool after_d
   const bool was_resident = e.state == EntryState::kResident && !after_demand;
   if (ready != nullptr) *ready = was_resident;
   if (e.state == EntryState::kInFlight) {
-    const std::uint64_t t0 = now_ns();
+    const std::uint64_t t0 = clock().now_ns();
     ++stats_.acquires_waited;
-    changed_.wait(lock, [&] { return e.state != EntryState::kInFlight; });
-    stats_.wait_ns += now_ns() - t0;
+    wait_locked(lock, [&] { return e.state != EntryState::kInFlight; });
+    stats_.wait_ns += clock().now_ns() - t0;
   }
   if (e.state != EntryState::kResident) {
     if (!after_demand) ++stats_.acquires_missed;
@@ -97,7 +123,7 @@ void DeviceCache::unpin(TensorKey key) noexcept {
     std::lock_guard lock(mu_);
     --entries_[key].pins;
   }
-  changed_.notify_all();
+  notify_changed();
 }
 
 void DeviceCache::evict_locked(TensorKey key) noexcept {
@@ -159,20 +185,21 @@ std::optional<std::span<std::byte>> DeviceCache::begin_fetch(TensorKey key, Fetc
       return std::nullopt;
     }
   } else {
-    const std::uint64_t t0 = now_ns();
+    const std::uint64_t t0 = clock().now_ns();
     bool waited = false;
     // Compute may be refused while other fetches are in flight: it waits for them to land
     // (they make candidates) rather than give up what the policy means to keep.
     while ((buffer = make_room_locked(key, bytes, /*prefetch=*/false,
                                       /*may_refuse=*/bytes_in_flight_ > 0)) == nullptr) {
       waited = true;
-      changed_.wait(lock);
+      const std::uint64_t seen = changes_;
+      wait_locked(lock, [&] { return changes_ != seen; });
       if (e.state != EntryState::kAbsent) {  // another thread fetched it meanwhile
-        stats_.wait_ns += now_ns() - t0;
+        stats_.wait_ns += clock().now_ns() - t0;
         return std::nullopt;
       }
     }
-    if (waited) stats_.wait_ns += now_ns() - t0;
+    if (waited) stats_.wait_ns += clock().now_ns() - t0;
   }
   e.buffer = buffer;
   e.state = EntryState::kInFlight;
@@ -209,7 +236,7 @@ void DeviceCache::complete_fetch(TensorKey key, bool ok) noexcept {
       policy_->on_remove(key);
     }
   }
-  changed_.notify_all();
+  notify_changed();
 }
 
 void DeviceCache::clear() noexcept {
@@ -219,7 +246,7 @@ void DeviceCache::clear() noexcept {
       if (entries_[k].state == EntryState::kResident && entries_[k].pins == 0) evict_locked(k);
     }
   }
-  changed_.notify_all();
+  notify_changed();
 }
 
 void DeviceCache::check_fits(std::span<const TensorKey> keys, std::string_view what) const {

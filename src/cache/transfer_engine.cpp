@@ -210,13 +210,13 @@ void TransferEngine::run() noexcept {
         ++stats_.failed;
         if (!reason.empty()) failure_reasons_[r.key] = reason;
       }
-    }
-    mark_busy(false);
-    if (!yielded) {
+      // The cache hears of it before this request stops counting as running, so that
+      // wait_idle() returns only once every finished request has reached the cache.
       lock.unlock();
       cache_.complete_fetch(r.key, ok);
       lock.lock();
     }
+    mark_busy(false);
     if (running_ == 0 && demand_queue_.empty() && prefetch_queue_.empty()) idle_.notify_all();
   }
 }

@@ -232,3 +232,9 @@ ModelFile open_hf(const fs::path& dir_or_file) {
 }
 
 }  // namespace xlshare::model_file_detail
+
+namespace xlshare {
+LlamaConfig read_hf_config_file(const std::filesystem::path& config_json) {
+  return model_file_detail::read_hf_config(config_json);
+}
+}  // namespace xlshare

@@ -9,7 +9,7 @@
 namespace xlshare {
 
 Prefetcher::Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy> policy,
-                       TransferEngine& engine, DeviceCache& cache, StepResidency residency)
+                       Transfers& engine, DeviceCache& cache, StepResidency residency)
     : schedule_(schedule), policy_(std::move(policy)), engine_(engine), cache_(cache) {
   if (!policy_) throw ConfigError("prefetcher: no prefetch policy");
   for (const auto& step : schedule_.steps()) {
@@ -52,17 +52,16 @@ void Prefetcher::throw_if_policy_failed() {
 
 DeviceCache::Lease Prefetcher::acquire(TensorKey key) {
   bool ready = false;
+  // The stall includes a wait for a transfer in flight, not only for a demand fetch.
+  const std::uint64_t t0 = cache_.clock().now_ns();
   auto lease = cache_.acquire(key, &ready);
   throw_if_policy_failed();
   if (lease && ready) return lease;
-  const auto t0 = std::chrono::steady_clock::now();
   for (int attempt = 0; !lease && attempt < 2; ++attempt) {
     engine_.demand(key);
     lease = cache_.acquire(key, nullptr, /*after_demand=*/true);
   }
-  stall_ns_ += static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
-          .count());
+  stall_ns_ += cache_.clock().now_ns() - t0;
   throw_if_policy_failed();
   if (!lease) {
     std::string reason = engine_.failure_reason(key);

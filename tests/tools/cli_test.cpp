@@ -763,3 +763,54 @@ TEST_F(CliText, AModelWithoutATokenizerIsAClearError) {
 
 }  // namespace
 }  // namespace xlshare
+
+namespace xlshare {
+namespace {
+
+TEST(CliPlan, TheIssuesQuestionAnsweredAsJson) {
+  const auto r =
+      run("plan --model llama-2-70b --dtype f16 --device h100-sxm --devices 8 --link cxl-x16 "
+          "--cache-fraction 0.1 --batch 8 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  for (const char* field :
+       {"decode_tok_s_per_device", "decode_tok_s_total", "ttft_ms", "stall_ms_per_step",
+        "link_utilisation", "device_bytes", "replicated_bytes", "max_devices_before_saturation"}) {
+    EXPECT_TRUE(j.contains(field)) << field;
+  }
+  EXPECT_EQ(j["devices"], 8);
+  EXPECT_EQ(j["replicated_fits"], false);  // 70B in F16 is more than one H100 holds
+  EXPECT_EQ(j["fits"], true);
+  EXPECT_GT(j["decode_tok_s_total"].get<double>(), 0.0);
+}
+
+TEST(CliPlan, HumanOutputAndTheList) {
+  auto r =
+      run("plan --model mistral-7b --dtype q4_k --device l40s --devices 2 --cache-fraction 0.5");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("tok/s per device"), std::string::npos) << r.out;
+  r = run("plan --list");
+  EXPECT_EQ(r.status, 0) << r.out;
+  for (const char* name : {"llama-2-70b", "llama-3-8b", "h100-sxm", "mi300x", "cxl-x16"})
+    EXPECT_NE(r.out.find(name), std::string::npos) << name;
+}
+
+TEST(CliPlan, BadOptionsAreOneLineErrors) {
+  for (const std::string& args : std::vector<std::string>{
+           "plan", "plan --model llama-9-1t", "plan --model llama-2-7b --device tpu",
+           "plan --model llama-2-7b --devices 0", "plan --model llama-2-7b --devices -2",
+           "plan --model llama-2-7b --cache-fraction nan",
+           "plan --model llama-2-7b --cache-fraction 1.5", "plan --model llama-2-7b --batch 0",
+           "plan --model llama-2-7b --link pigeon", "plan --model llama-2-7b --eviction magic",
+           "plan --model llama-2-7b --dtype q5_x", "plan --model llama-2-7b --shared-gbps -1",
+           "plan --model llama-2-7b --cache-fraction 1e-7",
+           "plan --model /nonexistent/model.gguf"}) {
+    const auto r = run(args);
+    EXPECT_EQ(r.status, 1) << args << ": " << r.out;
+    EXPECT_EQ(r.out.rfind("xlshare: error: ", 0), 0u) << args << ": " << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << args << ": " << r.out;
+  }
+}
+
+}  // namespace
+}  // namespace xlshare

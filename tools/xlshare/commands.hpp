@@ -18,6 +18,8 @@ namespace xlshare::cli {
 void add_pool_commands(CLI::App& app);
 /// `xlshare load|synth|tokenize|generate|eval|worker|stats`.
 void add_model_commands(CLI::App& app);
+/// `xlshare plan`.
+void add_plan_command(CLI::App& app);
 
 /// `xlshare worker`: serves the JSONL requests of `requests` ("-": stdin) with an engine of
 /// `config` on model `model`, results (and with `stream`, token events) to `out` ("-":

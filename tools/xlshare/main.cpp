@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
       "$XLSHARE_TOKEN_FILE");
   xlshare::cli::add_pool_commands(app);
   xlshare::cli::add_model_commands(app);
+  xlshare::cli::add_plan_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

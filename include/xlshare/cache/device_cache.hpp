@@ -14,11 +14,13 @@
 // once can then wait until one is released (the Executor holds one at a time).
 //
 // Threading: every method may be called from any thread; one mutex guards the entries and
-// the policy; waits use a condition variable.
+// the policy; waits use a condition variable, or a CacheWaiter when one is given (the
+// planner's VirtualClock, which runs the near tier on simulated time).
 #pragma once
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json_fwd.hpp>
@@ -29,9 +31,23 @@
 
 #include "xlshare/cache/eviction_policy.hpp"
 #include "xlshare/cache/local_memory.hpp"
+#include "xlshare/memory/clock.hpp"
 #include "xlshare/memory/extent_allocator.hpp"
 
 namespace xlshare {
+
+/// How a DeviceCache waits and on which clock it times its waits. Without one: a condition
+/// variable and the monotonic clock. The planner's VirtualClock is one: it runs simulated
+/// transfers and the other simulated threads until the condition holds.
+class CacheWaiter {
+ public:
+  virtual ~CacheWaiter() = default;
+  virtual Clock& clock() noexcept = 0;
+  /// Returns once `done()` holds. Called with the cache unlocked; `done` locks it.
+  virtual void wait_for(const std::function<bool()>& done) = 0;
+  /// The cache changed (an entry landed or was released): a waiter may be done.
+  virtual void notify() noexcept {}
+};
 
 enum class EntryState : std::uint8_t { kAbsent, kInFlight, kResident };
 
@@ -60,8 +76,10 @@ void to_json(nlohmann::json& j, const CacheStats& s);
 class DeviceCache {
  public:
   /// `key_bytes[k]` is the size of tensor k. @throws ConfigError for a zero budget.
+  /// `waiter` (not owned) replaces the condition variable and the clock (see CacheWaiter).
   DeviceCache(std::uint64_t budget_bytes, std::vector<std::uint64_t> key_bytes,
-              std::unique_ptr<EvictionPolicy> policy, LocalMemory& memory = HostMemory::instance());
+              std::unique_ptr<EvictionPolicy> policy, LocalMemory& memory = HostMemory::instance(),
+              CacheWaiter* waiter = nullptr);
   ~DeviceCache();
   DeviceCache(const DeviceCache&) = delete;
   DeviceCache& operator=(const DeviceCache&) = delete;
@@ -116,6 +134,8 @@ class DeviceCache {
   std::uint64_t bytes_free() const noexcept;
   CacheStats stats() const noexcept;
   EvictionPolicy& policy() noexcept { return *policy_; }
+  /// The clock waits are timed on (the waiter's, or the monotonic clock).
+  Clock& clock() const noexcept;
   /// Checks the invariants (budget held, byte counts match states). Empty when sound.
   std::string check() const;
   /// The message of the first exception the eviction policy threw since the last call
@@ -139,11 +159,17 @@ class DeviceCache {
   ExtentTable& table() noexcept { return *reinterpret_cast<ExtentTable*>(table_storage_.data()); }
   static constexpr std::uint64_t kArenaAlign = 256;
   void unpin(TensorKey key) noexcept;
+  // Waits (the lock released meanwhile) until `done()` holds, through the waiter if any.
+  template <class Done>
+  void wait_locked(std::unique_lock<std::mutex>& lock, Done done);
+  // Something changed that a waiter may be waiting for: counts it and wakes them.
+  void notify_changed() noexcept;
 
   const std::uint64_t budget_bytes_;
   const std::vector<std::uint64_t> key_bytes_;
   std::unique_ptr<EvictionPolicy> policy_;
   LocalMemory& memory_;
+  CacheWaiter* waiter_;
   std::byte* arena_ = nullptr;
   std::uint64_t arena_bytes_ = 0;
   std::vector<std::uint64_t> table_storage_;  // the arena's free list (an ExtentTable)
@@ -152,6 +178,7 @@ class DeviceCache {
   std::vector<Entry> entries_;
   std::vector<TensorKey> candidates_;  // scratch for eviction, reused
   std::uint64_t bytes_resident_ = 0, bytes_in_flight_ = 0;
+  std::uint64_t changes_ = 0;  // counts notify_changed(), under mu_
   CacheStats stats_;
 };
 

@@ -77,28 +77,40 @@ struct TransferStats {
 /// Every counter, and "link_gbps".
 void to_json(nlohmann::json& j, const TransferStats& s);
 
-class TransferEngine {
+/// What a Prefetcher asks of a copy engine. TransferEngine moves bytes on its threads; the
+/// planner's VirtualTransfers schedule the same requests on a VirtualClock and move none.
+class Transfers {
+ public:
+  virtual ~Transfers() = default;
+  /// Starts a prefetch of `key` if the cache agrees; false when it is present, in flight
+  /// or there is no room.
+  virtual bool prefetch(TensorKey key) = 0;
+  /// Starts a demand fetch of `key` (waits for cache room) unless it is present or in
+  /// flight; it goes ahead of every prefetch.
+  virtual void demand(TensorKey key) = 0;
+  /// Why the last transfer of `key` failed (empty when it did not).
+  virtual std::string failure_reason(TensorKey key) const = 0;
+  virtual TransferStats stats() const noexcept = 0;
+};
+
+class TransferEngine final : public Transfers {
  public:
   /// `sources[k]` says where tensor key k lives. `replica` may be null.
   /// @throws ConfigError when sources and cache disagree or the config is impossible.
   TransferEngine(Pool& primary, Pool* replica, std::vector<TensorSource> sources,
                  DeviceCache& cache, TransferConfig config = {});
-  ~TransferEngine();
+  ~TransferEngine() override;
   TransferEngine(const TransferEngine&) = delete;
   TransferEngine& operator=(const TransferEngine&) = delete;
 
-  /// Starts a prefetch of `key` if the cache agrees; false when it is present, in flight
-  /// or there is no room.
-  bool prefetch(TensorKey key);
-  /// Starts a demand fetch of `key` (waits for cache room) unless it is present or in
-  /// flight; it goes ahead of every prefetch.
-  void demand(TensorKey key);
-  /// Waits until no request is queued or running.
+  bool prefetch(TensorKey key) override;
+  void demand(TensorKey key) override;
+  /// Waits until no request is queued or running (and every finished one has reached the
+  /// cache).
   void wait_idle();
 
-  /// Why the last transfer of `key` failed (empty when it did not).
-  std::string failure_reason(TensorKey key) const;
-  TransferStats stats() const noexcept;
+  std::string failure_reason(TensorKey key) const override;
+  TransferStats stats() const noexcept override;
   const TransferConfig& config() const noexcept { return config_; }
   /// Sends every later request straight to the replica (as if the primary were offline).
   void fail_over() noexcept { primary_down_.store(true); }

@@ -57,6 +57,10 @@ struct ModelFile {
 /// @throws FormatError naming the file, the tensor and the problem.
 ModelFile open_model_file(const std::filesystem::path& path);
 
+/// The shape a Hugging Face config.json describes (no weights read).
+/// @throws FormatError naming the file.
+LlamaConfig read_hf_config_file(const std::filesystem::path& config_json);
+
 /// Reads one tensor's bytes into `dst` (exactly size_bytes), converting the q/k layout
 /// where needed. @throws FormatError on a short read, BackendError when the file cannot
 /// be read.

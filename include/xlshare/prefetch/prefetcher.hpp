@@ -4,10 +4,9 @@
 // Per step: begin_step(s) tells the policy, asks it for a plan and starts those
 // prefetches; compute calls acquire(key) for each tensor (a demand fetch when the tensor
 // is absent; a wait when it is in flight), and end_step(s) when done. The time compute
-// spends inside acquire() waiting is the stall.
+// spends inside acquire() waiting is the stall, on the cache's clock.
 #pragma once
 
-#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -29,9 +28,9 @@ class Prefetcher {
   /// Checks that what compute holds at once fits in the cache: every step's tensors
   /// together (kWholeStep) or every single tensor (kOneTensorAtATime).
   /// @throws ConfigError naming the step when one cannot.
-  Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy> policy,
-             TransferEngine& engine, DeviceCache& cache,
-             StepResidency residency = StepResidency::kWholeStep);
+  /// `engine`: a TransferEngine, or the planner's VirtualTransfers.
+  Prefetcher(const Schedule& schedule, std::unique_ptr<PrefetchPolicy> policy, Transfers& engine,
+             DeviceCache& cache, StepResidency residency = StepResidency::kWholeStep);
 
   /// @throws PolicyError when a hook of the prefetch policy throws (so does end_step).
   void begin_step(std::size_t step);
@@ -70,7 +69,7 @@ class Prefetcher {
 
   const Schedule& schedule_;
   std::unique_ptr<PrefetchPolicy> policy_;
-  TransferEngine& engine_;
+  Transfers& engine_;
   DeviceCache& cache_;
   std::vector<std::uint64_t> pinned_bytes_;  // by step: what compute holds at once in it
   std::uint64_t stall_ns_ = 0;
