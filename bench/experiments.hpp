@@ -64,6 +64,10 @@ std::pair<std::vector<ChildReport>, std::vector<ChildMemory>> run_processes(
 
 EngineConfig base_config(const Setup& s);
 
+// Loads the synthetic model of s.shape (seed 1) into the pool s.uri as "bench" and sets
+// s.model_bytes; returns the model (to write it as a file too).
+SyntheticModel load_bench_model(Setup& s);
+
 std::vector<std::int32_t> prompt_of(const Setup& s, std::size_t n, std::uint32_t seed = 1);
 
 // CLOCK_MONOTONIC in ns: the clock of the pool's link times, the same in every process.

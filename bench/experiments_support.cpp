@@ -95,6 +95,17 @@ EngineConfig base_config(const Setup& s) {
   return c;
 }
 
+SyntheticModel load_bench_model(Setup& s) {
+  SyntheticModel model = make_synthetic_llama(s.shape, 1);
+  EngineConfig c;
+  c.pool_uri = s.uri;
+  InferenceEngine loader(c);
+  loader.register_model(model, "bench");
+  loader.attach_model("bench");
+  s.model_bytes = loader.model().total_bytes();
+  return model;
+}
+
 std::vector<std::int32_t> prompt_of(const Setup& s, std::size_t n, std::uint32_t seed) {
   std::vector<std::int32_t> p(n);
   for (std::size_t i = 0; i < n; ++i)

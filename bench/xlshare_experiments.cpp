@@ -71,16 +71,7 @@ int main(int argc, char** argv) {
     s.blocks = s.shape.n_layers;
     s.gguf =
         s.out / "experiments-model.gguf";  // on disk: exp. 5 drops its pages from the page cache
-    {
-      const SyntheticModel model = make_synthetic_llama(s.shape, 1);
-      EngineConfig c;
-      c.pool_uri = s.uri;
-      InferenceEngine loader(c);
-      loader.register_model(model, "bench");
-      loader.attach_model("bench");
-      s.model_bytes = loader.model().total_bytes();
-      write_gguf(model, s.gguf, DType::kF32);
-    }
+    write_gguf(load_bench_model(s), s.gguf, DType::kF32);
     ::malloc_trim(0);
     Report rep(s);
     json all;

@@ -57,16 +57,16 @@ const std::vector<ModelPreset>& presets() {
 // (docs/planner.md): 60% of dense peak for a GEMM, 80% of memory bandwidth for a GEMV.
 const std::vector<DeviceSpec>& devices() {
   static const std::vector<DeviceSpec> d = {
-      {"a100-80gb", 312.0, 2039.0, 80.0, 32.0, 0.6, 0.8, 20'000, 0.0,
+      {"a100-80gb", 312.0, 2039.0, 80.0, 32.0, 0.6, 0.8, 20'000, 0.0, 0.0,
        "NVIDIA A100 Tensor Core GPU datasheet (A100 80GB SXM): FP16 Tensor Core 312 TFLOPS "
        "dense, HBM2e 2,039 GB/s, 80 GB; PCIe Gen4 x16 (64 GB/s both directions)"},
-      {"h100-sxm", 989.0, 3350.0, 80.0, 64.0, 0.6, 0.8, 20'000, 0.0,
+      {"h100-sxm", 989.0, 3350.0, 80.0, 64.0, 0.6, 0.8, 20'000, 0.0, 0.0,
        "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM): FP16 Tensor Core 1,979 TFLOPS with "
        "sparsity (989 dense), HBM3 3.35 TB/s, 80 GB; PCIe Gen5 x16 (128 GB/s both directions)"},
-      {"l40s", 362.0, 864.0, 48.0, 32.0, 0.6, 0.8, 20'000, 0.0,
+      {"l40s", 362.0, 864.0, 48.0, 32.0, 0.6, 0.8, 20'000, 0.0, 0.0,
        "NVIDIA L40S datasheet: FP16 Tensor Core 733 TFLOPS with sparsity (362 dense), GDDR6 "
        "864 GB/s, 48 GB; PCIe Gen4 x16 (64 GB/s both directions)"},
-      {"mi300x", 1307.4, 5300.0, 192.0, 64.0, 0.6, 0.8, 20'000, 0.0,
+      {"mi300x", 1307.4, 5300.0, 192.0, 64.0, 0.6, 0.8, 20'000, 0.0, 0.0,
        "AMD Instinct MI300X data sheet: FP16 1,307.4 TFLOPS dense, HBM3 5.3 TB/s, 192 GB; "
        "PCIe Gen5 x16 (128 GB/s both directions)"},
   };
@@ -188,6 +188,11 @@ namespace {
 void check_config(const PlanConfig& c) {
   auto bad = [](std::string what) { throw ConfigError("plan: " + what); };
   if (c.model.tensors.empty()) bad("the model has no tensors");
+  if (c.requests.size() > 64) bad("at most 64 requests");
+  for (const PlanRequest& q : c.requests) {
+    if (q.prompt_tokens < 1 || q.prompt_tokens > (1u << 20) || q.new_tokens > 4096)
+      bad("a request needs 1..1048576 prompt tokens and 0..4096 new tokens");
+  }
   if (c.devices < 1 || c.devices > 1024) bad(fmt::format("{} devices (1..1024)", c.devices));
   if (!(c.cache_fraction > 0.0 && c.cache_fraction <= 1.0))
     bad(fmt::format("cache fraction {} is not in (0, 1]", c.cache_fraction));
@@ -202,7 +207,8 @@ void check_config(const PlanConfig& c) {
   if (c.shared_gbps && !(*c.shared_gbps >= 0.0 && std::isfinite(*c.shared_gbps)))
     bad("the shared link's bandwidth must be finite and >= 0");
   const DeviceSpec& d = c.device;
-  for (double v : {d.peak_tflops, d.mem_gbps, d.mem_gib, d.host_link_gbps, d.copy_gbps_per_thread})
+  for (double v : {d.peak_tflops, d.mem_gbps, d.mem_gib, d.host_link_gbps, d.copy_gbps_per_thread,
+                   d.copy_gbps_total})
     if (!(v >= 0.0) || !std::isfinite(v)) bad("device figures must be finite and >= 0");
   if (!(d.flops_efficiency > 0.0 && d.flops_efficiency <= 1.0) ||
       !(d.mem_efficiency > 0.0 && d.mem_efficiency <= 1.0))
@@ -278,14 +284,37 @@ DevicePlan cut_keys(const PlanConfig& c) {
   return p;
 }
 
+// One pass of the schedule: tokens per sequence, and the attention context they see.
+struct Pass {
+  std::uint64_t tokens = 1;  // per sequence
+  bool prompt = false;
+  std::uint64_t context = 0;  // decode: cached positions each token attends to
+};
+
+std::vector<Pass> passes_of(const PlanConfig& c) {
+  std::vector<Pass> out;
+  if (c.requests.empty()) {
+    out.push_back({1, false, c.prompt_tokens});  // warm-up
+    out.push_back({c.prompt_tokens, true, 0});   // the prompts: time to first token
+    for (std::size_t i = 0; i < c.decode_tokens; ++i)
+      out.push_back({1, false, c.prompt_tokens + 1 + i});
+    return out;
+  }
+  for (const PlanRequest& r : c.requests) {
+    out.push_back({r.prompt_tokens, true, 0});
+    for (std::size_t i = 1; i < r.new_tokens; ++i) out.push_back({1, false, r.prompt_tokens + i});
+  }
+  return out;
+}
+
 struct Workload {
   const PlanConfig* c;
   const DevicePlan* p;
+  std::vector<Pass> passes;
   std::size_t embd = SIZE_MAX;  // the token embedding's tensor index
-  // pass 0: a decode step (warm-up); pass 1: the prompts; then decode steps.
-  std::uint64_t tokens(std::size_t pass) const {
-    return pass == 1 ? c->batch * c->prompt_tokens : c->batch;
-  }
+  std::size_t head = SIZE_MAX;  // the output matrix's (the embedding's when tied)
+  // Tokens that pass through the matrices in `pass`, over the whole batch.
+  std::uint64_t tokens(std::size_t pass) const { return passes[pass].tokens * c->batch; }
 };
 
 std::vector<VirtualWorkerSpec> worker_specs(const PlanConfig& c, const DevicePlan& p,
@@ -294,8 +323,12 @@ std::vector<VirtualWorkerSpec> worker_specs(const PlanConfig& c, const DevicePla
   auto w = std::make_shared<Workload>();
   w->c = &c;
   w->p = &p;
-  for (std::size_t i = 0; i < m.tensors.size(); ++i)
+  w->passes = passes_of(c);
+  for (std::size_t i = 0; i < m.tensors.size(); ++i) {
     if (m.tensors[i].name == "token_embd.weight") w->embd = i;
+    if (m.tensors[i].name == "output.weight") w->head = i;
+  }
+  if (m.config.tie_embeddings) w->head = w->embd;
   const std::uint64_t q_dim = std::uint64_t{m.config.n_heads} * m.config.head_dim;
   const std::uint64_t kv_dim = std::uint64_t{m.config.n_kv_heads} * m.config.head_dim;
   VirtualWorkerSpec spec;
@@ -306,7 +339,8 @@ std::vector<VirtualWorkerSpec> worker_specs(const PlanConfig& c, const DevicePla
   spec.copy_threads = c.copy_threads;
   spec.chunk_bytes = c.chunk_bytes;
   spec.copy_gbps = c.device.copy_gbps_per_thread;
-  spec.passes = 2 + c.decode_tokens;
+  spec.copy_gbps_total = c.device.copy_gbps_total;
+  spec.passes = w->passes.size();
   const std::size_t k = c.lookahead;
   spec.prefetch = c.prefetch_policy
                       ? c.prefetch_policy
@@ -326,8 +360,11 @@ std::vector<VirtualWorkerSpec> worker_specs(const PlanConfig& c, const DevicePla
   }
   const DeviceSpec d = c.device;
   spec.key_ns = [w, d](std::size_t pass, TensorKey key) -> std::uint64_t {
-    if (w->p->key_tensor[key] == w->embd && !w->c->model.config.tie_embeddings) return 0;
-    return roofline_ns(d, w->p->key_elements[key], w->p->key_bytes[key], w->tokens(pass));
+    const std::size_t tensor = w->p->key_tensor[key];
+    if (tensor == w->embd && !w->c->model.config.tie_embeddings) return 0;  // a lookup
+    // The head computes logits for the last position of each sequence only.
+    const std::uint64_t tokens = tensor == w->head ? w->c->batch : w->tokens(pass);
+    return roofline_ns(d, w->p->key_elements[key], w->p->key_bytes[key], tokens);
   };
   spec.step_ns = [w, d, q_dim, kv_dim](std::size_t pass, std::size_t s) -> std::uint64_t {
     const std::string& name = w->p->schedule.step(s).name;
@@ -335,13 +372,14 @@ std::vector<VirtualWorkerSpec> worker_specs(const PlanConfig& c, const DevicePla
     // Attention over the KV cache (F16): decode reads every cached position of every
     // sequence; a prompt attends causally within itself.
     const double b = static_cast<double>(w->c->batch);
-    const double prompt = static_cast<double>(w->c->prompt_tokens);
+    const Pass& ps = w->passes[pass];
     double flops = 0, bytes = 0;
-    if (pass == 1) {
-      flops = 4.0 * b * prompt * prompt / 2.0 * static_cast<double>(q_dim);
-      bytes = b * prompt * 2.0 * static_cast<double>(kv_dim) * 2.0;
+    if (ps.prompt) {
+      const double len = static_cast<double>(ps.tokens);
+      flops = 4.0 * b * len * len / 2.0 * static_cast<double>(q_dim);
+      bytes = b * len * 2.0 * static_cast<double>(kv_dim) * 2.0;
     } else {
-      const double ctx = prompt + static_cast<double>(pass > 1 ? pass - 1 : 0);
+      const double ctx = static_cast<double>(ps.context);
       flops = 4.0 * b * ctx * static_cast<double>(q_dim);
       bytes = b * ctx * 2.0 * static_cast<double>(kv_dim) * 2.0;
     }
@@ -401,26 +439,43 @@ PlanResult plan(const PlanConfig& c) {
   r.shared_gbps = shared;
 
   const VirtualRunResult run = run_virtual_workers(worker_specs(c, p, c.devices), port, shared);
-  // Figures of the measured decode steps (after the warm-up and the prompt), averaged over
-  // the devices.
+  // The measured window: the decode steps after the warm-up and the prompts (serving), or
+  // the last request. Figures are averaged over the devices.
+  const std::vector<Pass> passes = passes_of(c);
+  std::size_t first = 2;  // the window's first pass
+  std::uint64_t window_tokens = c.batch * c.decode_tokens;
+  if (!c.requests.empty()) {
+    const PlanRequest& last = c.requests.back();
+    first = passes.size() - std::max<std::size_t>(last.new_tokens, 1);
+    window_tokens = c.batch * last.new_tokens;
+  }
+  const std::size_t steps = passes.size() - first;
+  auto window_of = [&](const VirtualWorkerResult& w) {
+    const std::uint64_t start = first == 0 ? 0 : w.pass_end_ns[first - 1];
+    const Counters from = first == 0 ? Counters{} : w.pass_counters[first - 1];
+    return std::pair{w.pass_end_ns.back() - start, figures_between(from, w.pass_counters.back())};
+  };
   double tok_s = 0, ttft = 0, step = 0, stall = 0, ready = 0, reuse = 0, acc = 0, gbps = 0,
-         bytes = 0;
+         bytes = 0, req_ms = 0, req_stall = 0, busy_gbps = 0;
   std::uint64_t window_max = 0, link_window = 0;
   for (const auto& w : run.workers) {
-    const std::uint64_t t1 = w.pass_end_ns[1], t_end = w.pass_end_ns.back();
-    const std::uint64_t window = t_end - t1;
+    const auto [window, f] = window_of(w);
     window_max = std::max(window_max, window);
-    const Figures f = figures_between(w.pass_counters[1], w.pass_counters.back());
-    tok_s += 1e9 * static_cast<double>(c.batch * c.decode_tokens) / static_cast<double>(window);
-    ttft += ms(w.pass_end_ns[1] - w.pass_end_ns[0]);
-    step += ms(window) / static_cast<double>(c.decode_tokens);
-    stall += f.stall_ms / static_cast<double>(c.decode_tokens);
+    tok_s += 1e9 * static_cast<double>(window_tokens) / static_cast<double>(window);
+    ttft += c.requests.empty()
+                ? ms(w.pass_end_ns[1] - w.pass_end_ns[0])
+                : ms(w.pass_end_ns[first] - (first == 0 ? 0 : w.pass_end_ns[first - 1]));
+    step += ms(window) / static_cast<double>(steps);
+    stall += f.stall_ms / static_cast<double>(steps);
     ready += f.ready_rate;
     reuse += f.reuse_rate;
     acc += f.prefetch_accuracy;
     gbps += static_cast<double>(f.link_bytes) / static_cast<double>(window);
-    bytes += static_cast<double>(f.link_bytes) / static_cast<double>(c.decode_tokens);
+    bytes += static_cast<double>(f.link_bytes) / static_cast<double>(steps);
     link_window += f.link_bytes;
+    req_ms += ms(window);
+    req_stall += f.stall_ms;
+    busy_gbps += f.link_gbps;
   }
   const double n = static_cast<double>(run.workers.size());
   r.decode_tok_s_per_device = tok_s / n;
@@ -436,36 +491,41 @@ PlanResult plan(const PlanConfig& c) {
   r.link_utilisation = shared > 0.0 && window_max > 0 ? static_cast<double>(link_window) / shared /
                                                             static_cast<double>(window_max)
                                                       : 0.0;
+  if (!c.requests.empty()) {
+    r.request_ms = req_ms / n;
+    r.request_stall_ms = req_stall / n;
+    r.request_link_gbps = busy_gbps / n;
+  }
   {
-    // Compute alone: the roofline of one decode step, as the workers ran it.
+    // Compute alone: the roofline of the window's passes, as the workers ran them.
     const auto spec = worker_specs(c, p, 1).front();
     std::uint64_t t = 0;
-    for (std::size_t pass = 2; pass < spec.passes; ++pass) {
+    for (std::size_t pass = first; pass < spec.passes; ++pass) {
       for (std::size_t s = 0; s < p.schedule.size(); ++s) {
         t += spec.step_ns(pass, s);
         for (TensorKey k : spec.lookups(pass, s)) t += spec.key_ns(pass, k);
         for (TensorKey k : p.schedule.step(s).keys) t += spec.key_ns(pass, k);
       }
     }
-    r.compute_ms_per_step = ms(t) / static_cast<double>(c.decode_tokens);
+    r.compute_ms_per_step = ms(t) / static_cast<double>(steps);
   }
   if (shared > 0.0) {
     // One device alone on its port: its link demand, and how many of those the shared link
     // carries.
     const VirtualRunResult alone = run_virtual_workers(worker_specs(c, p, 1), port, 0.0);
-    const auto& w = alone.workers.front();
-    const double demand =
-        static_cast<double>(
-            figures_between(w.pass_counters[1], w.pass_counters.back()).link_bytes) /
-        static_cast<double>(w.pass_end_ns.back() - w.pass_end_ns[1]);
+    const auto [window, f] = window_of(alone.workers.front());
+    const double demand = static_cast<double>(f.link_bytes) / static_cast<double>(window);
     r.max_devices_before_saturation =
         demand > 0.0 ? static_cast<std::size_t>(std::max(1.0, std::floor(shared / demand))) : 0;
   }
   const LlamaConfig& mc = c.model.config;
   r.model_bytes = c.model.total_bytes();
   r.cache_bytes = p.cache_bytes;
-  r.kv_bytes = static_cast<std::uint64_t>(c.batch) * (c.prompt_tokens + c.decode_tokens) *
-               mc.n_layers * 2ull * mc.n_kv_heads * mc.head_dim * 2ull;
+  std::uint64_t positions = c.prompt_tokens + c.decode_tokens;
+  for (const PlanRequest& q : c.requests)
+    positions = std::max(positions, q.prompt_tokens + q.new_tokens);
+  r.kv_bytes = static_cast<std::uint64_t>(c.batch) * positions * mc.n_layers * 2ull *
+               mc.n_kv_heads * mc.head_dim * 2ull;
   r.device_bytes = r.cache_bytes + r.kv_bytes;
   r.replicated_bytes = r.model_bytes + r.kv_bytes;
   r.device_capacity_bytes = static_cast<std::uint64_t>(c.device.mem_gib * 1024.0 * 1024.0 * 1024.0);
@@ -495,6 +555,9 @@ void to_json(nlohmann::json& j, const PlanResult& r) {
                      {"decode_tok_s_per_device", r.decode_tok_s_per_device},
                      {"decode_tok_s_total", r.decode_tok_s_total},
                      {"ttft_ms", r.ttft_ms},
+                     {"request_ms", r.request_ms},
+                     {"request_stall_ms", r.request_stall_ms},
+                     {"request_link_gbps", r.request_link_gbps},
                      {"step_ms", r.step_ms},
                      {"compute_ms_per_step", r.compute_ms_per_step},
                      {"stall_ms_per_step", r.stall_ms_per_step},

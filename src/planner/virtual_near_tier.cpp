@@ -29,9 +29,9 @@ VirtualRunResult run_virtual_workers(const std::vector<VirtualWorkerSpec>& worke
     Tier& t = tiers[w];
     t.cache = std::make_unique<DeviceCache>(spec.cache_bytes, spec.key_bytes, spec.eviction(),
                                             UnbackedMemory::instance(), &clock);
-    t.transfers =
-        std::make_unique<VirtualTransfers>(clock, link, w, *t.cache, spec.copy_threads,
-                                           spec.chunk_bytes, spec.copy_gbps, spec.key_tile_bytes);
+    t.transfers = std::make_unique<VirtualTransfers>(clock, link, w, *t.cache, spec.copy_threads,
+                                                     spec.chunk_bytes, spec.copy_gbps,
+                                                     spec.key_tile_bytes, spec.copy_gbps_total);
     t.prefetcher = std::make_unique<Prefetcher>(*spec.schedule, spec.prefetch(), *t.transfers,
                                                 *t.cache, spec.residency);
     bodies.emplace_back([&spec, &t, &clock] {

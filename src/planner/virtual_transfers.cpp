@@ -67,7 +67,8 @@ ChunkTiming VirtualLink::reserve(std::size_t device, std::uint64_t now_ns, std::
 
 VirtualTransfers::VirtualTransfers(VirtualClock& clock, VirtualLink& link, std::size_t device,
                                    DeviceCache& cache, unsigned threads, std::uint64_t chunk_bytes,
-                                   double copy_gbps, std::vector<std::uint64_t> key_tile_bytes)
+                                   double copy_gbps, std::vector<std::uint64_t> key_tile_bytes,
+                                   double copy_gbps_total)
     : clock_(clock),
       link_(link),
       device_(device),
@@ -75,11 +76,13 @@ VirtualTransfers::VirtualTransfers(VirtualClock& clock, VirtualLink& link, std::
       chunk_bytes_(chunk_bytes),
       copy_gbps_(copy_gbps),
       key_tile_bytes_(std::move(key_tile_bytes)),
+      copy_gbps_total_(copy_gbps_total),
       channels_(threads) {
   if (threads == 0 || threads > 64) throw ConfigError("virtual transfers: threads must be 1..64");
   if (chunk_bytes == 0) throw ConfigError("virtual transfers: chunk_bytes must be > 0");
-  if (!(copy_gbps >= 0.0) || !std::isfinite(copy_gbps))
-    throw ConfigError("virtual transfers: copy_gbps must be finite and >= 0");
+  if (!(copy_gbps >= 0.0) || !std::isfinite(copy_gbps) || !(copy_gbps_total >= 0.0) ||
+      !std::isfinite(copy_gbps_total))
+    throw ConfigError("virtual transfers: copy rates must be finite and >= 0");
 }
 
 VirtualTransfers::~VirtualTransfers() {
@@ -90,6 +93,12 @@ VirtualTransfers::~VirtualTransfers() {
   for (auto& c : channels_) {
     if (c.active) cache_.complete_fetch(c.r.key, false);
   }
+}
+
+TransferStats VirtualTransfers::stats() const noexcept {
+  TransferStats s = stats_;
+  if (running_ > 0) s.busy_ns += clock_.now_ns() - busy_since_ns_;
+  return s;
 }
 
 bool VirtualTransfers::busy() const noexcept {
@@ -165,9 +174,13 @@ void VirtualTransfers::next_piece(Channel& c) {
     return;
   }
   std::uint64_t until = t.complete_ns;
-  if (copy_gbps_ > 0.0) {
-    until = std::max(until, c.read_start_ns + static_cast<std::uint64_t>(std::ceil(
-                                                  static_cast<double>(c.read_bytes) / copy_gbps_)));
+  const auto copy_ns = [&](double gbps) {
+    return static_cast<std::uint64_t>(std::ceil(static_cast<double>(c.read_bytes) / gbps));
+  };
+  if (copy_gbps_ > 0.0) until = std::max(until, c.read_start_ns + copy_ns(copy_gbps_));
+  if (copy_gbps_total_ > 0.0) {
+    copy_free_ns_ = std::max(copy_free_ns_, c.read_start_ns) + copy_ns(copy_gbps_total_);
+    until = std::max(until, copy_free_ns_);
   }
   clock_.at(until, [this, &c] { end_read(c); });
 }

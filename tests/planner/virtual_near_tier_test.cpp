@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <limits>
 #include <thread>
 
 #include <fmt/format.h>
@@ -392,6 +393,33 @@ TEST_F(VirtualAgainstReal, WorkersShareTheLink) {
   // Never more than one byte per ns over the shared link.
   EXPECT_LE(two.link_bytes, two.end_ns + 1);
   EXPECT_EQ(two.workers[0].counters.link_bytes, two.workers[1].counters.link_bytes);
+}
+
+// A host's copy rate caps what the link could carry: per channel, and all channels together.
+TEST_F(VirtualAgainstReal, CopyRatesCapTheChannels) {
+  VirtualWorkerSpec spec;
+  spec.schedule = &schedule_;
+  spec.key_bytes = key_bytes_;
+  spec.cache_bytes = 2 * total_;  // room to prefetch far ahead: both channels busy
+  spec.eviction = [] { return make_eviction_policy("lru"); };
+  spec.prefetch = [] { return std::make_unique<LookaheadPolicy>(4); };
+  spec.passes = 1;
+  LinkParams fast;  // an unpaced link: only the copy rates cost time
+  auto bytes_per_ns = [&](double per_channel, double total) {
+    VirtualWorkerSpec s = spec;
+    s.copy_gbps = per_channel;
+    s.copy_gbps_total = total;
+    const auto r = run_virtual_workers({s}, fast);
+    return static_cast<double>(r.link_bytes) / static_cast<double>(r.end_ns);
+  };
+  const double free_copy = bytes_per_ns(0, 0);
+  const double two_channels = bytes_per_ns(0.5, 0);  // two channels of 0.5 GB/s
+  const double capped = bytes_per_ns(0.5, 0.5);      // ... that share 0.5 GB/s
+  EXPECT_EQ(free_copy, std::numeric_limits<double>::infinity());
+  EXPECT_LE(two_channels, 1.0 + 1e-6);
+  EXPECT_GT(two_channels, 0.6);  // both channels busy most of the time
+  EXPECT_LE(capped, 0.5 + 1e-6);
+  EXPECT_GT(capped, 0.4);
 }
 
 }  // namespace

@@ -81,7 +81,7 @@ void add_plan_command(CLI::App& app) {
     unsigned copy_threads = 2;
     double cache_fraction = 0.1;
     std::optional<double> shared_gbps, tflops, mem_gbps, mem_gib, host_link_gbps, copy_gbps,
-        flops_eff, mem_eff, step_us;
+        copy_gbps_total, flops_eff, mem_eff, step_us;
     bool json = false, list = false;
   };
   auto a = std::make_shared<Args>();
@@ -130,6 +130,9 @@ void add_plan_command(CLI::App& app) {
       ->check(real_in(0, 1e6));
   cmd->add_option("--copy-gbps", a->copy_gbps, "override: most one copy thread delivers, GB/s")
       ->check(real_in(0, 1e6));
+  cmd->add_option("--copy-gbps-total", a->copy_gbps_total,
+                  "override: most a device's copy threads deliver together, GB/s")
+      ->check(real_in(0, 1e6));
   cmd->add_option("--flops-efficiency", a->flops_eff, "override: share of peak FLOP/s reached")
       ->check(real_in(1e-6, 1.0));
   cmd->add_option("--mem-efficiency", a->mem_eff, "override: share of bandwidth reached")
@@ -151,6 +154,7 @@ void add_plan_command(CLI::App& app) {
     if (a->mem_gib) c.device.mem_gib = *a->mem_gib;
     if (a->host_link_gbps) c.device.host_link_gbps = *a->host_link_gbps;
     if (a->copy_gbps) c.device.copy_gbps_per_thread = *a->copy_gbps;
+    if (a->copy_gbps_total) c.device.copy_gbps_total = *a->copy_gbps_total;
     if (a->flops_eff) c.device.flops_efficiency = *a->flops_eff;
     if (a->mem_eff) c.device.mem_efficiency = *a->mem_eff;
     if (a->step_us) c.device.step_overhead_ns = static_cast<std::uint64_t>(*a->step_us * 1000);

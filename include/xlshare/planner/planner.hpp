@@ -3,9 +3,10 @@
 //
 // A plan runs N simulated devices (run_virtual_workers) with the model's tensors cut into
 // cache keys as a Worker cuts them, the real EvictionPolicy and PrefetchPolicy, the link's
-// timing model, and compute from a roofline device model. Its workload: one decode step
-// from a cold cache (warm-up), the prompt of every sequence of the batch (prefill: the time
-// to first token), then `decode_tokens` decode steps of the whole batch (measured).
+// timing model, and compute from a roofline device model. Its workload, the serving one:
+// one decode step from a cold cache (warm-up), the prompt of every sequence of the batch
+// (prefill: the time to first token), then `decode_tokens` decode steps of the whole batch
+// (measured). Or, as the experiments measure, requests one after another (PlanRequest).
 #pragma once
 
 #include <cstdint>
@@ -71,8 +72,9 @@ struct DeviceSpec {
   double mem_efficiency = 0.8;    ///< share of memory bandwidth a GEMV reaches
   std::uint64_t step_overhead_ns = 20'000;  ///< per step (layer): launches, norms, syncs
   /// A host whose copy (checksum included) is slower than its link: the most one copy
-  /// thread delivers, GB/s; 0: the link decides.
+  /// thread delivers, GB/s, and all of a device's copy threads together; 0: the link decides.
   double copy_gbps_per_thread = 0.0;
+  double copy_gbps_total = 0.0;
   std::string source;  ///< where the figures come from
 };
 /// a100-80gb, h100-sxm, l40s, mi300x (datasheet figures, cited in the source).
@@ -84,6 +86,13 @@ DeviceSpec device_preset(std::string_view name);
 /// tokens: the roofline max(FLOPs / reachable FLOP/s, bytes / reachable bandwidth).
 std::uint64_t roofline_ns(const DeviceSpec& d, std::uint64_t elements, std::uint64_t bytes,
                           std::uint64_t tokens) noexcept;
+
+/// A request of an experiment's kind: one pass over the prompt, then one decode pass per
+/// further new token (a request with 0 or 1 new tokens is the prompt pass alone).
+struct PlanRequest {
+  std::size_t prompt_tokens = 1;
+  std::size_t new_tokens = 0;
+};
 
 struct PlanConfig {
   ModelShape model;
@@ -104,6 +113,9 @@ struct PlanConfig {
   /// Granularity of the link model, bytes (LinkParams::chunk_bytes). 0: the preset's, raised
   /// to chunk_bytes for models over 4 GiB so that a 70B plan takes well under a second.
   std::uint64_t link_chunk_bytes = 0;
+  /// Instead of the serving workload: these requests, one after another from a cold cache
+  /// on every device; request_ms is the last one's latency.
+  std::vector<PlanRequest> requests;
   /// Optional user policies (as EngineConfig's), made once per device.
   PrefetchPolicyFactory prefetch_policy;
   EvictionPolicyFactory eviction_policy_factory;
@@ -118,6 +130,9 @@ struct PlanResult {
   double decode_tok_s_per_device = 0.0;  ///< batch x decode steps / their time
   double decode_tok_s_total = 0.0;       ///< x devices
   double ttft_ms = 0.0;                  ///< the batch's prompt (warm cache)
+  double request_ms = 0.0;               ///< with `requests`: the last one's latency
+  double request_stall_ms = 0.0;         ///< ... the time it waited for tensors
+  double request_link_gbps = 0.0;        ///< ... its link bytes / the time its link was busy
   double step_ms = 0.0;                  ///< one decode step of the batch
   double compute_ms_per_step = 0.0;      ///< of which compute (the roofline alone)
   double stall_ms_per_step = 0.0;        ///< compute waiting for tensors, per decode step

@@ -36,6 +36,7 @@ struct VirtualWorkerSpec {
   unsigned copy_threads = 2;             ///< TransferConfig::threads
   std::uint64_t chunk_bytes = 4u << 20;  ///< TransferConfig::chunk_bytes
   double copy_gbps = 0.0;                ///< per channel cap (0: none), see VirtualTransfers
+  double copy_gbps_total = 0.0;          ///< all channels together (0: none)
   std::size_t passes = 1;
   /// Compute before a step's first tensor (norms, attention over the KV cache). Optional.
   std::function<std::uint64_t(std::size_t pass, std::size_t step)> step_ns;

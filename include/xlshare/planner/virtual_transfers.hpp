@@ -67,16 +67,20 @@ class VirtualTransfers final : public Transfers {
   /// `copy_gbps` > 0 caps what one channel delivers (a host whose copy, checksum included, is
   /// slower than the link); 0: the link alone decides. `key_tile_bytes[k]` > 0: key k is
   /// verified tile by tile, so its reads are whole tiles (TransferEngine's rule).
+  /// `copy_gbps_total` > 0 caps all channels together (one serial copy resource: a host
+  /// whose memory system does not give each copy thread its own rate).
   /// @throws ConfigError for zero threads or chunk bytes.
   VirtualTransfers(VirtualClock& clock, VirtualLink& link, std::size_t device, DeviceCache& cache,
                    unsigned threads = 2, std::uint64_t chunk_bytes = 4u << 20,
-                   double copy_gbps = 0.0, std::vector<std::uint64_t> key_tile_bytes = {});
+                   double copy_gbps = 0.0, std::vector<std::uint64_t> key_tile_bytes = {},
+                   double copy_gbps_total = 0.0);
   ~VirtualTransfers() override;
 
   bool prefetch(TensorKey key) override;
   void demand(TensorKey key) override;
   std::string failure_reason(TensorKey) const override { return {}; }
-  TransferStats stats() const noexcept override { return stats_; }
+  /// The counters; busy_ns includes a busy period still going on (as TransferEngine's).
+  TransferStats stats() const noexcept override;
   /// Whether a request is queued or being read.
   bool busy() const noexcept;
 
@@ -106,6 +110,8 @@ class VirtualTransfers final : public Transfers {
   std::uint64_t chunk_bytes_;
   double copy_gbps_;
   std::vector<std::uint64_t> key_tile_bytes_;
+  double copy_gbps_total_;
+  std::uint64_t copy_free_ns_ = 0;
   std::vector<Channel> channels_;
   std::deque<Request> demand_queue_, prefetch_queue_;
   unsigned running_ = 0;
