@@ -1,5 +1,6 @@
 // Everything a serving program uses, in one include: the far tier (backends, pool, CXL
-// emulator), the near tier (cache, transfers, prefetch), the model layer and the engine.
+// emulator), the near tier (cache, transfers, prefetch), the model layer, the engine and the
+// planner.
 // The conformance suites (xlshare/testing/) are not included: they need GoogleTest.
 #pragma once
 
@@ -36,6 +37,10 @@
 #include "xlshare/model/model_loader.hpp"
 #include "xlshare/model/synthetic.hpp"
 #include "xlshare/model/tokenizer.hpp"
+#include "xlshare/planner/planner.hpp"
+#include "xlshare/planner/virtual_clock.hpp"
+#include "xlshare/planner/virtual_near_tier.hpp"
+#include "xlshare/planner/virtual_transfers.hpp"
 #include "xlshare/prefetch/prefetch_policy.hpp"
 #include "xlshare/prefetch/prefetcher.hpp"
 #include "xlshare/prefetch/schedule.hpp"

@@ -393,6 +393,9 @@ std::vector<VirtualWorkerSpec> worker_specs(const PlanConfig& c, const DevicePla
     const auto& pieces = w->p->pieces[w->embd];
     const std::uint64_t rows = w->c->model.tensors[w->embd].rows;
     const std::uint64_t per = w->p->rows_per_piece[w->embd];
+    // Far more tokens than pieces touch every piece: no need to draw them (a prompt of a
+    // million tokens would take that many draws).
+    if (w->tokens(pass) >= 64 * pieces.size()) return std::vector<TensorKey>(pieces);
     std::vector<bool> seen(pieces.size(), false);
     for (std::uint64_t i = 0; i < w->tokens(pass); ++i) {
       const std::uint64_t piece = mix(pass * 0x10000000ULL + i) % rows / per;

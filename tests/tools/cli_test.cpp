@@ -795,6 +795,25 @@ TEST(CliPlan, HumanOutputAndTheList) {
     EXPECT_NE(r.out.find(name), std::string::npos) << name;
 }
 
+TEST(CliPlan, AGgufFilesHeaderIsAModel) {
+  const auto dir = std::filesystem::temp_directory_path() / test::unique_name("cli-plan");
+  std::filesystem::create_directories(dir);
+  const auto file = (dir / "m.gguf").string();
+  ASSERT_EQ(run("synth --dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 512 "
+                "--dtype q8_0 --out " +
+                file)
+                .status,
+            0);
+  const auto r = run("plan --model " + file + " --device l40s --cache-fraction 0.5 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["dtype"], "file");
+  // The tensors' bytes as stored: the file less its header and padding.
+  EXPECT_LT(j["model_bytes"].get<std::uint64_t>(), std::filesystem::file_size(file));
+  EXPECT_GT(j["model_bytes"].get<std::uint64_t>(), std::filesystem::file_size(file) * 9 / 10);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(CliPlan, BadOptionsAreOneLineErrors) {
   for (const std::string& args : std::vector<std::string>{
            "plan", "plan --model llama-9-1t", "plan --model llama-2-7b --device tpu",
