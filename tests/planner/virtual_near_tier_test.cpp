@@ -77,6 +77,36 @@ TEST(VirtualClock, AnExceptionInOneThreadLetsTheOthersFinish) {
   EXPECT_TRUE(other_done);
 }
 
+// --- the near tier's claims, on exact time ------------------------------------------------
+
+// Twelve steps of one 512 KiB tensor, a cache of four, LRU, a 1 GB/s link: with compute per
+// tensor about its link time, lookahead hides the transfers behind compute.
+TEST(VirtualNearTier, LookaheadHidesTransfersBehindCompute) {
+  std::vector<ScheduleStep> steps;
+  for (TensorKey k = 0; k < 12; ++k) steps.push_back({fmt::format("block.{}", k), {k}});
+  const Schedule schedule(steps);
+  LinkParams link;
+  link.bandwidth_gbps = 1.0;
+  link.latency_ns = 1000;
+  auto stall_ms = [&](std::size_t lookahead) {
+    VirtualWorkerSpec spec;
+    spec.schedule = &schedule;
+    spec.key_bytes.assign(12, 512 * 1024);
+    spec.cache_bytes = 4 * 512 * 1024;
+    spec.eviction = [] { return make_eviction_policy("lru"); };
+    spec.prefetch = [lookahead] { return std::make_unique<LookaheadPolicy>(lookahead); };
+    spec.passes = 2;
+    spec.key_ns = [](std::size_t, TensorKey) { return std::uint64_t{600'000}; };
+    const auto r = run_virtual_workers({spec}, link);
+    return figures_between({}, r.workers.front().counters).stall_ms;
+  };
+  const double none = stall_ms(0), one = stall_ms(1), two = stall_ms(2);
+  // Every tensor on demand: 24 transfers of 524288 ns + 1000 ns of latency, all stalled.
+  EXPECT_DOUBLE_EQ(none, 24 * (524'288 + 1'000) / 1e6);
+  EXPECT_LT(one, 0.2 * none);
+  EXPECT_LT(two, 0.2 * none);
+}
+
 // --- user policies that record what they are told and decide -------------------------
 
 struct Trace {

@@ -125,12 +125,11 @@ double compute(std::span<const std::byte> bytes, int rounds) {
 }
 
 struct PassResult {
-  double stall_ms;
   double checksum;
+  Counters counters;
 };
 
-PassResult run_passes(const test::ModelPool& model, std::size_t lookahead, std::size_t steps,
-                      int rounds) {
+PassResult run_passes(const test::ModelPool& model, std::size_t lookahead, std::size_t steps) {
   EmulatorOptions o;
   // 1 GB/s: a 512 KiB tensor takes ~0.5 ms on the link.
   o.link = {.bandwidth_gbps = 1.0, .latency_ns = 1000, .overhead_ns = 0, .chunk_bytes = 256 * 1024};
@@ -145,41 +144,35 @@ PassResult run_passes(const test::ModelPool& model, std::size_t lookahead, std::
     for (std::size_t s = 0; s < steps; ++s) {
       prefetcher.begin_step(s);
       auto lease = prefetcher.acquire(static_cast<TensorKey>(s));
-      sum += compute(lease.bytes(), rounds);
+      sum += compute(lease.bytes(), 2);
       lease.release();
       prefetcher.end_step(s);
     }
   }
   engine.wait_idle();
-  return {prefetcher.figures().stall_ms, sum};
+  return {sum, prefetcher.counters()};
 }
 
-TEST(Prefetcher, LookaheadHidesTransfersBehindCompute) {
+// On real threads and a real (paced) link: prefetching changes when bytes arrive, never the
+// numbers. How much of the link time it hides is a question of timing, checked exactly on
+// the virtual clock (tests/planner/virtual_near_tier_test.cpp,
+// VirtualNearTier.LookaheadHidesTransfersBehindCompute), not here.
+TEST(Prefetcher, LookaheadChangesWhenBytesArriveNotTheNumbers) {
   constexpr std::size_t kSteps = 12;
   test::ModelPool model(kSteps, 128 * 1024);  // 512 KiB per step
-  // Calibrate compute to about the link time of one tensor (0.5 ms).
-  int rounds = 1;
-  {
-    std::vector<std::byte> probe(512 * 1024, std::byte{1});
-    const auto t0 = std::chrono::steady_clock::now();
-    volatile double v = compute(probe, 4);
-    (void)v;
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
-        4;
-    rounds = std::max(1, static_cast<int>(0.8 / std::max(ms, 1e-3)));
-  }
-  const auto none = run_passes(model, 0, kSteps, rounds);
-  const auto one = run_passes(model, 1, kSteps, rounds);
-  const auto two = run_passes(model, 2, kSteps, rounds);
-  // Same numbers whatever the prefetching: it only changes when bytes arrive.
+  const auto none = run_passes(model, 0, kSteps);
+  const auto one = run_passes(model, 1, kSteps);
+  const auto two = run_passes(model, 2, kSteps);
   EXPECT_EQ(none.checksum, one.checksum);
   EXPECT_EQ(none.checksum, two.checksum);
-  // Wide margins: a behavioural check, not a timing target.
-  EXPECT_LT(one.stall_ms, 0.6 * none.stall_ms)
-      << "stall none " << none.stall_ms << " one " << one.stall_ms;
-  EXPECT_LT(two.stall_ms, 0.6 * none.stall_ms)
-      << "stall none " << none.stall_ms << " two " << two.stall_ms;
+  // Without lookahead nothing is prefetched and nothing is ready (LRU keeps nothing of a
+  // cyclic pass three times the cache); with it, the prefetcher brings steps ahead.
+  EXPECT_EQ(none.counters.bytes_prefetched, 0u);
+  EXPECT_EQ(none.counters.ready, 0u);
+  EXPECT_GT(one.counters.bytes_prefetched, 0u);
+  EXPECT_GT(two.counters.bytes_prefetched, one.counters.bytes_prefetched / 2);
+  EXPECT_EQ(none.counters.acquires, 2 * kSteps);
+  EXPECT_EQ(two.counters.acquires, 2 * kSteps);
 }
 
 TEST(Schedule, GroupsTransformerTensorsIntoSteps) {
