@@ -85,7 +85,7 @@ void DeviceCache::Lease::release() noexcept {
   if (cache_ != nullptr) std::exchange(cache_, nullptr)->unpin(key_);
 }
 
-DeviceCache::Lease DeviceCache::acquire(TensorKey key, bool* ready, bool after_demand) noexcept {
+DeviceCache::Lease DeviceCache::acquire(TensorKey key, bool* ready, bool after_demand) {
   Lease lease;
   if (key >= entries_.size()) return lease;
   std::unique_lock lock(mu_);

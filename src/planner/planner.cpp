@@ -144,7 +144,8 @@ ModelShape model_shape_preset(std::string_view name, std::string_view dtype) {
 ModelShape model_shape_from_file(const std::filesystem::path& path, std::string_view dtype) {
   const bool is_config = path.filename() == "config.json";
   if (is_config) {
-    return model_shape(read_hf_config_file(path), dtype, path.parent_path().filename().string());
+    return model_shape(read_hf_config_file(path), dtype,
+                       std::filesystem::absolute(path).parent_path().filename().string());
   }
   const ModelFile f = open_model_file(path);
   ModelShape m;
@@ -180,7 +181,8 @@ std::uint64_t roofline_ns(const DeviceSpec& d, std::uint64_t elements, std::uint
   const double b_rate = d.mem_gbps * d.mem_efficiency;
   const double t = std::max(f_rate > 0 ? flops / f_rate : 0.0,
                             b_rate > 0 ? static_cast<double>(bytes) / b_rate : 0.0);
-  return static_cast<std::uint64_t>(std::ceil(t));
+  // Saturates far below 2^64 ns, so that sums of such times cannot wrap.
+  return t < kMaxComputeNs ? static_cast<std::uint64_t>(std::ceil(t)) : kMaxComputeNs;
 }
 
 namespace {
@@ -210,10 +212,17 @@ void check_config(const PlanConfig& c) {
   for (double v : {d.peak_tflops, d.mem_gbps, d.mem_gib, d.host_link_gbps, d.copy_gbps_per_thread,
                    d.copy_gbps_total})
     if (!(v >= 0.0) || !std::isfinite(v)) bad("device figures must be finite and >= 0");
+  // Rates below 1 MB/s (or 1 GFLOP/s) would make simulated time run past what 64 bits hold.
+  for (double v :
+       {d.host_link_gbps, d.copy_gbps_per_thread, d.copy_gbps_total, c.shared_gbps.value_or(0.0)})
+    if (v != 0.0 && v < 1e-3) bad("a link or copy rate must be 0 (none) or at least 0.001 GB/s");
+  if (d.peak_tflops < 1e-3 || d.mem_gbps < 1e-3)
+    bad("a device needs at least 0.001 TFLOP/s and 0.001 GB/s");
+  if (d.flops_efficiency < 1e-3 || d.mem_efficiency < 1e-3)
+    bad("device efficiencies must be at least 0.001");
   if (!(d.flops_efficiency > 0.0 && d.flops_efficiency <= 1.0) ||
       !(d.mem_efficiency > 0.0 && d.mem_efficiency <= 1.0))
     bad("device efficiencies must be in (0, 1]");
-  if (!(d.peak_tflops > 0.0 && d.mem_gbps > 0.0)) bad("a device needs FLOP/s and bandwidth");
 }
 
 // What one simulated device runs: its keys, schedule, policies and costs.
@@ -385,7 +394,8 @@ std::vector<VirtualWorkerSpec> worker_specs(const PlanConfig& c, const DevicePla
     }
     const double t = std::max(flops / (d.peak_tflops * 1e3 * d.flops_efficiency),
                               bytes / (d.mem_gbps * d.mem_efficiency));
-    return d.step_overhead_ns + static_cast<std::uint64_t>(std::ceil(t));
+    return t < kMaxComputeNs ? d.step_overhead_ns + static_cast<std::uint64_t>(std::ceil(t))
+                             : kMaxComputeNs;
   };
   spec.lookups = [w](std::size_t pass, std::size_t s) {
     std::vector<TensorKey> keys;
@@ -442,6 +452,12 @@ PlanResult plan(const PlanConfig& c) {
   r.shared_gbps = shared;
 
   const VirtualRunResult run = run_virtual_workers(worker_specs(c, p, c.devices), port, shared);
+  if (run.end_ns >= kMaxComputeNs) {
+    throw ConfigError(fmt::format(
+        "plan: the simulated run takes more than {:.0f} days: the device or the workload is "
+        "out of any useful range",
+        static_cast<double>(kMaxComputeNs) / 86400e9));
+  }
   // The measured window: the decode steps after the warm-up and the prompts (serving), or
   // the last request. Figures are averaged over the devices.
   const std::vector<Pass> passes = passes_of(c);
@@ -524,9 +540,10 @@ PlanResult plan(const PlanConfig& c) {
   const LlamaConfig& mc = c.model.config;
   r.model_bytes = c.model.total_bytes();
   r.cache_bytes = p.cache_bytes;
-  std::uint64_t positions = c.prompt_tokens + c.decode_tokens;
+  // The longest sequence a device holds: a serving batch's, or the longest request's.
+  std::uint64_t positions = c.requests.empty() ? c.prompt_tokens + c.decode_tokens : 0;
   for (const PlanRequest& q : c.requests)
-    positions = std::max(positions, q.prompt_tokens + q.new_tokens);
+    positions = std::max<std::uint64_t>(positions, q.prompt_tokens + q.new_tokens);
   r.kv_bytes = static_cast<std::uint64_t>(c.batch) * positions * mc.n_layers * 2ull *
                mc.n_kv_heads * mc.head_dim * 2ull;
   r.device_bytes = r.cache_bytes + r.kv_bytes;

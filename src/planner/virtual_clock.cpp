@@ -67,11 +67,15 @@ bool VirtualClock::drive_locked(std::unique_lock<std::mutex>& lock, int self) {
     if (e.t_ns > now_.load()) now_.store(e.t_ns, std::memory_order_release);
     if (e.sim < 0) {
       lock.unlock();
+      // A callback is not its host thread's simulated thread: its sleeps only move the
+      // clock and it may not wait.
+      const int host = std::exchange(tl_sim, -1);
       try {
         e.fn();
       } catch (...) {
         fail(std::current_exception());
       }
+      tl_sim = host;
       lock.lock();
       continue;
     }
@@ -128,7 +132,8 @@ void VirtualClock::thread_main(int id) {
   Sim& s = *sims_[static_cast<std::size_t>(id)];
   {
     std::unique_lock lock(mu_);
-    s.turn.wait(lock, [&] { return turn_ == id; });
+    s.turn.wait(lock, [&] { return turn_ == id || aborted_; });
+    if (aborted_) return;  // run() could not start every thread
     s.state = State::kRunning;
   }
   try {
@@ -153,9 +158,26 @@ void VirtualClock::run(std::vector<std::function<void()>> threads) {
       sims_.push_back(std::move(s));
       push_locked(now_.load(), static_cast<int>(sims_.size() - 1), {});
     }
-    for (std::size_t i = sims_.size() - threads.size(); i < sims_.size(); ++i) {
-      sims_[i]->thread = std::thread([this, i] { thread_main(static_cast<int>(i)); });
+    try {
+      for (std::size_t i = sims_.size() - threads.size(); i < sims_.size(); ++i) {
+        sims_[i]->thread = std::thread([this, i] { thread_main(static_cast<int>(i)); });
+      }
+    } catch (...) {
+      // Out of threads: the ones started end without running, and the run fails.
+      aborted_ = true;
+      for (auto& sim : sims_) sim->turn.notify_one();
+      error_ = std::current_exception();
     }
+  }
+  if (aborted_) {
+    for (auto& sim : sims_) {
+      if (sim->thread.joinable()) sim->thread.join();
+    }
+    sims_.clear();
+    std::priority_queue<Event, std::vector<Event>, Later>().swap(queue_);
+    aborted_ = false;
+    running_ = false;
+    std::rethrow_exception(std::exchange(error_, nullptr));
   }
   std::unique_lock lock(mu_);
   if (!drive_locked(lock, -1)) main_turn_.wait(lock, [&] { return turn_ == -1; });

@@ -7,6 +7,13 @@
 #include "xlshare/planner/virtual_transfers.hpp"
 
 namespace xlshare {
+namespace {
+// now + ns, saturating (a compute time near 2^64 ends the run at the end of time instead of
+// wrapping to the past).
+std::uint64_t later(std::uint64_t now, std::uint64_t ns) noexcept {
+  return ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+}
+}  // namespace
 
 VirtualRunResult run_virtual_workers(const std::vector<VirtualWorkerSpec>& workers,
                                      const LinkParams& port, double shared_gbps) {
@@ -39,10 +46,10 @@ VirtualRunResult run_virtual_workers(const std::vector<VirtualWorkerSpec>& worke
       for (std::size_t pass = 0; pass < spec.passes; ++pass) {
         for (std::size_t s = 0; s < schedule.size(); ++s) {
           t.prefetcher->begin_step(s);
-          if (spec.step_ns) clock.sleep_until_ns(clock.now_ns() + spec.step_ns(pass, s));
+          if (spec.step_ns) clock.sleep_until_ns(later(clock.now_ns(), spec.step_ns(pass, s)));
           auto use = [&](TensorKey k) {
             DeviceCache::Lease lease = t.prefetcher->acquire(k);
-            if (spec.key_ns) clock.sleep_until_ns(clock.now_ns() + spec.key_ns(pass, k));
+            if (spec.key_ns) clock.sleep_until_ns(later(clock.now_ns(), spec.key_ns(pass, k)));
           };
           if (spec.lookups) {
             for (TensorKey k : spec.lookups(pass, s)) use(k);

@@ -197,6 +197,16 @@ TEST(Plan, ImpossiblePointsAreRefused) {
   c = small_plan();
   c.link = "carrier-pigeon";
   EXPECT_THROW(plan(c), ConfigError);
+  // Rates so low that simulated time would run past 64 bits.
+  c = small_plan();
+  c.device.host_link_gbps = 1e-12;
+  EXPECT_THROW(plan(c), ConfigError);
+  c = small_plan();
+  c.shared_gbps = 1e-9;
+  EXPECT_THROW(plan(c), ConfigError);
+  c = small_plan();
+  c.device.peak_tflops = 1e-6;
+  EXPECT_THROW(plan(c), ConfigError);
 }
 
 }  // namespace

@@ -60,6 +60,24 @@ TEST(VirtualClock, AWaitEndsWhenAnEventMakesItsConditionTrue) {
   EXPECT_EQ(woke, 1000u);
 }
 
+// Callbacks run on whichever thread holds the baton; they are not that thread's simulated
+// thread: a sleep there only moves the clock, and the thread's own wait stays intact.
+TEST(VirtualClock, ACallbackIsNotASimulatedThread) {
+  VirtualClock clock;
+  bool flag = false;
+  std::uint64_t woke = 0;
+  clock.run({[&] {
+    clock.at(100, [&] {
+      clock.sleep_until_ns(200);
+      flag = true;
+      clock.notify();
+    });
+    clock.wait_for([&] { return flag; });
+    woke = clock.now_ns();
+  }});
+  EXPECT_EQ(woke, 200u);
+}
+
 TEST(VirtualClock, ADeadlockThrowsInsteadOfHanging) {
   VirtualClock clock;
   EXPECT_THROW(clock.run({[&] { clock.wait_for([] { return false; }); }}), Error);

@@ -823,6 +823,8 @@ TEST(CliPlan, BadOptionsAreOneLineErrors) {
            "plan --model llama-2-7b --link pigeon", "plan --model llama-2-7b --eviction magic",
            "plan --model llama-2-7b --dtype q5_x", "plan --model llama-2-7b --shared-gbps -1",
            "plan --model llama-2-7b --cache-fraction 1e-7",
+           "plan --model llama-2-7b --host-link-gbps 1e-12",
+           "plan --model llama-2-7b --tflops 1e-6 --flops-efficiency 1e-6",
            "plan --model /nonexistent/model.gguf"}) {
     const auto r = run(args);
     EXPECT_EQ(r.status, 1) << args << ": " << r.out;

@@ -107,7 +107,8 @@ class DeviceCache {
   /// entry is absent (nobody fetched it) or its transfer failed. `ready`, when given, is
   /// set to whether the entry was resident on arrival. `after_demand` marks the second try
   /// after the caller issued a demand fetch: such an acquisition is never counted ready.
-  Lease acquire(TensorKey key, bool* ready = nullptr, bool after_demand = false) noexcept;
+  /// Throws only what a CacheWaiter's wait throws (the VirtualClock's on a deadlock).
+  Lease acquire(TensorKey key, bool* ready = nullptr, bool after_demand = false);
 
   /// Makes `key` in flight and returns its buffer for a transfer to fill. Prefetch: never
   /// waits; returns nothing when the entry is already present or in flight, or there is no

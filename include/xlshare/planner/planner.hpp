@@ -82,8 +82,13 @@ std::span<const DeviceSpec> device_presets();
 /// A preset by name. @throws ConfigError listing the known names.
 DeviceSpec device_preset(std::string_view name);
 
+/// The longest compute time a plan takes for one tensor or step, and the longest run: 2^60 ns
+/// (36 years). A plan whose run would be longer is refused.
+inline constexpr std::uint64_t kMaxComputeNs = std::uint64_t{1} << 60;
+
 /// Compute time in ns of a matrix of `elements` weights and `bytes` bytes applied to `tokens`
-/// tokens: the roofline max(FLOPs / reachable FLOP/s, bytes / reachable bandwidth).
+/// tokens: the roofline max(FLOPs / reachable FLOP/s, bytes / reachable bandwidth), at most
+/// kMaxComputeNs.
 std::uint64_t roofline_ns(const DeviceSpec& d, std::uint64_t elements, std::uint64_t bytes,
                           std::uint64_t tokens) noexcept;
 

@@ -54,8 +54,9 @@ class VirtualClock final : public Clock, public CacheWaiter {
   Clock& clock() noexcept override { return *this; }
   /// Something a waiting condition may depend on changed.
   void notify() noexcept override { dirty_.store(true, std::memory_order_relaxed); }
-  /// From a simulated thread: resumes it once `done()` holds. Elsewhere `done()` must
-  /// already hold. @throws Error on a deadlock.
+  /// From a simulated thread: resumes it once `done()` holds. Elsewhere (a callback, no run
+  /// in progress) `done()` must already hold. `done` must not throw.
+  /// @throws Error on a deadlock.
   void wait_for(const std::function<bool()>& done) override;
 
   /// Events processed so far (callbacks and wake-ups).
@@ -101,6 +102,7 @@ class VirtualClock final : public Clock, public CacheWaiter {
   std::vector<std::unique_ptr<Sim>> sims_;
   std::exception_ptr error_;
   bool running_ = false;
+  bool aborted_ = false;  // run() could not start its threads
   std::atomic<bool> dirty_{true};
 };
 
