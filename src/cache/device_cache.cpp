@@ -57,10 +57,6 @@ void DeviceCache::wait_locked(std::unique_lock<std::mutex>& lock, Done done) {
 }
 
 void DeviceCache::notify_changed() noexcept {
-  {
-    std::lock_guard lock(mu_);
-    ++changes_;
-  }
   changed_.notify_all();
   if (waiter_ != nullptr) waiter_->notify();
 }
@@ -122,6 +118,7 @@ void DeviceCache::unpin(TensorKey key) noexcept {
   {
     std::lock_guard lock(mu_);
     --entries_[key].pins;
+    ++changes_;
   }
   notify_changed();
 }
@@ -235,6 +232,7 @@ void DeviceCache::complete_fetch(TensorKey key, bool ok) noexcept {
       ++stats_.fetches_failed;
       policy_->on_remove(key);
     }
+    ++changes_;
   }
   notify_changed();
 }
@@ -245,6 +243,7 @@ void DeviceCache::clear() noexcept {
     for (TensorKey k = 0; k < entries_.size(); ++k) {
       if (entries_[k].state == EntryState::kResident && entries_[k].pins == 0) evict_locked(k);
     }
+    ++changes_;
   }
   notify_changed();
 }

@@ -101,10 +101,6 @@ TransferStats VirtualTransfers::stats() const noexcept {
   return s;
 }
 
-bool VirtualTransfers::busy() const noexcept {
-  return running_ > 0 || !demand_queue_.empty() || !prefetch_queue_.empty();
-}
-
 bool VirtualTransfers::prefetch(TensorKey key) {
   auto buffer = cache_.begin_fetch(key, FetchKind::kPrefetch);
   if (!buffer) return false;

@@ -163,7 +163,8 @@ class DeviceCache {
   // Waits (the lock released meanwhile) until `done()` holds, through the waiter if any.
   template <class Done>
   void wait_locked(std::unique_lock<std::mutex>& lock, Done done);
-  // Something changed that a waiter may be waiting for: counts it and wakes them.
+  // Something changed that a waiter may be waiting for (its caller counted it in changes_,
+  // under the lock it changed the entry under): wakes them.
   void notify_changed() noexcept;
 
   const std::uint64_t budget_bytes_;
@@ -179,7 +180,7 @@ class DeviceCache {
   std::vector<Entry> entries_;
   std::vector<TensorKey> candidates_;  // scratch for eviction, reused
   std::uint64_t bytes_resident_ = 0, bytes_in_flight_ = 0;
-  std::uint64_t changes_ = 0;  // counts notify_changed(), under mu_
+  std::uint64_t changes_ = 0;  // counts changes waiters look for, under mu_
   CacheStats stats_;
 };
 

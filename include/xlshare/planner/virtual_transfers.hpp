@@ -81,8 +81,6 @@ class VirtualTransfers final : public Transfers {
   std::string failure_reason(TensorKey) const override { return {}; }
   /// The counters; busy_ns includes a busy period still going on (as TransferEngine's).
   TransferStats stats() const noexcept override;
-  /// Whether a request is queued or being read.
-  bool busy() const noexcept;
 
  private:
   struct Request {
