@@ -236,6 +236,7 @@ void InferenceEngine::attach_model(const std::string& name) {
   wo.verify_checksums = config_.verify_checksums;
   wo.compute_threads = config_.compute_threads;
   wo.quantized_activations = config_.quantized_activations;
+  wo.attention = config_.attention;
   wo.scrub_bytes_per_s = config_.scrub_bytes_per_s;
   wo.prefetch_factory = config_.prefetch_policy;
   wo.eviction_factory = config_.eviction_policy_factory;

@@ -282,6 +282,7 @@ Worker::Worker(Pool& primary, Pool* replica, std::shared_ptr<const ModelView> vi
   ExecutorOptions eo;
   eo.threads = options.compute_threads;
   eo.quantized_activations = options.quantized_activations;
+  eo.attention = options.attention;
   eo.spin_us = options.spin_us.value_or(in_place || options.cache_bytes == 0 ? 200 : 0);
   executor_ = std::make_unique<Executor>(model, *weights_, eo);
 }

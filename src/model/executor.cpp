@@ -64,6 +64,18 @@ std::vector<float>& sized(std::vector<float>& v, std::size_t n) {
   return v;
 }
 
+// `v` as it is: a product passed through here is rounded to float before whatever uses it
+// next. executor.cpp is built with -ffp-contract=off, yet GCC's vectorizer still forms
+// vfmaddsub (one rounding) from a*c - b*s, a*s + b*c.
+inline float rounded(float v) noexcept {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#endif
+  return v;
+}
+
 constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels at once
 
 // y[i][r] = sum_k W[r][k] * x[i][k] for i < n <= kMaxFusedRows, converting W from its
@@ -162,6 +174,82 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
   });
 }
 
+// --- llama.cpp's rounding (AttentionNumerics::kGgmlF16) -----------------------------------
+// What ggml does on a CPU with an F16 KV cache and flash attention off, reproduced
+// operation for operation where a last-bit difference would flip an F16 rounding: matrix
+// products summed as tinyBLAS (llamafile_sgemm) sums them (16 lanes, lane l taking elements
+// l, l+16, ... with one FMA each, then the lanes folded in halves), keys and values rounded
+// to F16 as they are stored, queries and softmax weights rounded to F16 before their
+// products, the softmax summed in double.
+
+float round_f16(float f) noexcept { return static_cast<float>(Eigen::half(f)); }
+
+constexpr std::size_t kGgmlLanes = 16;
+
+float fold_lanes(float* lanes) noexcept {
+  for (std::size_t width = kGgmlLanes / 2; width >= 1; width /= 2)
+    for (std::size_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
+}
+
+// sum_k x[k] * y[k] in tinyBLAS's order.
+float ggml_dot(const float* x, const float* y, std::size_t n) noexcept {
+  float lanes[kGgmlLanes] = {};
+  std::size_t k = 0;
+  for (; k + kGgmlLanes <= n; k += kGgmlLanes)
+    for (std::size_t l = 0; l < kGgmlLanes; ++l) lanes[l] = std::fma(x[k + l], y[k + l], lanes[l]);
+  for (; k < n; ++k) lanes[k % kGgmlLanes] = std::fma(x[k], y[k], lanes[k % kGgmlLanes]);
+  return fold_lanes(lanes);
+}
+
+// y[i][r] = sum_k W[r][k] * x[i][k], each row of W converted to float first (ggml's own
+// dequantization), every sum in tinyBLAS's order.
+void ggml_order_gemm(DType dtype, const std::byte* w, std::size_t rows, std::size_t cols,
+                     const float* x, std::size_t n, float* y, ComputeTeam& team) {
+  const std::size_t rb = row_bytes(dtype, cols);
+  team.run([&](unsigned t, unsigned members) {
+    thread_local std::vector<float> row;
+    if (row.size() < cols) row.resize(cols);
+    const auto [r_begin, r_end] = ComputeTeam::static_range(rows, t, members);
+    for (std::size_t r = r_begin; r < r_end; ++r) {
+      to_f32(dtype, w + r * rb, row.data(), cols);
+      for (std::size_t i = 0; i < n; ++i)
+        y[i * rows + r] = ggml_dot(row.data(), x + i * cols, cols);
+    }
+  });
+}
+
+// One query row's attention over positions 0..visible-1: `at(t)` gives position t's key
+// and value (F16 values held as float). `scratch` holds hd + 16 + visible floats.
+template <typename At>
+void ggml_f16_attend(const float* q, std::size_t hd, std::size_t visible, float scale, At&& at,
+                     float* scratch, float* out) noexcept {
+  float* qh = scratch;
+  float* lanes = scratch + hd;
+  float* w = lanes + kGgmlLanes;
+  for (std::size_t d = 0; d < hd; ++d) qh[d] = round_f16(q[d]);
+  float m = -std::numeric_limits<float>::infinity();
+  for (std::size_t t = 0; t < visible; ++t) {
+    w[t] = ggml_dot(at(t).first, qh, hd) * scale;
+    m = std::max(m, w[t]);
+  }
+  double sum = 0;
+  for (std::size_t t = 0; t < visible; ++t) {
+    w[t] = std::exp(w[t] - m);
+    sum += w[t];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (std::size_t t = 0; t < visible; ++t) w[t] = round_f16(w[t] * inv);
+  // out = W V, V stored transposed in ggml (a position's values are one column): lane l
+  // takes positions l, l+16, ...
+  for (std::size_t d = 0; d < hd; ++d) {
+    std::fill_n(lanes, kGgmlLanes, 0.0f);
+    for (std::size_t t = 0; t < visible; ++t)
+      lanes[t % kGgmlLanes] = std::fma(w[t], at(t).second[d], lanes[t % kGgmlLanes]);
+    out[d] = fold_lanes(lanes);
+  }
+}
+
 }  // namespace
 
 void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t rows, std::size_t cols,
@@ -170,6 +258,10 @@ void Executor::matmul(std::span<const std::byte> w, DType dtype, std::size_t row
   Eigen::Map<RowMat> Y(y, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(rows));
   const std::size_t threads = team_->size();
   const std::size_t rb = row_bytes(dtype, cols);
+  if (options_.attention == AttentionNumerics::kGgmlF16 && !options_.quantized_activations) {
+    ggml_order_gemm(dtype, w.data(), rows, cols, x, n, y, *team_);
+    return;
+  }
   if (dtype == DType::kF32) {
     const auto* W = reinterpret_cast<const float*>(w.data());
     team_->run([&](unsigned t, unsigned members) {
@@ -292,6 +384,18 @@ void Executor::rms_norm(const float* x, std::span<const std::byte> w, DType dtyp
   std::vector<float>& weight = sized(buf_.norm_weight, dim);
   to_f32(dtype, w.data(), weight.data(), dim);
   const double eps = model_.config().norm_eps;
+  if (options_.attention == AttentionNumerics::kGgmlF16) {
+    // ggml's rms_norm: float squares summed in double, the scale in float.
+    for (std::size_t i = 0; i < n; ++i) {
+      const float* xi = x + i * dim;
+      double ss = 0;
+      for (std::size_t d = 0; d < dim; ++d) ss += static_cast<double>(xi[d] * xi[d]);
+      const float mean = static_cast<float>(ss / static_cast<double>(dim));
+      const float scale = 1.0f / std::sqrt(mean + static_cast<float>(eps));
+      for (std::size_t d = 0; d < dim; ++d) y[i * dim + d] = xi[d] * scale * weight[d];
+    }
+    return;
+  }
   for (std::size_t i = 0; i < n; ++i) {
     const float* xi = x + i * dim;
     double ss = 0;
@@ -396,7 +500,19 @@ void Executor::forward_batch(std::span<Segment> segments) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   // The rotation of every row's position, computed once for all layers and heads.
   std::vector<float>& rot = sized(buf_.rope, n * hd);
-  for (std::size_t r = 0; r < n; ++r) {
+  const bool ggml_f16 = options_.attention == AttentionNumerics::kGgmlF16;
+  for (std::size_t r = 0; r < n && ggml_f16; ++r) {
+    // ggml's rope cache: the angle advanced in float by one factor per pair.
+    const float theta_scale =
+        std::pow(static_cast<float>(c.rope_theta), -2.0f / static_cast<float>(hd));
+    float theta = static_cast<float>(pos_of[r]);
+    for (std::size_t j = 0; j < hd / 2; ++j) {
+      rot[r * hd + 2 * j] = std::cos(theta);
+      rot[r * hd + 2 * j + 1] = std::sin(theta);
+      theta *= theta_scale;
+    }
+  }
+  for (std::size_t r = 0; r < n && !ggml_f16; ++r) {
     const double pos = static_cast<double>(pos_of[r]);
     for (std::size_t j = 0; j < hd / 2; ++j) {
       const double theta = pos * inv_freq_[j];
@@ -412,8 +528,9 @@ void Executor::forward_batch(std::span<Segment> segments) {
         for (std::size_t j = 0; j < hd / 2; ++j) {
           const float cs = cs_sn[2 * j], sn = cs_sn[2 * j + 1];
           const float a = p[2 * j], b = p[2 * j + 1];
-          p[2 * j] = a * cs - b * sn;
-          p[2 * j + 1] = a * sn + b * cs;
+          // Each product rounded before the sum, as ggml does.
+          p[2 * j] = rounded(a * cs) - rounded(b * sn);
+          p[2 * j + 1] = rounded(a * sn) + rounded(b * cs);
         }
       }
     }
@@ -439,6 +556,10 @@ void Executor::forward_batch(std::span<Segment> segments) {
         const std::size_t pos = std::size_t{kv.size_} + i;
         std::copy_n(k.data() + (first_row[s] + i) * kv_dim, kv_dim, kv.key(l, pos));
         std::copy_n(v.data() + (first_row[s] + i) * kv_dim, kv_dim, kv.value(l, pos));
+        if (ggml_f16) {
+          std::transform(kv.key(l, pos), kv.key(l, pos) + kv_dim, kv.key(l, pos), round_f16);
+          std::transform(kv.value(l, pos), kv.value(l, pos) + kv_dim, kv.value(l, pos), round_f16);
+        }
       }
     }
     std::atomic<std::size_t> next_item{0};  // a dynamic schedule: heads differ in cost
@@ -451,6 +572,20 @@ void Executor::forward_batch(std::span<Segment> segments) {
         if (rows == 0) continue;
         KvCache& kv = *seg.kv;
         const std::size_t p0 = kv.size_, T = p0 + rows, B = kv.block_tokens_;
+        if (ggml_f16) {
+          thread_local std::vector<float> scratch;
+          if (scratch.size() < hd + 16 + T) scratch.resize(hd + 16 + T);
+          const auto at = [&](std::size_t t) {
+            return std::pair<const float*, const float*>(kv.key(l, t) + g * hd,
+                                                         kv.value(l, t) + g * hd);
+          };
+          for (std::size_t i = 0; i < rows; ++i) {
+            const std::size_t row = first_row[s] + i;
+            ggml_f16_attend(q.data() + row * q_dim + h * hd, hd, p0 + i + 1, scale, at,
+                            scratch.data(), att.data() + row * q_dim + h * hd);
+          }
+          continue;
+        }
         // The positions' keys and values lie in blocks of B tokens: one product per block.
         const auto block = [&](float* at, std::size_t len) {
           return Eigen::Map<const RowMat, 0, Stride>(at + g * hd, static_cast<Eigen::Index>(len),

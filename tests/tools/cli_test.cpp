@@ -150,37 +150,54 @@ TEST(Cli, EvalReproducesTheOracleLogits) {
 }
 
 TEST(Cli, EvalReadsQuantizedFilesFromTheFileAndFromAPool) {
-  // The quantized oracle (tests/data/oracle-quant/README.md): a K-family file and a
-  // 32-value-block file, each from the file and from a pool, against ggml's dequantized
-  // reference (5e-4: the reference's attention rounds to F16, see tests/model/quant_test).
+  // The quantized oracle (tests/data/oracle-quant/README.md), every file, from the file and
+  // from a pool, against ggml's dequantized reference: to 1e-4 in the reference's own
+  // rounding (--attention ggml-f16), to 5e-4 in float32 attention (the reference's
+  // attention rounds to F16, see tests/model/quant_test).
   test::TempDir dir;
   const std::string data = XLSHARE_TEST_DATA "/oracle-quant";
   const std::string uri = "shm://" + test::unique_name("cli-quant");
   test::BackendGuard guard(uri);
   const auto out = dir.path() / "logits.bin";
-  ASSERT_EQ(run("pool create " + uri + " --size 16M").status, 0);
-  for (const std::string q : {"q4_k_m", "q5_1"}) {
+  ASSERT_EQ(run("pool create " + uri + " --size 32M").status, 0);
+  for (const std::string q :
+       {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"}) {
     const std::string file = data + "/oracle-quant-" + q + ".gguf";
     auto r = run("load " + file + " --pool " + uri + " --name " + q);
     ASSERT_EQ(r.status, 0) << r.out;
+    const std::string want = data + "/logits_dequant_" + q + ".bin";
     for (const std::string& source : {"--model " + file, "--pool " + uri + " --model " + q}) {
-      r = run("eval " + source + " --tokens 5,200,33,7,255,0,64,128,9,17,250,3 --logits-out " +
-              out.string());
+      const std::string eval = "eval " + source +
+                               " --tokens 5,200,33,7,255,0,64,128,9,17,250,3 --logits-out " +
+                               out.string();
+      r = run(eval);
       ASSERT_EQ(r.status, 0) << r.out;
-      EXPECT_LT(logits_error(out, data + "/logits_dequant_" + q + ".bin"), 5e-4) << source;
+      EXPECT_LT(logits_error(out, want), 5e-4) << source;
+      r = run(eval + " --attention ggml-f16");
+      ASSERT_EQ(r.status, 0) << r.out;
+      EXPECT_LT(logits_error(out, want), 1e-4) << source;
     }
-    // The integer products through the engine: the same tokens with every weight resident
-    // and through a small near cache filled over the emulated link.
-    const std::string gen = "generate --pool " + uri + " --model " + q +
-                            " --prompt-tokens 5,200,33 -n 8 --quantized-activations --json ";
-    r = run(gen + "--cache 0");
-    ASSERT_EQ(r.status, 0) << r.out;
-    const auto resident = nlohmann::json::parse(r.out)["tokens"];
-    EXPECT_EQ(resident.size(), 8u);
-    r = run(gen + "--cache 256K --placement copy --preset cxl-x8");
-    ASSERT_EQ(r.status, 0) << r.out;
-    EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"], resident) << q;
   }
+  for (const std::string q : {"q4_k_m", "q5_1"}) {
+    // The integer products through the engine: the same tokens with every weight resident
+    // and through a small near cache filled over the emulated link; and llama.cpp's
+    // rounding of attention the same way.
+    for (const std::string mode : {"--quantized-activations", "--attention ggml-f16"}) {
+      const std::string gen = "generate --pool " + uri + " --model " + q +
+                              " --prompt-tokens 5,200,33 -n 8 --json " + mode;
+      auto r = run(gen + " --cache 0");
+      ASSERT_EQ(r.status, 0) << r.out;
+      const auto resident = nlohmann::json::parse(r.out)["tokens"];
+      EXPECT_EQ(resident.size(), 8u);
+      r = run(gen + " --cache 256K --placement copy --preset cxl-x8");
+      ASSERT_EQ(r.status, 0) << r.out;
+      EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"], resident) << q << mode;
+    }
+  }
+  EXPECT_NE(run("eval --model " + data + "/oracle-quant-q8_0.gguf --tokens 1 --logits-out " +
+                out.string() + " --attention f16")
+                .status,
+            0);
 }
 
 TEST(Cli, EveryModelCommandOnASmallModel) {

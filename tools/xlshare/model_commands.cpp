@@ -132,6 +132,19 @@ constexpr std::uint64_t kMaxThreads = 256;
 constexpr std::uint64_t kMaxLookahead = 1024;
 constexpr std::uint64_t kMaxCacheBytes = 1ull << 40;
 
+// --attention: how attention rounds (ExecutorOptions::attention).
+void add_attention_option(CLI::App* app, std::string& value) {
+  app->add_option("--attention", value,
+                  "f32: keys, values and attention in float32; ggml-f16: rounded as llama.cpp "
+                  "rounds them with its default F16 KV cache (to compare with its logits)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "ggml-f16"}));
+}
+
+AttentionNumerics parse_attention(const std::string& value) {
+  return value == "ggml-f16" ? AttentionNumerics::kGgmlF16 : AttentionNumerics::kF32;
+}
+
 // Options every serving command shares.
 struct EngineArgs {
   std::string pool;
@@ -143,6 +156,7 @@ struct EngineArgs {
   unsigned threads = 1;
   bool no_verify = false;
   bool quantized_activations = false;
+  std::string attention = "f32";
   std::string replica;
   std::string placement;  // empty: the backend's default (in-place on host memory)
   std::string scrub_rate = "256M";
@@ -186,6 +200,7 @@ struct EngineArgs {
     app->add_flag("--quantized-activations", quantized_activations,
                   "Q8_0/Q4_K/Q6_K products against 8-bit activations, as llama.cpp computes "
                   "them (faster; not exactly the dequantized model)");
+    add_attention_option(app, attention);
     app->add_option("--replica", replica, "replica pool URI for failover");
   }
   EngineConfig config() const {
@@ -202,6 +217,7 @@ struct EngineArgs {
     c.verify_checksums = !no_verify;
     c.replica_pool_uri = replica;
     c.quantized_activations = quantized_activations;
+    c.attention = parse_attention(attention);
     return c;
   }
 };
@@ -525,6 +541,7 @@ void add_model_commands(CLI::App& app) {
       std::string model, tokens, text, out, pool;
       unsigned threads = 1;
       bool quantized_activations = false;
+      std::string attention = "f32";
     };
     auto a = std::make_shared<Args>();
     CLI::App* cmd = app.add_subcommand("eval", "write the float32 logits of every position");
@@ -545,6 +562,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_flag("--quantized-activations", a->quantized_activations,
                   "Q8_0/Q4_K/Q6_K products against 8-bit activations, as llama.cpp computes "
                   "them (faster; not exactly the dequantized model)");
+    add_attention_option(cmd, a->attention);
     cmd->callback([a, ids, text] {
       if (ids->count() == 0 && text->count() == 0)
         throw ConfigError("give --tokens IDS or --prompt TEXT");
@@ -556,6 +574,7 @@ void add_model_commands(CLI::App& app) {
       auto run = [&](const LlamaModel& model, WeightProvider& weights) {
         ExecutorOptions eo{a->threads};
         eo.quantized_activations = a->quantized_activations;
+        eo.attention = parse_attention(a->attention);
         Executor ex(model, weights, eo);
         KvCache kv(model.config(), static_cast<std::uint32_t>(tokens.size()));
         ex.forward(tokens, kv, logits, true);

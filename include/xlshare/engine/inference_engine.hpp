@@ -86,6 +86,9 @@ struct EngineConfig {
   /// (ExecutorOptions::quantized_activations): faster, not exactly the dequantized model.
   /// Default false.
   bool quantized_activations = false;
+  /// How attention rounds (ExecutorOptions::attention): kGgmlF16 reproduces llama.cpp's
+  /// F16 KV cache to ~1e-6. Default kF32.
+  AttentionNumerics attention = AttentionNumerics::kF32;
   /// Longest sequence (prompt + generated) a request may have. Default 1024.
   std::uint32_t max_context = 1024;
   /// A user prefetch policy, made once per worker (overrides `lookahead`).

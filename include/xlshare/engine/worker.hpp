@@ -69,6 +69,8 @@ struct WorkerOptions {
   unsigned compute_threads = 1;
   /// ExecutorOptions::quantized_activations. Default false.
   bool quantized_activations = false;
+  /// ExecutorOptions::attention. Default kF32.
+  AttentionNumerics attention = AttentionNumerics::kF32;
   /// How long idle compute threads spin before they sleep (ExecutorOptions::spin_us). Unset:
   /// 0 with a near cache (copy: the transfer threads need the cores), else 200.
   std::optional<std::uint32_t> spin_us;

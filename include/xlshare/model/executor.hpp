@@ -180,6 +180,19 @@ class SpanWeights final : public WeightProvider {
   std::vector<std::span<const std::byte>> tensors_;
 };
 
+/// How attention rounds its keys, values, queries and weighted sum.
+enum class AttentionNumerics {
+  /// Everything in float32 (the default; the reference of the F32/F16 oracles).
+  kF32,
+  /// As llama.cpp computes attention on a CPU with its defaults (an F16 KV cache, flash
+  /// attention): keys and values rounded to F16 as they are stored, each query rounded to
+  /// F16, dot products summed in float in ggml's order, and an online softmax whose weighted
+  /// sum of values is held in F16, rounded after every position it adds. Not more accurate
+  /// than kF32 (it is 2-3e-4 away from it on the quantized oracle): it reproduces llama.cpp's
+  /// logits of the same weights to ~1e-6 where kF32 stays ~3e-4 away. Storage stays float.
+  kGgmlF16,
+};
+
 struct ExecutorOptions {
   /// Compute threads (the Executor's own team; the caller is one of them). Default 1.
   unsigned threads = 1;
@@ -194,6 +207,8 @@ struct ExecutorOptions {
   /// ~2e-2). Other types are unaffected. AVX-512 VNNI where the CPU has it, else AVX2, else
   /// portable code (chosen at run time). Default false: the exact mode.
   bool quantized_activations = false;
+  /// See AttentionNumerics. Default kF32.
+  AttentionNumerics attention = AttentionNumerics::kF32;
 };
 
 class ComputeTeam;
