@@ -101,6 +101,10 @@ int main(int argc, char** argv) {
   bool int_dot = false;
   app.add_flag("--quantized-activations", int_dot,
                "Q8_0/Q4_K/Q6_K products against 8-bit activations (ExecutorOptions)");
+  bool decode_only = false;
+  app.add_flag("--decode-only", decode_only,
+               "measure one sequence's decode only (no prefill, no 16-sequence step): quick A/B "
+               "runs of the decode kernels");
   CLI11_PARSE(app, argc, argv);
   if (quick) repeats = 1;
 
@@ -124,14 +128,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::uint32_t context = std::min<std::uint32_t>(c.context, 1024);
-  const std::vector<int> prefills = quick ? std::vector<int>{32} : std::vector<int>{128, 512};
+  const std::vector<int> prefills = decode_only ? std::vector<int>{}
+                                    : quick     ? std::vector<int>{32}
+                                                : std::vector<int>{128, 512};
   const int decode_n = quick ? 8 : 64;
 
   bench::Report report(json);
   std::vector<std::string> columns{"weights", "threads"};
   for (int p : prefills) columns.push_back(fmt::format("prefill {} tok/s", p));
   columns.push_back(fmt::format("decode (tg{}) tok/s", decode_n));
-  columns.push_back("decode, 16 sequences a step, tok/s");
+  if (!decode_only) columns.push_back("decode, 16 sequences a step, tok/s");
   report.table("executor", columns);
   for (auto& [label, r] : models) {
     std::vector<std::span<const std::byte>> spans;
@@ -171,6 +177,10 @@ int main(int argc, char** argv) {
         rates.push_back(decode_n / std::chrono::duration<double>(Clock::now() - t0).count());
       }
       row.push_back(bench::cell(bench::median(rates), 1));
+      if (decode_only) {
+        report.row(row);
+        continue;
+      }
       // Batched decode: 16 sequences, one token each per forward (a serving step).
       rates.clear();
       constexpr std::size_t kBatch = 16;

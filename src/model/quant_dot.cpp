@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "model/prefetch.hpp"
 #include "model/quant_blocks.hpp"
 #include "xlshare/model/dtype_convert.hpp"
 
@@ -143,6 +144,7 @@ inline void dot_q6_k_scalar(const std::byte* w, const std::byte* act, std::size_
                   std::size_t y_stride) noexcept {                                            \
     float out[kMaxRows];                                                                      \
     for (std::size_t r = 0; r < rows; ++r) {                                                  \
+      prefetch_next_rows(w + r * rb, rb, w + rows * rb);                                      \
       kernel(w + r * rb, act, stride, n, blocks, out);                                        \
       for (std::size_t i = 0; i < n; ++i) y[i * y_stride + r] = out[i];                       \
     }                                                                                         \
@@ -161,6 +163,19 @@ XLSHARE_VNNI float hsum256(__m256 v) noexcept {
   r = _mm_add_ps(r, _mm_movehl_ps(r, r));
   r = _mm_add_ss(r, _mm_movehdup_ps(r));
   return _mm_cvtss_f32(r);
+}
+
+// permutexvar_epi16 indices: 16-bit lanes 0..15 take element a, 16..31 element b.
+XLSHARE_VNNI __m512i halves(short a, short b) noexcept {
+  return _mm512_set_epi16(b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a, a,
+                          a, a, a, a, a, a, a);
+}
+// Lanes 8j..8j+7 take element first + j (j = 0..3).
+XLSHARE_VNNI __m512i quarters(short first) noexcept {
+  const short a = first, b = static_cast<short>(first + 1), c = static_cast<short>(first + 2),
+              d = static_cast<short>(first + 3);
+  return _mm512_set_epi16(d, d, d, d, d, d, d, d, c, c, c, c, c, c, c, c, b, b, b, b, b, b, b, b, a,
+                          a, a, a, a, a, a, a);
 }
 
 XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q8_0_vnni(
@@ -197,12 +212,9 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
     const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
     float* out) noexcept {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
-  // 8 lanes per sub-block, two sub-blocks per product (order 0,2 | 1,3 | 4,6 | 5,7): each
-  // lane's sub-block scale.
-  const __m512i pick[4] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
-                           _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
-                           _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
-                           _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
+  // 16 16-bit lanes per sub-block, two sub-blocks per product (order 0,2 | 1,3 | 4,6 |
+  // 5,7): each lane's sub-block scale.
+  const __m512i pick[4] = {halves(0, 2), halves(1, 3), halves(4, 6), halves(5, 7)};
   __m512 acc[kMaxRows];
   __m256 mins[kMaxRows];
   for (std::size_t i = 0; i < n; ++i) {
@@ -225,11 +237,12 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
     u[2] = mins_lo;
     u[3] = mins_hi;
     const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
-    const __m512i scales = _mm512_cvtepu8_epi32(packed);  // lanes 0..7 scales, 8..15 mins
+    // 16-bit lanes 0..7 the scales, 8..15 the mins.
+    const __m512i scales = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(packed));
     const __m256i m8 = _mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8));
     const __m512i s[4] = {
-        _mm512_permutexvar_epi32(pick[0], scales), _mm512_permutexvar_epi32(pick[1], scales),
-        _mm512_permutexvar_epi32(pick[2], scales), _mm512_permutexvar_epi32(pick[3], scales)};
+        _mm512_permutexvar_epi16(pick[0], scales), _mm512_permutexvar_epi16(pick[1], scales),
+        _mm512_permutexvar_epi16(pick[2], scales), _mm512_permutexvar_epi16(pick[3], scales)};
     const __m512i v0 = _mm512_loadu_si512(p + 16);
     const __m512i v1 = _mm512_loadu_si512(p + 16 + 64);
     const __m512i q[4] = {
@@ -239,12 +252,12 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
     const float mw = _cvtsh_ss(load<std::uint16_t>(p + 2));
     for (std::size_t i = 0; i < n; ++i) {
       const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
+      // Pairs of products (at most 2 * 15 * 128: no saturation), each times its scale and
+      // summed in pairs into 32 bits.
       __m512i isum = _mm512_setzero_si512();
-      for (int k = 0; k < 4; ++k) {
-        const __m512i dot =
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[k], _mm512_load_si512(a.qs + 64 * k));
-        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s[k]));
-      }
+      for (int k = 0; k < 4; ++k)
+        isum = _mm512_dpwssd_epi32(
+            isum, _mm512_maddubs_epi16(q[k], _mm512_load_si512(a.qs + 64 * k)), s[k]);
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(dw * a.d), acc[i]);
       const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums));
       mins[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, bsums)),
@@ -258,12 +271,8 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
     const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
     float* out) noexcept {
   const __m512i low4 = _mm512_set1_epi8(0x0F), two_bits = _mm512_set1_epi8(0x03);
-  // Each 64 values are 4 groups of 16 (4 lanes each): each lane's group scale.
-  const __m512i pick[4] = {
-      _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-      _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4),
-      _mm512_set_epi32(11, 11, 11, 11, 10, 10, 10, 10, 9, 9, 9, 9, 8, 8, 8, 8),
-      _mm512_set_epi32(15, 15, 15, 15, 14, 14, 14, 14, 13, 13, 13, 13, 12, 12, 12, 12)};
+  // Each 64 values are 4 groups of 16 (8 16-bit lanes each): each lane's group scale.
+  const __m512i pick[4] = {quarters(0), quarters(4), quarters(8), quarters(12)};
   // qh's bit pairs: values 0..31 | 32..63 of a half at shifts 0 | 2, 64..95 | 96..127 at 4 | 6.
   constexpr long long k2 = 0x0002000200020002, k4 = 0x0004000400040004, k6 = 0x0006000600060006;
   const __m512i shift_a = _mm512_set_epi64(k2, k2, k2, k2, 0, 0, 0, 0);
@@ -273,8 +282,9 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
   for (std::size_t b = 0; b < blocks; ++b) {
     const std::byte* p = w + b * sizeof(BlockQ6_K);
     const auto sc8 = load<std::array<std::int8_t, 16>>(p + 192);
-    const __m512i scales =
-        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc8.data())));
+    const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc8.data()));
+    const __m512i scales = _mm512_cvtepi8_epi32(sc);
+    const __m512i scales16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc));
     __m512i q[4], s[4];
     for (int h = 0; h < 2; ++h) {
       const __m512i ql = _mm512_loadu_si512(p + 64 * h);
@@ -286,18 +296,18 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
           _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_b), two_bits), 4);
       q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, low4), ha);
       q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4), hb);
-      s[2 * h] = _mm512_permutexvar_epi32(pick[2 * h], scales);
-      s[2 * h + 1] = _mm512_permutexvar_epi32(pick[2 * h + 1], scales);
+      s[2 * h] = _mm512_permutexvar_epi16(pick[2 * h], scales16);
+      s[2 * h + 1] = _mm512_permutexvar_epi16(pick[2 * h + 1], scales16);
     }
     const float dw = _cvtsh_ss(load<std::uint16_t>(p + 208));
     for (std::size_t i = 0; i < n; ++i) {
       const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
+      // Pairs of products (at most 2 * 63 * 128: no saturation), each times its scale and
+      // summed in pairs into 32 bits.
       __m512i isum = _mm512_setzero_si512();
-      for (int k = 0; k < 4; ++k) {
-        const __m512i dot =
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[k], _mm512_load_si512(a.qs + 64 * k));
-        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s[k]));
-      }
+      for (int k = 0; k < 4; ++k)
+        isum = _mm512_dpwssd_epi32(
+            isum, _mm512_maddubs_epi16(q[k], _mm512_load_si512(a.qs + 64 * k)), s[k]);
       // The values are stored plus 32: take 32 * scale * (sum of the group's x) away.
       const __m512i bsums = _mm512_loadu_si512(a.bsums);
       isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(_mm512_mullo_epi32(scales, bsums), 5));
