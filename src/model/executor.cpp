@@ -79,6 +79,42 @@ inline float rounded(float v) noexcept {
 
 constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels at once
 
+// The products of an F16/BF16 row h with N tokens' x (cols apart), into acc[0..N): two accumulators
+// per token (even and odd 16-element pieces), so one token's products are not a single
+// chain of dependent FMAs and decode (N = 1) is bound by memory, not by FMA latency; the
+// same order for every N, so a token's logits do not depend on the batch it is in. Returns
+// the columns done (a multiple of 16); the rest is the caller's.
+#if defined(__AVX512F__)
+template <std::size_t N, bool kBF16>
+std::size_t half_dot(const std::uint16_t* h, std::size_t cols, const float* x,
+                     const std::byte* stream_end, __m512* acc) noexcept {
+  const auto widen = [](__m256i r) {
+    return kBF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16))
+                 : _mm512_cvtph_ps(r);
+  };
+  __m512 even[N], odd[N];
+  for (std::size_t i = 0; i < N; ++i) even[i] = odd[i] = _mm512_setzero_ps();
+  std::size_t k0 = 0;
+  for (; k0 + 32 <= cols; k0 += 32) {
+    prefetch_line_ahead(h + k0, stream_end);
+    const __m512 w0 = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0)));
+    const __m512 w1 = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0 + 16)));
+    for (std::size_t i = 0; i < N; ++i) {
+      even[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), even[i]);
+      odd[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + k0 + 16), odd[i]);
+    }
+  }
+  if (k0 + 16 <= cols) {
+    const __m512 w0 = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0)));
+    for (std::size_t i = 0; i < N; ++i)
+      even[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), even[i]);
+    k0 += 16;
+  }
+  for (std::size_t i = 0; i < N; ++i) acc[i] = _mm512_add_ps(even[i], odd[i]);
+  return k0;
+}
+#endif
+
 // y[i][r] = sum_k W[r][k] * x[i][k] for i < n <= kMaxFusedRows, converting W from its
 // stored type as it is read (no scratch copy): the decode path, bound by memory bandwidth.
 void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t cols, const float* x,
@@ -109,37 +145,44 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
         // memory, not by FMA latency. The same order for every n: a token's logits do not
         // depend on the batch it is in.
         const auto* h = reinterpret_cast<const std::uint16_t*>(wr);
-        __m512 odd[kMaxFusedRows];
-        for (std::size_t i = 0; i < n; ++i) odd[i] = _mm512_setzero_ps();
         const std::byte* stream_end = w + r_end * rb;
-        for (; k0 + 32 <= cols; k0 += 32) {
-          prefetch_line_ahead(h + k0, stream_end);
-          const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0));
-          const __m256i r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0 + 16));
-          const __m512 w0 =
-              dtype == DType::kF16
-                  ? _mm512_cvtph_ps(r0)
-                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16));
-          const __m512 w1 =
-              dtype == DType::kF16
-                  ? _mm512_cvtph_ps(r1)
-                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16));
-          for (std::size_t i = 0; i < n; ++i) {
-            acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
-            odd[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + k0 + 16), odd[i]);
+        // The token count and the type as constants: the inner loops unrolled (decode's
+        // n = 1 one load, convert and FMA per 16 values).
+        const auto half_row = [&]<std::size_t N, bool kBF16>() {
+          k0 = half_dot<N, kBF16>(h, cols, x, stream_end, acc);
+        };
+        const auto by_n = [&]<bool kBF16>() {
+          switch (n) {
+            case 1:
+              half_row.template operator()<1, kBF16>();
+              break;
+            case 2:
+              half_row.template operator()<2, kBF16>();
+              break;
+            case 3:
+              half_row.template operator()<3, kBF16>();
+              break;
+            case 4:
+              half_row.template operator()<4, kBF16>();
+              break;
+            case 5:
+              half_row.template operator()<5, kBF16>();
+              break;
+            case 6:
+              half_row.template operator()<6, kBF16>();
+              break;
+            case 7:
+              half_row.template operator()<7, kBF16>();
+              break;
+            default:
+              half_row.template operator()<8, kBF16>();
+              break;
           }
-        }
-        if (k0 + 16 <= cols) {
-          const __m256i r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + k0));
-          const __m512 w0 =
-              dtype == DType::kF16
-                  ? _mm512_cvtph_ps(r0)
-                  : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16));
-          for (std::size_t i = 0; i < n; ++i)
-            acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
-          k0 += 16;
-        }
-        for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_add_ps(acc[i], odd[i]);
+        };
+        if (dtype == DType::kBF16)
+          by_n.template operator()<true>();
+        else
+          by_n.template operator()<false>();
       } else if (dtype == DType::kQ8_0) {
         for (std::size_t b = 0; b < cols / 32; ++b, k0 += 32) {
           BlockQ8_0 blk;
