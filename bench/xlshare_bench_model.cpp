@@ -10,13 +10,21 @@
 // Prints a markdown table of tokens/s (median of --repeats runs): prefill of 128 and 512
 // tokens (one forward over the prompt), decode of 64 tokens (one forward per token after a
 // 16-token prompt, as llama-bench's tg64), and decode of 16 sequences together (one forward
-// per step with a token of each, as a serving step), with 1 and 2 threads.
+// per step with a token of each, as a serving step), with 1 and 2 threads. Beside decode,
+// the bytes it streams per second (every weight but the embedding, per token) and what a
+// plain read of as many bytes by as many threads reaches on this machine: their ratio is
+// how close decode is to the memory's bandwidth.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <thread>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <fmt/format.h>
 
@@ -78,6 +86,56 @@ std::string type_mix(const LlamaModel& model) {
   return out;
 }
 
+// Bytes a decode step streams: every weight but the embedding's rows (read a row a token),
+// the embedding too when the head is tied to it.
+std::uint64_t decode_bytes(const LlamaModel& model) {
+  std::uint64_t bytes = model.total_bytes();
+  if (model.output() != model.token_embd()) bytes -= model.tensors()[model.token_embd()].size_bytes;
+  return bytes;
+}
+
+// What this machine's memory gives a stream like decode's: `buf` read by `threads` threads,
+// each its share (sums of 64-bit words), GB/s, the median of `repeats` passes.
+double read_gbps(const std::vector<std::uint64_t>& buf, unsigned threads, int repeats) {
+  std::vector<double> rates;
+  std::vector<std::uint64_t> sums(threads);
+  for (int rep = 0; rep < repeats; ++rep) {
+    const auto t0 = Clock::now();
+    std::vector<std::thread> team;
+    for (unsigned t = 0; t < threads; ++t) {
+      team.emplace_back([&, t] {
+        const std::size_t per = buf.size() / threads / 32 * 32;
+        const std::uint64_t* p = buf.data() + t * per;
+#if defined(__AVX512F__)
+        // Four 64-byte loads a step, as the decode kernels' widest loads.
+        __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
+        for (std::size_t i = 0; i < per; i += 32) {
+          a = _mm512_add_epi64(a, _mm512_loadu_si512(p + i));
+          b = _mm512_add_epi64(b, _mm512_loadu_si512(p + i + 8));
+          c = _mm512_add_epi64(c, _mm512_loadu_si512(p + i + 16));
+          d = _mm512_add_epi64(d, _mm512_loadu_si512(p + i + 24));
+        }
+        alignas(64) std::uint64_t lanes[8];
+        _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d)));
+        sums[t] = 0;
+        for (const std::uint64_t v : lanes) sums[t] += v;
+#else
+        std::uint64_t acc[8] = {};
+        for (std::size_t i = 0; i < per; i += 8)
+          for (std::size_t j = 0; j < 8; ++j) acc[j] += p[i + j];
+        sums[t] = acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
+#endif
+      });
+    }
+    for (auto& th : team) th.join();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    rates.push_back(static_cast<double>(buf.size() / threads / 32 * 32 * threads * 8) / s / 1e9);
+  }
+  volatile std::uint64_t sink = 0;
+  for (auto v : sums) sink = sink + v;
+  return bench::median(rates);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -137,12 +195,18 @@ int main(int argc, char** argv) {
   std::vector<std::string> columns{"weights", "threads"};
   for (int p : prefills) columns.push_back(fmt::format("prefill {} tok/s", p));
   columns.push_back(fmt::format("decode (tg{}) tok/s", decode_n));
+  columns.push_back("decode GB/s");
+  columns.push_back("memory read GB/s");
   if (!decode_only) columns.push_back("decode, 16 sequences a step, tok/s");
   report.table("executor", columns);
   for (auto& [label, r] : models) {
     std::vector<std::span<const std::byte>> spans;
     for (const auto& b : r.buffers) spans.emplace_back(b);
     SpanWeights weights(spans);
+    const std::uint64_t streamed = decode_bytes(r.model);
+    // The reference stream, as many bytes as a decode step reads (filled, so its pages are
+    // resident like the weights').
+    std::vector<std::uint64_t> stream(streamed / 8, 1);
     for (unsigned threads : thread_counts) {
       ExecutorOptions eo{threads};
       eo.quantized_activations = int_dot;
@@ -176,7 +240,10 @@ int main(int argc, char** argv) {
         }
         rates.push_back(decode_n / std::chrono::duration<double>(Clock::now() - t0).count());
       }
-      row.push_back(bench::cell(bench::median(rates), 1));
+      const double decode_tok_s = bench::median(rates);
+      row.push_back(bench::cell(decode_tok_s, 1));
+      row.push_back(bench::cell(decode_tok_s * static_cast<double>(streamed) / 1e9, 1));
+      row.push_back(bench::cell(read_gbps(stream, threads, std::max(repeats, 7)), 1));
       if (decode_only) {
         report.row(row);
         continue;
