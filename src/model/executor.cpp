@@ -79,11 +79,11 @@ inline float rounded(float v) noexcept {
 
 constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels at once
 
-// The products of an F16/BF16 row h with N tokens' x (cols apart), into acc[0..N): two accumulators
-// per token (even and odd 16-element pieces), so one token's products are not a single
-// chain of dependent FMAs and decode (N = 1) is bound by memory, not by FMA latency; the
-// same order for every N, so a token's logits do not depend on the batch it is in. Returns
-// the columns done (a multiple of 16); the rest is the caller's.
+// The products of an F16/BF16 row h with N tokens' x (cols apart), into acc[0..N): two
+// accumulators per token (even and odd 16-element pieces), so one token's products are not
+// a single chain of dependent FMAs and decode (N = 1) is bound by memory, not by FMA
+// latency; the same order for every N, so a token's logits do not depend on the batch it is
+// in. Returns the columns done (a multiple of 16); the rest is the caller's.
 #if defined(__AVX512F__)
 template <std::size_t N, bool kBF16>
 std::size_t half_dot(const std::uint16_t* h, std::size_t cols, const float* x,
@@ -140,10 +140,6 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       __m512 acc[kMaxFusedRows];
       for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
       if (dtype == DType::kF16 || dtype == DType::kBF16) {
-        // Two accumulators per token (even and odd 16-element pieces): one token's
-        // products are not a single chain of dependent FMAs, so decode (n = 1) is bound by
-        // memory, not by FMA latency. The same order for every n: a token's logits do not
-        // depend on the batch it is in.
         const auto* h = reinterpret_cast<const std::uint16_t*>(wr);
         const std::byte* stream_end = w + r_end * rb;
         // The token count and the type as constants: the inner loops unrolled (decode's

@@ -1,8 +1,9 @@
 // Software prefetch of a weight stream. A decode step reads every weight once, row after
-// row; on some CPUs (the Intel VMs xlshare is developed on) the hardware prefetchers alone
-// leave it 30-80% under the memory's bandwidth (docs/results.md). So before a row is
-// computed, the cache lines of one row's length, kPrefetchBytes further on, are asked for:
-// the stream stays that far ahead of the loads, whatever the row's length or type.
+// row; on some CPUs the hardware prefetchers alone do not keep enough of it in flight (on
+// the Intel VMs xlshare is developed on, asking ahead made int8 decode 30-80% faster:
+// docs/results.md). So before a row is computed, the cache lines of one row's length,
+// kPrefetchBytes further on, are asked for: the stream stays that far ahead of the loads,
+// whatever the row's length or type.
 #pragma once
 
 #include <algorithm>
@@ -12,7 +13,7 @@
 namespace xlshare {
 
 /// How far ahead of the row being computed its weight stream is fetched: chosen by
-/// measurement (2-8 KiB did equally well; 1 KiB less; xlshare_bench_model's decode).
+/// measurement (2-8 KiB did equally well, 1 KiB less: `xlshare_bench_model --decode-only`).
 inline constexpr std::size_t kPrefetchBytes = 4096;
 
 /// Asks for the lines of [row + kPrefetchBytes, + row_bytes), never past `end` (the end of
