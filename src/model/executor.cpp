@@ -10,11 +10,13 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <numeric>
+#include <utility>
 
 #include "xlshare/error.hpp"
 #include "xlshare/memory/pool.hpp"
@@ -113,6 +115,12 @@ std::size_t half_dot(const std::uint16_t* h, std::size_t cols, const float* x,
   for (std::size_t i = 0; i < N; ++i) acc[i] = _mm512_add_ps(even[i], odd[i]);
   return k0;
 }
+
+// half_dot<1..sizeof...(I), kBF16>, by token count - 1.
+template <bool kBF16, std::size_t... I>
+constexpr auto half_dots(std::index_sequence<I...>) noexcept {
+  return std::array{&half_dot<I + 1, kBF16>...};
+}
 #endif
 
 // y[i][r] = sum_k W[r][k] * x[i][k] for i < n <= kMaxFusedRows, converting W from its
@@ -144,41 +152,9 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
         const std::byte* stream_end = w + r_end * rb;
         // The token count and the type as constants: the inner loops unrolled (decode's
         // n = 1 one load, convert and FMA per 16 values).
-        const auto half_row = [&]<std::size_t N, bool kBF16>() {
-          k0 = half_dot<N, kBF16>(h, cols, x, stream_end, acc);
-        };
-        const auto by_n = [&]<bool kBF16>() {
-          switch (n) {
-            case 1:
-              half_row.template operator()<1, kBF16>();
-              break;
-            case 2:
-              half_row.template operator()<2, kBF16>();
-              break;
-            case 3:
-              half_row.template operator()<3, kBF16>();
-              break;
-            case 4:
-              half_row.template operator()<4, kBF16>();
-              break;
-            case 5:
-              half_row.template operator()<5, kBF16>();
-              break;
-            case 6:
-              half_row.template operator()<6, kBF16>();
-              break;
-            case 7:
-              half_row.template operator()<7, kBF16>();
-              break;
-            default:
-              half_row.template operator()<8, kBF16>();
-              break;
-          }
-        };
-        if (dtype == DType::kBF16)
-          by_n.template operator()<true>();
-        else
-          by_n.template operator()<false>();
+        static constexpr auto kF16 = half_dots<false>(std::make_index_sequence<kMaxFusedRows>{});
+        static constexpr auto kBF16 = half_dots<true>(std::make_index_sequence<kMaxFusedRows>{});
+        k0 = (dtype == DType::kBF16 ? kBF16 : kF16)[n - 1](h, cols, x, stream_end, acc);
       } else if (dtype == DType::kQ8_0) {
         for (std::size_t b = 0; b < cols / 32; ++b, k0 += 32) {
           BlockQ8_0 blk;
