@@ -71,8 +71,11 @@ TEST_P(QuantOracle, MatchesTheDequantizedReferenceTo1e4InLlamaCppsRounding) {
   const auto decode = test::run_file(file, kTokens, /*one_at_a_time=*/true, eo);
   EXPECT_LT(test::relative_error(prefill, want), 1e-4);
   EXPECT_LT(test::relative_error(decode, want), 1e-4);
-  // A token's products do not depend on the batch it is in.
+  // A token's products do not depend on the batch it is in, nor on the threads.
   EXPECT_EQ(prefill, decode);
+  ExecutorOptions two = eo;
+  two.threads = 2;
+  EXPECT_EQ(test::run_file(file, kTokens, false, two), prefill);
   // And the mode is not the default one under another name.
   EXPECT_GT(test::relative_error(prefill, test::run_file(file, kTokens)), 1e-4);
 }
