@@ -63,7 +63,7 @@ void quantize_q8k(DType weights, const float* x, ActQ8K& a) noexcept {
 // Each takes one weight row and n <= kMaxRows activation rows (act + i * stride bytes) and
 // writes the n dot products: a weight block is unpacked once for all n rows.
 
-constexpr std::size_t kMaxRows = 8;
+constexpr std::size_t kMaxRows = 8;  // XLSHARE_ROWS_BY_N lists its instances 1..8
 
 template <typename Act>
 const Act* act_row(const std::byte* act, std::size_t stride, std::size_t i) noexcept {
@@ -178,12 +178,15 @@ XLSHARE_VNNI __m512i quarters(short first) noexcept {
                           a, a, a, a, a, a, a);
 }
 
-XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q8_0_vnni(
-    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
-    float* out) noexcept {
+template <std::size_t N>
+XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q8_0_vnni(const std::byte* w,
+                                                                      const std::byte* act,
+                                                                      std::size_t stride,
+                                                                      std::size_t blocks,
+                                                                      float* out) noexcept {
   // Two blocks per product: lanes 0..7 hold the first block's sums, 8..15 the second's.
   __m512 acc[kMaxRows];
-  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
+  for (std::size_t i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i zero = _mm512_setzero_si512();
   for (std::size_t b = 0; b < blocks; b += 2) {
     const std::byte* p = w + b * sizeof(BlockQ8_0);
@@ -196,7 +199,7 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q8_0_vnni(
     const __m512 dw = _mm512_insertf32x8(
         _mm512_set1_ps(_cvtsh_ss(load<std::uint16_t>(p))),
         _mm256_set1_ps(_cvtsh_ss(load<std::uint16_t>(p + sizeof(BlockQ8_0)))), 1);
-    for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t i = 0; i < N; ++i) {
       const ActQ8_0x2& a = act_row<ActQ8_0x2>(act, stride, i)[b / 2];
       const __m512i x = _mm512_load_si512(a.qs);
       const __m512i sx = _mm512_mask_sub_epi8(x, negative, zero, x);
@@ -205,19 +208,22 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q8_0_vnni(
           _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_loadu_ps(a.d)), acc[i]);
     }
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+  for (std::size_t i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
-    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
-    float* out) noexcept {
+template <std::size_t N>
+XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(const std::byte* w,
+                                                                      const std::byte* act,
+                                                                      std::size_t stride,
+                                                                      std::size_t blocks,
+                                                                      float* out) noexcept {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   // 16 16-bit lanes per sub-block, two sub-blocks per product (order 0,2 | 1,3 | 4,6 |
   // 5,7): each lane's sub-block scale.
   const __m512i pick[4] = {halves(0, 2), halves(1, 3), halves(4, 6), halves(5, 7)};
   __m512 acc[kMaxRows];
   __m256 mins[kMaxRows];
-  for (std::size_t i = 0; i < n; ++i) {
+  for (std::size_t i = 0; i < N; ++i) {
     acc[i] = _mm512_setzero_ps();
     mins[i] = _mm256_setzero_ps();
   }
@@ -249,7 +255,7 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
         _mm512_and_si512(v1, low4), _mm512_and_si512(_mm512_srli_epi16(v1, 4), low4)};
     const float dw = _cvtsh_ss(load<std::uint16_t>(p));
     const float mw = _cvtsh_ss(load<std::uint16_t>(p + 2));
-    for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t i = 0; i < N; ++i) {
       const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
       // Pairs of products (at most 2 * 15 * 128: no saturation), each times its scale and
       // summed in pairs into 32 bits.
@@ -263,12 +269,15 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(
                                 _mm256_set1_ps(mw * a.d), mins[i]);
     }
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - hsum256(mins[i]);
+  for (std::size_t i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - hsum256(mins[i]);
 }
 
-XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
-    const std::byte* w, const std::byte* act, std::size_t stride, std::size_t n, std::size_t blocks,
-    float* out) noexcept {
+template <std::size_t N>
+XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(const std::byte* w,
+                                                                      const std::byte* act,
+                                                                      std::size_t stride,
+                                                                      std::size_t blocks,
+                                                                      float* out) noexcept {
   const __m512i low4 = _mm512_set1_epi8(0x0F), two_bits = _mm512_set1_epi8(0x03);
   // Each 64 values are 4 groups of 16 (8 16-bit lanes each): each lane's group scale.
   const __m512i pick[4] = {quarters(0), quarters(4), quarters(8), quarters(12)};
@@ -277,7 +286,7 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
   const __m512i shift_a = _mm512_set_epi64(k2, k2, k2, k2, 0, 0, 0, 0);
   const __m512i shift_b = _mm512_set_epi64(k6, k6, k6, k6, k4, k4, k4, k4);
   __m512 acc[kMaxRows];
-  for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
+  for (std::size_t i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
   for (std::size_t b = 0; b < blocks; ++b) {
     const std::byte* p = w + b * sizeof(BlockQ6_K);
     const auto sc8 = load<std::array<std::int8_t, 16>>(p + 192);
@@ -299,7 +308,7 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
       s[2 * h + 1] = _mm512_permutexvar_epi16(pick[2 * h + 1], scales16);
     }
     const float dw = _cvtsh_ss(load<std::uint16_t>(p + 208));
-    for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t i = 0; i < N; ++i) {
       const ActQ8K& a = act_row<ActQ8K>(act, stride, i)[b];
       // Pairs of products (at most 2 * 63 * 128: no saturation), each times its scale and
       // summed in pairs into 32 bits.
@@ -313,12 +322,35 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q6_k_vnni(
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(dw * a.d), acc[i]);
     }
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+  for (std::size_t i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-XLSHARE_ROWS(rows_q8_0_vnni, dot_q8_0_vnni, XLSHARE_VNNI)
-XLSHARE_ROWS(rows_q4_k_vnni, dot_q4_k_vnni, XLSHARE_VNNI)
-XLSHARE_ROWS(rows_q6_k_vnni, dot_q6_k_vnni, XLSHARE_VNNI)
+// The same with the activation row count as a constant: the per-row loops unrolled, so the
+// accumulators stay in registers (with n at run time they lived on the stack, a load and a
+// store per row and block).
+#define XLSHARE_ROWS_BY_N(name, kernel, attrs)                                                    \
+  template <std::size_t N>                                                                        \
+  attrs void name##_n(const std::byte* w, std::size_t rb, std::size_t rows, const std::byte* act, \
+                      std::size_t stride, std::size_t blocks, float* y,                           \
+                      std::size_t y_stride) noexcept {                                            \
+    float out[N];                                                                                 \
+    for (std::size_t r = 0; r < rows; ++r) {                                                      \
+      prefetch_next_rows(w + r * rb, rb, w + rows * rb);                                          \
+      kernel<N>(w + r * rb, act, stride, blocks, out);                                            \
+      for (std::size_t i = 0; i < N; ++i) y[i * y_stride + r] = out[i];                           \
+    }                                                                                             \
+  }                                                                                               \
+  attrs void name(const std::byte* w, std::size_t rb, std::size_t rows, const std::byte* act,     \
+                  std::size_t stride, std::size_t n, std::size_t blocks, float* y,                \
+                  std::size_t y_stride) noexcept {                                                \
+    static constexpr decltype(&name##_n<1>) by_n[kMaxRows] = {                                    \
+        &name##_n<1>, &name##_n<2>, &name##_n<3>, &name##_n<4>,                                   \
+        &name##_n<5>, &name##_n<6>, &name##_n<7>, &name##_n<8>};                                  \
+    by_n[n - 1](w, rb, rows, act, stride, blocks, y, y_stride);                                   \
+  }
+XLSHARE_ROWS_BY_N(rows_q8_0_vnni, dot_q8_0_vnni, XLSHARE_VNNI)
+XLSHARE_ROWS_BY_N(rows_q4_k_vnni, dot_q4_k_vnni, XLSHARE_VNNI)
+XLSHARE_ROWS_BY_N(rows_q6_k_vnni, dot_q6_k_vnni, XLSHARE_VNNI)
 
 // --- AVX2 products (no VNNI): maddubs multiplies unsigned by signed bytes into int16 pairs,
 // madd by int16 scales (or ones) sums them into int32. No int16 saturates: |w| <= 128,
