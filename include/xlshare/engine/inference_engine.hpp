@@ -87,7 +87,7 @@ struct EngineConfig {
   /// Default false.
   bool quantized_activations = false;
   /// How attention rounds (ExecutorOptions::attention): kGgmlF16 reproduces llama.cpp's
-  /// F16 KV cache to ~1e-6. Default kF32.
+  /// F16 KV cache to 2e-5. Default kF32.
   AttentionNumerics attention = AttentionNumerics::kF32;
   /// Longest sequence (prompt + generated) a request may have. Default 1024.
   std::uint32_t max_context = 1024;

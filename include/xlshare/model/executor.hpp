@@ -184,12 +184,13 @@ class SpanWeights final : public WeightProvider {
 enum class AttentionNumerics {
   /// Everything in float32 (the default; the reference of the F32/F16 oracles).
   kF32,
-  /// As llama.cpp computes attention on a CPU with its defaults (an F16 KV cache, flash
-  /// attention): keys and values rounded to F16 as they are stored, each query rounded to
-  /// F16, dot products summed in float in ggml's order, and an online softmax whose weighted
-  /// sum of values is held in F16, rounded after every position it adds. Not more accurate
-  /// than kF32 (it is 2-3e-4 away from it on the quantized oracle): it reproduces llama.cpp's
-  /// logits of the same weights to ~1e-6 where kF32 stays ~3e-4 away. Storage stays float.
+  /// As llama.cpp computes on a CPU with its default F16 KV cache and flash attention off:
+  /// keys and values rounded to F16 as they are stored, queries and softmax weights rounded
+  /// to F16 before their products, every matrix product summed in tinyBLAS's order (16 lanes
+  /// of FMAs folded in halves), ggml's RoPE angles and RMS norm. Not more accurate than kF32
+  /// (2-3e-4 from it on the quantized oracle): it reproduces llama.cpp's logits of the same
+  /// weights to 2e-7..2e-5 where kF32 stays 2-3e-4 away. Plain loops (slow); storage stays
+  /// float.
   kGgmlF16,
 };
 
