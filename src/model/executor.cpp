@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -116,6 +117,153 @@ std::size_t half_dot(const std::uint16_t* h, std::size_t cols, const float* x,
   return k0;
 }
 
+// Q8_0 rows converted in registers, read straight from the stream: each block's 32 int8
+// values widened to float and scaled by the block's F16 scale, then multiplied in. With
+// the token count a constant the accumulators stay in registers; up to three tokens use
+// four chains each (two blocks a turn), so FMA latency does not hold back the stream.
+template <std::size_t N>
+inline void q8_0_block(const std::byte* blk, const float* x, std::size_t cols, __m512 (&lo)[N],
+                       __m512 (&hi)[N]) noexcept {
+  std::uint16_t scale;
+  std::memcpy(&scale, blk, sizeof scale);
+  const __m512 d = _mm512_set1_ps(_cvtsh_ss(scale));
+  const auto* q = reinterpret_cast<const __m128i*>(blk + sizeof scale);
+  const __m512 w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))));
+  const __m512 w1 =
+      _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))));
+  for (std::size_t i = 0; i < N; ++i) {
+    lo[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols), lo[i]);
+    hi[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + 16), hi[i]);
+  }
+}
+
+template <std::size_t N>
+std::size_t q8_0_dot(const std::byte* w, std::size_t cols, const float* x, __m512* acc) noexcept {
+  static_assert(sizeof(BlockQ8_0) == 34);
+  __m512 a0[N], a1[N], a2[N], a3[N];
+  for (std::size_t i = 0; i < N; ++i) a0[i] = a1[i] = a2[i] = a3[i] = _mm512_setzero_ps();
+  const std::size_t blocks = cols / 32;
+  std::size_t b = 0;
+  if constexpr (N <= 3) {
+    for (; b + 2 <= blocks; b += 2) {
+      q8_0_block<N>(w + b * 34, x + b * 32, cols, a0, a1);
+      q8_0_block<N>(w + (b + 1) * 34, x + (b + 1) * 32, cols, a2, a3);
+    }
+  }
+  for (; b < blocks; ++b) q8_0_block<N>(w + b * 34, x + b * 32, cols, a0, a1);
+  for (std::size_t i = 0; i < N; ++i)
+    acc[i] = _mm512_add_ps(_mm512_add_ps(a0[i], a1[i]), _mm512_add_ps(a2[i], a3[i]));
+  return blocks * 32;
+}
+
+template <std::size_t... I>
+constexpr auto q8_0_dots(std::index_sequence<I...>) noexcept {
+  return std::array{&q8_0_dot<I + 1>...};
+}
+
+// Q4_K rows in registers. A weight is dl * q - ml (q a nibble, dl and ml its 32-value
+// sub-block's scale and min times the block's d and dmin), so a sub-block's product is
+// taken as dl * sum(q x) - ml * sum(x), with the sums of x (xsum: one per 32 values and
+// token) made once per matrix product: per 16 weights a widen, a convert and an FMA instead
+// of the dequantized value built and stored first. Same sum as the dequantized weights' up
+// to float rounding (the reference is 1e-4 away; this moves it by ~1e-7).
+template <std::size_t N>
+std::size_t q4_k_dot(const std::byte* w, std::size_t cols, const float* x, const float* xsum,
+                     __m512* acc) noexcept {
+  static_assert(sizeof(quant::BlockQ4_K) == 144);
+  const std::size_t blocks = cols / 256;
+  const __m512i low4 = _mm512_set1_epi32(0x0F);
+  __m512 lo[N], hi[N];
+  __m256 mins[N];
+  for (std::size_t i = 0; i < N; ++i) {
+    lo[i] = hi[i] = _mm512_setzero_ps();
+    mins[i] = _mm256_setzero_ps();
+  }
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(quant::BlockQ4_K);
+    // The 8 6-bit scales and mins (scale_min_k4's layout), four at a time, put together in
+    // registers (a 16-byte load of smaller stores would miss store forwarding).
+    std::uint32_t u[3];
+    std::memcpy(u, p + 4, 12);
+    constexpr std::uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    const __m128i packed = _mm_set_epi32(
+        static_cast<int>(((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4)),
+        static_cast<int>(u[1] & k6), static_cast<int>((u[2] & k4) | (((u[0] >> 6) & k2) << 4)),
+        static_cast<int>(u[0] & k6));
+    std::uint16_t half[2];
+    std::memcpy(half, p, sizeof half);
+    alignas(32) float dl[8];
+    _mm256_store_ps(dl, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(half[0])),
+                                      _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(packed))));
+    const __m256 ml =
+        _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(half[1])),
+                      _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8))));
+    const auto* qs = reinterpret_cast<const __m128i*>(p + 16);
+    for (std::size_t c = 0; c < 4; ++c) {  // 32 bytes: sub-block 2c low nibbles, 2c+1 high
+      const __m512i r0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs + 2 * c));
+      const __m512i r1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs + 2 * c + 1));
+      const __m512 l0 = _mm512_cvtepi32_ps(_mm512_and_si512(r0, low4));
+      const __m512 l1 = _mm512_cvtepi32_ps(_mm512_and_si512(r1, low4));
+      const __m512 h0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(r0, 4));
+      const __m512 h1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(r1, 4));
+      const __m512 sl = _mm512_set1_ps(dl[2 * c]), sh = _mm512_set1_ps(dl[2 * c + 1]);
+      for (std::size_t i = 0; i < N; ++i) {
+        const float* xi = x + i * cols + b * 256 + 64 * c;
+        const __m512 pl =
+            _mm512_fmadd_ps(l1, _mm512_loadu_ps(xi + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xi)));
+        const __m512 ph = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xi + 48),
+                                          _mm512_mul_ps(h0, _mm512_loadu_ps(xi + 32)));
+        lo[i] = _mm512_fmadd_ps(sl, pl, lo[i]);
+        hi[i] = _mm512_fmadd_ps(sh, ph, hi[i]);
+      }
+    }
+    for (std::size_t i = 0; i < N; ++i)
+      mins[i] = _mm256_fmadd_ps(ml, _mm256_loadu_ps(xsum + i * (cols / 32) + 8 * b), mins[i]);
+  }
+  for (std::size_t i = 0; i < N; ++i)
+    acc[i] = _mm512_sub_ps(_mm512_add_ps(lo[i], hi[i]),
+                           _mm512_insertf32x8(_mm512_setzero_ps(), mins[i], 0));
+  return blocks * 256;
+}
+
+template <std::size_t... I>
+constexpr auto q4_k_dots(std::index_sequence<I...>) noexcept {
+  return std::array{&q4_k_dot<I + 1>...};
+}
+
+// Every other ggml block: dequantized one block at a time into L1 (32 or 256 floats), then
+// multiplied in like F32, the token count a constant and four chains per token (the
+// blocks' vectors in turn), so the accumulators stay in registers.
+template <std::size_t N>
+std::size_t block_dot(DType dtype, const std::byte* w, std::size_t cols, const float* x,
+                      __m512* acc) noexcept {
+  const std::size_t per_block = dtype_block_elements(dtype);
+  const std::size_t block_bytes = dtype_block_bytes(dtype);
+  __m512 a[4][N];
+  for (auto& chain : a)
+    for (std::size_t i = 0; i < N; ++i) chain[i] = _mm512_setzero_ps();
+  alignas(64) float blk[256];
+  std::size_t k0 = 0;
+  for (std::size_t b = 0; b < cols / per_block; ++b, k0 += per_block) {
+    quant::dequantize_block(dtype, w + b * block_bytes, blk);
+    for (std::size_t j = 0; j < per_block; j += 64) {  // 32-value blocks: two vectors
+      for (std::size_t c = 0; c < 4 && j + 16 * c < per_block; ++c) {
+        const __m512 wv = _mm512_load_ps(blk + j + 16 * c);
+        for (std::size_t i = 0; i < N; ++i)
+          a[c][i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * cols + k0 + j + 16 * c), a[c][i]);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < N; ++i)
+    acc[i] = _mm512_add_ps(_mm512_add_ps(a[0][i], a[1][i]), _mm512_add_ps(a[2][i], a[3][i]));
+  return k0;
+}
+
+template <std::size_t... I>
+constexpr auto block_dots(std::index_sequence<I...>) noexcept {
+  return std::array{&block_dot<I + 1>...};
+}
+
 // half_dot<1..sizeof...(I), kBF16>, by token count - 1.
 template <bool kBF16, std::size_t... I>
 constexpr auto half_dots(std::index_sequence<I...>) noexcept {
@@ -129,9 +277,23 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
                 std::size_t n, float* y, ComputeTeam& team) {
   const std::size_t rb = row_bytes(dtype, cols);
   team.run([&](unsigned t, unsigned members) {
+    const auto [r_begin, r_end] = ComputeTeam::static_range(rows, t, members);
+    const std::byte* stream_end = w + r_end * rb;  // of this share's rows
     thread_local std::vector<float> row;
     if (row.size() < cols) row.resize(cols);
-    const auto [r_begin, r_end] = ComputeTeam::static_range(rows, t, members);
+#if defined(__AVX512F__)
+    // Q4_K's sums of x, one per 32 values and token (q4_k_dot), made once for all rows.
+    thread_local std::vector<float> xsum;
+    if (dtype == DType::kQ4_K) {
+      const std::size_t per_token = cols / 32;
+      if (xsum.size() < n * per_token) xsum.resize(n * per_token);
+      for (std::size_t i = 0; i < n * per_token; ++i) {
+        const float* xs = x + i * 32;  // token i / per_token, values (i % per_token) * 32..
+        xsum[i] =
+            _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(xs), _mm512_loadu_ps(xs + 16)));
+      }
+    }
+#endif
     for (std::size_t r = r_begin; r < r_end; ++r) {
       const std::byte* wr = w + r * rb;
       // The stream ahead (model/prefetch.hpp): F16 and BF16 rows, line by line inside the
@@ -141,7 +303,7 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
 #else
       constexpr bool half = false;
 #endif
-      if (!half) prefetch_next_rows(wr, rb, w + r_end * rb);
+      if (!half) prefetch_next_rows(wr, rb, stream_end);
       float acc_s[kMaxFusedRows] = {};
       std::size_t k0 = 0;
 #if defined(__AVX512F__)
@@ -149,41 +311,20 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
       if (dtype == DType::kF16 || dtype == DType::kBF16) {
         const auto* h = reinterpret_cast<const std::uint16_t*>(wr);
-        const std::byte* stream_end = w + r_end * rb;
         // The token count and the type as constants: the inner loops unrolled (decode's
         // n = 1 one load, convert and FMA per 16 values).
         static constexpr auto kF16 = half_dots<false>(std::make_index_sequence<kMaxFusedRows>{});
         static constexpr auto kBF16 = half_dots<true>(std::make_index_sequence<kMaxFusedRows>{});
         k0 = (dtype == DType::kBF16 ? kBF16 : kF16)[n - 1](h, cols, x, stream_end, acc);
       } else if (dtype == DType::kQ8_0) {
-        for (std::size_t b = 0; b < cols / 32; ++b, k0 += 32) {
-          BlockQ8_0 blk;
-          std::memcpy(&blk, wr + b * sizeof(BlockQ8_0), sizeof blk);
-          const __m512 d = _mm512_set1_ps(f16_to_f32(blk.d));
-          const __m128i* q = reinterpret_cast<const __m128i*>(blk.qs);
-          const __m512 w0 =
-              _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))));
-          const __m512 w1 =
-              _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))));
-          for (std::size_t i = 0; i < n; ++i) {
-            acc[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i * cols + k0), acc[i]);
-            acc[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i * cols + k0 + 16), acc[i]);
-          }
-        }
+        static constexpr auto kQ8 = q8_0_dots(std::make_index_sequence<kMaxFusedRows>{});
+        k0 = kQ8[n - 1](wr, cols, x, acc);
+      } else if (dtype == DType::kQ4_K) {
+        static constexpr auto kQ4K = q4_k_dots(std::make_index_sequence<kMaxFusedRows>{});
+        k0 = kQ4K[n - 1](wr, cols, x, xsum.data(), acc);
       } else if (dtype_is_quantized(dtype)) {
-        // Every other ggml block: dequantized one block at a time into L1 (32 or 256
-        // floats), then multiplied like F32.
-        const std::size_t per_block = dtype_block_elements(dtype);
-        const std::size_t block_bytes = dtype_block_bytes(dtype);
-        alignas(64) float blk[256];
-        for (std::size_t b = 0; b < cols / per_block; ++b, k0 += per_block) {
-          quant::dequantize_block(dtype, wr + b * block_bytes, blk);
-          for (std::size_t j = 0; j < per_block; j += 16) {
-            const __m512 wv = _mm512_load_ps(blk + j);
-            for (std::size_t i = 0; i < n; ++i)
-              acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * cols + k0 + j), acc[i]);
-          }
-        }
+        static constexpr auto kBlocks = block_dots(std::make_index_sequence<kMaxFusedRows>{});
+        k0 = kBlocks[n - 1](dtype, wr, cols, x, acc);
       }
       for (std::size_t i = 0; i < n; ++i) acc_s[i] = _mm512_reduce_add_ps(acc[i]);
 #endif

@@ -306,6 +306,14 @@ TEST_F(ModelFiles, StoredDtypesComputeExactlyTheirRoundedWeights) {
     EXPECT_GT(err, 1e-7) << to_string(dtype) << " did not round at all";
     EXPECT_LT(test::relative_error(test::run_file(path, tokens, /*one_at_a_time=*/true), got), 1e-5)
         << to_string(dtype) << ": decode differs from prefill";
+    // 2..8 tokens a step: the fused kernels' instances for each token count.
+    for (std::size_t n = 2; n <= 8; ++n) {
+      const std::vector<std::int32_t> few(tokens.begin(), tokens.begin() + static_cast<long>(n));
+      EXPECT_LT(test::relative_error(test::run_file(path, few),
+                                     test::reference_forward(round_weights(model, dtype), few)),
+                1e-5)
+          << to_string(dtype) << ", " << n << " tokens";
+    }
   };
   check(m, DType::kF16, 5e-3);
   check(m, DType::kBF16, 4e-2);
