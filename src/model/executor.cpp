@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -231,6 +232,72 @@ constexpr auto q4_k_dots(std::index_sequence<I...>) noexcept {
   return std::array{&q4_k_dot<I + 1>...};
 }
 
+// Q6_K rows in registers: a block's 6-bit values put together a half (128 values) at a
+// time from its low nibbles and high bit pairs with byte operations, then per 16 values
+// widened, converted and scaled as ggml's dequantization scales them (d * scale, times
+// q - 32: the same float weights) and multiplied in, without a trip through L1.
+template <std::size_t N>
+std::size_t q6_k_dot(const std::byte* w, std::size_t cols, const float* x, __m512* acc) noexcept {
+  static_assert(sizeof(quant::BlockQ6_K) == 210);
+  const std::size_t blocks = cols / 256;
+  const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+  const __m256i bias = _mm256_set1_epi8(32);
+  __m512 a0[N], a1[N];
+  for (std::size_t i = 0; i < N; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const std::byte* p = w + b * sizeof(quant::BlockQ6_K);
+    std::uint16_t half;
+    std::memcpy(&half, p + offsetof(quant::BlockQ6_K, d), sizeof half);
+    // The 16 group scales times d, as floats (each group of 16 values has one).
+    alignas(64) float scale[16];
+    _mm512_store_ps(scale, _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(half)),
+                                         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                                 p + offsetof(quant::BlockQ6_K, scales)))))));
+    for (std::size_t h = 0; h < 2; ++h) {
+      const auto* ql = reinterpret_cast<const __m256i*>(p + 64 * h);
+      const __m256i l0 = _mm256_loadu_si256(ql), l1 = _mm256_loadu_si256(ql + 1);
+      const __m256i hb = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(p + offsetof(quant::BlockQ6_K, qh) + 32 * h));
+      // Values 32k + l of the half: a low nibble of ql, bits 2k..2k+1 of qh as bits 4..5.
+      const __m256i q[4] = {
+          _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, low4),
+                                          _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45)),
+                          bias),
+          _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, low4),
+                                          _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
+                          bias),
+          _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                          _mm256_and_si256(hb, bits45)),
+                          bias),
+          _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                          _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
+                          bias)};
+      for (std::size_t k = 0; k < 4; ++k) {
+        const std::size_t v = 128 * h + 32 * k;  // the first of these 32 values in the block
+        const __m512 w0 =
+            _mm512_mul_ps(_mm512_set1_ps(scale[v / 16]),
+                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q[k]))));
+        const __m512 w1 = _mm512_mul_ps(
+            _mm512_set1_ps(scale[v / 16 + 1]),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q[k], 1))));
+        for (std::size_t i = 0; i < N; ++i) {
+          const float* xi = x + i * cols + b * 256 + v;
+          a0[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xi), a0[i]);
+          a1[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xi + 16), a1[i]);
+        }
+      }
+    }
+  }
+  for (std::size_t i = 0; i < N; ++i) acc[i] = _mm512_add_ps(a0[i], a1[i]);
+  return blocks * 256;
+}
+
+template <std::size_t... I>
+constexpr auto q6_k_dots(std::index_sequence<I...>) noexcept {
+  return std::array{&q6_k_dot<I + 1>...};
+}
+
 // Every other ggml block: dequantized one block at a time into L1 (32 or 256 floats), then
 // multiplied in like F32, the token count a constant and four chains per token (the
 // blocks' vectors in turn), so the accumulators stay in registers.
@@ -322,6 +389,9 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       } else if (dtype == DType::kQ4_K) {
         static constexpr auto kQ4K = q4_k_dots(std::make_index_sequence<kMaxFusedRows>{});
         k0 = kQ4K[n - 1](wr, cols, x, xsum.data(), acc);
+      } else if (dtype == DType::kQ6_K) {
+        static constexpr auto kQ6K = q6_k_dots(std::make_index_sequence<kMaxFusedRows>{});
+        k0 = kQ6K[n - 1](wr, cols, x, acc);
       } else if (dtype_is_quantized(dtype)) {
         static constexpr auto kBlocks = block_dots(std::make_index_sequence<kMaxFusedRows>{});
         k0 = kBlocks[n - 1](dtype, wr, cols, x, acc);
