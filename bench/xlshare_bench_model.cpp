@@ -24,9 +24,10 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#include <sys/mman.h>
 #endif
 
 #include <fmt/format.h>
@@ -258,8 +259,14 @@ int main(int argc, char** argv) {
     const std::uint64_t streamed = decode_bytes(r.model);
     // The reference stream, as many bytes as a decode step reads, on pages like the
     // weights' (filled, so they are resident like the weights').
-    Arena stream_arena(streamed);
-    const auto stream_bytes = stream_arena.take(streamed / 8 * 8);
+    std::unique_ptr<Arena> stream_arena;
+    try {
+      stream_arena = std::make_unique<Arena>(streamed);
+    } catch (const Error& e) {
+      fmt::print(stderr, "xlshare: error: {}\n", e.what());
+      return 1;
+    }
+    const auto stream_bytes = stream_arena->take(streamed / 8 * 8);
     const std::span<std::uint64_t> stream(reinterpret_cast<std::uint64_t*>(stream_bytes.data()),
                                           streamed / 8);
     std::fill(stream.begin(), stream.end(), 1);

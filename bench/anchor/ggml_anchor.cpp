@@ -41,12 +41,12 @@ ggml_tensor* weight(const std::string& name) {
   return it->second;
 }
 
-int positive(const char* text, const char* what, int max) {
+int in_range(const char* text, const char* what, int min, int max) {
   char* end = nullptr;
   const long v = std::strtol(text, &end, 10);
-  if (end == text || *end != '\0' || v < 0 || v > max) {
-    std::fprintf(stderr, "ggml_anchor: error: %s must be an integer in 0..%d, not '%s'\n", what,
-                 max, text);
+  if (end == text || *end != '\0' || v < min || v > max) {
+    std::fprintf(stderr, "ggml_anchor: error: %s must be an integer in %d..%d, not '%s'\n", what,
+                 min, max, text);
     std::exit(1);
   }
   return static_cast<int>(v);
@@ -59,10 +59,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: ggml_anchor MODEL.gguf THREADS STEPS TOKENS REPACK(0|1)\n");
     return 1;
   }
-  const int threads = std::max(1, positive(argv[2], "THREADS", 256));
-  const int steps = std::max(1, positive(argv[3], "STEPS", 100000));
-  const int tokens = std::max(1, positive(argv[4], "TOKENS", 4096));
-  const bool use_repack = positive(argv[5], "REPACK", 1) == 1;
+  const int threads = in_range(argv[2], "THREADS", 1, 256);
+  const int steps = in_range(argv[3], "STEPS", 1, 100000);
+  const int tokens = in_range(argv[4], "TOKENS", 1, 4096);
+  const bool use_repack = in_range(argv[5], "REPACK", 0, 1) == 1;
 
   ggml_context* meta = nullptr;
   gguf_context* file = gguf_init_from_file(argv[1], gguf_init_params{true, &meta});
@@ -104,12 +104,16 @@ int main(int argc, char** argv) {
   if (rb != nullptr) ggml_backend_buffer_set_usage(rb, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
   ggml_backend_buffer_set_usage(pb, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
   FILE* in = std::fopen(argv[1], "rb");
+  if (in == nullptr) {
+    std::fprintf(stderr, "ggml_anchor: error: %s: cannot open\n", argv[1]);
+    return 1;
+  }
   std::vector<char> bytes;
   for (int64_t i = 0; i < n; ++i) {
     ggml_tensor* t = g_weights[gguf_get_tensor_name(file, i)];
     bytes.resize(ggml_nbytes(t));
     const long at = static_cast<long>(gguf_get_data_offset(file) + gguf_get_tensor_offset(file, i));
-    if (in == nullptr || std::fseek(in, at, SEEK_SET) != 0 ||
+    if (std::fseek(in, at, SEEK_SET) != 0 ||
         std::fread(bytes.data(), 1, bytes.size(), in) != bytes.size()) {
       std::fprintf(stderr, "ggml_anchor: error: %s: cannot read tensor %s\n", argv[1], t->name);
       return 1;
@@ -121,6 +125,17 @@ int main(int argc, char** argv) {
   int layers = 0;
   while (g_weights.count("blk." + std::to_string(layers) + ".attn_q.weight") != 0) ++layers;
   const int64_t dim = weight("token_embd.weight")->ne[0];
+  // One position's attention output is its value row only where values are as wide as the
+  // model (as many KV heads as heads): grouped-query models are not run.
+  if (layers == 0 || weight("blk.0.attn_v.weight")->ne[1] != dim) {
+    std::fprintf(stderr,
+                 "ggml_anchor: error: %s: only Llama models with as many KV heads as heads\n",
+                 argv[1]);
+    return 1;
+  }
+  // A model whose head is tied to its embedding has no output.weight.
+  const std::string head =
+      g_weights.count("output.weight") != 0 ? "output.weight" : "token_embd.weight";
   ggml_context* c =
       ggml_init({ggml_tensor_overhead() * 4096 + ggml_graph_overhead(), nullptr, true});
   ggml_tensor* x0 = ggml_new_tensor_2d(c, GGML_TYPE_F32, dim, tokens);
@@ -144,7 +159,7 @@ int main(int argc, char** argv) {
     x = ggml_add(
         c, x, ggml_mul_mat(c, weight(b + "ffn_down.weight"), ggml_mul(c, ggml_silu(c, gate), up)));
   }
-  ggml_tensor* out = ggml_mul_mat(c, weight("output.weight"), norm(x, "output_norm.weight"));
+  ggml_tensor* out = ggml_mul_mat(c, weight(head), norm(x, "output_norm.weight"));
   ggml_set_output(out);
   ggml_cgraph* graph = ggml_new_graph(c);
   ggml_build_forward_expand(graph, out);

@@ -25,7 +25,11 @@
 #include "xlshare/model/dtype_convert.hpp"
 #include "xlshare/model/model_file.hpp"
 
-#if defined(__AVX512F__)
+// The AVX-512 decode kernels also convert F16 scales with F16C (which every AVX-512 CPU has).
+#if defined(__AVX512F__) && defined(__F16C__)
+#define XLSHARE_AVX512_DECODE 1
+#endif
+#if defined(XLSHARE_AVX512_DECODE)
 #include <immintrin.h>
 #endif
 
@@ -88,7 +92,7 @@ constexpr std::size_t kMaxFusedRows = 8;  // tokens handled by the fused kernels
 // a single chain of dependent FMAs and decode (N = 1) is bound by memory, not by FMA
 // latency; the same order for every N, so a token's logits do not depend on the batch it is
 // in. Returns the columns done (a multiple of 16); the rest is the caller's.
-#if defined(__AVX512F__)
+#if defined(XLSHARE_AVX512_DECODE)
 template <std::size_t N, bool kBF16>
 std::size_t half_dot(const std::uint16_t* h, std::size_t cols, const float* x,
                      const std::byte* stream_end, __m512* acc) noexcept {
@@ -120,8 +124,9 @@ std::size_t half_dot(const std::uint16_t* h, std::size_t cols, const float* x,
 
 // Q8_0 rows converted in registers, read straight from the stream: each block's 32 int8
 // values widened to float and scaled by the block's F16 scale, then multiplied in. With
-// the token count a constant the accumulators stay in registers; up to three tokens use
-// four chains each (two blocks a turn), so FMA latency does not hold back the stream.
+// the token count a constant the accumulators stay in registers; four chains a token (two
+// blocks a turn, the same order for any token count), so FMA latency does not hold back
+// the stream.
 template <std::size_t N>
 inline void q8_0_block(const std::byte* blk, const float* x, std::size_t cols, __m512 (&lo)[N],
                        __m512 (&hi)[N]) noexcept {
@@ -145,11 +150,9 @@ std::size_t q8_0_dot(const std::byte* w, std::size_t cols, const float* x, __m51
   for (std::size_t i = 0; i < N; ++i) a0[i] = a1[i] = a2[i] = a3[i] = _mm512_setzero_ps();
   const std::size_t blocks = cols / 32;
   std::size_t b = 0;
-  if constexpr (N <= 3) {
-    for (; b + 2 <= blocks; b += 2) {
-      q8_0_block<N>(w + b * 34, x + b * 32, cols, a0, a1);
-      q8_0_block<N>(w + (b + 1) * 34, x + (b + 1) * 32, cols, a2, a3);
-    }
+  for (; b + 2 <= blocks; b += 2) {
+    q8_0_block<N>(w + b * 34, x + b * 32, cols, a0, a1);
+    q8_0_block<N>(w + (b + 1) * 34, x + (b + 1) * 32, cols, a2, a3);
   }
   for (; b < blocks; ++b) q8_0_block<N>(w + b * 34, x + b * 32, cols, a0, a1);
   for (std::size_t i = 0; i < N; ++i)
@@ -223,7 +226,7 @@ std::size_t q4_k_dot(const std::byte* w, std::size_t cols, const float* x, const
   }
   for (std::size_t i = 0; i < N; ++i)
     acc[i] = _mm512_sub_ps(_mm512_add_ps(lo[i], hi[i]),
-                           _mm512_insertf32x8(_mm512_setzero_ps(), mins[i], 0));
+                           _mm512_maskz_mov_ps(0x00FF, _mm512_castps256_ps512(mins[i])));
   return blocks * 256;
 }
 
@@ -348,7 +351,7 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
     const std::byte* stream_end = w + r_end * rb;  // of this share's rows
     thread_local std::vector<float> row;
     if (row.size() < cols) row.resize(cols);
-#if defined(__AVX512F__)
+#if defined(XLSHARE_AVX512_DECODE)
     // Q4_K's sums of x, one per 32 values and token (q4_k_dot), made once for all rows.
     thread_local std::vector<float> xsum;
     if (dtype == DType::kQ4_K) {
@@ -365,7 +368,7 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       const std::byte* wr = w + r * rb;
       // The stream ahead (model/prefetch.hpp): F16 and BF16 rows, line by line inside the
       // loop below (measured better for them than a row at a time), the rest a row ahead.
-#if defined(__AVX512F__)
+#if defined(XLSHARE_AVX512_DECODE)
       const bool half = dtype == DType::kF16 || dtype == DType::kBF16;
 #else
       constexpr bool half = false;
@@ -373,7 +376,7 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       if (!half) prefetch_next_rows(wr, rb, stream_end);
       float acc_s[kMaxFusedRows] = {};
       std::size_t k0 = 0;
-#if defined(__AVX512F__)
+#if defined(XLSHARE_AVX512_DECODE)
       __m512 acc[kMaxFusedRows];
       for (std::size_t i = 0; i < n; ++i) acc[i] = _mm512_setzero_ps();
       if (dtype == DType::kF16 || dtype == DType::kBF16) {
