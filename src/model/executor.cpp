@@ -171,10 +171,15 @@ constexpr auto q8_0_dots(std::index_sequence<I...>) noexcept {
 // token) made once per matrix product: per 16 weights a widen, a convert and an FMA instead
 // of the dequantized value built and stored first. Same sum as the dequantized weights' up
 // to float rounding (the reference is 1e-4 away; this moves it by ~1e-7).
-template <std::size_t N>
+//
+// Q5_K (kFifthBit) is the same block with a 32-byte qh before qs: bit 2c of qh[l] adds 16
+// to value l of sub-block 2c, bit 2c+1 to value l of sub-block 2c+1.
+template <std::size_t N, bool kFifthBit>
 std::size_t q4_k_dot(const std::byte* w, std::size_t cols, const float* x, const float* xsum,
                      __m512* acc) noexcept {
-  static_assert(sizeof(quant::BlockQ4_K) == 144);
+  static_assert(sizeof(quant::BlockQ4_K) == 144 && sizeof(quant::BlockQ5_K) == 176);
+  constexpr std::size_t kBlockBytes = kFifthBit ? 176 : 144;
+  constexpr std::size_t kQs = kFifthBit ? 48 : 16;  // offset of qs in the block
   const std::size_t blocks = cols / 256;
   const __m512i low4 = _mm512_set1_epi32(0x0F);
   __m512 lo[N], hi[N];
@@ -184,7 +189,7 @@ std::size_t q4_k_dot(const std::byte* w, std::size_t cols, const float* x, const
     mins[i] = _mm256_setzero_ps();
   }
   for (std::size_t b = 0; b < blocks; ++b) {
-    const std::byte* p = w + b * sizeof(quant::BlockQ4_K);
+    const std::byte* p = w + b * kBlockBytes;
     // The 8 6-bit scales and mins (scale_min_k4's layout), four at a time, put together in
     // registers (a 16-byte load of smaller stores would miss store forwarding).
     std::uint32_t u[3];
@@ -202,14 +207,29 @@ std::size_t q4_k_dot(const std::byte* w, std::size_t cols, const float* x, const
     const __m256 ml =
         _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(half[1])),
                       _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8))));
-    const auto* qs = reinterpret_cast<const __m128i*>(p + 16);
+    const auto* qs = reinterpret_cast<const __m128i*>(p + kQs);
+    [[maybe_unused]] __m512i qh0, qh1;  // Q5_K: qh[0..15] and qh[16..31], one per lane
+    if constexpr (kFifthBit) {
+      const auto* qh = reinterpret_cast<const __m128i*>(p + 16);
+      qh0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(qh));
+      qh1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(qh + 1));
+    }
     for (std::size_t c = 0; c < 4; ++c) {  // 32 bytes: sub-block 2c low nibbles, 2c+1 high
       const __m512i r0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs + 2 * c));
       const __m512i r1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs + 2 * c + 1));
-      const __m512 l0 = _mm512_cvtepi32_ps(_mm512_and_si512(r0, low4));
-      const __m512 l1 = _mm512_cvtepi32_ps(_mm512_and_si512(r1, low4));
-      const __m512 h0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(r0, 4));
-      const __m512 h1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(r1, 4));
+      __m512i n0 = _mm512_and_si512(r0, low4), n1 = _mm512_and_si512(r1, low4);
+      __m512i n2 = _mm512_srli_epi32(r0, 4), n3 = _mm512_srli_epi32(r1, 4);
+      if constexpr (kFifthBit) {  // bit 2c (low nibbles) and 2c + 1 (high) of qh, as 16
+        const __m512i sixteen = _mm512_set1_epi32(16);
+        const __m512i lo_bit = _mm512_set1_epi32(1 << (2 * c));
+        const __m512i hi_bit = _mm512_set1_epi32(2 << (2 * c));
+        n0 = _mm512_mask_or_epi32(n0, _mm512_test_epi32_mask(qh0, lo_bit), n0, sixteen);
+        n1 = _mm512_mask_or_epi32(n1, _mm512_test_epi32_mask(qh1, lo_bit), n1, sixteen);
+        n2 = _mm512_mask_or_epi32(n2, _mm512_test_epi32_mask(qh0, hi_bit), n2, sixteen);
+        n3 = _mm512_mask_or_epi32(n3, _mm512_test_epi32_mask(qh1, hi_bit), n3, sixteen);
+      }
+      const __m512 l0 = _mm512_cvtepi32_ps(n0), l1 = _mm512_cvtepi32_ps(n1);
+      const __m512 h0 = _mm512_cvtepi32_ps(n2), h1 = _mm512_cvtepi32_ps(n3);
       const __m512 sl = _mm512_set1_ps(dl[2 * c]), sh = _mm512_set1_ps(dl[2 * c + 1]);
       for (std::size_t i = 0; i < N; ++i) {
         const float* xi = x + i * cols + b * 256 + 64 * c;
@@ -230,9 +250,9 @@ std::size_t q4_k_dot(const std::byte* w, std::size_t cols, const float* x, const
   return blocks * 256;
 }
 
-template <std::size_t... I>
+template <bool kFifthBit, std::size_t... I>
 constexpr auto q4_k_dots(std::index_sequence<I...>) noexcept {
-  return std::array{&q4_k_dot<I + 1>...};
+  return std::array{&q4_k_dot<I + 1, kFifthBit>...};
 }
 
 // Q6_K rows in registers: a block's 6-bit values put together a half (128 values) at a
@@ -352,9 +372,10 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
     thread_local std::vector<float> row;
     if (row.size() < cols) row.resize(cols);
 #if defined(XLSHARE_AVX512_DECODE)
-    // Q4_K's sums of x, one per 32 values and token (q4_k_dot), made once for all rows.
+    // Q4_K's and Q5_K's sums of x, one per 32 values and token (q4_k_dot), made once for
+    // all rows.
     thread_local std::vector<float> xsum;
-    if (dtype == DType::kQ4_K) {
+    if (dtype == DType::kQ4_K || dtype == DType::kQ5_K) {
       const std::size_t per_token = cols / 32;
       if (xsum.size() < n * per_token) xsum.resize(n * per_token);
       for (std::size_t i = 0; i < n * per_token; ++i) {
@@ -389,9 +410,10 @@ void fused_gemv(DType dtype, const std::byte* w, std::size_t rows, std::size_t c
       } else if (dtype == DType::kQ8_0) {
         static constexpr auto kQ8 = q8_0_dots(std::make_index_sequence<kMaxFusedRows>{});
         k0 = kQ8[n - 1](wr, cols, x, acc);
-      } else if (dtype == DType::kQ4_K) {
-        static constexpr auto kQ4K = q4_k_dots(std::make_index_sequence<kMaxFusedRows>{});
-        k0 = kQ4K[n - 1](wr, cols, x, xsum.data(), acc);
+      } else if (dtype == DType::kQ4_K || dtype == DType::kQ5_K) {
+        static constexpr auto kQ4K = q4_k_dots<false>(std::make_index_sequence<kMaxFusedRows>{});
+        static constexpr auto kQ5K = q4_k_dots<true>(std::make_index_sequence<kMaxFusedRows>{});
+        k0 = (dtype == DType::kQ5_K ? kQ5K : kQ4K)[n - 1](wr, cols, x, xsum.data(), acc);
       } else if (dtype == DType::kQ6_K) {
         static constexpr auto kQ6K = q6_k_dots(std::make_index_sequence<kMaxFusedRows>{});
         k0 = kQ6K[n - 1](wr, cols, x, acc);

@@ -56,6 +56,12 @@ TEST_P(QuantOracle, MatchesTheDequantizedReferenceInPrefillAndDecode) {
   // The two kernels compute the same products in different orders.
   EXPECT_LT(test::relative_error(decode, prefill), 1e-5);
   EXPECT_EQ(greedy(prefill), greedy(want));
+  // 2..8 tokens in one step: the fused decode kernels' instances for each token count.
+  for (std::size_t n = 2; n <= 8; ++n) {
+    const std::vector<std::int32_t> few(kTokens.begin(), kTokens.begin() + static_cast<long>(n));
+    const std::vector<float> head(prefill.begin(), prefill.begin() + static_cast<long>(n * kVocab));
+    EXPECT_LT(test::relative_error(test::run_file(file, few), head), 1e-5) << n << " tokens";
+  }
 }
 
 TEST_P(QuantOracle, MatchesTheDequantizedReferenceTo1e4InLlamaCppsRounding) {
