@@ -190,15 +190,7 @@ std::size_t q4_k_dot(const std::byte* w, std::size_t cols, const float* x, const
   }
   for (std::size_t b = 0; b < blocks; ++b) {
     const std::byte* p = w + b * kBlockBytes;
-    // The 8 6-bit scales and mins (scale_min_k4's layout), four at a time, put together in
-    // registers (a 16-byte load of smaller stores would miss store forwarding).
-    std::uint32_t u[3];
-    std::memcpy(u, p + 4, 12);
-    constexpr std::uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
-    const __m128i packed = _mm_set_epi32(
-        static_cast<int>(((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4)),
-        static_cast<int>(u[1] & k6), static_cast<int>((u[2] & k4) | (((u[0] >> 6) & k2) << 4)),
-        static_cast<int>(u[0] & k6));
+    const __m128i packed = quant::scales_mins_k4(p + 4);  // 8 scales, then 8 mins
     std::uint16_t half[2];
     std::memcpy(half, p, sizeof half);
     alignas(32) float dl[8];

@@ -229,19 +229,7 @@ XLSHARE_VNNI inline __attribute__((always_inline)) void dot_q4_k_vnni(const std:
   }
   for (std::size_t b = 0; b < blocks; ++b) {
     const std::byte* p = w + b * sizeof(BlockQ4_K);
-    // The 8 6-bit scales and 8 6-bit mins (scale_min_k4's layout), unpacked four at a time:
-    // bytes 0..3 hold scales 0..3 (low 6 bits) and the top bits of scales 4..7, bytes 4..7
-    // the mins 0..3 and the top bits of mins 4..7, bytes 8..11 the low nibbles of both.
-    std::uint32_t u[4];
-    std::memcpy(u, p + 4, 12);
-    constexpr std::uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
-    const std::uint32_t mins_hi = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);
-    const std::uint32_t mins_lo = u[1] & k6;
-    const std::uint32_t scales_hi = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);
-    // Put together in registers: four 32-bit stores read back as one 16-byte load would
-    // miss store forwarding (a stall a block, a quarter of this kernel's time in decode).
-    const __m128i packed = _mm_set_epi32(static_cast<int>(mins_hi), static_cast<int>(mins_lo),
-                                         static_cast<int>(scales_hi), static_cast<int>(u[0] & k6));
+    const __m128i packed = scales_mins_k4(p + 4);
     // 16-bit lanes 0..7 the scales, 8..15 the mins.
     const __m512i scales = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(packed));
     const __m256i m8 = _mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8));
